@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# pkgctx build driver. Usage: ./build.sh [build|test|demo|bench|fuzz [SECONDS]|sanitize|install [PREFIX]|deps|clean]
+#
+#   build     configure and compile (default)
+#   test      build, then run every test suite (ctest)
+#   demo      build, then run the end-to-end demo (daemon, workers, pkgctl)
+#   bench     build optimised, run the benchmarks, write build/bench/report.json
+#   fuzz      build the libFuzzer targets with clang and run each for SECONDS (default 60)
+#   sanitize  the whole suite under ASan+UBSan, the concurrency suites under TSan
+#   install   cmake --install into PREFIX (default /usr/local)
+#   deps      install the Debian packages this needs (done automatically by the others)
+#
+# Environment: BUILD_DIR (default build), JOBS (default nproc), CI=true adds -Werror.
+set -euo pipefail
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+BUILD_DIR=${BUILD_DIR:-build}
+JOBS=${JOBS:-$(nproc)}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+BASE_PACKAGES=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-test1.81-dev libboost-json1.81-dev
+  libxxhash-dev libbenchmark-dev libsystemd-dev libcli11-dev systemd python3)
+CLANG_PACKAGES=(clang-14 libclang-rt-14-dev)
+
+# Installs whichever of the named Debian packages are missing (apt-get update once).
+ensure_packages() {
+  local missing=()
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  local sudo=()
+  [ "$(id -u)" -ne 0 ] && sudo=(sudo)
+  if [ -z "${PKGCTX_APT_UPDATED:-}" ]; then
+    "${sudo[@]}" apt-get update -q
+    export PKGCTX_APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+configure() {  # configure DIR [extra cmake args…]
+  local dir=$1; shift
+  local werror=OFF
+  [ "${CI:-}" = true ] && werror=ON
+  cmake -S "$ROOT" -B "$dir" -G Ninja -DPKGCTX_WERROR=$werror "$@" >/dev/null
+}
+
+build() {  # build DIR [targets…]
+  local dir=$1; shift
+  cmake --build "$dir" -j "$JOBS" ${1:+--target "$@"}
+}
+
+cmd=${1:-build}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  deps)
+    ensure_packages "${BASE_PACKAGES[@]}" ;;
+  build)
+    ensure_packages "${BASE_PACKAGES[@]}"
+    configure "$BUILD_DIR"
+    build "$BUILD_DIR" ;;
+  test)
+    ensure_packages "${BASE_PACKAGES[@]}"
+    configure "$BUILD_DIR"
+    build "$BUILD_DIR"
+    log "running the test suites"
+    ctest --test-dir "$BUILD_DIR" -j "$JOBS" --output-on-failure "$@" ;;
+  demo)
+    ensure_packages "${BASE_PACKAGES[@]}"
+    configure "$BUILD_DIR"
+    build "$BUILD_DIR"
+    exec bash "$ROOT/tools/demo.sh" "$BUILD_DIR" ;;
+  bench)
+    ensure_packages "${BASE_PACKAGES[@]}"
+    configure "$BUILD_DIR-bench" -DCMAKE_BUILD_TYPE=Release -DPKGCTX_BUILD_TESTS=OFF -DPKGCTX_FAULT_INJECTION=OFF
+    build "$BUILD_DIR-bench"
+    exec bash "$ROOT/bench/run.sh" "$BUILD_DIR-bench" "$BUILD_DIR/bench" ;;
+  fuzz)
+    ensure_packages "${BASE_PACKAGES[@]}" "${CLANG_PACKAGES[@]}"
+    CC=clang-14 CXX=clang++-14 configure "$BUILD_DIR-fuzz" -DPKGCTX_FUZZ=ON -DPKGCTX_BUILD_BENCH=OFF -DPKGCTX_BUILD_TESTS=OFF
+    build "$BUILD_DIR-fuzz"
+    exec bash "$ROOT/tests/fuzz/run.sh" "$BUILD_DIR-fuzz" "${1:-60}" ;;
+  sanitize)
+    ensure_packages "${BASE_PACKAGES[@]}"
+    log "ASan+UBSan: the whole suite"
+    configure "$BUILD_DIR-asan" -DPKGCTX_SANITIZE=address,undefined -DPKGCTX_BUILD_BENCH=OFF
+    build "$BUILD_DIR-asan"
+    ctest --test-dir "$BUILD_DIR-asan" -j "$JOBS" --output-on-failure
+    log "TSan: the concurrency suites"
+    configure "$BUILD_DIR-tsan" -DPKGCTX_SANITIZE=thread -DPKGCTX_BUILD_BENCH=OFF
+    build "$BUILD_DIR-tsan"
+    TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+      ctest --test-dir "$BUILD_DIR-tsan" -j "$JOBS" --output-on-failure -L concurrency ;;
+  install)
+    ensure_packages "${BASE_PACKAGES[@]}"
+    configure "$BUILD_DIR"
+    build "$BUILD_DIR"
+    cmake --install "$BUILD_DIR" --prefix "${1:-/usr/local}" ;;
+  clean)
+    rm -rf "$BUILD_DIR" "$BUILD_DIR"-* ;;
+  *)
+    sed -n '2,14p' "$0" >&2
+    exit 2 ;;
+esac

@@ -1,0 +1,249 @@
+// pkgctx/layout.hpp — the shared-memory layout: the single truth shared by the store (writers),
+// the worker SDK and pkgctl (readers). Internal: plugin authors use worker-sdk's API instead.
+//
+// A segment is one POSIX shared-memory object "/<name>" laid out as:
+//
+//   [Prefix  ]  stable across every layout version: identity, state, the writers' mutex and the
+//               "retirement contract" (where each slot's root generation and wake word are), so
+//               a newer daemon can retire a segment whose layout it does not otherwise know.
+//   [Header  ]  layout v1: limits, daemon liveness, occupancy counters, crash journal, offsets.
+//   [Slots   ]  capacity × Slot (448 bytes): generations, cause rings, seqlocked package data.
+//   [Index   ]  open-addressing hash of name → slot, 2^k atomic 64-bit entries.
+//   [FreeList]  capacity × u32 free slot numbers (writer-only, rebuilt on crash repair).
+//   [Bitmap  ]  one bit per 64-byte chunk of the settings arena (writer-only, rebuilt).
+//   [Arena   ]  canonical settings bytes, 64-byte chunks.
+//
+// A companion object "/<name>.waiters" (group-writable) holds one waiter count per slot: a worker
+// that sleeps on a slot's wake word raises its count first, so a writer knows whether it needs
+// the futex-wake syscall at all. Workers map the table itself read-only.
+//
+// Memory ordering, in one paragraph: generation counters only grow; a writer stores the new
+// cause into the ring *before* the release-store of the generation, so a reader that
+// acquire-loads a changed generation sees the cause. Package data is published under a per-slot
+// sequence lock (odd while written); readers copy with relaxed atomic loads and validate the
+// sequence after an acquire fence. Every field a reader copies is an atomic word, so there is no
+// data race anywhere (TSan-clean), and every value read from the segment is bounds-checked
+// before use: a corrupt segment yields errors, never wild reads.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <pthread.h>
+#include <type_traits>
+
+namespace pkgctx::layout {
+
+inline constexpr std::uint64_t kMagic = 0x31585443474b50ULL;  // "PKGCTX1\0" little-endian
+inline constexpr std::uint32_t kLayoutVersion = 1;
+inline constexpr std::size_t kCacheLine = 64;
+inline constexpr std::size_t kMaxName = 128;
+inline constexpr std::size_t kMaxVersion = 128;
+inline constexpr std::size_t kChunk = 64;          // settings arena allocation unit
+inline constexpr std::uint32_t kFirstChildKey = 2;
+inline constexpr std::uint32_t kLastChildKey = 7;
+inline constexpr std::uint32_t kChildKeys = kLastChildKey - kFirstChildKey + 1;
+inline constexpr std::uint32_t kCauseRing = 8;     // causes remembered per generation counter
+
+using u8 = std::uint8_t;
+using u32 = std::uint32_t;
+using u64 = std::uint64_t;
+using AU32 = std::atomic<u32>;
+using AU64 = std::atomic<u64>;
+
+static_assert(AU32::is_always_lock_free && AU64::is_always_lock_free,
+              "shared atomics must be lock-free (and never 16 bytes: read-only maps fault)");
+
+// Segment life cycle (Prefix::state). Written last by the creator: an opener that sees
+// kInitialising knows "not yet", not "never".
+enum class State : u32 { kInitialising = 0, kLive = 1, kRetired = 2 };
+
+// Why a token was cancelled. Stored in 8-entry rings, one byte per generation.
+enum class Cause : u8 {
+  kNone = 0,
+  kVersionChanged = 1,  // Update with a new version (or re-create after remove)
+  kUpdateEvent = 2,     // HandleEvent(update)
+  kRemoved = 3,         // HandleEvent(remove)
+  kRescheduled = 4,     // HandleEvent(k>=2) replaced this child
+  kDeleted = 5,         // Delete
+  kSegmentRetired = 6,  // the daemon replaced the whole segment
+};
+inline constexpr u8 kMaxCause = 6;
+
+// ---------------------------------------------------------------------------------------------
+// Prefix: frozen. Any future layout version keeps these fields at these offsets.
+struct alignas(kCacheLine) Prefix {
+  u64 magic;                 // kMagic; written by the creator before anything else
+  u32 layout_version;        // kLayoutVersion of the creator
+  u32 prefix_bytes;          // sizeof(Prefix)
+  u64 total_bytes;           // size of the whole object
+  u64 abi_fingerprint;       // abi_fingerprint() of the creator (sizes, alignments, offsets)
+  u64 epoch;                 // random per creation; tokens carry it
+  AU32 state;                // State; kLive is the ready marker, written last
+  u32 capacity;              // number of slots
+  u64 slots_offset;          // retirement contract: slot i at slots_offset + i * slot_stride
+  u32 slot_stride;
+  u32 root_gen_offset;       //   … its 64-bit root generation at this offset in the slot
+  u32 wake_offset;           //   … its 32-bit futex wake word at this offset in the slot
+  u32 reserved0;
+  // Writers' robust, process-shared mutex (own cache line).
+  alignas(kCacheLine) pthread_mutex_t mutex;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Crash journal: the undo record of the one write in progress. Written and read only by the
+// mutex holder. See store.cpp for the protocol.
+enum class JournalState : u32 { kIdle = 0, kPrepared = 1, kCommitted = 2 };
+
+inline constexpr std::size_t kDataWords = 37;  // SlotData::w
+
+struct Journal {
+  AU32 state;         // JournalState; every other field is complete before it moves
+  u32 slot;
+  u32 child_key;      // 0 = no child bump
+  u8 root_cause;      // Cause of the root bump, kNone = no root bump
+  u8 child_cause;
+  u8 pad[2];
+  u64 new_root_gen;   // generation values to store on commit (stores, so redo is idempotent)
+  u64 new_child_gen;
+  u64 old_data[kDataWords];  // the slot's data words before the write
+  u32 old_used;       // slot was in use before the write
+  u32 pad2;
+};
+
+struct alignas(kCacheLine) Header {
+  Prefix prefix;
+
+  // Limits fixed at creation (≤ the layout maxima).
+  u32 max_name;
+  u32 max_version;
+  u64 max_settings;
+
+  // Regions.
+  u64 index_offset;
+  u64 index_slots;      // power of two
+  u64 freelist_offset;
+  u64 bitmap_offset;
+  u64 bitmap_words;
+  u64 arena_offset;
+  u64 arena_bytes;      // multiple of kChunk
+
+  // Daemon liveness (written by the owning daemon; 0 = no daemon ever attached).
+  alignas(kCacheLine) std::atomic<std::int32_t> daemon_pid;
+  AU32 daemon_state;     // DaemonState
+  AU64 daemon_start_realtime_ns;
+  AU64 heartbeat_mono_ns;   // CLOCK_MONOTONIC of the last heartbeat
+  AU64 heartbeat_interval_ns;
+  AU64 created_realtime_ns;
+
+  // Occupancy and statistics (writers under the mutex; readers relaxed, informational).
+  alignas(kCacheLine) AU32 used_slots;
+  AU32 free_top;          // entries in the free list
+  AU64 settings_used;     // bytes of arena in use (whole chunks)
+  AU64 commits;           // committed writes
+  AU64 repairs;           // crash repairs performed
+  AU64 index_tombstones;
+  AU64 index_seq;         // odd while the index is being rebuilt; readers retry
+
+  alignas(kCacheLine) Journal journal;
+};
+
+enum class DaemonState : u32 { kNone = 0, kRunning = 1, kStopped = 2 };
+
+// ---------------------------------------------------------------------------------------------
+// A package slot.
+//
+// Line 0 (gens): read by every cancelled() check, written only on cancellation.
+// Line 1 (causes): read after a token sees cancellation.
+// Lines 2..6 (data): seqlocked package record.
+struct alignas(kCacheLine) SlotGens {
+  AU64 root;                 // bumped by root events, version changes, delete, retirement
+  AU64 child[kChildKeys];    // child[k-2] bumped by HandleEvent(k)
+  AU32 wake;                 // futex word: bumped on every cancellation in this slot
+  u32 pad;
+};
+
+struct alignas(kCacheLine) SlotCauses {
+  AU64 root;                 // byte (gen % 8) = cause that produced root generation gen
+  AU64 child[kChildKeys];
+};
+
+// Data word indexes (each an AU64).
+namespace dw {
+inline constexpr std::size_t kMeta = 0;      // bit 0: used; bits 8..15 name len; 16..23 version len
+inline constexpr std::size_t kHash = 1;      // name hash (XXH3-64)
+inline constexpr std::size_t kSettingsOff = 2;  // byte offset in the arena
+inline constexpr std::size_t kSettingsLen = 3;  // 0 means "{}"
+inline constexpr std::size_t kChecksum = 4;
+inline constexpr std::size_t kName = 5;      // 16 words
+inline constexpr std::size_t kVersion = 21;  // 16 words
+}  // namespace dw
+static_assert(dw::kVersion + kMaxVersion / 8 == kDataWords);
+
+struct alignas(kCacheLine) SlotData {
+  AU64 seq;                  // even: stable; odd: a writer is inside
+  AU64 w[kDataWords];
+};
+
+struct alignas(kCacheLine) Slot {
+  SlotGens gens;
+  SlotCauses causes;
+  SlotData data;
+};
+
+// Companion "/<name>.waiters" object.
+struct alignas(kCacheLine) WaitersHeader {
+  u64 magic;                 // kWaitersMagic
+  u64 epoch;                 // equals the table's epoch
+  u32 capacity;
+  u32 pad;
+};
+inline constexpr u64 kWaitersMagic = 0x5352455449415750ULL;  // "PWAITERS"
+
+// Index entries.
+inline constexpr u64 kIndexEmpty = 0;
+inline constexpr u64 kIndexTomb = ~u64{0};
+inline constexpr u64 index_entry(u64 hash, u32 slot) { return (hash & 0xffffffff00000000ULL) | (u64{slot} + 1); }
+inline constexpr u32 index_slot(u64 entry) { return static_cast<u32>(entry & 0xffffffffULL) - 1; }
+inline constexpr bool index_tag_matches(u64 entry, u64 hash) {
+  return (entry & 0xffffffff00000000ULL) == (hash & 0xffffffff00000000ULL);
+}
+
+// --- static checks ----------------------------------------------------------------------------
+static_assert(std::is_standard_layout_v<Prefix> && std::is_standard_layout_v<Header>);
+static_assert(std::is_standard_layout_v<Slot> && std::is_trivially_destructible_v<Slot>);
+static_assert(offsetof(Prefix, magic) == 0);
+static_assert(offsetof(Prefix, layout_version) == 8);
+static_assert(offsetof(Prefix, total_bytes) == 16);
+static_assert(offsetof(Prefix, abi_fingerprint) == 24);
+static_assert(offsetof(Prefix, epoch) == 32);
+static_assert(offsetof(Prefix, state) == 40);
+static_assert(offsetof(Prefix, capacity) == 44);
+static_assert(offsetof(Prefix, slots_offset) == 48);
+static_assert(offsetof(Prefix, mutex) == 128);
+static_assert(sizeof(SlotGens) == kCacheLine, "a check touches exactly one line per slot");
+static_assert(sizeof(SlotCauses) == kCacheLine);
+static_assert(sizeof(Slot) == 448);
+static_assert(offsetof(Slot, gens) == 0 && offsetof(SlotGens, root) == 0);
+
+inline constexpr std::size_t kRootGenOffset = offsetof(Slot, gens) + offsetof(SlotGens, root);
+inline constexpr std::size_t kWakeOffset = offsetof(Slot, gens) + offsetof(SlotGens, wake);
+
+// A fingerprint of everything two builds must agree on to share a segment.
+constexpr u64 abi_fingerprint() {
+  const u64 parts[] = {sizeof(Prefix),       sizeof(Header),          sizeof(Slot),
+                       sizeof(SlotData),     sizeof(Journal),         alignof(Slot),
+                       sizeof(pthread_mutex_t), offsetof(Header, journal), offsetof(Header, daemon_pid),
+                       offsetof(Header, used_slots), kDataWords,      kChunk,
+                       kCauseRing,           kChildKeys,              sizeof(WaitersHeader)};
+  u64 h = 0xcbf29ce484222325ULL;  // FNV-1a over the parts
+  for (u64 p : parts) {
+    for (int i = 0; i < 8; ++i) {
+      h ^= (p >> (8 * i)) & 0xff;
+      h *= 0x100000001b3ULL;
+    }
+  }
+  return h;
+}
+
+}  // namespace pkgctx::layout

@@ -1,0 +1,123 @@
+// pkgctx/segment.hpp — creating, opening, retiring and removing a pkgctx segment.
+//
+// A `Segment` is a cheap, copyable handle on one mapping of the table (and its waiters board).
+// Tokens keep the mapping alive, so a token taken before the segment was retired and unlinked
+// still reads valid memory (and reports `segment_retired`).
+//
+// Process rules: a mapping is not inherited usefully across fork() by writers (the child must not
+// write through a parent's Store); readers may keep using it. Opening validates everything it
+// will later trust: magic, layout version, ABI fingerprint, sizes and every region's bounds.
+#pragma once
+
+#include "pkgctx/error.hpp"
+#include "pkgctx/layout.hpp"
+#include "pkgctx/settings.hpp"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <sys/types.h>
+
+namespace pkgctx {
+
+namespace detail {
+struct Mapping;
+}
+
+struct SegmentOptions {
+  std::uint32_t capacity = 4096;                    // package slots
+  std::uint64_t settings_bytes = 16ull << 20;       // settings arena (rounded up to 64 bytes)
+  Limits limits;                                    // enforced by writers; stored in the header
+  mode_t mode = 0640;                               // table; the waiters board gets mode|0060
+  gid_t group = static_cast<gid_t>(-1);             // chown the objects to this group (-1: keep)
+  std::uint32_t layout_version = layout::kLayoutVersion;  // tests only: make a foreign-version one
+};
+
+enum class Access { read_only, read_write };
+
+// A summary of the header for tools (pkgctl dump) and liveness checks.
+struct SegmentInfo {
+  std::string name;
+  std::uint32_t layout_version = 0;
+  std::uint64_t abi_fingerprint = 0;
+  std::uint64_t epoch = 0;
+  std::uint64_t total_bytes = 0;
+  layout::State state = layout::State::kInitialising;
+  std::uint32_t capacity = 0;
+  std::uint32_t used = 0;
+  std::uint64_t settings_bytes = 0;
+  std::uint64_t settings_used = 0;
+  std::uint64_t commits = 0;
+  std::uint64_t repairs = 0;
+  std::uint32_t max_name = 0, max_version = 0;
+  std::uint64_t max_settings = 0;
+  std::uint64_t created_realtime_ns = 0;
+  // Daemon liveness.
+  std::int32_t daemon_pid = 0;
+  layout::DaemonState daemon_state = layout::DaemonState::kNone;
+  std::uint64_t daemon_start_realtime_ns = 0;
+  std::uint64_t heartbeat_mono_ns = 0;
+  std::uint64_t heartbeat_interval_ns = 0;
+};
+
+enum class Liveness {
+  none,     // no daemon ever attached
+  alive,    // running, heartbeat fresh
+  stale,    // running per the header, but the heartbeat is older than 3 intervals (hung or killed)
+  stopped,  // stopped cleanly
+};
+std::string_view liveness_name(Liveness l) noexcept;
+Liveness liveness(const SegmentInfo& info) noexcept;  // uses CLOCK_MONOTONIC now
+
+class Segment {
+ public:
+  // Creates "/<name>" and "/<name>.waiters". Errors: segment_exists, permission_denied, io_error.
+  static Result<Segment> create(const std::string& name, const SegmentOptions& opts = {});
+  // Opens and validates an existing segment. Errors: segment_missing, segment_not_ready,
+  // segment_foreign, segment_version, segment_truncated, segment_retired, permission_denied.
+  static Result<Segment> open(const std::string& name, Access access);
+  // Removes both objects (mappings stay valid). Missing objects are not an error.
+  static void remove(const std::string& name) noexcept;
+  // Marks the existing segment "/<name>" retired, whatever its layout version, using only the
+  // frozen prefix: bumps every root generation and wake word and wakes all waiters, then unlinks
+  // it. Errors: segment_missing, segment_foreign, permission_denied.
+  static Result<void> retire(const std::string& name);
+  // Same as retire() for a segment this process has mapped read-write.
+  void retire_mapped() const;
+
+  Segment() = default;
+  bool valid() const noexcept { return map_ != nullptr; }
+  const std::string& name() const noexcept;
+  bool writable() const noexcept;
+  SegmentInfo info() const;
+
+  // Raw access for the store, the SDK and tools. Pointers stay valid while any handle or token
+  // of this mapping lives.
+  layout::Header& header() const noexcept;
+  layout::Slot& slot(std::uint32_t i) const noexcept;
+  std::atomic<std::uint64_t>* index() const noexcept;
+  std::uint32_t* freelist() const noexcept;
+  std::atomic<std::uint64_t>* bitmap() const noexcept;
+  std::atomic<std::uint64_t>* arena() const noexcept;  // arena_bytes / 8 words
+  std::atomic<std::uint32_t>* waiter_counts() const noexcept;  // nullptr if the board is not writable
+  std::uint32_t capacity() const noexcept;
+  const std::shared_ptr<detail::Mapping>& mapping() const noexcept { return map_; }
+
+  // Daemon liveness fields (the daemon's own calls).
+  void mark_daemon_running(pid_t pid, std::uint64_t heartbeat_interval_ns) const noexcept;
+  void heartbeat() const noexcept;
+  void mark_daemon_stopped() const noexcept;
+
+ private:
+  explicit Segment(std::shared_ptr<detail::Mapping> m) : map_(std::move(m)) {}
+  std::shared_ptr<detail::Mapping> map_;
+};
+
+// The hash used for names in the index.
+std::uint64_t name_hash(std::string_view name) noexcept;
+
+// Monotonic and realtime clocks in nanoseconds.
+std::uint64_t mono_now_ns() noexcept;
+std::uint64_t realtime_now_ns() noexcept;
+
+}  // namespace pkgctx

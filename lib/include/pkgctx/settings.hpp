@@ -1,0 +1,73 @@
+// pkgctx/settings.hpp — package settings: a JSON object, its RFC 8785 (JCS) canonical form and
+// its checksum, XXH3-64 of the canonical bytes as 16 lowercase hex digits.
+//
+// Any language can compute the checksum, so a controller may call NeedUpdate with its own.
+// Empty settings are `{}` (checksum of the two bytes "{}").
+#pragma once
+
+#include "pkgctx/error.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace pkgctx {
+
+// Configurable input limits (DESIGN.md §3). Defaults are the contract's.
+struct Limits {
+  std::size_t max_name = 128;               // bytes of [A-Za-z0-9._-]
+  std::size_t max_version = 128;            // printable ASCII bytes (0x20..0x7e)
+  std::size_t max_settings = 1024 * 1024;   // canonical bytes
+  std::size_t max_depth = 64;               // nesting depth of settings JSON
+};
+
+// A validated, canonical settings object. Immutable; cheap to move.
+class Settings {
+ public:
+  // `{}`.
+  Settings();
+
+  // Parses `json` (must be one JSON object; I-JSON: no duplicate keys, no lone surrogates,
+  // numbers representable as IEEE-754 doubles), canonicalises it (RFC 8785) and checksums it.
+  // Errors: invalid_settings (names the problem and its byte offset where known),
+  // settings_too_large (canonical size over limits.max_settings).
+  static Result<Settings> parse(std::string_view json, const Limits& limits = {});
+
+  // Wraps bytes already known to be canonical (e.g. read back from the segment) with their
+  // stored checksum. No validation: for trusted sources only.
+  static Settings from_canonical(std::string canonical, std::uint64_t checksum);
+
+  const std::string& canonical() const noexcept { return canonical_; }
+  std::uint64_t checksum() const noexcept { return checksum_; }
+  std::string checksum_hex() const { return format_checksum(checksum_); }
+  bool empty() const noexcept { return canonical_.size() == 2; }
+
+  friend bool operator==(const Settings& a, const Settings& b) noexcept {
+    return a.checksum_ == b.checksum_ && a.canonical_ == b.canonical_;
+  }
+
+ private:
+  Settings(std::string canonical, std::uint64_t checksum)
+      : canonical_(std::move(canonical)), checksum_(checksum) {}
+  std::string canonical_;
+  std::uint64_t checksum_;
+
+ public:
+  static std::string format_checksum(std::uint64_t c);
+};
+
+// RFC 8785 canonical form of any JSON text (object, array or scalar at the top).
+Result<std::string> canonicalize_json(std::string_view json, const Limits& limits = {});
+
+// XXH3-64 of `bytes`.
+std::uint64_t checksum_bytes(std::string_view bytes) noexcept;
+
+// Parses exactly 16 hex digits (either case). Errors: invalid_settings naming the bad text.
+Result<std::uint64_t> parse_checksum(std::string_view hex);
+
+// Input validation of DESIGN.md §3. Messages name the offending byte and its position.
+Result<void> validate_name(std::string_view name, const Limits& limits = {});
+Result<void> validate_version(std::string_view version, const Limits& limits = {});
+
+}  // namespace pkgctx

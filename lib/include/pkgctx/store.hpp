@@ -1,0 +1,81 @@
+// pkgctx/store.hpp — the package store (DESIGN.md §2) on a shared segment: the write side.
+//
+// Every write takes the segment's robust process-shared mutex, so any number of Store objects
+// in any number of processes may write the same segment. A writer killed inside a write leaves
+// the mutex "owner died"; the next writer repairs the table from the crash journal (undoing an
+// uncommitted change, finishing a committed one) and rebuilds the derived structures (name
+// index, free list, settings bitmap) before going on.
+//
+// Reads (need_update, pending_settings) take no lock: they go through a View.
+// Input is validated before anything is touched; a refused write changes nothing.
+#pragma once
+
+#include "pkgctx/error.hpp"
+#include "pkgctx/segment.hpp"
+#include "pkgctx/settings.hpp"
+#include "pkgctx/token.hpp"
+#include "pkgctx/view.hpp"
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace pkgctx {
+
+enum class Change { none, created, version, settings };
+std::string_view change_name(Change c) noexcept;  // "none", "created", "version", "settings"
+
+struct UpdateResult {
+  std::optional<Token> token;  // a new root token, or none (settings-only or no change)
+  Change change = Change::none;
+};
+
+class Store {
+ public:
+  // Creates a new segment and owns it (errors as Segment::create).
+  static Result<Store> create(const std::string& name, const SegmentOptions& opts = {});
+  // Attaches read-write to an existing segment (errors as Segment::open).
+  static Result<Store> open(const std::string& name);
+  explicit Store(Segment segment);
+
+  // Update(name, version, settings). Errors: invalid_name, invalid_version, table_full,
+  // settings_full, settings_too_large.
+  Result<UpdateResult> update(std::string_view name, std::string_view version, const Settings& settings);
+  // HandleEvent(event, name): no token when the package is absent. Errors: invalid_event,
+  // invalid_name.
+  Result<std::optional<Token>> handle_event(int event, std::string_view name);
+  // Delete(name). Errors: invalid_name.
+  Result<bool> erase(std::string_view name);
+  // NeedUpdate(name, version, checksum). Errors: invalid_name.
+  Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const;
+  // GetPendingSettings(name). Errors: invalid_name, no_such_package.
+  Result<Settings> pending_settings(std::string_view name) const;
+
+  const Segment& segment() const noexcept { return seg_; }
+  const View& view() const noexcept { return view_; }
+  const Limits& limits() const noexcept { return limits_; }
+
+  // Marks the segment retired: every token is cancelled with cause segment_retired and every
+  // waiter woken. The segment is unlinked.
+  void retire();
+
+  // If a writer died holding the mutex, repairs the table now (the daemon calls this on every
+  // heartbeat so readers never wait long on a slot left mid-write). Never blocks on a live
+  // writer. Returns true if a repair was made.
+  bool repair_if_needed();
+
+ private:
+  Segment seg_;
+  View view_;
+  Limits limits_;
+};
+
+// Test-only fault injection (compiled in with PKGCTX_FAULT_INJECTION): when the environment
+// variable PKGCTX_CRASH_AT="<op>:<step>" names a step of a write path, the writer SIGKILLs
+// itself there, inside the critical section. Ops: update, event, erase. Returns the number of
+// steps each op has so tests can try every one.
+int fault_steps(std::string_view op) noexcept;
+// Same as the environment variable, for tests that fork: op "" disables.
+void set_crash_point(std::string_view op, int step) noexcept;
+
+}  // namespace pkgctx

@@ -1,0 +1,96 @@
+// pkgctx/token.hpp — a context token: a snapshot of a package's generation counters.
+//
+// A token can only observe; the store (the daemon) holds the power to cancel. A root token
+// (events 0 update, 1 remove) is cancelled when its package's root generation moves: the next
+// root event, a version change, deletion or segment retirement. A child token (key 2..7) is also
+// cancelled when the child generation of its key moves (the next HandleEvent(key)).
+//
+// cancelled() is two acquire loads from one cache line and two compares: no syscall, no lock,
+// no allocation, safe from any thread and from a signal handler. Cancellation is permanent.
+// A default-constructed token is never cancelled.
+//
+// Memory ordering: if cancelled() returns true, everything the writer stored before cancelling
+// (the new version, settings, cause) is visible to the caller.
+#pragma once
+
+#include "pkgctx/error.hpp"
+#include "pkgctx/layout.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace pkgctx {
+
+class Segment;
+namespace detail {
+struct Mapping;
+}
+
+using Cause = layout::Cause;
+// "version_changed", "update_event", "removed", "rescheduled", "deleted", "segment_retired";
+// "none" for kNone.
+std::string_view cause_name(Cause c) noexcept;
+// Parses a cause name; kNone for an unknown one.
+Cause cause_from_name(std::string_view name) noexcept;
+
+// Event numbers (DESIGN.md §2). Keys 2..7 are child keys.
+enum Event : int { kEventUpdate = 0, kEventRemove = 1, kEventSchedule = 2 };
+inline constexpr int kMaxEvent = 7;
+inline bool is_root_event(int e) noexcept { return e == kEventUpdate || e == kEventRemove; }
+inline bool is_valid_event(int e) noexcept { return e >= 0 && e <= kMaxEvent; }
+// "update" → 0, "remove" → 1, "schedule" → 2, "2".."7" → the number; -1 otherwise.
+int event_from_name(std::string_view name) noexcept;
+
+class Token {
+ public:
+  // Never cancelled.
+  Token() noexcept;
+
+  // No syscall, no lock, no allocation.
+  bool cancelled() const noexcept {
+    return root_->load(std::memory_order_acquire) != root_snap_ ||
+           child_->load(std::memory_order_acquire) != child_snap_;
+  }
+
+  // Why it was cancelled; Cause::kNone while live. Exact while at most 8 further events of the
+  // same kind followed; the most recent one after that.
+  Cause cause() const noexcept;
+
+  // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
+  // word; the writer wakes only when someone waits. Without a writable waiters board (no
+  // permission) it still works, re-checking every 10 ms.
+  bool wait(std::chrono::nanoseconds timeout) const noexcept;
+
+  // Printable form (≤ 128 chars of [A-Za-z0-9._:-]):
+  //   pkgctx1:<epoch:16 hex>:<slot>:<key>:<root gen hex>:<child gen hex>:<check:8 hex>
+  std::string str() const;
+  // Parses and validates a printed token against `segment`: well-formed, check digits match,
+  // same epoch, slot and key in range, generations not in the future. Errors: invalid_token.
+  static Result<Token> parse(std::string_view text, const Segment& segment);
+
+  bool is_root() const noexcept { return key_ < layout::kFirstChildKey; }
+  std::uint32_t slot() const noexcept { return slot_; }
+  std::uint32_t key() const noexcept { return key_; }
+  std::uint64_t root_generation() const noexcept { return root_snap_; }
+  std::uint64_t child_generation() const noexcept { return child_snap_; }
+  bool valid() const noexcept { return map_ != nullptr; }  // false for a default token
+
+  // For the store and the SDK: a snapshot of the slot's current generations.
+  static Token snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept;
+
+ private:
+  std::shared_ptr<detail::Mapping> map_;
+  const std::atomic<std::uint64_t>* root_;
+  const std::atomic<std::uint64_t>* child_;
+  std::uint64_t root_snap_ = 0;
+  std::uint64_t child_snap_ = 0;
+  std::uint64_t epoch_ = 0;
+  std::uint32_t slot_ = 0;
+  std::uint32_t key_ = 0;
+};
+
+}  // namespace pkgctx

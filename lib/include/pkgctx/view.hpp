@@ -1,0 +1,60 @@
+// pkgctx/view.hpp — lock-free reads of the package table (workers, pkgctl, the store's reads).
+//
+// A View never takes the writers' mutex and works on a read-only mapping. Multi-field reads (a
+// name lookup, a version, settings bytes) are validated by the slot's sequence counter and
+// retried, so a result is always one committed state of the package, never a mix.
+#pragma once
+
+#include "pkgctx/error.hpp"
+#include "pkgctx/segment.hpp"
+#include "pkgctx/token.hpp"
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pkgctx {
+
+struct PackageRecord {
+  std::string name;
+  std::string version;            // "" = removed
+  std::string settings;           // canonical JSON (only when asked for)
+  std::uint64_t checksum = 0;     // XXH3-64 of the canonical settings
+  std::uint64_t settings_size = 0;
+  std::uint32_t slot = 0;
+  std::uint64_t root_generation = 0;
+  std::array<std::uint64_t, layout::kChildKeys> child_generations{};
+  Cause last_cause = Cause::kNone;  // cause of the latest root generation
+};
+
+class View {
+ public:
+  View() = default;
+  explicit View(Segment segment) : seg_(std::move(segment)) {}
+  // Opens "/<name>" read-only (errors as Segment::open).
+  static Result<View> open(const std::string& name);
+
+  const Segment& segment() const noexcept { return seg_; }
+
+  // Slot of `name`. Errors: invalid_name, no_such_package.
+  Result<std::uint32_t> find(std::string_view name) const;
+  // One consistent snapshot of a package. Errors: invalid_name, no_such_package.
+  Result<PackageRecord> read(std::string_view name, bool with_settings = true) const;
+  // The token of the package's current context for `event` (0/1: root; 2..7: that child key).
+  // Errors: invalid_event, invalid_name, no_such_package.
+  Result<Token> token(std::string_view name, int event) const;
+  // DESIGN.md §2 NeedUpdate. Errors: invalid_name.
+  Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const;
+  // Every package, in slot order.
+  std::vector<PackageRecord> list(bool with_settings = false) const;
+
+  // Reads slot `slot` if it holds a package (used by list()).
+  bool read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings) const;
+
+ private:
+  Segment seg_;
+};
+
+}  // namespace pkgctx

@@ -1,0 +1,602 @@
+// The write side of the store.
+//
+// Crash safety. Every write runs under the robust mutex and follows one protocol:
+//   1. validate the input and reserve what it needs (slot, settings chunks): a refusal here
+//      changes nothing visible;
+//   2. write new settings bytes into free (unreferenced) arena chunks;
+//   3. journal PREPARED: an undo copy of the slot's data words;
+//   4. write the slot's data under its seqlock; update the index;
+//   5. journal COMMITTED with the generation values to store (stores, not increments, so
+//      redoing them is idempotent); store causes then generations; wake sleepers;
+//   6. journal IDLE; release what the old state used (settings chunks, slot).
+// A writer that finds the previous owner dead (EOWNERDEAD) undoes a PREPARED write, redoes a
+// COMMITTED one, and rebuilds everything derivable from the slots: the name index, the free
+// list, the settings bitmap and the counters. A write is committed exactly when its journal
+// reached COMMITTED, so no committed change is ever lost and no half-written one survives.
+#include "pkgctx/store.hpp"
+
+#include "mapping.hpp"
+#include "pkgctx/futex.hpp"
+#include "robust_mutex.hpp"
+#include "seqlock.hpp"
+
+#include <atomic>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <unistd.h>
+
+namespace pkgctx {
+
+using namespace layout;
+
+// --- fault injection ---------------------------------------------------------------------------
+namespace {
+
+struct CrashPoint {
+  char op[16] = {};
+  int step = 0;
+};
+
+CrashPoint& crash_point() {
+  static CrashPoint cp = [] {
+    CrashPoint c;
+    if (const char* env = std::getenv("PKGCTX_CRASH_AT")) {
+      std::string_view v(env);
+      auto colon = v.find(':');
+      if (colon != std::string_view::npos && colon < sizeof c.op) {
+        std::memcpy(c.op, v.data(), colon);
+        c.step = std::atoi(env + colon + 1);
+      }
+    }
+    return c;
+  }();
+  return cp;
+}
+
+constexpr int kUpdateSteps = 9;
+constexpr int kEventSteps = 6;
+constexpr int kEraseSteps = 7;
+
+#if defined(PKGCTX_FAULT_INJECTION)
+inline void crash_at(const char* op, int step) {
+  const CrashPoint& cp = crash_point();
+  if (cp.step == step && std::strcmp(cp.op, op) == 0) ::kill(::getpid(), SIGKILL);
+}
+#else
+inline void crash_at(const char*, int) {}
+#endif
+
+}  // namespace
+
+int fault_steps(std::string_view op) noexcept {
+  if (op == "update") return kUpdateSteps;
+  if (op == "event") return kEventSteps;
+  if (op == "erase") return kEraseSteps;
+  return 0;
+}
+
+void set_crash_point(std::string_view op, int step) noexcept {
+  CrashPoint& cp = crash_point();
+  std::memset(cp.op, 0, sizeof cp.op);
+  std::memcpy(cp.op, op.data(), std::min(op.size(), sizeof cp.op - 1));
+  cp.step = step;
+}
+
+std::string_view change_name(Change c) noexcept {
+  switch (c) {
+    case Change::none: return "none";
+    case Change::created: return "created";
+    case Change::version: return "version";
+    case Change::settings: return "settings";
+  }
+  return "none";
+}
+
+// --- the writer: everything that runs under the mutex ------------------------------------------
+namespace {
+
+constexpr u64 kEmptyLen = 0;  // settings length 0 stands for "{}"
+
+struct Block {
+  u64 off = 0;
+  u64 len = 0;  // bytes; 0 = "{}" (no chunks)
+};
+
+u64 chunks_for(u64 len) { return (len + kChunk - 1) / kChunk; }
+
+class Writer {
+ public:
+  explicit Writer(const Segment& seg)
+      : seg_(seg), m_(*seg.mapping()), h_(*m_.header), j_(h_.journal), lock_(&h_.prefix.mutex) {
+    if (lock_.owner_died()) repair();
+  }
+  // Takes the mutex only if it is free (or its owner died); repairs in that case.
+  Writer(const Segment& seg, std::try_to_lock_t)
+      : seg_(seg), m_(*seg.mapping()), h_(*m_.header), j_(h_.journal), lock_(&h_.prefix.mutex, std::try_to_lock) {
+    if (lock_.owns() && lock_.owner_died()) repair();
+  }
+  bool repaired() const { return lock_.owns() && lock_.owner_died(); }
+
+  // Slot holding `name`, found without the seqlock: only writers change slots and we are one.
+  std::optional<u32> find(std::string_view name, u64 hash) const {
+    u64 i = hash & m_.index_mask;
+    for (u64 probes = 0; probes <= m_.index_mask; ++probes, i = (i + 1) & m_.index_mask) {
+      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+      if (e == kIndexEmpty) return std::nullopt;
+      if (e == kIndexTomb || !index_tag_matches(e, hash)) continue;
+      const u32 s = index_slot(e);
+      if (s < m_.capacity && holds(s, name, hash)) return s;
+    }
+    return std::nullopt;
+  }
+
+  bool holds(u32 s, std::string_view name, u64 hash) const {
+    const SlotData& d = m_.slots[s].data;
+    const u64 mt = d.w[dw::kMeta].load(std::memory_order_relaxed);
+    if (!detail::meta_used(mt) || d.w[dw::kHash].load(std::memory_order_relaxed) != hash ||
+        detail::meta_name_len(mt) != name.size())
+      return false;
+    char buf[kMaxName];
+    detail::copy_out(buf, &d.w[dw::kName], name.size());
+    return std::memcmp(buf, name.data(), name.size()) == 0;
+  }
+
+  std::string version(u32 s) const {
+    const SlotData& d = m_.slots[s].data;
+    std::string v(detail::meta_version_len(d.w[dw::kMeta].load(std::memory_order_relaxed)), '\0');
+    detail::copy_out(v.data(), &d.w[dw::kVersion], v.size());
+    return v;
+  }
+  u64 checksum(u32 s) const { return m_.slots[s].data.w[dw::kChecksum].load(std::memory_order_relaxed); }
+  Block block(u32 s) const {
+    const SlotData& d = m_.slots[s].data;
+    return {d.w[dw::kSettingsOff].load(std::memory_order_relaxed), d.w[dw::kSettingsLen].load(std::memory_order_relaxed)};
+  }
+
+  // --- settings arena ---
+  // Reserves chunks for `bytes` and copies them in. Fails (nothing changed) when full.
+  std::optional<Block> store_settings(const std::string& bytes) {
+    if (bytes == "{}") return Block{0, kEmptyLen};
+    const u64 n = chunks_for(bytes.size());
+    const u64 total = m_.arena_bytes / kChunk;
+    if (n > total) return std::nullopt;
+    std::optional<u64> start = find_run(hint_, total, n);
+    if (!start) start = find_run(0, std::min(total, hint_ + n), n);
+    if (!start) return std::nullopt;
+    set_bits(*start, n, true);
+    hint_ = *start + n;
+    h_.settings_used.fetch_add(n * kChunk, std::memory_order_relaxed);
+    detail::copy_in(&m_.arena[*start * kChunk / 8], bytes.data(), bytes.size());
+    return Block{*start * kChunk, bytes.size()};
+  }
+
+  void release(Block b) {
+    if (b.len == kEmptyLen) return;
+    const u64 n = chunks_for(b.len);
+    set_bits(b.off / kChunk, n, false);
+    h_.settings_used.fetch_sub(n * kChunk, std::memory_order_relaxed);
+  }
+
+  // --- journal ---
+  void prepare(u32 s) {
+    j_.slot = s;
+    j_.child_key = 0;
+    j_.root_cause = static_cast<u8>(Cause::kNone);
+    j_.child_cause = static_cast<u8>(Cause::kNone);
+    const SlotData& d = m_.slots[s].data;
+    for (std::size_t i = 0; i < kDataWords; ++i) j_.old_data[i] = d.w[i].load(std::memory_order_relaxed);
+    j_.state.store(static_cast<u32>(JournalState::kPrepared), std::memory_order_release);
+  }
+
+  // Writes the whole data record of slot `s` under its seqlock. `crash_op` names the op for the
+  // mid-write fault point.
+  void write_data(u32 s, bool used, std::string_view name, u64 hash, std::string_view version, Block b, u64 sum,
+                  const char* crash_op, int crash_step) {
+    SlotData& d = m_.slots[s].data;
+    detail::write_begin(d.seq);
+    d.w[dw::kMeta].store(detail::meta(used, name.size(), version.size()), std::memory_order_relaxed);
+    d.w[dw::kHash].store(hash, std::memory_order_relaxed);
+    crash_at(crash_op, crash_step);  // half a record written, sequence odd
+    for (std::size_t i = dw::kName; i < kDataWords; ++i) d.w[i].store(0, std::memory_order_relaxed);
+    detail::copy_in(&d.w[dw::kName], name.data(), name.size());
+    detail::copy_in(&d.w[dw::kVersion], version.data(), version.size());
+    d.w[dw::kSettingsOff].store(b.off, std::memory_order_relaxed);
+    d.w[dw::kSettingsLen].store(b.len, std::memory_order_relaxed);
+    d.w[dw::kChecksum].store(sum, std::memory_order_relaxed);
+    detail::write_end(d.seq);
+  }
+
+  // Publishes the cancellations of a write. `child_key` 0 = none.
+  void commit(u32 s, Cause root_cause, u32 child_key, Cause child_cause) {
+    const SlotGens& g = m_.slots[s].gens;
+    if (j_.state.load(std::memory_order_relaxed) != static_cast<u32>(JournalState::kPrepared)) j_.slot = s;
+    j_.root_cause = static_cast<u8>(root_cause);
+    j_.child_key = child_key;
+    j_.child_cause = static_cast<u8>(child_cause);
+    j_.new_root_gen = g.root.load(std::memory_order_relaxed) + (root_cause != Cause::kNone ? 1 : 0);
+    j_.new_child_gen = child_key ? g.child[child_key - kFirstChildKey].load(std::memory_order_relaxed) + 1 : 0;
+    j_.state.store(static_cast<u32>(JournalState::kCommitted), std::memory_order_release);
+  }
+
+  void apply_commit() {
+    const u32 s = j_.slot;
+    if (s >= m_.capacity) return;
+    Slot& slot = m_.slots[s];
+    bool cancelled = false;
+    if (j_.root_cause != static_cast<u8>(Cause::kNone)) {
+      put_cause(slot.causes.root, j_.new_root_gen, j_.root_cause);
+      slot.gens.root.store(j_.new_root_gen, std::memory_order_release);
+      cancelled = true;
+    }
+    if (j_.child_key >= kFirstChildKey && j_.child_key <= kLastChildKey) {
+      const u32 k = j_.child_key - kFirstChildKey;
+      put_cause(slot.causes.child[k], j_.new_child_gen, j_.child_cause);
+      slot.gens.child[k].store(j_.new_child_gen, std::memory_order_release);
+      cancelled = true;
+    }
+    if (cancelled) {
+      // Bump the wake word, then look for sleepers (seq_cst pairs with Token::wait): the
+      // syscall is made only when someone sleeps on this slot.
+      slot.gens.wake.fetch_add(1, std::memory_order_seq_cst);
+      if (!m_.waiter_counts || m_.waiter_counts[s].load(std::memory_order_seq_cst) != 0) futex::wake(&slot.gens.wake);
+    }
+  }
+
+  void finish() {
+    j_.state.store(static_cast<u32>(JournalState::kIdle), std::memory_order_release);
+    h_.commits.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // --- index ---
+  void index_insert(u32 s, u64 hash) {
+    maybe_rebuild_index(1);
+    u64 i = hash & m_.index_mask;
+    while (true) {
+      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+      if (e == kIndexEmpty || e == kIndexTomb) {
+        if (e == kIndexTomb) h_.index_tombstones.fetch_sub(1, std::memory_order_relaxed);
+        m_.index[i].store(index_entry(hash, s), std::memory_order_release);
+        return;
+      }
+      i = (i + 1) & m_.index_mask;
+    }
+  }
+
+  void index_erase(u32 s, u64 hash) {
+    u64 i = hash & m_.index_mask;
+    for (u64 probes = 0; probes <= m_.index_mask; ++probes, i = (i + 1) & m_.index_mask) {
+      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+      if (e == kIndexEmpty) return;
+      if (e != kIndexTomb && index_slot(e) == s) {
+        m_.index[i].store(kIndexTomb, std::memory_order_release);
+        h_.index_tombstones.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+    }
+  }
+
+  // --- free list ---
+  bool has_free_slot() const { return h_.free_top.load(std::memory_order_relaxed) > 0; }
+  u32 pop_slot() {
+    const u32 top = h_.free_top.load(std::memory_order_relaxed) - 1;
+    h_.free_top.store(top, std::memory_order_relaxed);
+    return m_.freelist[top];
+  }
+  void push_slot(u32 s) {
+    const u32 top = h_.free_top.load(std::memory_order_relaxed);
+    m_.freelist[top] = s;
+    h_.free_top.store(top + 1, std::memory_order_relaxed);
+  }
+
+  // Rebuilds everything derivable from the slots after a writer died inside a write.
+  void repair() {
+    h_.repairs.fetch_add(1, std::memory_order_relaxed);
+    const auto st = static_cast<JournalState>(j_.state.load(std::memory_order_acquire));
+    if (st == JournalState::kPrepared && j_.slot < m_.capacity) {
+      // Undo: restore the data words and leave the sequence even and new, so a reader that
+      // copied half a record retries.
+      SlotData& d = m_.slots[j_.slot].data;
+      const u64 seq = d.seq.load(std::memory_order_relaxed);
+      d.seq.store(seq | 1, std::memory_order_relaxed);
+      std::atomic_thread_fence(std::memory_order_release);
+      for (std::size_t i = 0; i < kDataWords; ++i) d.w[i].store(j_.old_data[i], std::memory_order_relaxed);
+      d.seq.store((seq | 1) + 1, std::memory_order_release);
+    } else if (st == JournalState::kCommitted) {
+      apply_commit();  // redo: idempotent stores
+    }
+    j_.state.store(static_cast<u32>(JournalState::kIdle), std::memory_order_release);
+
+    // A sequence left odd anywhere else (should not happen) is closed.
+    for (u32 s = 0; s < m_.capacity; ++s) {
+      SlotData& d = m_.slots[s].data;
+      const u64 seq = d.seq.load(std::memory_order_relaxed);
+      if (seq & 1) d.seq.store(seq + 1, std::memory_order_release);
+    }
+    // Free list, bitmap and counters from the slots.
+    const u64 total_chunks = m_.arena_bytes / kChunk;
+    for (u64 w = 0; w < h_.bitmap_words; ++w) m_.bitmap[w].store(0, std::memory_order_relaxed);
+    if (total_chunks % 64 != 0)
+      m_.bitmap[h_.bitmap_words - 1].store(~u64{0} << (total_chunks % 64), std::memory_order_relaxed);
+    u32 used = 0, top = 0;
+    u64 settings_used = 0;
+    for (u32 s = m_.capacity; s-- > 0;) {
+      const SlotData& d = m_.slots[s].data;
+      if (!detail::meta_used(d.w[dw::kMeta].load(std::memory_order_relaxed))) {
+        m_.freelist[top++] = s;
+        continue;
+      }
+      ++used;
+      const Block b = block(s);
+      if (b.len != kEmptyLen && b.off % kChunk == 0 && b.len <= m_.arena_bytes && b.off <= m_.arena_bytes - b.len) {
+        set_bits(b.off / kChunk, chunks_for(b.len), true);
+        settings_used += chunks_for(b.len) * kChunk;
+      }
+    }
+    h_.free_top.store(top, std::memory_order_relaxed);
+    h_.used_slots.store(used, std::memory_order_relaxed);
+    h_.settings_used.store(settings_used, std::memory_order_relaxed);
+    rebuild_index();
+  }
+
+  void maybe_rebuild_index(u32 adding) {
+    const u64 load = u64{h_.used_slots.load(std::memory_order_relaxed)} + adding +
+                     h_.index_tombstones.load(std::memory_order_relaxed);
+    if (load * 4 > (m_.index_mask + 1) * 3) rebuild_index();
+  }
+
+  // Readers retry while index_seq is odd.
+  void rebuild_index() {
+    detail::write_begin(h_.index_seq);
+    for (u64 i = 0; i <= m_.index_mask; ++i) m_.index[i].store(kIndexEmpty, std::memory_order_relaxed);
+    for (u32 s = 0; s < m_.capacity; ++s) {
+      const SlotData& d = m_.slots[s].data;
+      if (!detail::meta_used(d.w[dw::kMeta].load(std::memory_order_relaxed))) continue;
+      const u64 hash = d.w[dw::kHash].load(std::memory_order_relaxed);
+      u64 i = hash & m_.index_mask;
+      while (m_.index[i].load(std::memory_order_relaxed) != kIndexEmpty) i = (i + 1) & m_.index_mask;
+      m_.index[i].store(index_entry(hash, s), std::memory_order_relaxed);
+    }
+    h_.index_tombstones.store(0, std::memory_order_relaxed);
+    detail::write_end(h_.index_seq);
+  }
+
+  const Segment& segment() const { return seg_; }
+  static inline thread_local u64 hint_ = 0;  // next-fit start; only a hint
+
+ private:
+  static void put_cause(AU64& ring, u64 gen, u8 cause) {
+    const unsigned shift = static_cast<unsigned>(gen % kCauseRing) * 8;
+    const u64 r = ring.load(std::memory_order_relaxed);
+    ring.store((r & ~(u64{0xff} << shift)) | (u64{cause} << shift), std::memory_order_relaxed);
+  }
+
+  bool bit(u64 c) const { return (m_.bitmap[c / 64].load(std::memory_order_relaxed) >> (c % 64)) & 1; }
+
+  void set_bits(u64 start, u64 n, bool value) {
+    for (u64 c = start; c < start + n; ++c) {
+      AU64& w = m_.bitmap[c / 64];
+      const u64 mask = u64{1} << (c % 64);
+      const u64 v = w.load(std::memory_order_relaxed);
+      w.store(value ? v | mask : v & ~mask, std::memory_order_relaxed);
+    }
+  }
+
+  // First run of `n` free chunks starting in [from, to).
+  std::optional<u64> find_run(u64 from, u64 to, u64 n) const {
+    u64 run = 0, start = from;
+    const u64 total = m_.arena_bytes / kChunk;
+    for (u64 c = from; c < to || (run > 0 && c < total);) {
+      if (run == 0 && c >= to) break;
+      const u64 word = m_.bitmap[c / 64].load(std::memory_order_relaxed);
+      if (c % 64 == 0 && word == ~u64{0}) {
+        run = 0;
+        c += 64;
+        continue;
+      }
+      if (c % 64 == 0 && word == 0 && c + 64 <= total) {
+        if (run == 0) start = c;
+        run += 64;
+        c += 64;
+      } else {
+        if (bit(c)) {
+          run = 0;
+        } else {
+          if (run == 0) start = c;
+          ++run;
+        }
+        ++c;
+      }
+      if (run >= n) return start;
+    }
+    return std::nullopt;
+  }
+
+  const Segment& seg_;
+  detail::Mapping& m_;
+  Header& h_;
+  Journal& j_;
+  detail::RobustLock lock_;
+};
+
+Limits limits_of(const Segment& seg) {
+  Limits l;
+  l.max_name = seg.header().max_name;
+  l.max_version = seg.header().max_version;
+  l.max_settings = seg.header().max_settings;
+  return l;
+}
+
+Error read_only_error(const Segment& seg) {
+  return make_error(Errc::permission_denied, "segment " + seg.name() + " is mapped read-only; writes go through the daemon");
+}
+
+}  // namespace
+
+// --- Store -------------------------------------------------------------------------------------
+
+Store::Store(Segment segment) : seg_(std::move(segment)), view_(seg_), limits_(limits_of(seg_)) {}
+
+Result<Store> Store::create(const std::string& name, const SegmentOptions& opts) {
+  auto seg = Segment::create(name, opts);
+  if (!seg) return seg.error();
+  return Store(std::move(*seg));
+}
+
+Result<Store> Store::open(const std::string& name) {
+  auto seg = Segment::open(name, Access::read_write);
+  if (!seg) return seg.error();
+  return Store(std::move(*seg));
+}
+
+Result<UpdateResult> Store::update(std::string_view name, std::string_view version, const Settings& settings) {
+  if (auto v = validate_name(name, limits_); !v) return v.error();
+  if (auto v = validate_version(version, limits_); !v) return v.error();
+  if (settings.canonical().size() > limits_.max_settings)
+    return make_error(Errc::settings_too_large, "settings of \"" + std::string(name) + "\": " +
+                                                    std::to_string(settings.canonical().size()) +
+                                                    " canonical bytes, the limit is " + std::to_string(limits_.max_settings));
+  if (!seg_.writable()) return read_only_error(seg_);
+  const u64 hash = name_hash(name);
+  const u64 sum = settings.checksum();
+  Writer w(seg_);
+  crash_at("update", 1);
+  const std::optional<u32> found = w.find(name, hash);
+  auto full = [&]() {
+    return make_error(Errc::settings_full, "settings area of segment " + seg_.name() + " has no room for " +
+                                               std::to_string(settings.canonical().size()) + " bytes (" +
+                                               std::to_string(seg_.header().settings_used.load()) + " of " +
+                                               std::to_string(seg_.header().arena_bytes) + " in use)");
+  };
+
+  if (!found) {
+    if (!w.has_free_slot())
+      return make_error(Errc::table_full, "package table of segment " + seg_.name() + " is full (" +
+                                              std::to_string(seg_.capacity()) + " packages)");
+    const auto b = w.store_settings(settings.canonical());
+    if (!b) return full();
+    crash_at("update", 2);
+    const u32 s = w.pop_slot();
+    w.prepare(s);
+    crash_at("update", 3);
+    w.write_data(s, true, name, hash, version, *b, sum, "update", 4);
+    w.index_insert(s, hash);
+    seg_.header().used_slots.fetch_add(1, std::memory_order_relaxed);
+    crash_at("update", 5);
+    w.commit(s, Cause::kNone, 0, Cause::kNone);
+    w.apply_commit();
+    w.finish();
+    return UpdateResult{Token::snapshot(seg_.mapping(), s, kEventUpdate), Change::created};
+  }
+
+  const u32 s = *found;
+  const std::string current = w.version(s);
+  if (current == version && w.checksum(s) == sum) return UpdateResult{std::nullopt, Change::none};
+
+  // Settings bytes: reuse the stored block when the checksum is unchanged.
+  const Block old = w.block(s);
+  const bool same_settings = w.checksum(s) == sum;
+  std::optional<Block> nb = same_settings ? std::optional<Block>(old) : w.store_settings(settings.canonical());
+  if (!nb) return full();
+  crash_at("update", 2);
+  w.prepare(s);
+  crash_at("update", 3);
+  w.write_data(s, true, name, hash, version, *nb, sum, "update", 4);
+  crash_at("update", 5);
+  const bool version_change = current != version;  // includes re-creating a removed package
+  w.commit(s, version_change ? Cause::kVersionChanged : Cause::kNone, 0, Cause::kNone);
+  crash_at("update", 6);
+  w.apply_commit();
+  crash_at("update", 7);
+  w.finish();
+  crash_at("update", 8);
+  if (!same_settings) w.release(old);
+  crash_at("update", 9);
+  if (!version_change) return UpdateResult{std::nullopt, Change::settings};
+  return UpdateResult{Token::snapshot(seg_.mapping(), s, kEventUpdate), current.empty() ? Change::created : Change::version};
+}
+
+Result<std::optional<Token>> Store::handle_event(int event, std::string_view name) {
+  if (!is_valid_event(event))
+    return make_error(Errc::invalid_event, "event " + std::to_string(event) + " is not 0..7 (update, remove, schedule, 3..7)");
+  if (auto v = validate_name(name, limits_); !v) return v.error();
+  if (!seg_.writable()) return read_only_error(seg_);
+  const u64 hash = name_hash(name);
+  Writer w(seg_);
+  crash_at("event", 1);
+  const std::optional<u32> found = w.find(name, hash);
+  if (!found) return std::optional<Token>();
+  const u32 s = *found;
+  if (event == kEventRemove) {
+    const Block old = w.block(s);
+    w.prepare(s);
+    crash_at("event", 2);
+    w.write_data(s, true, name, hash, "", Block{0, kEmptyLen}, checksum_bytes("{}"), "event", 3);
+    crash_at("event", 4);
+    w.commit(s, Cause::kRemoved, 0, Cause::kNone);
+    w.apply_commit();
+    crash_at("event", 5);
+    w.finish();
+    w.release(old);
+    crash_at("event", 6);
+  } else if (event == kEventUpdate) {
+    w.commit(s, Cause::kUpdateEvent, 0, Cause::kNone);
+    crash_at("event", 2);
+    w.apply_commit();
+    w.finish();
+  } else {
+    w.commit(s, Cause::kNone, static_cast<u32>(event), Cause::kRescheduled);
+    crash_at("event", 2);
+    w.apply_commit();
+    w.finish();
+  }
+  return std::optional<Token>(Token::snapshot(seg_.mapping(), s, static_cast<u32>(event)));
+}
+
+Result<bool> Store::erase(std::string_view name) {
+  if (auto v = validate_name(name, limits_); !v) return v.error();
+  if (!seg_.writable()) return read_only_error(seg_);
+  const u64 hash = name_hash(name);
+  Writer w(seg_);
+  crash_at("erase", 1);
+  const std::optional<u32> found = w.find(name, hash);
+  if (!found || !w.version(*found).empty()) return false;  // absent, or re-created since the remove
+  const u32 s = *found;
+  const Block old = w.block(s);
+  w.prepare(s);
+  crash_at("erase", 2);
+  w.index_erase(s, hash);
+  crash_at("erase", 3);
+  w.write_data(s, false, "", 0, "", Block{0, kEmptyLen}, 0, "erase", 4);
+  crash_at("erase", 5);
+  w.commit(s, Cause::kDeleted, 0, Cause::kNone);
+  w.apply_commit();
+  crash_at("erase", 6);
+  w.finish();
+  w.release(old);
+  w.push_slot(s);
+  seg_.header().used_slots.fetch_sub(1, std::memory_order_relaxed);
+  crash_at("erase", 7);
+  return true;
+}
+
+Result<bool> Store::need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const {
+  return view_.need_update(name, version, checksum);
+}
+
+Result<Settings> Store::pending_settings(std::string_view name) const {
+  auto r = view_.read(name, true);
+  if (!r) return r.error();
+  return Settings::from_canonical(std::move(r->settings), r->checksum);
+}
+
+void Store::retire() { seg_.retire_mapped(); }
+
+bool Store::repair_if_needed() {
+  if (!seg_.writable()) return false;
+  Writer w(seg_, std::try_to_lock);
+  return w.repaired();
+}
+
+}  // namespace pkgctx

@@ -1,0 +1,202 @@
+#include "pkgctx/token.hpp"
+
+#include "mapping.hpp"
+#include "pkgctx/futex.hpp"
+#include "pkgctx/segment.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <cstdio>
+#include <thread>
+#include <xxhash.h>
+
+namespace pkgctx {
+
+using namespace layout;
+
+namespace {
+
+// The counter a root token compares its "child" snapshot with: never changes.
+const AU64 kNeverChanges{0};
+
+constexpr std::string_view kTokenPrefix = "pkgctx1";
+constexpr auto kPollSlice = std::chrono::milliseconds(10);
+
+u32 check_digits(u64 epoch, u32 slot, u32 key, u64 root, u64 child) {
+  const u64 fields[] = {epoch, slot, key, root, child};
+  return static_cast<u32>(XXH3_64bits(fields, sizeof fields));
+}
+
+Cause ring_cause(const AU64& ring, u64 gen) {
+  const u64 r = ring.load(std::memory_order_relaxed);
+  const u8 c = static_cast<u8>(r >> ((gen % kCauseRing) * 8));
+  return c <= kMaxCause ? static_cast<Cause>(c) : Cause::kNone;
+}
+
+// The cause that produced generation `snap + 1`, or the latest if the ring moved past it.
+Cause cause_after(const AU64& ring, u64 snap, u64 now) {
+  return ring_cause(ring, now - (snap + 1) < kCauseRing ? snap + 1 : now);
+}
+
+template <class T>
+bool parse_number(std::string_view s, int base, std::size_t max_digits, T& out) {
+  if (s.empty() || s.size() > max_digits) return false;
+  for (char c : s) {
+    const bool ok = base == 16 ? ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')) : (c >= '0' && c <= '9');
+    if (!ok) return false;
+  }
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out, base);
+  return ec == std::errc() && p == s.data() + s.size();
+}
+
+}  // namespace
+
+std::string_view cause_name(Cause c) noexcept {
+  switch (c) {
+    case Cause::kNone: return "none";
+    case Cause::kVersionChanged: return "version_changed";
+    case Cause::kUpdateEvent: return "update_event";
+    case Cause::kRemoved: return "removed";
+    case Cause::kRescheduled: return "rescheduled";
+    case Cause::kDeleted: return "deleted";
+    case Cause::kSegmentRetired: return "segment_retired";
+  }
+  return "none";
+}
+
+Cause cause_from_name(std::string_view name) noexcept {
+  for (u8 c = 1; c <= kMaxCause; ++c) {
+    if (cause_name(static_cast<Cause>(c)) == name) return static_cast<Cause>(c);
+  }
+  return Cause::kNone;
+}
+
+int event_from_name(std::string_view name) noexcept {
+  if (name == "update") return kEventUpdate;
+  if (name == "remove") return kEventRemove;
+  if (name == "schedule") return kEventSchedule;
+  if (name.size() == 1 && name[0] >= '0' && name[0] <= '0' + kMaxEvent) return name[0] - '0';
+  return -1;
+}
+
+Token::Token() noexcept : root_(&kNeverChanges), child_(&kNeverChanges) {}
+
+Token Token::snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept {
+  Token t;
+  t.map_ = map;
+  const SlotGens& g = map->slots[slot].gens;
+  t.root_ = &g.root;
+  t.child_ = key >= kFirstChildKey ? &g.child[key - kFirstChildKey] : &kNeverChanges;
+  t.root_snap_ = t.root_->load(std::memory_order_acquire);
+  t.child_snap_ = t.child_->load(std::memory_order_acquire);
+  t.epoch_ = map->header->prefix.epoch;
+  t.slot_ = slot;
+  t.key_ = key;
+  return t;
+}
+
+Cause Token::cause() const noexcept {
+  if (!cancelled()) return Cause::kNone;
+  if (static_cast<State>(map_->header->prefix.state.load(std::memory_order_acquire)) == State::kRetired)
+    return Cause::kSegmentRetired;
+  const Slot& s = map_->slots[slot_];
+  const u64 root_now = root_->load(std::memory_order_acquire);
+  if (root_now != root_snap_) return cause_after(s.causes.root, root_snap_, root_now);
+  const u64 child_now = child_->load(std::memory_order_acquire);
+  return cause_after(s.causes.child[key_ - kFirstChildKey], child_snap_, child_now);
+}
+
+bool Token::wait(std::chrono::nanoseconds timeout) const noexcept {
+  using clock = std::chrono::steady_clock;
+  if (cancelled()) return true;
+  const auto deadline = clock::now() + timeout;
+  if (!map_) {  // never cancelled: just sleep the timeout out
+    const AU32 dummy{0};
+    while (clock::now() < deadline) futex::wait(&dummy, 0, deadline - clock::now());
+    return false;
+  }
+  const AU32& wake = map_->slots[slot_].gens.wake;
+  AU32* count = map_->waiter_counts ? &map_->waiter_counts[slot_] : nullptr;
+  // Announce the sleep before reading the wake word; the writer bumps the wake word before
+  // reading the count (both seq_cst), so one of us sees the other: no lost wake-up.
+  if (count) count->fetch_add(1, std::memory_order_seq_cst);
+  while (true) {
+    const u32 w = wake.load(std::memory_order_seq_cst);
+    if (cancelled()) break;
+    const auto now = clock::now();
+    if (now >= deadline) break;
+    auto slice = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
+    if (!count) slice = std::min<std::chrono::nanoseconds>(slice, kPollSlice);
+    futex::wait(&wake, w, slice);
+  }
+  if (count) count->fetch_sub(1, std::memory_order_seq_cst);
+  return cancelled();
+}
+
+std::string Token::str() const {
+  if (!map_) return "pkgctx1:none";
+  char buf[128];
+  const int n = std::snprintf(buf, sizeof buf, "%s:%016llx:%u:%u:%llx:%llx:%08x", kTokenPrefix.data(),
+                              static_cast<unsigned long long>(epoch_), slot_, key_,
+                              static_cast<unsigned long long>(root_snap_), static_cast<unsigned long long>(child_snap_),
+                              check_digits(epoch_, slot_, key_, root_snap_, child_snap_));
+  return std::string(buf, static_cast<std::size_t>(n));
+}
+
+Result<Token> Token::parse(std::string_view text, const Segment& segment) {
+  auto bad = [&](const std::string& why) {
+    std::string shown(text.substr(0, 64));
+    for (char& c : shown) {
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+    }
+    return make_error(Errc::invalid_token, "token \"" + shown + (text.size() > 64 ? "…" : "") + "\": " + why);
+  };
+  if (text.size() > 128) return bad("longer than 128 characters");
+  std::string_view f[7];
+  std::size_t n = 0, start = 0;
+  for (std::size_t i = 0; i <= text.size(); ++i) {
+    if (i == text.size() || text[i] == ':') {
+      if (n == 7) return bad("too many fields (expected 7 separated by ':')");
+      f[n++] = text.substr(start, i - start);
+      start = i + 1;
+    }
+  }
+  if (n != 7) return bad("expected 7 fields separated by ':', found " + std::to_string(n));
+  if (f[0] != kTokenPrefix) return bad("does not start with \"pkgctx1:\"");
+  u64 epoch = 0, root = 0, child = 0;
+  u32 slot = 0, key = 0, check = 0;
+  if (f[1].size() != 16 || !parse_number(f[1], 16, 16, epoch)) return bad("epoch is not 16 hex digits");
+  if (!parse_number(f[2], 10, 10, slot)) return bad("slot is not a number");
+  if (!parse_number(f[3], 10, 1, key) || key > kLastChildKey) return bad("event key is not 0..7");
+  if (!parse_number(f[4], 16, 16, root)) return bad("root generation is not hex");
+  if (!parse_number(f[5], 16, 16, child)) return bad("child generation is not hex");
+  if (f[6].size() != 8 || !parse_number(f[6], 16, 8, check)) return bad("check digits are not 8 hex digits");
+  if (check != check_digits(epoch, slot, key, root, child)) return bad("check digits do not match (garbled or forged)");
+  if (!segment.valid()) return bad("no segment to check it against");
+  const auto& map = segment.mapping();
+  if (epoch != map->header->prefix.epoch) {
+    char buf[80];
+    std::snprintf(buf, sizeof buf, "from another segment (epoch %016llx, this one is %016llx)",
+                  static_cast<unsigned long long>(epoch), static_cast<unsigned long long>(map->header->prefix.epoch));
+    return bad(buf);
+  }
+  if (slot >= map->capacity) return bad("slot " + std::to_string(slot) + " is beyond the table's capacity");
+  const bool is_child = key >= kFirstChildKey;
+  if (!is_child && child != 0) return bad("a root token has no child generation");
+  const SlotGens& g = map->slots[slot].gens;
+  if (root > g.root.load(std::memory_order_acquire)) return bad("root generation is in the future");
+  if (is_child && child > g.child[key - kFirstChildKey].load(std::memory_order_acquire))
+    return bad("child generation is in the future");
+  Token t;
+  t.map_ = map;
+  t.root_ = &g.root;
+  t.child_ = is_child ? &g.child[key - kFirstChildKey] : &kNeverChanges;
+  t.root_snap_ = root;
+  t.child_snap_ = child;
+  t.epoch_ = epoch;
+  t.slot_ = slot;
+  t.key_ = key;
+  return t;
+}
+
+}  // namespace pkgctx

@@ -1,0 +1,181 @@
+#include "pkgctx/view.hpp"
+
+#include "mapping.hpp"
+#include "seqlock.hpp"
+
+#include <optional>
+
+namespace pkgctx {
+
+using namespace layout;
+
+namespace {
+
+Error busy(std::string_view name) {
+  return make_error(Errc::busy, "package \"" + std::string(name) +
+                                    "\" is being written by a writer that may have died; try again after the "
+                                    "daemon repairs the table");
+}
+
+Error absent(std::string_view name) {
+  return make_error(Errc::no_such_package, "no such package \"" + std::string(name) + "\"");
+}
+
+enum class Match { yes, no, torn };
+
+// Does `slot` hold `name` (one consistent look)?
+Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 hash) {
+  const SlotData& d = m.slots[slot].data;
+  detail::Backoff backoff;
+  do {
+    const u64 s1 = d.seq.load(std::memory_order_acquire);
+    if (s1 & 1) continue;
+    const u64 mt = d.w[dw::kMeta].load(std::memory_order_relaxed);
+    const u64 h = d.w[dw::kHash].load(std::memory_order_relaxed);
+    bool eq = detail::meta_used(mt) && h == hash && detail::meta_name_len(mt) == name.size();
+    if (eq) {
+      char buf[kMaxName];
+      detail::copy_out(buf, &d.w[dw::kName], name.size());
+      eq = std::memcmp(buf, name.data(), name.size()) == 0;
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (d.seq.load(std::memory_order_relaxed) == s1) return eq ? Match::yes : Match::no;
+  } while (backoff.next());
+  return Match::torn;
+}
+
+}  // namespace
+
+Result<View> View::open(const std::string& name) {
+  auto seg = Segment::open(name, Access::read_only);
+  if (!seg) return seg.error();
+  return View(std::move(*seg));
+}
+
+Result<std::uint32_t> View::find(std::string_view name) const {
+  const auto& m = *seg_.mapping();
+  Limits lim;
+  lim.max_name = m.header->max_name;
+  if (auto v = validate_name(name, lim); !v) return v.error();
+  const u64 hash = name_hash(name);
+  detail::Backoff backoff;
+  do {
+    const u64 s1 = m.header->index_seq.load(std::memory_order_acquire);
+    if (s1 & 1) continue;  // the index is being rebuilt
+    std::optional<u32> found;
+    bool torn = false;
+    u64 i = hash & m.index_mask;
+    for (u64 probes = 0; probes <= m.index_mask; ++probes, i = (i + 1) & m.index_mask) {
+      const u64 e = m.index[i].load(std::memory_order_acquire);
+      if (e == kIndexEmpty) break;
+      if (e == kIndexTomb || !index_tag_matches(e, hash)) continue;
+      const u32 slot = index_slot(e);
+      if (slot >= m.capacity) continue;  // corrupt entry: never trusted as an index
+      const Match r = slot_holds(m, slot, name, hash);
+      if (r == Match::yes) {
+        found = slot;
+        break;
+      }
+      if (r == Match::torn) torn = true;
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (m.header->index_seq.load(std::memory_order_relaxed) != s1) continue;
+    if (found) return *found;
+    if (torn) return busy(name);
+    return absent(name);
+  } while (backoff.next());
+  return busy(name);
+}
+
+bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings) const {
+  const auto& m = *seg_.mapping();
+  if (slot >= m.capacity) return false;
+  const Slot& s = m.slots[slot];
+  const SlotData& d = s.data;
+  detail::Backoff backoff;
+  do {
+    const u64 s1 = d.seq.load(std::memory_order_acquire);
+    if (s1 & 1) continue;
+    const u64 mt = d.w[dw::kMeta].load(std::memory_order_relaxed);
+    const std::size_t nl = detail::meta_name_len(mt), vl = detail::meta_version_len(mt);
+    const u64 off = d.w[dw::kSettingsOff].load(std::memory_order_relaxed);
+    const u64 len = d.w[dw::kSettingsLen].load(std::memory_order_relaxed);
+    const u64 sum = d.w[dw::kChecksum].load(std::memory_order_relaxed);
+    const bool sane = nl >= 1 && nl <= kMaxName && vl <= kMaxVersion && off % 8 == 0 && len <= m.arena_bytes &&
+                      off <= m.arena_bytes - len;
+    if (detail::meta_used(mt) && sane) {
+      out.name.resize(nl);
+      detail::copy_out(out.name.data(), &d.w[dw::kName], nl);
+      out.version.resize(vl);
+      detail::copy_out(out.version.data(), &d.w[dw::kVersion], vl);
+      out.settings_size = len == 0 ? 2 : len;
+      out.checksum = sum;
+      if (with_settings) {
+        if (len == 0) {
+          out.settings = "{}";
+        } else {
+          out.settings.resize(len);
+          detail::copy_out(out.settings.data(), &m.arena[off / 8], len);
+        }
+      }
+    }
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (d.seq.load(std::memory_order_relaxed) != s1) continue;
+    if (!detail::meta_used(mt) || !sane) return false;  // free, or corrupt: not a package
+    out.slot = slot;
+    out.root_generation = s.gens.root.load(std::memory_order_acquire);
+    for (u32 k = 0; k < kChildKeys; ++k) out.child_generations[k] = s.gens.child[k].load(std::memory_order_acquire);
+    const u64 ring = s.causes.root.load(std::memory_order_relaxed);
+    const u8 c = static_cast<u8>(ring >> ((out.root_generation % kCauseRing) * 8));
+    out.last_cause = c <= kMaxCause ? static_cast<Cause>(c) : Cause::kNone;
+    return true;
+  } while (backoff.next());
+  return false;
+}
+
+Result<PackageRecord> View::read(std::string_view name, bool with_settings) const {
+  // The slot found may be reused by another package before it is read: re-check the name.
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    auto slot = find(name);
+    if (!slot) return slot.error();
+    PackageRecord r;
+    if (read_slot(*slot, r, with_settings) && r.name == name) return r;
+  }
+  return busy(name);
+}
+
+Result<Token> View::token(std::string_view name, int event) const {
+  if (!is_valid_event(event))
+    return make_error(Errc::invalid_event, "event " + std::to_string(event) + " is not 0..7 (update, remove, schedule, 3..7)");
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    auto slot = find(name);
+    if (!slot) return slot.error();
+    Token t = Token::snapshot(seg_.mapping(), *slot, static_cast<std::uint32_t>(event));
+    // The snapshot belongs to `name` only if the slot still holds it afterwards.
+    const Match r = slot_holds(*seg_.mapping(), *slot, name, name_hash(name));
+    if (r == Match::yes) return t;
+    if (r == Match::torn) return busy(name);
+  }
+  return busy(name);
+}
+
+Result<bool> View::need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const {
+  auto r = read(name, false);
+  if (!r) {
+    if (r.error().code == Errc::no_such_package) return true;
+    return r.error();
+  }
+  return r->version != version || r->checksum != checksum;
+}
+
+std::vector<PackageRecord> View::list(bool with_settings) const {
+  std::vector<PackageRecord> out;
+  const u32 cap = seg_.capacity();
+  for (u32 i = 0; i < cap; ++i) {
+    PackageRecord r;
+    if (read_slot(i, r, with_settings)) out.push_back(std::move(r));
+  }
+  return out;
+}
+
+}  // namespace pkgctx
