@@ -1,7 +1,12 @@
 // Shared helpers for pkgctx tests: unique segment names, segment cleanup, child processes.
 #pragma once
 
+#include "pkgctx/error.hpp"
+#include "pkgctx/segment.hpp"
+#include "pkgctx/token.hpp"
+
 #include <functional>
+#include <ostream>
 #include <string>
 #include <sys/types.h>
 
@@ -38,3 +43,11 @@ int wait_exit(pid_t pid);
 std::string shared_testdata();
 
 }  // namespace pkgctx::test
+
+// Printing for Boost.Test diagnostics.
+namespace pkgctx {
+inline std::ostream& operator<<(std::ostream& os, Errc e) { return os << errc_name(e); }
+inline std::ostream& operator<<(std::ostream& os, const Error& e) { return os << errc_name(e.code) << ": " << e.message; }
+inline std::ostream& operator<<(std::ostream& os, Liveness l) { return os << liveness_name(l); }
+inline std::ostream& operator<<(std::ostream& os, Cause c) { return os << cause_name(c); }
+}  // namespace pkgctx

@@ -1,0 +1,485 @@
+// The store's semantics: one case (at least) per cell of DESIGN.md §2, plus limits and refusals.
+#define BOOST_TEST_MODULE store
+#include <boost/test/unit_test.hpp>
+
+#include "pkgctx/store.hpp"
+#include "test_support.hpp"
+
+namespace pkgctx {
+inline std::ostream& operator<<(std::ostream& os, Change c) { return os << change_name(c); }
+}
+
+#include <string>
+
+using namespace pkgctx;
+
+namespace {
+
+Settings S(std::string_view json) { return Settings::parse(json).value(); }
+
+struct Fixture {
+  test::SegmentName seg{"store"};
+  Store store = Store::create(seg.str(), small()).value();
+
+  static SegmentOptions small() {
+    SegmentOptions o;
+    o.capacity = 16;
+    o.settings_bytes = 4096;
+    return o;
+  }
+  Token update(std::string_view name, std::string_view version, std::string_view json = "{}") {
+    auto r = store.update(name, version, S(json));
+    BOOST_REQUIRE(r);
+    BOOST_REQUIRE(r->token);
+    return *r->token;
+  }
+  Token event(int e, std::string_view name) {
+    auto r = store.handle_event(e, name);
+    BOOST_REQUIRE(r);
+    BOOST_REQUIRE(r->has_value());
+    return **r;
+  }
+  std::string settings(std::string_view name) { return store.pending_settings(name).value().canonical(); }
+  std::string version(std::string_view name) { return store.view().read(name).value().version; }
+  std::uint64_t commits() const { return store.segment().info().commits; }
+};
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(update, Fixture)
+
+BOOST_AUTO_TEST_CASE(absent_creates_and_returns_a_root_token) {
+  auto r = store.update("app", "1.0", S(R"({"b":1,"a":2})"));
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->change == Change::created);
+  BOOST_REQUIRE(r->token);
+  BOOST_TEST(r->token->is_root());
+  BOOST_TEST(!r->token->cancelled());
+  BOOST_TEST(settings("app") == R"({"a":2,"b":1})");
+  BOOST_TEST(version("app") == "1.0");
+}
+
+BOOST_AUTO_TEST_CASE(removed_package_is_recreated_and_its_tree_cancelled) {
+  update("app", "1.0", R"({"x":1})");
+  Token removal = event(kEventRemove, "app");
+  Token child = event(kEventSchedule, "app");
+  auto r = store.update("app", "1.0", S(R"({"x":2})"));
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->change == Change::created);
+  BOOST_REQUIRE(r->token);
+  BOOST_TEST(!r->token->cancelled());
+  BOOST_TEST(removal.cancelled());
+  BOOST_TEST(cause_name(removal.cause()) == "version_changed");
+  BOOST_TEST(child.cancelled());
+  BOOST_TEST(cause_name(child.cause()) == "version_changed");
+  BOOST_TEST(version("app") == "1.0");
+  BOOST_TEST(settings("app") == R"({"x":2})");
+}
+
+BOOST_AUTO_TEST_CASE(new_version_cancels_the_whole_tree) {
+  Token root = update("app", "1.0");
+  Token enable = event(kEventSchedule, "app");
+  Token other_key = event(5, "app");
+  auto r = store.update("app", "2.0", S(R"({"k":"v"})"));
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->change == Change::version);
+  BOOST_REQUIRE(r->token);
+  for (const Token* t : {&root, &enable, &other_key}) {
+    BOOST_TEST(t->cancelled());
+    BOOST_TEST(cause_name(t->cause()) == "version_changed");
+  }
+  BOOST_TEST(!r->token->cancelled());
+  BOOST_TEST(settings("app") == R"({"k":"v"})");
+}
+
+BOOST_AUTO_TEST_CASE(same_version_new_settings_stores_them_without_a_token) {
+  Token root = update("app", "1.0", R"({"a":1})");
+  Token child = event(kEventSchedule, "app");
+  auto r = store.update("app", "1.0", S(R"({"a":2})"));
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->change == Change::settings);
+  BOOST_TEST(!r->token);
+  BOOST_TEST(!root.cancelled());
+  BOOST_TEST(!child.cancelled());
+  // Late binding: the next GetPendingSettings sees the new settings.
+  BOOST_TEST(settings("app") == R"({"a":2})");
+}
+
+BOOST_AUTO_TEST_CASE(same_version_same_settings_changes_nothing) {
+  Token root = update("app", "1.0", R"({"a":1})");
+  const auto before = commits();
+  auto r = store.update("app", "1.0", S(R"( { "a" : 1.0 } )"));
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->change == Change::none);
+  BOOST_TEST(!r->token);
+  BOOST_TEST(!root.cancelled());
+  BOOST_TEST(commits() == before);
+}
+
+BOOST_AUTO_TEST_CASE(empty_version_is_rejected_and_changes_nothing) {
+  Token root = update("app", "1.0", R"({"a":1})");
+  const auto before = commits();
+  auto r = store.update("app", "", S("{}"));
+  BOOST_REQUIRE(!r);
+  BOOST_TEST(r.error().code == Errc::invalid_version);
+  BOOST_TEST(r.error().message.find("removed") != std::string::npos);
+  BOOST_TEST(!root.cancelled());
+  BOOST_TEST(version("app") == "1.0");
+  BOOST_TEST(commits() == before);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(handle_event, Fixture)
+
+BOOST_AUTO_TEST_CASE(absent_package_gets_no_token) {
+  for (int e = 0; e <= kMaxEvent; ++e) {
+    auto r = store.handle_event(e, "ghost");
+    BOOST_REQUIRE(r);
+    BOOST_TEST(!r->has_value());
+  }
+  BOOST_TEST(!store.view().find("ghost").has_value());
+}
+
+BOOST_AUTO_TEST_CASE(update_event_cancels_tree_and_renews_root) {
+  for (std::string_view state : {"removed", "differs", "same"}) {
+    BOOST_TEST_CONTEXT("package " << state) {
+      test::SegmentName seg2{"ev"};
+      Store s = Store::create(seg2.str(), small()).value();
+      Token root = *s.update("p", "1", S("{}"))->token;
+      if (state == "removed") root = **s.handle_event(kEventRemove, "p");
+      if (state == "differs") root = *s.update("p", "2", S("{}"))->token;
+      Token child = **s.handle_event(kEventSchedule, "p");
+      Token fresh = **s.handle_event(kEventUpdate, "p");
+      BOOST_TEST(root.cancelled());
+      BOOST_TEST(child.cancelled());
+      BOOST_TEST(cause_name(root.cause()) == "update_event");
+      BOOST_TEST(cause_name(child.cause()) == "update_event");  // a child reports its root's cause
+      BOOST_TEST(!fresh.cancelled());
+      BOOST_TEST(fresh.is_root());
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(remove_event_clears_version_and_settings) {
+  Token root = update("app", "1.0", R"({"big":[1,2,3]})");
+  Token child = event(kEventSchedule, "app");
+  Token removal = event(kEventRemove, "app");
+  BOOST_TEST(root.cancelled());
+  BOOST_TEST(child.cancelled());
+  BOOST_TEST(cause_name(root.cause()) == "removed");
+  BOOST_TEST(cause_name(child.cause()) == "removed");
+  BOOST_TEST(!removal.cancelled());
+  BOOST_TEST(version("app") == "");
+  BOOST_TEST(settings("app") == "{}");
+  BOOST_TEST(store.segment().info().settings_used == 0u);
+  // Removing again (present, removed) still renews the root.
+  Token again = event(kEventRemove, "app");
+  BOOST_TEST(removal.cancelled());
+  BOOST_TEST(!again.cancelled());
+}
+
+BOOST_AUTO_TEST_CASE(child_event_cancels_only_the_same_key) {
+  Token root = update("app", "1.0");
+  Token enable = event(kEventSchedule, "app");
+  Token key3 = event(3, "app");
+  Token disable = event(kEventSchedule, "app");  // disable cancels the pending enable
+  BOOST_TEST(enable.cancelled());
+  BOOST_TEST(cause_name(enable.cause()) == "rescheduled");
+  BOOST_TEST(!disable.cancelled());
+  BOOST_TEST(!key3.cancelled());
+  BOOST_TEST(!root.cancelled());
+  BOOST_TEST(disable.key() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(child_event_works_on_removed_and_changed_packages) {
+  update("app", "1.0");
+  event(kEventRemove, "app");
+  Token a = event(7, "app");
+  Token b = event(7, "app");
+  BOOST_TEST(a.cancelled());
+  BOOST_TEST(!b.cancelled());
+}
+
+BOOST_AUTO_TEST_CASE(invalid_event_numbers_are_rejected) {
+  update("app", "1.0");
+  for (int e : {-1, 8, 100}) {
+    auto r = store.handle_event(e, "app");
+    BOOST_REQUIRE(!r);
+    BOOST_TEST(r.error().code == Errc::invalid_event);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(cause_is_exact_for_eight_events_then_most_recent) {
+  update("app", "1.0");
+  Token first = event(kEventSchedule, "app");
+  event(kEventSchedule, "app");  // cancels `first`: rescheduled
+  BOOST_TEST(cause_name(first.cause()) == "rescheduled");
+  Token root = event(kEventUpdate, "app");
+  event(kEventRemove, "app");  // cancels root with "removed"
+  for (int i = 0; i < 7; ++i) event(kEventUpdate, "app");
+  BOOST_TEST(cause_name(root.cause()) == "removed");  // 7 more events: still exact
+  for (int i = 0; i < 3; ++i) event(kEventUpdate, "app");
+  BOOST_TEST(cause_name(root.cause()) == "update_event");  // ring wrapped: the most recent
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(need_update, Fixture)
+
+BOOST_AUTO_TEST_CASE(every_cell) {
+  const auto sum = S(R"({"a":1})").checksum();
+  const auto empty = Settings().checksum();
+  BOOST_TEST(store.need_update("app", "1.0", sum).value());  // absent
+  update("app", "1.0", R"({"a":1})");
+  BOOST_TEST(!store.need_update("app", "1.0", sum).value());   // same version, same checksum
+  BOOST_TEST(store.need_update("app", "1.0", empty).value());  // same version, checksum differs
+  BOOST_TEST(store.need_update("app", "2.0", sum).value());    // version differs
+  event(kEventRemove, "app");
+  BOOST_TEST(store.need_update("app", "1.0", empty).value());  // removed: version differs
+  BOOST_TEST(store.need_update("app", "1.0", sum).value());
+  auto bad = store.need_update("bad name", "1", sum);
+  BOOST_REQUIRE(!bad);
+  BOOST_TEST(bad.error().code == Errc::invalid_name);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(pending_settings, Fixture)
+
+BOOST_AUTO_TEST_CASE(every_cell) {
+  auto absent = store.pending_settings("app");
+  BOOST_REQUIRE(!absent);
+  BOOST_TEST(absent.error().code == Errc::no_such_package);
+  BOOST_TEST(absent.error().message.find("app") != std::string::npos);
+  update("app", "1.0", R"({"v":1})");
+  BOOST_TEST(settings("app") == R"({"v":1})");
+  store.update("app", "1.0", S(R"({"v":2})")).value();
+  BOOST_TEST(settings("app") == R"({"v":2})");
+  store.update("app", "2.0", S(R"({"v":3})")).value();
+  BOOST_TEST(settings("app") == R"({"v":3})");
+  BOOST_TEST(store.pending_settings("app").value().checksum() == S(R"({"v":3})").checksum());
+  event(kEventRemove, "app");
+  BOOST_TEST(settings("app") == "{}");
+  BOOST_TEST(store.pending_settings("app").value().checksum() == Settings().checksum());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(erase, Fixture)
+
+BOOST_AUTO_TEST_CASE(absent_is_false) { BOOST_TEST(!store.erase("app").value()); }
+
+BOOST_AUTO_TEST_CASE(removed_is_deleted_and_tokens_cancelled) {
+  update("app", "1.0");
+  Token removal = event(kEventRemove, "app");
+  Token child = event(kEventSchedule, "app");
+  BOOST_TEST(store.erase("app").value());
+  BOOST_TEST(removal.cancelled());
+  BOOST_TEST(child.cancelled());
+  BOOST_TEST(cause_name(removal.cause()) == "deleted");
+  BOOST_TEST(cause_name(child.cause()) == "deleted");
+  BOOST_TEST(store.view().find("app").error().code == Errc::no_such_package);
+  BOOST_TEST(store.segment().info().used == 0u);
+  BOOST_TEST(!store.erase("app").value());
+}
+
+BOOST_AUTO_TEST_CASE(recreated_in_between_is_kept) {
+  update("app", "1.0");
+  event(kEventRemove, "app");
+  Token recreated = update("app", "2.0");
+  BOOST_TEST(!store.erase("app").value());
+  BOOST_TEST(!recreated.cancelled());
+  BOOST_TEST(version("app") == "2.0");
+}
+
+BOOST_AUTO_TEST_CASE(live_package_is_kept) {
+  Token root = update("app", "1.0");
+  BOOST_TEST(!store.erase("app").value());
+  BOOST_TEST(!root.cancelled());
+}
+
+BOOST_AUTO_TEST_CASE(slot_reuse_does_not_revive_old_tokens) {
+  update("a", "1");
+  Token old = event(kEventRemove, "a");
+  BOOST_TEST(store.erase("a").value());
+  Token fresh = update("b", "1");  // takes the freed slot
+  BOOST_TEST(fresh.slot() == old.slot());
+  BOOST_TEST(old.cancelled());
+  BOOST_TEST(!fresh.cancelled());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(limits, Fixture)
+
+BOOST_AUTO_TEST_CASE(full_table_is_refused_cleanly) {
+  for (int i = 0; i < 16; ++i) update("p" + std::to_string(i), "1");
+  const auto before = commits();
+  auto r = store.update("one-too-many", "1", S("{}"));
+  BOOST_REQUIRE(!r);
+  BOOST_TEST(r.error().code == Errc::table_full);
+  BOOST_TEST(r.error().message.find("16") != std::string::npos);
+  BOOST_TEST(commits() == before);
+  BOOST_TEST(store.segment().info().used == 16u);
+  // Deleting one makes room again.
+  event(kEventRemove, "p3");
+  BOOST_TEST(store.erase("p3").value());
+  BOOST_TEST(store.update("one-too-many", "1", S("{}")).has_value());
+}
+
+BOOST_AUTO_TEST_CASE(full_settings_area_is_refused_cleanly) {
+  const std::string big = R"({"blob":")" + std::string(3000, 'x') + R"("})";
+  Token t = update("a", "1", big);
+  const auto used = store.segment().info().settings_used;
+  auto r = store.update("b", "1", S(big));
+  BOOST_REQUIRE(!r);
+  BOOST_TEST(r.error().code == Errc::settings_full);
+  BOOST_TEST(!store.view().find("b").has_value());  // nothing half-written
+  BOOST_TEST(store.segment().info().settings_used == used);
+  auto r2 = store.update("a", "2", S(R"({"blob":")" + std::string(3000, 'y') + R"("})"));
+  BOOST_REQUIRE(!r2);  // the old block is still in use while the new one is written
+  BOOST_TEST(r2.error().code == Errc::settings_full);
+  BOOST_TEST(!t.cancelled());
+  BOOST_TEST(version("a") == "1");
+  BOOST_TEST(settings("a") == big);
+}
+
+BOOST_AUTO_TEST_CASE(fragmented_arena_is_reused) {
+  // Fill, free every other block, then allocate into the holes.
+  for (int i = 0; i < 8; ++i) update("p" + std::to_string(i), "1", R"({"s":")" + std::string(400, 'a') + R"("})");
+  for (int i = 0; i < 8; i += 2) {
+    event(kEventRemove, "p" + std::to_string(i));
+    BOOST_TEST(store.erase("p" + std::to_string(i)).value());
+  }
+  for (int i = 0; i < 4; ++i) update("q" + std::to_string(i), "1", R"({"t":")" + std::string(400, 'b') + R"("})");
+  for (int i = 1; i < 8; i += 2) BOOST_TEST(settings("p" + std::to_string(i)).size() == 408u);
+  for (int i = 0; i < 4; ++i) BOOST_TEST(settings("q" + std::to_string(i)).size() == 408u);
+}
+
+BOOST_AUTO_TEST_CASE(too_large_settings_are_refused) {
+  SegmentOptions o = small();
+  o.limits.max_settings = 100;
+  test::SegmentName seg2{"lim"};
+  Store s = Store::create(seg2.str(), o).value();
+  auto r = s.update("a", "1", S(R"({"x":")" + std::string(200, 'x') + R"("})"));
+  BOOST_REQUIRE(!r);
+  BOOST_TEST(r.error().code == Errc::settings_too_large);
+  BOOST_TEST(!s.view().find("a").has_value());
+}
+
+BOOST_AUTO_TEST_CASE(invalid_names_and_versions_change_nothing) {
+  Token root = update("app", "1.0", R"({"a":1})");
+  const auto before = commits();
+  for (std::string_view bad : {"", "a b", "a/b", "caf\xc3\xa9", ".", "..", "x\n"}) {
+    BOOST_TEST_CONTEXT("name " << bad) {
+      auto r = store.update(bad, "1", S("{}"));
+      BOOST_REQUIRE(!r);
+      BOOST_TEST(r.error().code == Errc::invalid_name);
+      BOOST_TEST(store.handle_event(0, bad).error().code == Errc::invalid_name);
+      BOOST_TEST(store.erase(bad).error().code == Errc::invalid_name);
+    }
+  }
+  BOOST_TEST(store.update(std::string(129, 'n'), "1", S("{}")).error().code == Errc::invalid_name);
+  BOOST_TEST(store.update(std::string(128, 'n'), "1", S("{}")).has_value());
+  for (std::string_view bad : {"", "1\t0", "v\x01", "\xc3\xa9"}) {
+    auto r = store.update("app", bad, S("{}"));
+    BOOST_REQUIRE(!r);
+    BOOST_TEST(r.error().code == Errc::invalid_version);
+  }
+  BOOST_TEST(store.update("app", std::string(129, 'v'), S("{}")).error().code == Errc::invalid_version);
+  BOOST_TEST(commits() == before + 1);  // only the 128-byte name was written
+  BOOST_TEST(!root.cancelled());
+  BOOST_TEST(version("app") == "1.0");
+  BOOST_TEST(settings("app") == R"({"a":1})");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(tokens, Fixture)
+
+BOOST_AUTO_TEST_CASE(print_and_parse_round_trip) {
+  Token root = update("app", "1.0");
+  Token child = event(4, "app");
+  for (const Token* t : {&root, &child}) {
+    const std::string text = t->str();
+    BOOST_TEST(text.size() <= 128u);
+    BOOST_TEST(text.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-") ==
+               std::string::npos);
+    auto back = Token::parse(text, store.segment());
+    BOOST_REQUIRE(back);
+    BOOST_TEST(back->str() == text);
+    BOOST_TEST(!back->cancelled());
+  }
+  event(4, "app");
+  BOOST_TEST(Token::parse(child.str(), store.segment()).value().cancelled());
+  BOOST_TEST(cause_name(Token::parse(child.str(), store.segment()).value().cause()) == "rescheduled");
+}
+
+BOOST_AUTO_TEST_CASE(garbled_and_forged_tokens_are_refused) {
+  Token root = update("app", "1.0");
+  std::string text = root.str();
+  std::string flipped = text;
+  flipped[10] = flipped[10] == 'a' ? 'b' : 'a';
+  for (const std::string& bad :
+       {std::string(""), std::string("pkgctx1"), std::string("garbage"), flipped, text + ":1", text.substr(0, text.size() - 1),
+        std::string(200, 'a'), std::string("pkgctx1:0000000000000000:0:0:0:0:00000000")}) {
+    auto r = Token::parse(bad, store.segment());
+    BOOST_TEST(!r);
+    if (!r) BOOST_TEST(r.error().code == Errc::invalid_token);
+  }
+  // A token of another segment (other epoch) is refused.
+  test::SegmentName other{"other"};
+  Store s2 = Store::create(other.str(), small()).value();
+  auto foreign = Token::parse(text, s2.segment());
+  BOOST_REQUIRE(!foreign);
+  BOOST_TEST(foreign.error().message.find("another segment") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(view_token_matches_current_context) {
+  update("app", "1.0");
+  Token child = event(kEventSchedule, "app");
+  Token seen = store.view().token("app", kEventSchedule).value();
+  BOOST_TEST(seen.str() == child.str());
+  BOOST_TEST(store.view().token("ghost", 0).error().code == Errc::no_such_package);
+  BOOST_TEST(store.view().token("app", 9).error().code == Errc::invalid_event);
+}
+
+BOOST_AUTO_TEST_CASE(wait_times_out_on_a_live_token_and_returns_on_a_cancelled_one) {
+  Token root = update("app", "1.0");
+  BOOST_TEST(!root.wait(std::chrono::milliseconds(20)));
+  event(kEventUpdate, "app");
+  BOOST_TEST(root.wait(std::chrono::seconds(5)));
+  BOOST_TEST(!Token().wait(std::chrono::milliseconds(1)));
+  BOOST_TEST(!Token().cancelled());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_CASE(many_packages_and_index_churn) {
+  test::SegmentName seg{"churn"};
+  SegmentOptions o;
+  o.capacity = 512;
+  o.settings_bytes = 1 << 20;
+  Store s = Store::create(seg.str(), o).value();
+  // Create and delete far more names than the index holds, forcing tombstone rebuilds.
+  for (int round = 0; round < 20; ++round) {
+    for (int i = 0; i < 400; ++i) {
+      const std::string n = "r" + std::to_string(round) + "-p" + std::to_string(i);
+      BOOST_REQUIRE(s.update(n, "1", Settings::parse(R"({"i":)" + std::to_string(i) + "}").value()).has_value());
+    }
+    for (int i = 0; i < 400; ++i) {
+      const std::string n = "r" + std::to_string(round) + "-p" + std::to_string(i);
+      if (round == 19 && i % 2 == 0) continue;  // keep some
+      BOOST_REQUIRE(s.handle_event(kEventRemove, n).has_value());
+      BOOST_REQUIRE(s.erase(n).value());
+    }
+  }
+  BOOST_TEST(s.segment().info().used == 200u);
+  for (int i = 0; i < 400; i += 2) {
+    auto r = s.view().read("r19-p" + std::to_string(i));
+    BOOST_REQUIRE(r);
+    BOOST_TEST(r->settings == R"({"i":)" + std::to_string(i) + "}");
+  }
+  BOOST_TEST(s.view().list().size() == 200u);
+}
