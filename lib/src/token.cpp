@@ -133,6 +133,14 @@ bool Token::wait(std::chrono::nanoseconds timeout) const noexcept {
   return cancelled();
 }
 
+const std::atomic<std::uint32_t>* Token::wake_word() const noexcept {
+  return map_ ? &map_->slots[slot_].gens.wake : nullptr;
+}
+
+std::atomic<std::uint32_t>* Token::waiter_count() const noexcept {
+  return map_ && map_->waiter_counts ? &map_->waiter_counts[slot_] : nullptr;
+}
+
 std::string Token::str() const {
   if (!map_) return "pkgctx1:none";
   char buf[128];

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# The worker SDK as a plugin author gets it: `cmake --install` into a temporary prefix, then,
+# against that tree only, build the C example with pkg-config and a C++ consumer with
+# find_package(pkgctx), and drive both through the worker_example suite (real processes, a real
+# segment, cancellations). Also checks the library's SONAME and that it pulls in neither
+# Boost.JSON nor libsystemd, and that find_package refuses another major version.
+# Env (set by tests/CMakeLists.txt): PKGCTX_BIN build dir, PKGCTX_SRC source dir.
+set -euo pipefail
+: "${PKGCTX_BIN:?set PKGCTX_BIN to the build directory}" "${PKGCTX_SRC:?set PKGCTX_SRC to the source directory}"
+
+fail() { echo "worker_install: $*" >&2; exit 1; }
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+prefix=$tmp/prefix
+
+cmake --install "$PKGCTX_BIN" --prefix "$prefix" --component worker >/dev/null
+for f in include/pkgctx.h include/pkgctx/worker.hpp include/pkgctx/token.hpp include/pkgctx/error.hpp; do
+  [ -f "$prefix/$f" ] || fail "$f was not installed"
+done
+
+pc=$(find "$prefix" -name pkgctx.pc | head -n1)
+[ -n "$pc" ] || fail "pkgctx.pc was not installed"
+export PKG_CONFIG_PATH=$(dirname "$pc")
+[ "$(pkg-config --modversion pkgctx)" = "$(grep -oP 'project\(pkgctx VERSION \K[0-9.]+' "$PKGCTX_SRC/CMakeLists.txt")" ] ||
+  fail "pkg-config version differs from the project's"
+libdir=$(cd "$(pkg-config --variable=libdir pkgctx)" && pwd)
+[ "${libdir#"$prefix"}" != "$libdir" ] || fail "pkgctx.pc points outside the install prefix: $libdir"
+
+lib=$libdir/libpkgctx.so
+[ -L "$lib" ] || fail "$lib (the development symlink) is missing"
+# (Outputs are captured first: `cmd | grep -q` would fail under pipefail when grep exits early.)
+dynamic=$(readelf -d "$lib")
+grep -q 'SONAME.*\[libpkgctx\.so\.0\]' <<<"$dynamic" || fail "SONAME is not libpkgctx.so.0"
+if grep NEEDED <<<"$dynamic" | grep -Ei 'boost_json|systemd'; then fail "libpkgctx.so pulls in Boost.JSON or libsystemd"; fi
+
+# A sanitizer build's library needs its runtime in the programs that load it.
+san=$(sed -n 's/^PKGCTX_SANITIZE:STRING=//p' "$PKGCTX_BIN/CMakeCache.txt")
+sanflags=()
+[ -n "$san" ] && sanflags=("-fsanitize=$san")
+
+# C: the example plugin, compiled from its source with nothing but pkg-config's flags.
+cc -std=c11 -Wall -Wextra -Werror "${sanflags[@]}" "$PKGCTX_SRC/worker-sdk/examples/example_plugin.c" \
+  $(pkg-config --cflags --libs pkgctx) -Wl,-rpath,"$libdir" -o "$tmp/example_plugin"
+grep -qF "$libdir/libpkgctx.so.0" <<<"$(ldd "$tmp/example_plugin")" || fail "the C example does not load the installed library"
+
+# C++: a consumer project with find_package(pkgctx).
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+cmake -S "$PKGCTX_SRC/worker-sdk/examples/cxx_consumer" -B "$tmp/consumer" "${generator[@]}" \
+  -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_CXX_FLAGS="${sanflags[*]}" >"$tmp/consumer.log" 2>&1 || { cat "$tmp/consumer.log"; fail "configuring the C++ consumer"; }
+cmake --build "$tmp/consumer" >>"$tmp/consumer.log" 2>&1 || { cat "$tmp/consumer.log"; fail "building the C++ consumer"; }
+grep -qF "$libdir/libpkgctx.so.0" <<<"$(ldd "$tmp/consumer/cxx_consumer")" || fail "the C++ consumer does not load the installed library"
+
+# Another major version is refused (a shared-memory ABI is not "any newer").
+if cmake -S "$PKGCTX_SRC/worker-sdk/examples/cxx_consumer" -B "$tmp/consumer-v1" "${generator[@]}" \
+  -DCMAKE_PREFIX_PATH="$prefix" -DPKGCTX_WANT_VERSION=1.0 >"$tmp/v1.log" 2>&1; then
+  fail "find_package(pkgctx 1.0) accepted version 0.x"
+fi
+grep -q "considered but not accepted" "$tmp/v1.log" || { cat "$tmp/v1.log"; fail "find_package(pkgctx 1.0) failed for another reason"; }
+
+# Both programs, end to end.
+for bin in "$tmp/example_plugin" "$tmp/consumer/cxx_consumer"; do
+  PKGCTX_EXAMPLE_BIN=$bin "$PKGCTX_BIN/tests/worker_example_test" --report_level=short ||
+    fail "worker_example_test failed against $bin"
+done
+echo "worker_install: ok"

@@ -1,0 +1,198 @@
+// The C API (pkgctx.h): codes, messages, NULL handling, buffers, and every call once.
+#define BOOST_TEST_MODULE worker_c_api
+#include <boost/test/unit_test.hpp>
+
+#include "pkgctx.h"
+#include "pkgctx/store.hpp"
+#include "test_support.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <string>
+
+using namespace pkgctx;
+using namespace std::chrono_literals;
+using pkgctx::test::SegmentName;
+
+namespace {
+
+struct Fixture {
+  SegmentName name;
+  Store store;
+  pkgctx_worker_t* worker = nullptr;
+
+  Fixture() : store(create(name)) { BOOST_TEST_REQUIRE(pkgctx_attach(name.c_str(), &worker) == PKGCTX_OK); }
+  ~Fixture() { pkgctx_detach(worker); }
+
+  static Store create(const std::string& n) {
+    SegmentOptions o;
+    o.capacity = 16;
+    o.settings_bytes = 4096;
+    auto s = Store::create(n, o);
+    BOOST_TEST_REQUIRE(s.has_value());
+    BOOST_TEST_REQUIRE(s->update("pkg", "1.0", Settings::parse(R"({"z":[1,2],"a":"\u00e9"})").value()).has_value());
+    return std::move(*s);
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(codes_and_messages) {
+  BOOST_TEST(pkgctx_strerror(PKGCTX_OK) == std::string("success"));
+  for (int code : {1, 2, 3, 4, 5, 6, 10, 11, 12, 20, 21, 22, 23, 24, 25, 26, 27, 30, 31, 32, 33}) {
+    BOOST_TEST(std::string(pkgctx_strerror(code)) != "unknown pkgctx error code", code);
+    BOOST_TEST(std::string(pkgctx_errname(code)) == errc_name(static_cast<Errc>(code)));
+  }
+  BOOST_TEST(pkgctx_strerror(999) == std::string("unknown pkgctx error code"));
+  BOOST_TEST(pkgctx_strerror(-1) == std::string("unknown pkgctx error code"));
+  BOOST_TEST(pkgctx_version() == std::string("0.1.0"));
+
+  SegmentName missing("missing");
+  pkgctx_worker_t* w = reinterpret_cast<pkgctx_worker_t*>(0x1);
+  BOOST_TEST(pkgctx_attach(missing.c_str(), &w) == PKGCTX_SEGMENT_MISSING);
+  BOOST_TEST(w == nullptr);
+  BOOST_TEST(std::string(pkgctx_last_error()).find(missing.str()) != std::string::npos);
+  BOOST_TEST(pkgctx_attach(nullptr, &w) == PKGCTX_INVALID_NAME);
+  BOOST_TEST(pkgctx_attach("x", nullptr) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_attach("a/b", &w) == PKGCTX_INVALID_NAME);
+}
+
+BOOST_AUTO_TEST_CASE(null_handles_never_crash) {
+  pkgctx_token_t* t = nullptr;
+  pkgctx_package_t p;
+  pkgctx_daemon_t d;
+  int flag = 7;
+  BOOST_TEST(pkgctx_token(nullptr, "pkg", 0, &t) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_token_parse(nullptr, "x", &t) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_read(nullptr, "pkg", &p) == PKGCTX_IO_ERROR);
+  BOOST_TEST(p.version == nullptr);
+  BOOST_TEST(pkgctx_need_update(nullptr, "pkg", "1", "0000000000000000", &flag) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_daemon(nullptr, &d) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_refresh(nullptr, &flag) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_cancelled(nullptr) == 0);
+  BOOST_TEST(pkgctx_cause(nullptr) == std::string("none"));
+  BOOST_TEST(pkgctx_cause_code(nullptr) == PKGCTX_CAUSE_NONE);
+  BOOST_TEST(pkgctx_wait(nullptr, 0) == PKGCTX_INVALID_TOKEN);
+  char buf[8] = "junk";
+  BOOST_TEST(pkgctx_token_str(nullptr, buf, sizeof buf) == 0u);
+  BOOST_TEST(buf[0] == '\0');
+  BOOST_TEST(pkgctx_token_dup(nullptr) == nullptr);
+  pkgctx_watch_t* watch = nullptr;
+  BOOST_TEST(pkgctx_watch(nullptr, [](void*) {}, nullptr, &watch) == PKGCTX_INVALID_TOKEN);
+  pkgctx_token_free(nullptr);
+  pkgctx_detach(nullptr);
+  pkgctx_package_free(nullptr);
+  pkgctx_unwatch(nullptr);
+  BOOST_TEST(pkgctx_liveness_name(99) == std::string("unknown"));
+}
+
+BOOST_FIXTURE_TEST_CASE(tokens, Fixture) {
+  pkgctx_token_t* t = nullptr;
+  BOOST_TEST_REQUIRE(pkgctx_token(worker, "pkg", PKGCTX_EVENT_SCHEDULE, &t) == PKGCTX_OK);
+  BOOST_TEST(pkgctx_cancelled(t) == 0);
+  BOOST_TEST(pkgctx_cause(t) == std::string("none"));
+
+  char text[PKGCTX_TOKEN_STR_MAX + 1];
+  const size_t len = pkgctx_token_str(t, text, sizeof text);
+  BOOST_TEST(len == std::strlen(text));
+  BOOST_TEST(len <= static_cast<size_t>(PKGCTX_TOKEN_STR_MAX));
+  char small[10];
+  BOOST_TEST(pkgctx_token_str(t, small, sizeof small) == len);  // full length, truncated copy
+  BOOST_TEST(std::string(small) == std::string(text, 9));
+
+  pkgctx_token_t* parsed = nullptr;
+  BOOST_TEST_REQUIRE(pkgctx_token_parse(worker, text, &parsed) == PKGCTX_OK);
+  pkgctx_token_t* copy = pkgctx_token_dup(t);
+  BOOST_TEST_REQUIRE(copy != nullptr);
+
+  // Wait times out, then a reschedule cancels all three.
+  const auto t0 = std::chrono::steady_clock::now();
+  BOOST_TEST(pkgctx_wait(t, 30) == PKGCTX_TIMED_OUT);
+  BOOST_TEST((std::chrono::steady_clock::now() - t0 >= 30ms));
+  BOOST_TEST_REQUIRE(store.handle_event(kEventSchedule, "pkg").has_value());
+  BOOST_TEST(pkgctx_wait(t, -1) == PKGCTX_OK);
+  for (auto* x : {t, parsed, copy}) {
+    BOOST_TEST(pkgctx_cancelled(x) == 1);
+    BOOST_TEST(pkgctx_cause(x) == std::string("rescheduled"));
+    BOOST_TEST(pkgctx_cause_code(x) == PKGCTX_CAUSE_RESCHEDULED);
+  }
+  pkgctx_token_free(t);
+  pkgctx_token_free(parsed);
+  pkgctx_token_free(copy);
+
+  pkgctx_token_t* bad = reinterpret_cast<pkgctx_token_t*>(0x1);
+  BOOST_TEST(pkgctx_token(worker, "absent", 0, &bad) == PKGCTX_NO_SUCH_PACKAGE);
+  BOOST_TEST(bad == nullptr);
+  BOOST_TEST(std::string(pkgctx_last_error()).find("absent") != std::string::npos);
+  BOOST_TEST(pkgctx_token(worker, "pkg", 8, &bad) == PKGCTX_INVALID_EVENT);
+  BOOST_TEST(pkgctx_token(worker, "a b", 0, &bad) == PKGCTX_INVALID_NAME);
+  BOOST_TEST(pkgctx_token(worker, nullptr, 0, &bad) == PKGCTX_INVALID_NAME);
+  BOOST_TEST(pkgctx_token_parse(worker, "pkgctx1:garbage", &bad) == PKGCTX_INVALID_TOKEN);
+  BOOST_TEST(pkgctx_token_parse(worker, nullptr, &bad) == PKGCTX_INVALID_TOKEN);
+}
+
+BOOST_FIXTURE_TEST_CASE(reads, Fixture) {
+  pkgctx_package_t p;
+  BOOST_TEST_REQUIRE(pkgctx_read(worker, "pkg", &p) == PKGCTX_OK);
+  const Settings expected = Settings::parse(R"({"a":"é","z":[1,2]})").value();
+  BOOST_TEST(p.version == std::string("1.0"));
+  BOOST_TEST(p.settings == expected.canonical());
+  BOOST_TEST(p.settings_len == expected.canonical().size());
+  BOOST_TEST(p.checksum == expected.checksum());
+  BOOST_TEST(p.checksum_hex == expected.checksum_hex());
+  pkgctx_package_free(&p);
+  BOOST_TEST(p.version == nullptr);
+  BOOST_TEST(p.settings == nullptr);
+  BOOST_TEST(pkgctx_read(worker, "absent", &p) == PKGCTX_NO_SUCH_PACKAGE);
+
+  int need = -1;
+  const std::string hex = expected.checksum_hex();
+  BOOST_TEST(pkgctx_need_update(worker, "pkg", "1.0", hex.c_str(), &need) == PKGCTX_OK);
+  BOOST_TEST(need == 0);
+  BOOST_TEST(pkgctx_need_update(worker, "pkg", "2.0", hex.c_str(), &need) == PKGCTX_OK);
+  BOOST_TEST(need == 1);
+  BOOST_TEST(pkgctx_need_update(worker, "pkg", "1.0", "xyz", &need) == PKGCTX_INVALID_SETTINGS);
+
+  pkgctx_daemon_t d;
+  BOOST_TEST(pkgctx_daemon(worker, &d) == PKGCTX_OK);
+  BOOST_TEST(d.liveness == PKGCTX_DAEMON_NONE);
+  store.segment().mark_daemon_running(1234, 1'000'000'000);
+  BOOST_TEST(pkgctx_daemon(worker, &d) == PKGCTX_OK);
+  BOOST_TEST(d.liveness == PKGCTX_DAEMON_ALIVE);
+  BOOST_TEST(d.pid == 1234);
+  BOOST_TEST(pkgctx_liveness_name(d.liveness) == std::string("alive"));
+
+  int moved = -1;
+  BOOST_TEST(pkgctx_refresh(worker, &moved) == PKGCTX_OK);
+  BOOST_TEST(moved == 0);
+}
+
+BOOST_FIXTURE_TEST_CASE(watches, Fixture) {
+  pkgctx_token_t* t = nullptr;
+  BOOST_TEST_REQUIRE(pkgctx_token(worker, "pkg", PKGCTX_EVENT_UPDATE, &t) == PKGCTX_OK);
+  std::atomic<int> fired{0};
+  auto bump = [](void* arg) {
+    auto* f = static_cast<std::atomic<int>*>(arg);
+    f->fetch_add(1);
+    f->notify_all();
+  };
+  pkgctx_watch_t* watch = nullptr;
+  pkgctx_watch_t* dropped = nullptr;
+  BOOST_TEST_REQUIRE(pkgctx_watch(t, bump, &fired, &watch) == PKGCTX_OK);
+  std::atomic<int> never{0};
+  BOOST_TEST_REQUIRE(pkgctx_watch(t, bump, &never, &dropped) == PKGCTX_OK);
+  pkgctx_unwatch(dropped);
+  BOOST_TEST_REQUIRE(store.handle_event(kEventUpdate, "pkg").has_value());
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (fired.load() == 0 && std::chrono::steady_clock::now() < deadline) fired.wait(0);
+  BOOST_TEST(fired.load() == 1);
+  pkgctx_unwatch(watch);
+  BOOST_TEST(never.load() == 0);
+  // Already cancelled: runs inline.
+  pkgctx_watch_t* late = nullptr;
+  BOOST_TEST(pkgctx_watch(t, bump, &fired, &late) == PKGCTX_OK);
+  BOOST_TEST(fired.load() == 2);
+  pkgctx_unwatch(late);
+  pkgctx_token_free(t);
+}

@@ -1,0 +1,263 @@
+/* pkgctx.h — the pkgctx worker SDK for C (and Rust, Go, Python via ctypes, …).
+ *
+ * A controller (the pkgctxd daemon) keeps a table of packages — name, version, pending
+ * settings, settings checksum — in a shared-memory segment, with per-package generation
+ * counters. A plugin process attaches read-only, takes a *token* when a task starts (a snapshot
+ * of the counters), and asks it whether the task has been cancelled: two atomic loads, no
+ * syscall, no lock, no IPC. It can also sleep until cancellation, read the package's version and
+ * settings consistently, hand tokens around in printable form, and see whether the daemon lives.
+ *
+ *     pkgctx_worker_t *w;
+ *     pkgctx_token_t *t;
+ *     if (pkgctx_attach("pkgctx", &w) != PKGCTX_OK) die(pkgctx_last_error());
+ *     if (pkgctx_token(w, "my-plugin", PKGCTX_EVENT_UPDATE, &t) != PKGCTX_OK) die(…);
+ *     while (!pkgctx_cancelled(t)) do_some_work();
+ *     printf("cancelled: %s\n", pkgctx_cause(t));
+ *     pkgctx_token_free(t);
+ *     pkgctx_detach(w);
+ *
+ * Link with `pkg-config --cflags --libs pkgctx`, or in CMake `find_package(pkgctx)` and
+ * `target_link_libraries(you PRIVATE pkgctx::worker)`. The library is libpkgctx.so.<major>; a
+ * segment is only shared between builds of the same layout version (attach says so otherwise).
+ *
+ * Events: PKGCTX_EVENT_UPDATE (0) and PKGCTX_EVENT_REMOVE (1) take the package's *root* token,
+ * cancelled by the next update/remove event, a version change or the package's deletion.
+ * PKGCTX_EVENT_SCHEDULE (2) .. 7 take a *child* token of that key, also cancelled by the next
+ * event of the same key ("rescheduled"). Cancellation is permanent.
+ *
+ * ---------------------------------------------------------------------------------------------
+ * PROCESS AND THREAD RULES
+ *
+ *  - Read-only map. The table is mapped PROT_READ. A plugin cannot change it; a stray write
+ *    into it kills the process with SIGSEGV. The process needs read access to
+ *    /dev/shm/<segment> and read-write access to /dev/shm/<segment>.waiters (membership of the
+ *    daemon's group); without the latter pkgctx_wait() still works but polls every 10 ms.
+ *  - Handles. A token stays valid after the worker that made it is detached, and after the
+ *    segment is retired (it then reports "segment_retired"). Free each handle exactly once.
+ *  - Threads. Every function may be called from any thread. A worker handle may be shared by
+ *    threads without locking. A token handle may be shared for reading (cancelled, cause, wait,
+ *    str) but must not be freed while another thread uses it.
+ *  - Signals. pkgctx_cancelled() is async-signal-safe (two atomic loads). Nothing else is.
+ *  - fork(). The child inherits the mapping: its worker and token handles keep working. A
+ *    cancellation watch (pkgctx_watch) made before fork() never fires in the child; freeing the
+ *    child's copy is harmless; watch again in the child.
+ *  - Daemon restarts. A compatible restart changes nothing for you. An incompatible one retires
+ *    the segment: every token of it is cancelled with cause "segment_retired" and waiters are
+ *    woken; the worker handle re-attaches to the new segment by name on its next lookup.
+ *
+ * ERRORS
+ *
+ * Functions that can fail return an int: PKGCTX_OK (0) or one of the PKGCTX_* codes below,
+ * which are the numbers of pkgctx::Errc in the C++ API and of the daemon protocol's error codes
+ * (they are pkgctx codes, not errno values). pkgctx_strerror() describes a code;
+ * pkgctx_last_error() returns the one-line message of the most recent failure on the calling
+ * thread, naming what was wrong. No C++ exception ever crosses this API.
+ * A NULL handle, string or out-pointer is reported with the code named for each function; it
+ * never crashes.
+ */
+#ifndef PKGCTX_H
+#define PKGCTX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PKGCTX_VERSION_MAJOR 0
+#define PKGCTX_VERSION_MINOR 1
+#define PKGCTX_VERSION_PATCH 0
+
+/* Error codes (equal to pkgctx::Errc). */
+enum pkgctx_errc {
+  PKGCTX_OK = 0,
+  /* Input rejected. */
+  PKGCTX_INVALID_NAME = 1,        /* package or segment name empty, too long, or not [A-Za-z0-9._-] */
+  PKGCTX_INVALID_VERSION = 2,     /* (writers only) */
+  PKGCTX_INVALID_SETTINGS = 3,    /* a checksum that is not 16 hex digits; (writers) bad JSON */
+  PKGCTX_SETTINGS_TOO_LARGE = 4,  /* (writers only) */
+  PKGCTX_INVALID_EVENT = 5,       /* event key not 0..7 */
+  PKGCTX_INVALID_TOKEN = 6,       /* garbled, forged, or from a segment this worker never attached; NULL */
+  /* State. */
+  PKGCTX_NO_SUCH_PACKAGE = 10,    /* the table has no package of that name */
+  PKGCTX_TABLE_FULL = 11,         /* (writers only) */
+  PKGCTX_SETTINGS_FULL = 12,      /* (writers only) */
+  /* Segment. */
+  PKGCTX_SEGMENT_MISSING = 20,    /* no segment of that name: daemon not started, or wrong name */
+  PKGCTX_SEGMENT_FOREIGN = 21,    /* not a pkgctx segment (bad magic, impossible sizes) */
+  PKGCTX_SEGMENT_VERSION = 22,    /* a pkgctx segment of another layout version: upgrade the SDK */
+  PKGCTX_SEGMENT_TRUNCATED = 23,  /* shorter than its header says: corrupt */
+  PKGCTX_SEGMENT_NOT_READY = 24,  /* being created right now: try again in a few milliseconds */
+  PKGCTX_SEGMENT_RETIRED = 25,    /* being replaced right now: try again */
+  PKGCTX_SEGMENT_EXISTS = 26,     /* (writers only) */
+  PKGCTX_PERMISSION_DENIED = 27,  /* this process may not read the segment: join the daemon's group */
+  /* Other. */
+  PKGCTX_TIMED_OUT = 30,          /* pkgctx_wait(): the timeout passed before cancellation */
+  PKGCTX_IO_ERROR = 31,           /* the kernel refused something else; out of memory; NULL handle */
+  PKGCTX_DAEMON_UNREACHABLE = 32, /* (control socket clients only) */
+  PKGCTX_BUSY = 33                /* a writer died mid-write of this package; the daemon repairs it
+                                     on its next heartbeat: try again */
+};
+
+/* Event keys. */
+#define PKGCTX_EVENT_UPDATE 0
+#define PKGCTX_EVENT_REMOVE 1
+#define PKGCTX_EVENT_SCHEDULE 2
+
+/* Cancellation causes (pkgctx_cause_code). */
+enum pkgctx_cause {
+  PKGCTX_CAUSE_NONE = 0,            /* not cancelled */
+  PKGCTX_CAUSE_VERSION_CHANGED = 1, /* an update with a new version, or re-creation after remove */
+  PKGCTX_CAUSE_UPDATE_EVENT = 2,    /* HandleEvent(update) */
+  PKGCTX_CAUSE_REMOVED = 3,         /* HandleEvent(remove) */
+  PKGCTX_CAUSE_RESCHEDULED = 4,     /* the next event of this child key replaced this context */
+  PKGCTX_CAUSE_DELETED = 5,         /* the package was deleted */
+  PKGCTX_CAUSE_SEGMENT_RETIRED = 6  /* the daemon replaced the whole segment */
+};
+
+/* Daemon liveness (pkgctx_daemon_t.liveness). */
+enum pkgctx_liveness {
+  PKGCTX_DAEMON_NONE = 0,    /* no daemon ever attached (a controller embedding the store) */
+  PKGCTX_DAEMON_ALIVE = 1,   /* running, heartbeat fresh */
+  PKGCTX_DAEMON_STALE = 2,   /* running per the header, but no heartbeat for 3 intervals: hung or killed */
+  PKGCTX_DAEMON_STOPPED = 3  /* stopped cleanly */
+};
+
+/* A printed token is at most this many characters of [A-Za-z0-9._:-] (plus a NUL). */
+#define PKGCTX_TOKEN_STR_MAX 128
+
+typedef struct pkgctx_worker_s pkgctx_worker_t;
+typedef struct pkgctx_token_s pkgctx_token_t;
+typedef struct pkgctx_watch_s pkgctx_watch_t;
+
+/* One consistent snapshot of a package (pkgctx_read). Strings are malloc'd and NUL-terminated;
+ * release them with pkgctx_package_free(). */
+typedef struct pkgctx_package_s {
+  char *version;          /* "" once the package was removed */
+  char *settings;         /* RFC 8785 canonical JSON object; "{}" when empty */
+  size_t settings_len;    /* strlen(settings) */
+  uint64_t checksum;      /* XXH3-64 of settings */
+  char checksum_hex[17];  /* the same, as 16 lowercase hex digits */
+} pkgctx_package_t;
+
+typedef struct pkgctx_daemon_s {
+  int liveness;                    /* enum pkgctx_liveness */
+  int32_t pid;                     /* 0 when no daemon ever attached */
+  uint64_t start_realtime_ns;      /* CLOCK_REALTIME when it started */
+  uint64_t heartbeat_age_ns;       /* CLOCK_MONOTONIC now minus its last heartbeat */
+  uint64_t heartbeat_interval_ns;
+} pkgctx_daemon_t;
+
+/* ---- Library ------------------------------------------------------------------------------ */
+
+/* "MAJOR.MINOR.PATCH" of the library actually loaded. */
+const char *pkgctx_version(void);
+
+/* A static, one-line description of a PKGCTX_* code ("no such package"); never NULL. */
+const char *pkgctx_strerror(int code);
+
+/* The stable snake_case name of a code ("no_such_package"), as in the daemon protocol. */
+const char *pkgctx_errname(int code);
+
+/* The message of the most recent failed call on this thread (e.g. "no such package \"x\""), or
+ * "" if none failed yet. Valid until the next failing call on this thread. */
+const char *pkgctx_last_error(void);
+
+/* ---- Attach --------------------------------------------------------------------------------- */
+
+/* Attaches read-only to segment `segment` (pkgctxd's default: "pkgctx"). On success *out is a
+ * handle to release with pkgctx_detach(); on failure *out is NULL.
+ * Errors: PKGCTX_SEGMENT_MISSING, _NOT_READY, _FOREIGN, _VERSION, _TRUNCATED, _RETIRED,
+ *         PKGCTX_PERMISSION_DENIED, PKGCTX_INVALID_NAME (segment NULL, empty or containing '/'),
+ *         PKGCTX_IO_ERROR (out NULL; anything else). */
+int pkgctx_attach(const char *segment, pkgctx_worker_t **out);
+
+/* Releases a worker handle (NULL is ignored). Its tokens stay valid. */
+void pkgctx_detach(pkgctx_worker_t *worker);
+
+/* Checks now whether the segment was retired or replaced, and re-attaches if so. *reattached
+ * (may be NULL) is set to 1 if it did. Errors: those of pkgctx_attach (the old mapping is kept). */
+int pkgctx_refresh(pkgctx_worker_t *worker, int *reattached);
+
+/* ---- Tokens --------------------------------------------------------------------------------- */
+
+/* The token of package `name`'s current context for `event` (0..7). Take it when the task
+ * starts. On success *out is a handle to release with pkgctx_token_free().
+ * Errors: PKGCTX_INVALID_EVENT, PKGCTX_INVALID_NAME (also NULL name), PKGCTX_NO_SUCH_PACKAGE,
+ *         PKGCTX_BUSY, PKGCTX_IO_ERROR (NULL worker or out), and the attach errors when the
+ *         segment was retired and re-attaching failed. */
+int pkgctx_token(pkgctx_worker_t *worker, const char *name, int event, pkgctx_token_t **out);
+
+/* Parses a printed token (pkgctx_token_str), validated against the worker's segment: a garbled
+ * or forged token is refused, never trusted. Errors: PKGCTX_INVALID_TOKEN (also NULL text),
+ * PKGCTX_IO_ERROR (NULL worker or out). */
+int pkgctx_token_parse(pkgctx_worker_t *worker, const char *text, pkgctx_token_t **out);
+
+/* Copies a token (for another thread to own). NULL on NULL or out of memory. */
+pkgctx_token_t *pkgctx_token_dup(const pkgctx_token_t *token);
+
+/* Releases a token handle (NULL is ignored). */
+void pkgctx_token_free(pkgctx_token_t *token);
+
+/* 1 if cancelled, 0 if not (and for NULL). No syscall, no lock, no allocation; signal-safe. */
+int pkgctx_cancelled(const pkgctx_token_t *token);
+
+/* Why it was cancelled: "none" while live (and for NULL), else "version_changed",
+ * "update_event", "removed", "rescheduled", "deleted" or "segment_retired". Static string. */
+const char *pkgctx_cause(const pkgctx_token_t *token);
+
+/* The same as an enum pkgctx_cause. */
+int pkgctx_cause_code(const pkgctx_token_t *token);
+
+/* Sleeps until the token is cancelled or `timeout_ms` passes (negative: no limit). Returns
+ * PKGCTX_OK once cancelled, PKGCTX_TIMED_OUT otherwise, PKGCTX_INVALID_TOKEN for NULL.
+ * Costs the writer a futex wake only while someone waits. */
+int pkgctx_wait(const pkgctx_token_t *token, int64_t timeout_ms);
+
+/* Writes the printable form (at most PKGCTX_TOKEN_STR_MAX characters, NUL-terminated,
+ * truncated to size-1 as snprintf does) into buf, and returns its full length; 0 for NULL. */
+size_t pkgctx_token_str(const pkgctx_token_t *token, char *buf, size_t size);
+
+/* ---- Reading the table ------------------------------------------------------------------------ */
+
+/* One consistent snapshot of package `name` (version, settings and checksum from the same
+ * write). On success release *out with pkgctx_package_free(); on failure *out is zeroed.
+ * Errors: PKGCTX_INVALID_NAME, PKGCTX_NO_SUCH_PACKAGE, PKGCTX_BUSY, PKGCTX_IO_ERROR (NULL
+ * worker or out; out of memory), attach errors after a retirement. */
+int pkgctx_read(pkgctx_worker_t *worker, const char *name, pkgctx_package_t *out);
+
+/* Frees the strings of *package and zeroes it (NULL is ignored). */
+void pkgctx_package_free(pkgctx_package_t *package);
+
+/* NeedUpdate: *out = 1 when the package is absent or its version or checksum (16 hex digits)
+ * differs, else 0. Errors: PKGCTX_INVALID_NAME, PKGCTX_INVALID_SETTINGS (bad checksum text),
+ * PKGCTX_BUSY, PKGCTX_IO_ERROR (NULL arguments). */
+int pkgctx_need_update(pkgctx_worker_t *worker, const char *name, const char *version,
+                       const char *checksum_hex, int *out);
+
+/* The owning daemon's liveness. Errors: PKGCTX_IO_ERROR (NULL arguments), attach errors
+ * after a retirement. */
+int pkgctx_daemon(pkgctx_worker_t *worker, pkgctx_daemon_t *out);
+
+/* "none", "alive", "stale" or "stopped". Static string. */
+const char *pkgctx_liveness_name(int liveness);
+
+/* ---- Callbacks on cancellation -------------------------------------------------------------- */
+
+/* Calls fn(arg) once, on the SDK's watcher thread (one per process, serving every watch), when
+ * `token` is cancelled; inline, before returning, if it already is. Keep fn short and
+ * non-blocking: watches share the thread. Latency after the cancelling write is a few
+ * microseconds. On success release *out with pkgctx_unwatch().
+ * Errors: PKGCTX_INVALID_TOKEN (NULL token), PKGCTX_IO_ERROR (NULL fn or out; no thread). */
+int pkgctx_watch(const pkgctx_token_t *token, void (*fn)(void *arg), void *arg, pkgctx_watch_t **out);
+
+/* Unregisters (NULL is ignored). After it returns fn is not running and never will be: if fn is
+ * running on the watcher thread, this waits for it — unless called from inside fn itself. */
+void pkgctx_unwatch(pkgctx_watch_t *watch);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PKGCTX_H */

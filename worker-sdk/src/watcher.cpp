@@ -1,0 +1,303 @@
+// The per-process cancellation watcher: one thread serves every CancelCallback and StopBridge.
+//
+// How it sleeps. A token is cancelled when its slot's generation moves, and every cancellation
+// also bumps the slot's 32-bit wake word and, if the waiters board shows a sleeper, makes the
+// futex-wake syscall. The watcher therefore:
+//   1. raises the waiter count of every slot it watches ("arms" the slot's wake word) — once per
+//      slot, not per registration and not per sleep;
+//   2. reads each armed wake word, then checks every pending registration's cancelled();
+//   3. sleeps in futex_waitv(2) on all armed wake words plus its private control word at once.
+// Step 2 reads the wake words before checking the tokens, and a writer bumps the wake word
+// after the generation and before reading the count, so a cancellation after the check changes
+// a word the watcher sleeps on: no lost wake-up (the same argument as Token::wait).
+// futex_waitv takes at most 128 words: the control word and 127 slots. Slots beyond that, slots
+// without a writable waiters board (a writer would not wake us) and kernels without futex_waitv
+// (before 5.16, or a seccomp filter) are polled every kPollSlice instead.
+//
+// Registration takes the registry mutex; it costs no syscall when the token's slot is already
+// armed (the watcher is already sleeping on that word), otherwise it bumps and wakes the control
+// word so the watcher re-arms. Unregistration never wakes the watcher: a slot left armed with no
+// registration costs writers a spurious wake on its next cancellation, after which the watcher
+// disarms it.
+//
+// Callbacks run on the watcher thread with the mutex released. Unregistration waits for a
+// running callback (on the done_seq_ futex) unless it is called from that callback.
+//
+// fork(): the atfork handlers keep the mutex consistent; in the child no watcher thread exists,
+// registrations inherited from the parent (tagged with the parent's pid) are ignored and simply
+// dropped when unregistered, and the first registration in the child starts a new thread.
+#include "watcher.hpp"
+
+#include "pkgctx/futex.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+#include <ctime>
+#include <linux/futex.h>
+#include <memory>
+#include <mutex>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <system_error>
+#include <thread>
+#include <unistd.h>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#ifndef SYS_futex_waitv
+#define SYS_futex_waitv 449
+#endif
+#ifndef FUTEX_32
+#define FUTEX_32 2
+#endif
+
+namespace pkgctx::detail {
+namespace {
+
+using AU32 = std::atomic<std::uint32_t>;
+
+constexpr auto kPollSlice = std::chrono::milliseconds(1);
+constexpr std::size_t kMaxWords = 127;  // FUTEX_WAITV_MAX (128) minus the control word
+
+struct Entry {
+  Token token;
+  std::function<void()> fn;
+  pid_t pid = 0;              // the process that registered it
+  bool running = false;       // fn is being called (by `runner`)
+  std::thread::id runner;
+};
+
+struct Armed {
+  Token keep;    // keeps the mapping, and so the words, alive while armed
+  AU32* count;   // the slot's waiter count on the board
+};
+
+// Mirror of the kernel's struct futex_waitv (linux/futex.h has it from 5.16 headers on).
+struct WaitV {
+  std::uint64_t val;
+  std::uint64_t uaddr;
+  std::uint32_t flags;
+  std::uint32_t reserved;
+};
+static_assert(sizeof(WaitV) == 24);
+
+class Watcher {
+ public:
+  static Watcher& instance() {
+    // Leaked on purpose: the detached thread may still run while static destructors do.
+    static Watcher* const w = new Watcher;
+    return *w;
+  }
+
+  Result<std::uint64_t> add(const Token& token, std::function<void()>& fn);
+  void remove(std::uint64_t id) noexcept;
+  WatchMode mode() {
+    std::lock_guard lk(mu_);
+    return thread_pid_ == pid_ ? mode_ : WatchMode::idle;
+  }
+
+ private:
+  Watcher() : pid_(::getpid()) { ::pthread_atfork(&Watcher::prepare, &Watcher::parent, &Watcher::child); }
+  static void prepare() { instance().mu_.lock(); }
+  static void parent() { instance().mu_.unlock(); }
+  static void child() {
+    Watcher& w = instance();
+    w.pid_ = ::getpid();
+    w.mode_ = WatchMode::idle;
+    w.removers_waiting_ = 0;
+    w.armed_.clear();  // the parent's watcher owns those waiter counts: never lower them here
+    w.mu_.unlock();
+  }
+
+  void run();
+  // Rebuilds the armed set and the futex_waitv vector; collects cancelled registrations.
+  // Returns whether some watched slot must be polled. Under mu_.
+  bool prepare_sleep(std::vector<WaitV>& vec, std::vector<std::uint64_t>& fire);
+  void wake_watcher() noexcept {
+    control_.fetch_add(1, std::memory_order_seq_cst);
+    futex::wake(&control_, 1);
+  }
+
+  std::mutex mu_;
+  pid_t pid_;                                                  // this process (reset in the child)
+  std::unordered_map<std::uint64_t, std::unique_ptr<Entry>> entries_;  // under mu_
+  std::unordered_map<const AU32*, Armed> armed_;               // under mu_; words the watcher sleeps on
+  std::uint64_t next_id_ = 1;                                  // under mu_
+  pid_t thread_pid_ = 0;                                       // under mu_; process whose thread runs
+  WatchMode mode_ = WatchMode::idle;                           // under mu_
+  std::uint32_t removers_waiting_ = 0;                         // under mu_
+  AU32 control_{0};   // futex: bumped to make the watcher rebuild its sleep set
+  AU32 done_seq_{0};  // futex: bumped when callbacks finished
+  bool have_waitv_ = true;  // watcher thread only
+};
+
+Result<std::uint64_t> Watcher::add(const Token& token, std::function<void()>& fn) {
+  if (!token.valid()) return std::uint64_t{0};  // can never be cancelled
+  std::unique_lock lk(mu_);
+  if (token.cancelled()) {
+    lk.unlock();
+    fn();
+    return std::uint64_t{0};
+  }
+  if (thread_pid_ != pid_) {
+    try {
+      std::thread(&Watcher::run, this).detach();
+    } catch (const std::system_error& e) {
+      return make_error(Errc::io_error, std::string("cannot start the pkgctx watcher thread: ") + e.what());
+    }
+    thread_pid_ = pid_;
+  }
+  const std::uint64_t id = next_id_++;
+  auto e = std::make_unique<Entry>();
+  e->token = token;
+  e->fn = std::move(fn);
+  e->pid = pid_;
+  entries_.emplace(id, std::move(e));
+  // An armed slot's wake word is already in the watcher's sleep set: the cancellation of this
+  // token will bump it. A polling watcher looks within a slice anyway.
+  if (!armed_.contains(token.wake_word()) && mode_ != WatchMode::polling) wake_watcher();
+  return id;
+}
+
+void Watcher::remove(std::uint64_t id) noexcept {
+  if (id == 0) return;
+  std::unique_lock lk(mu_);
+  while (true) {
+    auto it = entries_.find(id);
+    if (it == entries_.end()) return;  // already ran (or registered in the parent before fork)
+    Entry& e = *it->second;
+    if (!e.running || e.pid != pid_) {
+      std::unique_ptr<Entry> owned = std::move(it->second);
+      entries_.erase(it);
+      lk.unlock();  // the callback's captures are destroyed outside the lock
+      return;
+    }
+    if (e.runner == std::this_thread::get_id()) return;  // from inside the callback itself
+    const std::uint32_t seq = done_seq_.load(std::memory_order_seq_cst);
+    ++removers_waiting_;
+    lk.unlock();
+    futex::wait(&done_seq_, seq, std::chrono::milliseconds(100));
+    lk.lock();
+    --removers_waiting_;
+  }
+}
+
+bool Watcher::prepare_sleep(std::vector<WaitV>& vec, std::vector<std::uint64_t>& fire) {
+  bool poll = false;
+  // The slots pending registrations need, each once.
+  std::unordered_map<const AU32*, const Token*> want;
+  for (auto& [id, e] : entries_) {
+    if (e->pid == pid_ && !e->running) want.emplace(e->token.wake_word(), &e->token);
+  }
+  if (!have_waitv_) {  // nothing to sleep on but the control word: poll, and arm nothing
+    poll = !want.empty();
+    want.clear();
+  }
+  // Disarm slots nobody needs any more.
+  for (auto it = armed_.begin(); it != armed_.end();) {
+    if (want.contains(it->first)) {
+      ++it;
+    } else {
+      it->second.count->fetch_sub(1, std::memory_order_seq_cst);
+      it = armed_.erase(it);
+    }
+  }
+  // Arm the new ones while there is room; a slot without a board cannot be woken: poll it.
+  for (auto& [word, token] : want) {
+    if (armed_.contains(word)) continue;
+    AU32* count = token->waiter_count();
+    if (!count || armed_.size() >= kMaxWords) {
+      poll = true;
+      continue;
+    }
+    count->fetch_add(1, std::memory_order_seq_cst);
+    armed_.emplace(word, Armed{*token, count});
+  }
+  // Wake words first, tokens second (see the top of this file).
+  vec.resize(1);
+  for (auto& [word, armed] : armed_) {
+    vec.push_back(WaitV{word->load(std::memory_order_seq_cst), reinterpret_cast<std::uintptr_t>(word), FUTEX_32, 0});
+  }
+  for (auto& [id, e] : entries_) {
+    if (e->pid == pid_ && !e->running && e->token.cancelled()) {
+      e->running = true;
+      e->runner = std::this_thread::get_id();
+      fire.push_back(id);
+    }
+  }
+  mode_ = poll ? WatchMode::polling : WatchMode::waitv;
+  return poll;
+}
+
+void Watcher::run() {
+  // Test knob: behave as on a kernel without futex_waitv (tests/unit/worker_stop_test.cpp).
+  have_waitv_ = std::getenv("PKGCTX_WATCHER_NO_WAITV") == nullptr;
+  std::vector<WaitV> vec;
+  std::vector<std::uint64_t> fire;
+  std::vector<std::unique_ptr<Entry>> done;
+  while (true) {
+    bool poll = false;
+    {
+      std::lock_guard lk(mu_);
+      const std::uint32_t c = control_.load(std::memory_order_seq_cst);
+      poll = prepare_sleep(vec, fire);
+      vec[0] = WaitV{c, reinterpret_cast<std::uintptr_t>(&control_), FUTEX_32, 0};
+    }
+    if (!fire.empty()) {
+      for (std::uint64_t id : fire) {
+        Entry* e = nullptr;
+        {
+          std::lock_guard lk(mu_);
+          e = entries_.at(id).get();  // stays while running: remove() waits for us
+        }
+        [&]() noexcept { e->fn(); }();  // a throwing callback terminates, as std::stop_callback
+      }
+      {
+        std::lock_guard lk(mu_);
+        for (std::uint64_t id : fire) {
+          auto it = entries_.find(id);
+          done.push_back(std::move(it->second));
+          entries_.erase(it);
+        }
+        done_seq_.fetch_add(1, std::memory_order_seq_cst);
+        if (removers_waiting_ > 0) futex::wake(&done_seq_);
+      }
+      done.clear();  // captures destroyed outside the lock
+      fire.clear();
+      continue;  // re-check: more may have been cancelled meanwhile
+    }
+    if (have_waitv_) {
+      timespec deadline{};
+      if (poll) {
+        ::clock_gettime(CLOCK_MONOTONIC, &deadline);
+        deadline.tv_nsec += std::chrono::nanoseconds(kPollSlice).count();
+        if (deadline.tv_nsec >= 1'000'000'000) {
+          deadline.tv_sec += 1;
+          deadline.tv_nsec -= 1'000'000'000;
+        }
+      }
+      const long rc = ::syscall(SYS_futex_waitv, vec.data(), static_cast<unsigned>(vec.size()), 0u,
+                                poll ? &deadline : nullptr, CLOCK_MONOTONIC);
+      // ENOSYS: a kernel before 5.16; EPERM: a seccomp filter. Anything but the expected
+      // outcomes means this sleeper cannot be trusted: poll rather than spin.
+      if (rc < 0 && errno != EAGAIN && errno != ETIMEDOUT && errno != EINTR) have_waitv_ = false;
+    } else {
+      // Without futex_waitv: sleep on the control word alone, polling the tokens when any exist.
+      futex::wait(&control_, static_cast<std::uint32_t>(vec[0].val),
+                  poll ? std::chrono::nanoseconds(kPollSlice) : std::chrono::nanoseconds(std::chrono::hours(1)));
+    }
+  }
+}
+
+}  // namespace
+
+Result<std::uint64_t> watch_register(const Token& token, std::function<void()> fn) noexcept {
+  return Watcher::instance().add(token, fn);
+}
+
+void watch_unregister(std::uint64_t id) noexcept { Watcher::instance().remove(id); }
+
+WatchMode watch_mode() noexcept { return Watcher::instance().mode(); }
+
+}  // namespace pkgctx::detail
