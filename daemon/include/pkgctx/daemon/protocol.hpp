@@ -1,0 +1,112 @@
+// pkgctx/daemon/protocol.hpp — the control protocol: one JSON request in, one JSON answer out.
+//
+// This is the transport-free half of the daemon: it turns a request line into an answer line
+// against a Store. The server (server.hpp) feeds it lines from sockets; tests feed it directly.
+//
+// Requests (one JSON object per line; an optional "id" — string or number — is echoed back):
+//   {"op":"update","name":N,"version":V,"settings":{…}}   settings optional, default {}
+//       → {"ok":true,"name":N,"context":TOKEN|null,"change":"created"|"version"|"settings"|"none"}
+//   {"op":"event","event":"update"|"remove"|"schedule"|K,"name":N}   K a string or integer 0..7
+//       → {"ok":true,"name":N,"context":TOKEN|null}
+//   {"op":"need_update","name":N,"version":V,"checksum":HEX16}  → {"ok":true,"need_update":bool}
+//   {"op":"settings","name":N}  → {"ok":true,"name":N,"version":V,"settings":{…},"checksum":HEX16}
+//   {"op":"delete","name":N}    → {"ok":true,"name":N,"deleted":bool}
+//   {"op":"dump"}               → {"ok":true,"segment":{…},"daemon":{…},"packages":[…]}
+// Errors: {"ok":false,"error":{"code":C,"message":M}}, C one of the core's errc_name() codes
+// (invalid_name, invalid_version, invalid_settings, settings_too_large, invalid_event,
+// no_such_package, table_full, settings_full, …) or a protocol code below.
+//
+// Writes (update, event, delete) need a peer on the allow-list; reads are open to anyone who
+// can connect. A refused or malformed request changes nothing. handle() never throws.
+#pragma once
+
+#include "pkgctx/store.hpp"
+
+#include <boost/json/parser.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <sys/types.h>
+#include <vector>
+
+namespace pkgctx::daemon {
+
+// Protocol error codes (the core's codes come from errc_name()).
+namespace code {
+inline constexpr std::string_view kBadRequest = "bad_request";        // malformed JSON, not an object,
+                                                                      // missing/mistyped/unknown field,
+                                                                      // duplicate key, unknown op, too deep
+inline constexpr std::string_view kLineTooLong = "line_too_long";     // request line over max_line_bytes
+inline constexpr std::string_view kForbidden = "forbidden";           // write by a peer off the allow-list
+inline constexpr std::string_view kTooManyClients = "too_many_clients";  // sent, then the connection closes
+inline constexpr std::string_view kInternalError = "internal_error";  // out of memory or a bug; nothing changed
+}  // namespace code
+
+// Who is on the other end of a connection (SO_PEERCRED, SO_PEERGROUPS).
+struct Peer {
+  pid_t pid = 0;
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+  std::vector<gid_t> groups;  // supplementary groups, when the kernel reports them
+  std::string describe() const;  // "pid 42 uid 1000 gid 1000"
+};
+
+// Who may write: root and the daemon's own uid always (both can write the segment directly
+// anyway), plus any listed uid, plus any peer whose primary or supplementary group is listed.
+struct AllowList {
+  uid_t self = 0;
+  std::vector<uid_t> uids;
+  std::vector<gid_t> gids;
+  bool allows(const Peer& peer) const noexcept;
+};
+
+// Counters reported by dump under "daemon".
+struct DaemonStats {
+  std::string socket;
+  std::uint64_t clients = 0;          // connected now
+  std::uint64_t accepted = 0;         // connections accepted since start
+  std::uint64_t dropped = 0;          // clients dropped (not reading, over limits)
+  std::uint64_t requests = 0;         // requests answered
+  std::uint64_t errors = 0;           // … of which answered with an error
+};
+
+class Protocol {
+ public:
+  explicit Protocol(Store& store);
+  Protocol(const Protocol&) = delete;
+  Protocol& operator=(const Protocol&) = delete;
+
+  // JSON nesting allowed inside "settings" (the request itself may nest one level more).
+  void set_max_depth(std::size_t depth);
+  std::size_t max_depth() const noexcept { return max_depth_; }
+
+  // Handles one request line (without its '\n'; a trailing '\r' is ignored) from `peer`, whose
+  // right to write is `may_write`. Appends exactly one answer line, ending in '\n', to `out`.
+  void handle(std::string_view line, const Peer& peer, bool may_write, std::string& out) noexcept;
+
+  // Appends an error answer line (for errors found before a line is complete: line_too_long,
+  // too_many_clients).
+  void append_error(std::string& out, std::string_view code, std::string_view message) noexcept;
+
+  DaemonStats& stats() noexcept { return stats_; }
+  const DaemonStats& stats() const noexcept { return stats_; }
+
+ private:
+  struct Request;
+  void dispatch(Request& rq, std::string& out);
+  void op_update(Request& rq, std::string& out);
+  void op_event(Request& rq, std::string& out);
+  void op_need_update(Request& rq, std::string& out);
+  void op_settings(Request& rq, std::string& out);
+  void op_delete(Request& rq, std::string& out);
+  void op_dump(Request& rq, std::string& out);
+
+  Store& store_;
+  std::size_t max_depth_ = 64;
+  DaemonStats stats_;
+  std::optional<boost::json::parser> parser_;  // reused: its stack is allocated once
+};
+
+}  // namespace pkgctx::daemon

@@ -1,0 +1,112 @@
+// pkgctx/daemon/server.hpp — the control socket and the daemon's one event loop.
+//
+// One thread, one epoll set: the listening socket, a signalfd (SIGTERM, SIGINT, SIGHUP), a
+// timerfd (heartbeat/watchdog tick) and every client, all non-blocking and level-triggered.
+// Raw epoll rather than Boost.Asio: the loop is ~300 lines, every syscall is visible, per-client
+// backpressure is a matter of toggling EPOLLIN, and the daemon pulls in no extra runtime.
+//
+// Per client: an input buffer holding at most one partial line (bounded by max_line_bytes)
+// and an output buffer. Complete lines are answered in order; answers are batched into one
+// send() per readiness. Backpressure: while a client has more than a high-water mark of
+// unsent answers its further requests are left unread (in the kernel), so a pipelining client
+// that reads late costs bounded memory. A client is dropped when its unsent answers pass
+// max_output_bytes, or when it has unsent answers and has taken none for send_timeout_ms.
+// A slow, stalled or half-open client therefore never blocks anyone else.
+//
+// Durability: an answer is produced only after the store call returned, and the store writes
+// the shared segment synchronously; nothing is buffered between the store and the segment.
+#pragma once
+
+#include "pkgctx/daemon/protocol.hpp"
+#include "pkgctx/error.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <sys/types.h>
+#include <unordered_map>
+
+namespace pkgctx::daemon {
+
+// The listening control socket. Creates the parent directory if missing, replaces a stale
+// socket file (nobody accepting) and refuses a live one. Removes its file when destroyed, if
+// the file is still this socket's.
+class Listener {
+ public:
+  // Errors: io_error / permission_denied / busy (another process is listening there).
+  static Result<Listener> open(const std::string& path, mode_t mode, gid_t group);
+  Listener(Listener&& o) noexcept;
+  Listener& operator=(Listener&&) = delete;
+  Listener(const Listener&) = delete;
+  ~Listener();
+  int fd() const noexcept { return fd_; }
+  const std::string& path() const noexcept { return path_; }
+
+ private:
+  Listener(int fd, std::string path, dev_t dev, ino_t ino) : fd_(fd), path_(std::move(path)), dev_(dev), ino_(ino) {}
+  int fd_ = -1;
+  std::string path_;
+  dev_t dev_ = 0;
+  ino_t ino_ = 0;
+};
+
+// The limits the server enforces; all of them may change on SIGHUP.
+struct ServerLimits {
+  std::size_t max_line_bytes = 2u << 20;
+  std::size_t max_output_bytes = 64u << 20;
+  std::uint32_t max_clients = 256;
+  std::chrono::milliseconds send_timeout{30000};
+  AllowList allow;
+};
+
+class Server {
+ public:
+  struct Hooks {
+    std::function<void()> on_tick;    // every tick: heartbeat, repair, watchdog
+    std::function<void()> on_reload;  // SIGHUP
+  };
+
+  // `signal_fd`: a signalfd for SIGTERM, SIGINT and SIGHUP (owned by the caller).
+  Server(Protocol& protocol, Listener& listener, int signal_fd, std::chrono::nanoseconds tick, Hooks hooks);
+  ~Server();
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Creates the epoll set and the timer. Errors: io_error.
+  Result<void> init();
+  void set_limits(const ServerLimits& limits);
+  const ServerLimits& limits() const noexcept { return limits_; }
+
+  // Serves until SIGTERM or SIGINT; returns that signal's number. Errors: io_error (epoll).
+  Result<int> run();
+
+ private:
+  struct Conn;
+  void accept_all();
+  void on_client(std::uint64_t id, std::uint32_t events);
+  void read_input(Conn& c);
+  void process_lines(Conn& c);
+  bool flush(Conn& c);          // false: the connection is gone
+  void update_interest(Conn& c);
+  void close_conn(std::uint64_t id, const char* why_for_log = nullptr);
+  void on_tick();
+  std::size_t high_water() const noexcept;
+
+  Protocol& protocol_;
+  Listener& listener_;
+  int signal_fd_;
+  int epoll_fd_ = -1;
+  int timer_fd_ = -1;
+  std::chrono::nanoseconds tick_;
+  Hooks hooks_;
+  ServerLimits limits_;
+  std::unordered_map<std::uint64_t, std::unique_ptr<Conn>> conns_;
+  std::uint64_t next_id_ = 16;  // ids below are the listener, signals and timer
+  bool listener_paused_ = false;
+  std::uint64_t last_refusal_log_ns_ = 0;
+  std::uint64_t refused_since_log_ = 0;
+};
+
+}  // namespace pkgctx::daemon

@@ -1,0 +1,52 @@
+// Internal: a minimal streaming JSON writer for the daemon's answers.
+//
+// Answers are built straight into the client's output buffer: no DOM, no allocation per field.
+// Strings are always valid JSON: control characters are escaped and invalid UTF-8 (which can
+// appear in an error message quoting a hostile request) becomes U+FFFD, so every answer is
+// parseable by a strict reader. Output never contains a raw newline.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pkgctx::daemon::detail {
+
+void append_json_string(std::string& out, std::string_view s);
+
+class JsonWriter {
+ public:
+  explicit JsonWriter(std::string& out) : out_(out) {}
+
+  JsonWriter& begin_object() { sep(); out_ += '{'; first_.push_back(true); return *this; }
+  JsonWriter& end_object() { out_ += '}'; first_.pop_back(); return *this; }
+  JsonWriter& begin_array() { sep(); out_ += '['; first_.push_back(true); return *this; }
+  JsonWriter& end_array() { out_ += ']'; first_.pop_back(); return *this; }
+  JsonWriter& key(std::string_view k) { sep(); append_json_string(out_, k); out_ += ':'; after_key_ = true; return *this; }
+  JsonWriter& str(std::string_view v) { sep(); append_json_string(out_, v); return *this; }
+  JsonWriter& num(std::uint64_t v) { sep(); out_ += std::to_string(v); return *this; }
+  JsonWriter& num(std::int64_t v) { sep(); out_ += std::to_string(v); return *this; }
+  JsonWriter& boolean(bool v) { sep(); out_ += v ? "true" : "false"; return *this; }
+  JsonWriter& null() { sep(); out_ += "null"; return *this; }
+  // Splices text already known to be one valid JSON value without newlines (canonical settings,
+  // a serialized id).
+  JsonWriter& raw(std::string_view json) { sep(); out_ += json; return *this; }
+
+ private:
+  void sep() {
+    if (after_key_) {
+      after_key_ = false;
+      return;
+    }
+    if (!first_.empty()) {
+      if (!first_.back()) out_ += ',';
+      first_.back() = false;
+    }
+  }
+  std::string& out_;
+  std::vector<bool> first_;
+  bool after_key_ = false;
+};
+
+}  // namespace pkgctx::daemon::detail

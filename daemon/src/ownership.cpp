@@ -1,0 +1,148 @@
+#include "pkgctx/daemon/ownership.hpp"
+
+#include "pkgctx/daemon/log.hpp"
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <thread>
+#include <unistd.h>
+
+namespace pkgctx::daemon {
+
+SegmentLock::~SegmentLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the flock
+}
+
+Result<SegmentLock> SegmentLock::acquire(const std::string& segment) {
+  const std::string object = "/" + segment + ".lock";
+  const std::string path = "/dev/shm" + object;
+  // 0644: another user's daemon can still open it read-only, take the lock and be refused
+  // with a clear message instead of a permission error.
+  int fd = ::shm_open(object.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0 && errno == EACCES) fd = ::shm_open(object.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) {
+    const int err = errno;
+    return make_error(err == EACCES ? Errc::permission_denied : Errc::io_error,
+                      "cannot open lock " + path + ": " + std::strerror(err));
+  }
+  while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    if (errno == EINTR) continue;
+    const int err = errno;
+    std::string holder;
+    if (err == EWOULDBLOCK) {
+      char buf[32] = {};
+      const ssize_t n = ::pread(fd, buf, sizeof buf - 1, 0);
+      if (n > 0) {
+        holder = std::string(buf, static_cast<std::size_t>(n));
+        while (!holder.empty() && (holder.back() == '\n' || holder.back() == '\0')) holder.pop_back();
+      }
+    }
+    ::close(fd);
+    if (err == EWOULDBLOCK)
+      return make_error(Errc::busy, "already served by another pkgctxd" +
+                                        (holder.empty() ? std::string() : " (pid " + holder + ")") + "; lock " + path);
+    return make_error(Errc::io_error, "cannot lock " + path + ": " + std::strerror(err));
+  }
+  // Best effort: the holder's pid, for the next daemon's refusal message.
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd, 0) == 0) {
+    [[maybe_unused]] const ssize_t n = ::pwrite(fd, pid.data(), pid.size(), 0);
+  }
+  return SegmentLock(fd, path);
+}
+
+std::string_view takeover_name(Takeover t) noexcept {
+  switch (t) {
+    case Takeover::created: return "created";
+    case Takeover::reattached: return "reattached";
+    case Takeover::replaced: return "replaced";
+  }
+  return "unknown";
+}
+
+namespace {
+
+Result<OwnedSegment> create(const std::string& name, const SegmentOptions& opts, Takeover how) {
+  auto store = Store::create(name, opts);
+  if (!store) return store.error();
+  log::info("Created segment " + name + ": " + std::to_string(opts.capacity) + " package slots, " +
+            std::to_string(store->segment().info().settings_bytes) + " settings bytes");
+  OwnedSegment owned;
+  owned.store.emplace(std::move(*store));
+  owned.how = how;
+  return owned;
+}
+
+}  // namespace
+
+Result<OwnedSegment> take_segment(const std::string& name, const SegmentOptions& opts) {
+  using namespace std::chrono_literals;
+  const auto not_ready_deadline = std::chrono::steady_clock::now() + 200ms;
+  for (int attempt = 0;; ++attempt) {
+    auto store = Store::open(name);
+    if (store) {
+      const SegmentInfo info = store->segment().info();
+      if (info.capacity != opts.capacity || info.settings_bytes < opts.settings_bytes)
+        log::notice("Segment " + name + " keeps the size it was created with (" + std::to_string(info.capacity) +
+                    " slots, " + std::to_string(info.settings_bytes) +
+                    " settings bytes); the configured size applies when it is next created");
+      if (store->repair_if_needed()) log::notice("Repaired segment " + name + " after a writer died mid-write");
+      log::info("Re-attached to segment " + name + ": " + std::to_string(info.used) + " packages, nothing cancelled");
+      OwnedSegment owned;
+      owned.store.emplace(std::move(*store));
+      owned.how = Takeover::reattached;
+      return owned;
+    }
+    const Error& e = store.error();
+    if (attempt >= 3) return e;  // the name keeps changing under us: someone else is writing it
+    switch (e.code) {
+      case Errc::segment_missing: {
+        auto created = create(name, opts, Takeover::created);
+        if (!created && created.error().code == Errc::segment_exists) continue;  // appeared meanwhile
+        return created;
+      }
+      case Errc::segment_version:
+      case Errc::segment_foreign:
+      case Errc::segment_truncated: {
+        auto retired = Segment::retire(name);
+        if (retired) {
+          log::notice("Retired incompatible segment " + name + " (" + e.message +
+                      "); its tokens report segment_retired");
+        } else if (retired.error().code == Errc::segment_missing) {
+          continue;
+        } else if (retired.error().code == Errc::segment_foreign) {
+          // Not a pkgctx segment at all (or too damaged to retire): nothing can be attached to
+          // it, and this daemon owns the name.
+          log::warning("Removing shared-memory object /dev/shm/" + name + ": " + retired.error().message);
+          Segment::remove(name);
+        } else {
+          return retired.error();
+        }
+        return create(name, opts, Takeover::replaced);
+      }
+      case Errc::segment_not_ready:
+        // A creator is writing it, or died doing so. Holding the lock, no daemon is; give an
+        // embedded creator a moment, then replace it.
+        if (std::chrono::steady_clock::now() < not_ready_deadline) {
+          std::this_thread::sleep_for(10ms);
+          --attempt;
+          continue;
+        }
+        log::notice("Replacing segment " + name + ", left half-created by a creator that died (" + e.message + ")");
+        Segment::remove(name);
+        return create(name, opts, Takeover::replaced);
+      case Errc::segment_retired:
+        log::notice("Replacing segment " + name + ", retired but not yet removed");
+        Segment::remove(name);
+        return create(name, opts, Takeover::replaced);
+      default:
+        return e;
+    }
+  }
+}
+
+}  // namespace pkgctx::daemon

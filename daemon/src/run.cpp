@@ -1,0 +1,329 @@
+// pkgctxd's life, top to bottom: logging → arguments → configuration → preconditions →
+// signals → segment → socket → READY → loop → STOPPING.
+#include "pkgctx/daemon/run.hpp"
+
+#include "pkgctx/daemon/config.hpp"
+#include "pkgctx/daemon/log.hpp"
+#include "pkgctx/daemon/notify.hpp"
+#include "pkgctx/daemon/ownership.hpp"
+#include "pkgctx/daemon/protocol.hpp"
+#include "pkgctx/daemon/server.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <sys/signalfd.h>
+#include <unistd.h>
+#include <variant>
+
+#ifndef PKGCTX_VERSION
+#define PKGCTX_VERSION "unknown"
+#endif
+
+namespace pkgctx::daemon {
+namespace {
+
+struct Args {
+  ConfigSource source;
+  bool print_config = false;
+};
+
+// Parses the command line. Returns an exit code when there is nothing more to do (help,
+// version, bad usage).
+std::variant<Args, int> parse_args(int argc, char** argv) {
+  Args args;
+  CLI::App app{"pkgctxd: owns a pkgctx shared-memory segment and serves its control socket.\n"
+               "Precedence: defaults < config file < PKGCTX_SEGMENT/PKGCTX_SOCKET < flags.",
+               "pkgctxd"};
+  app.set_version_flag("--version", PKGCTX_VERSION);
+  std::vector<ConfigSource::Override> flags;
+  const auto flag = [&](const char* name, const char* key, const char* help) {
+    app.add_option_function<std::string>(
+           name, [&flags, key, name](const std::string& v) { flags.push_back({key, v, name}); }, help)
+        ->type_name("VALUE");
+  };
+  app.add_option_function<std::string>(
+         "-c,--config",
+         [&](const std::string& v) {
+           args.source.path = v;
+           args.source.path_explicit = true;
+         },
+         std::string("config file (default ") + kDefaultConfigPath + "; a missing default file is not an error)")
+      ->type_name("FILE");
+  flag("--segment", "segment", "segment name (config: segment; env PKGCTX_SEGMENT; default pkgctx)");
+  flag("--socket", "socket", "control socket path (config: socket; env PKGCTX_SOCKET)");
+  flag("--capacity", "capacity", "package slots when creating the segment (config: capacity)");
+  flag("--settings-bytes", "settings_bytes", "settings arena when creating the segment, K/M/G suffixes");
+  flag("--socket-mode", "socket_mode", "control socket file mode, octal (default 0660)");
+  flag("--heartbeat-ms", "heartbeat_ms", "heartbeat period in milliseconds (default 1000)");
+  flag("--log-level", "log_level", "err, warning, notice, info (default) or debug");
+  app.add_option_function<std::vector<std::string>>(
+         "--set",
+         [&](const std::vector<std::string>& kvs) {
+           for (const std::string& kv : kvs) {
+             const auto eq = kv.find('=');
+             flags.push_back({kv.substr(0, eq), eq == std::string::npos ? std::string() : kv.substr(eq + 1),
+                              "--set " + kv});
+           }
+         },
+         "KEY=VALUE: set any config-file key (repeatable)")
+      ->type_name("KEY=VALUE")
+      ->allow_extra_args(false);
+  bool foreground = true;
+  app.add_flag("--foreground", foreground, "stay in the foreground (pkgctxd always does: systemd Type=notify supervises it)");
+  app.add_flag("--print-config", args.print_config, "print the effective configuration and exit");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    std::fprintf(stderr, "pkgctxd: %s\nRun 'pkgctxd --help' for usage.\n", e.what());
+    return kExitUsage;
+  }
+  // Environment (as pkgctl reads it) sits between the file and the flags.
+  for (const auto& [env, key] : {std::pair{"PKGCTX_SEGMENT", "segment"}, std::pair{"PKGCTX_SOCKET", "socket"}}) {
+    if (const char* v = std::getenv(env); v && *v) args.source.overrides.push_back({key, v, env});
+  }
+  for (auto& f : flags) args.source.overrides.push_back(std::move(f));
+  return args;
+}
+
+// Checks what the configuration cannot check key by key. Only warns: each value is valid alone.
+void check_preconditions(const Config& cfg) {
+  if (cfg.max_settings > cfg.settings_bytes)
+    log::warning("max_settings (" + std::to_string(cfg.max_settings) + ") is larger than the settings area (" +
+                 std::to_string(cfg.settings_bytes) + " settings_bytes): larger settings will be refused with "
+                 "settings_full");
+}
+
+ServerLimits server_limits(const Config& cfg) {
+  ServerLimits l;
+  l.max_line_bytes = cfg.max_line_bytes;
+  l.max_output_bytes = cfg.max_output_bytes;
+  l.max_clients = cfg.max_clients;
+  l.send_timeout = std::chrono::milliseconds(cfg.send_timeout_ms);
+  l.allow.self = ::getuid();
+  l.allow.uids = cfg.allow_uids;
+  l.allow.gids = cfg.allow_gids;
+  return l;
+}
+
+SegmentOptions segment_options(const Config& cfg) {
+  SegmentOptions o;
+  o.capacity = cfg.capacity;
+  o.settings_bytes = cfg.settings_bytes;
+  o.limits.max_name = cfg.max_name;
+  o.limits.max_version = cfg.max_version;
+  o.limits.max_settings = cfg.max_settings;
+  o.limits.max_depth = cfg.max_depth;
+  o.mode = cfg.segment_mode;
+  o.group = cfg.segment_group;
+  return o;
+}
+
+std::string status_line(const Store& store, const Protocol& protocol) {
+  const SegmentInfo i = store.segment().info();
+  const DaemonStats& s = protocol.stats();
+  return "Serving segment " + i.name + " (" + std::to_string(i.used) + "/" + std::to_string(i.capacity) +
+         " packages) on " + s.socket + "; " + std::to_string(s.clients) + " clients";
+}
+
+// Blocks the signals the loop handles and returns a signalfd for them.
+Result<int> take_signals() {
+  std::signal(SIGPIPE, SIG_IGN);  // a vanished client is an error return, not a death
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0)
+    return make_error(Errc::io_error, std::string("sigprocmask: ") + std::strerror(errno));
+  const int fd = ::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+  if (fd < 0) return make_error(Errc::io_error, std::string("signalfd: ") + std::strerror(errno));
+  return fd;
+}
+
+// What the loop does besides serving: the periodic tick (heartbeat, crash repair, watchdog,
+// status) and SIGHUP reloads.
+class Housekeeper {
+ public:
+  Housekeeper(Config& cfg, const ConfigSource& source, Store& store, Protocol& protocol)
+      : cfg_(cfg), source_(source), store_(store), protocol_(protocol), watchdog_(notify::watchdog_interval()) {
+    tick_ = std::chrono::milliseconds(cfg.heartbeat_ms);
+    if (watchdog_.count() > 0) tick_ = std::min<std::chrono::nanoseconds>(tick_, watchdog_ / 2);
+  }
+
+  std::chrono::nanoseconds tick() const noexcept { return tick_; }
+  Server::Hooks hooks() {
+    return {[this] { on_tick(); }, [this] { on_reload(); }};
+  }
+  void attach(Server& server) {
+    server_ = &server;
+    server.set_limits(server_limits(cfg_));
+  }
+  void ready() {
+    last_status_ = status_line(store_, protocol_);
+    notify::ready(last_status_);
+    last_watchdog_ns_ = last_status_ns_ = mono_now_ns();
+  }
+
+ private:
+  // Watchdog pings go out at half of WATCHDOG_USEC; status updates at most every few seconds
+  // (the manager's datagram queue is short and sd_notify() blocks when it is full).
+  void on_tick() {
+    store_.segment().heartbeat();
+    if (store_.repair_if_needed()) log::notice("Repaired segment " + cfg_.segment + " after a writer died mid-write");
+    const std::uint64_t now = mono_now_ns();
+    const auto tick_ns = static_cast<std::uint64_t>(tick_.count());
+    if (watchdog_.count() > 0 && now - last_watchdog_ns_ + tick_ns >= static_cast<std::uint64_t>(watchdog_.count())) {
+      notify::watchdog();
+      last_watchdog_ns_ = now;
+    }
+    if (now - last_status_ns_ >= kStatusEveryNs) {
+      std::string st = status_line(store_, protocol_);
+      if (st != last_status_) {
+        notify::status(st);
+        last_status_ = std::move(st);
+      }
+      last_status_ns_ = now;
+    }
+  }
+
+  void on_reload() {
+    notify::reloading();
+    auto next = load_config(source_);
+    if (!next) {
+      log::error("Failed to reload configuration: " + next.error().message + "; keeping the current one");
+    } else {
+      std::vector<std::string> applied, ignored;
+      diff_config(cfg_, *next, applied, ignored);
+      for (const std::string& change : ignored) log::warning("Ignored change of " + change + ": needs a restart");
+      // Take what may change at run time; keep the rest.
+      cfg_.allow_uids = next->allow_uids;
+      cfg_.allow_gids = next->allow_gids;
+      cfg_.max_line_bytes = next->max_line_bytes;
+      cfg_.max_depth = next->max_depth;
+      cfg_.max_clients = next->max_clients;
+      cfg_.max_output_bytes = next->max_output_bytes;
+      cfg_.send_timeout_ms = next->send_timeout_ms;
+      cfg_.log_level = next->log_level;
+      log::set_max_level(cfg_.log_level);
+      protocol_.set_max_depth(cfg_.max_depth);
+      server_->set_limits(server_limits(cfg_));
+      std::string what;
+      for (const std::string& change : applied) what += (what.empty() ? "" : "; ") + change;
+      log::info("Reloaded configuration from " + source_.path + ": " + (what.empty() ? "no changes" : what));
+    }
+    notify::ready(status_line(store_, protocol_));
+  }
+
+  static constexpr std::uint64_t kStatusEveryNs = 5'000'000'000ull;
+  Config& cfg_;
+  const ConfigSource& source_;
+  Store& store_;
+  Protocol& protocol_;
+  Server* server_ = nullptr;
+  std::chrono::nanoseconds watchdog_;
+  std::chrono::nanoseconds tick_;
+  std::string last_status_;
+  std::uint64_t last_watchdog_ns_ = 0, last_status_ns_ = 0;
+};
+
+}  // namespace
+
+int run(int argc, char** argv) {
+  // Logging.
+  log::init("pkgctxd");
+
+  // Arguments.
+  auto parsed = parse_args(argc, argv);
+  if (const int* code = std::get_if<int>(&parsed)) return *code;
+  const Args args = std::get<Args>(std::move(parsed));
+
+  // Configuration.
+  auto loaded = load_config(args.source);
+  if (!loaded) {
+    log::error("Failed to load configuration: " + loaded.error().message);
+    return kExitUsage;
+  }
+  Config cfg = std::move(*loaded);
+  if (args.print_config) {
+    std::cout << format_config(cfg);
+    return kExitOk;
+  }
+  log::set_max_level(cfg.log_level);
+
+  // Preconditions.
+  check_preconditions(cfg);
+
+  // Signals: blocked before anything is created, so a SIGTERM during start-up is handled by the
+  // loop as a clean stop.
+  auto signal_fd = take_signals();
+  if (!signal_fd) {
+    log::error("Failed to set up signal handling: " + signal_fd.error().message);
+    return kExitFailure;
+  }
+
+  // Segment: one owner at a time, then create, re-attach or replace.
+  auto lock = SegmentLock::acquire(cfg.segment);
+  if (!lock) {
+    log::error("Failed to lock segment " + cfg.segment + ": " + lock.error().message);
+    return kExitFailure;
+  }
+  auto owned = take_segment(cfg.segment, segment_options(cfg));
+  if (!owned) {
+    log::error("Failed to open segment " + cfg.segment + ": " + owned.error().message);
+    return kExitFailure;
+  }
+  Store& store = *owned->store;
+  const Segment& segment = store.segment();
+
+  // Socket.
+  auto listener = Listener::open(cfg.socket, cfg.socket_mode, cfg.socket_group);
+  if (!listener) {
+    log::error("Failed to open control socket " + cfg.socket + ": " + listener.error().message);
+    return kExitFailure;
+  }
+
+  Protocol protocol(store);
+  protocol.set_max_depth(cfg.max_depth);
+  protocol.stats().socket = cfg.socket;
+
+  Housekeeper keeper(cfg, args.source, store, protocol);
+  Server server(protocol, *listener, *signal_fd, keeper.tick(), keeper.hooks());
+  keeper.attach(server);
+  if (auto ok = server.init(); !ok) {
+    log::error("Failed to start the event loop: " + ok.error().message);
+    return kExitFailure;
+  }
+
+  // READY.
+  segment.mark_daemon_running(::getpid(), static_cast<std::uint64_t>(cfg.heartbeat_ms) * 1'000'000u);
+  keeper.ready();
+  log::info("Ready: segment " + cfg.segment + " (" + std::string(takeover_name(owned->how)) + "), socket " +
+            cfg.socket + ", pid " + std::to_string(::getpid()));
+
+  // Loop.
+  auto stopped_by = server.run();
+
+  // STOPPING.
+  notify::stopping();
+  segment.mark_daemon_stopped();
+  if (!stopped_by) {
+    log::error("Failed to serve the control socket: " + stopped_by.error().message);
+    return kExitFailure;
+  }
+  log::info(std::string("Stopping on ") + (*stopped_by == SIGINT ? "SIGINT" : "SIGTERM") + ": segment " +
+            cfg.segment + " stays for workers and the next daemon");
+  return kExitOk;
+}
+
+}  // namespace pkgctx::daemon

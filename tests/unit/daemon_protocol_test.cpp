@@ -1,0 +1,344 @@
+// The control protocol without sockets: every op, every error code, and hostile input.
+#define BOOST_TEST_MODULE daemon_protocol
+#include <boost/test/unit_test.hpp>
+
+#include "pkgctx/daemon/protocol.hpp"
+#include "test_support.hpp"
+
+#include <boost/json.hpp>
+
+#include <random>
+
+using namespace pkgctx;
+using namespace pkgctx::daemon;
+namespace json = boost::json;
+
+namespace {
+
+struct Fixture {
+  test::SegmentName name{"proto"};
+  Store store = make_store(name, 4, 512, 256);
+  Protocol protocol{store};
+  Peer root{1, 0, 0, {}};
+
+  static Store make_store(const std::string& n, std::uint32_t capacity, std::uint64_t arena, std::uint64_t max_settings) {
+    SegmentOptions o;
+    o.capacity = capacity;
+    o.settings_bytes = arena;
+    o.limits.max_settings = max_settings;
+    auto s = Store::create(n, o);
+    BOOST_TEST_REQUIRE(s.has_value());
+    return std::move(*s);
+  }
+
+  std::string ask_raw(std::string_view line, bool may_write = true) {
+    std::string out;
+    protocol.handle(line, root, may_write, out);
+    return out;
+  }
+
+  // Sends one line; returns the answer, checking it is exactly one JSON object line.
+  json::object ask(std::string_view line, bool may_write = true) {
+    const std::string out = ask_raw(line, may_write);
+    BOOST_TEST_REQUIRE(!out.empty());
+    BOOST_TEST_REQUIRE(out.back() == '\n');
+    BOOST_TEST_REQUIRE(out.find('\n') == out.size() - 1, "answer spans lines: " << out);
+    json::error_code ec;
+    json::value v = json::parse(std::string_view(out).substr(0, out.size() - 1), ec);
+    BOOST_TEST_REQUIRE(!ec, "answer is not JSON: " << out);
+    BOOST_TEST_REQUIRE(v.is_object());
+    return v.get_object();
+  }
+
+  std::string error_code(std::string_view line, bool may_write = true) {
+    json::object a = ask(line, may_write);
+    BOOST_TEST_REQUIRE(a.at("ok") == false, "expected an error for " << line << ", got " << json::serialize(a));
+    BOOST_TEST(!a.at("error").at("message").as_string().empty());
+    return std::string(a.at("error").at("code").as_string());
+  }
+
+  std::uint64_t commits() const { return store.segment().info().commits; }
+};
+
+}  // namespace
+
+BOOST_FIXTURE_TEST_SUITE(protocol, Fixture)
+
+BOOST_AUTO_TEST_CASE(update_round_trip) {
+  auto a = ask(R"({"op":"update","name":"pkg","version":"1.0","settings":{"b":1,"a":[true,null]}})");
+  BOOST_TEST(a.at("ok") == true);
+  BOOST_TEST(a.at("name") == "pkg");
+  BOOST_TEST(a.at("change") == "created");
+  BOOST_TEST_REQUIRE(a.at("context").is_string());
+  auto token = Token::parse(a.at("context").as_string(), store.segment());
+  BOOST_TEST_REQUIRE(token.has_value());
+  BOOST_TEST(!token->cancelled());
+
+  // Same settings, other order: no change.
+  a = ask(R"({"op":"update","name":"pkg","version":"1.0","settings":{"a":[true,null],"b":1}})");
+  BOOST_TEST(a.at("change") == "none");
+  BOOST_TEST(a.at("context").is_null());
+  // Settings-only change: no token, old one lives.
+  a = ask(R"({"op":"update","name":"pkg","version":"1.0","settings":{"b":2}})");
+  BOOST_TEST(a.at("change") == "settings");
+  BOOST_TEST(a.at("context").is_null());
+  BOOST_TEST(!token->cancelled());
+  // Version change: new token, old one cancelled with version_changed.
+  a = ask(R"({"op":"update","name":"pkg","version":"2.0"})");
+  BOOST_TEST(a.at("change") == "version");
+  BOOST_TEST(a.at("context").is_string());
+  BOOST_TEST(token->cancelled());
+  BOOST_TEST(cause_name(token->cause()) == "version_changed");
+  // Omitted settings mean {}.
+  a = ask(R"({"op":"settings","name":"pkg"})");
+  BOOST_TEST(json::serialize(a.at("settings")) == "{}");
+}
+
+BOOST_AUTO_TEST_CASE(settings_round_trip_is_canonical_and_checksummed) {
+  ask(R"({"op":"update","name":"p","version":"v","settings":{"z":1.50,"a":"\u00e9"}})");
+  auto a = ask(R"({"op":"settings","name":"p"})");
+  BOOST_TEST(a.at("ok") == true);
+  BOOST_TEST(a.at("version") == "v");
+  auto expect = Settings::parse(R"({"a":"é","z":1.5})");
+  BOOST_TEST_REQUIRE(expect.has_value());
+  BOOST_TEST(a.at("checksum").as_string() == expect->checksum_hex());
+  // The canonical bytes are passed through untouched, so a client can checksum them as they are.
+  const std::string raw = ask_raw(R"({"op":"settings","name":"p"})");
+  BOOST_TEST(raw.find("\"settings\":" + expect->canonical() + ",") != std::string::npos, raw);
+
+  auto n = ask(R"({"op":"need_update","name":"p","version":"v","checksum":")" + expect->checksum_hex() + "\"}");
+  BOOST_TEST(n.at("need_update") == false);
+  n = ask(R"({"op":"need_update","name":"p","version":"w","checksum":")" + expect->checksum_hex() + "\"}");
+  BOOST_TEST(n.at("need_update") == true);
+  n = ask(R"({"op":"need_update","name":"absent","version":"v","checksum":"0000000000000000"})");
+  BOOST_TEST(n.at("need_update") == true);
+}
+
+BOOST_AUTO_TEST_CASE(event_round_trip) {
+  auto a = ask(R"({"op":"event","event":"schedule","name":"nope"})");
+  BOOST_TEST(a.at("ok") == true);
+  BOOST_TEST(a.at("context").is_null());
+  ask(R"({"op":"update","name":"p","version":"1"})");
+  a = ask(R"({"op":"event","event":"schedule","name":"p"})");
+  auto child = Token::parse(a.at("context").as_string(), store.segment());
+  BOOST_TEST_REQUIRE(child.has_value());
+  BOOST_TEST(child->key() == 2u);
+  a = ask(R"({"op":"event","event":2,"name":"p"})");
+  BOOST_TEST(child->cancelled());
+  BOOST_TEST(cause_name(child->cause()) == "rescheduled");
+  a = ask(R"({"op":"event","event":"7","name":"p"})");
+  BOOST_TEST(Token::parse(a.at("context").as_string(), store.segment())->key() == 7u);
+  a = ask(R"({"op":"event","event":"remove","name":"p"})");
+  BOOST_TEST(a.at("context").is_string());
+  auto s = ask(R"({"op":"settings","name":"p"})");
+  BOOST_TEST(s.at("version") == "");
+  a = ask(R"({"op":"event","event":0,"name":"p"})");
+  BOOST_TEST(a.at("context").is_string());
+}
+
+BOOST_AUTO_TEST_CASE(delete_round_trip) {
+  auto a = ask(R"({"op":"delete","name":"p"})");
+  BOOST_TEST(a.at("deleted") == false);
+  ask(R"({"op":"update","name":"p","version":"1"})");
+  // Only a removed package (version "") is deleted (DESIGN.md §2).
+  a = ask(R"({"op":"delete","name":"p"})");
+  BOOST_TEST(a.at("deleted") == false);
+  ask(R"({"op":"event","event":"remove","name":"p"})");
+  a = ask(R"({"op":"delete","name":"p"})");
+  BOOST_TEST(a.at("name") == "p");
+  BOOST_TEST(a.at("deleted") == true);
+  BOOST_TEST(error_code(R"({"op":"settings","name":"p"})") == "no_such_package");
+}
+
+BOOST_AUTO_TEST_CASE(dump_round_trip) {
+  ask(R"({"op":"update","name":"a","version":"1","settings":{"k":"v"}})");
+  ask(R"({"op":"update","name":"b","version":"2"})");
+  ask(R"({"op":"event","event":"schedule","name":"b"})");
+  protocol.stats().socket = "/x.sock";
+  auto a = ask(R"({"op":"dump"})");
+  BOOST_TEST(a.at("ok") == true);
+  const auto& seg = a.at("segment").as_object();
+  BOOST_TEST(seg.at("name").as_string() == name.str());
+  BOOST_TEST(seg.at("layout_version") == 1);
+  BOOST_TEST(seg.at("capacity") == 4);
+  BOOST_TEST(seg.at("used") == 2);
+  BOOST_TEST(seg.at("state") == "live");
+  BOOST_TEST(a.at("daemon").at("socket") == "/x.sock");
+  const auto& pk = a.at("packages").as_array();
+  BOOST_TEST_REQUIRE(pk.size() == 2u);
+  BOOST_TEST(pk[0].at("name") == "a");
+  BOOST_TEST(pk[0].at("version") == "1");
+  BOOST_TEST(pk[0].at("checksum").as_string() == Settings::parse(R"({"k":"v"})")->checksum_hex());
+  BOOST_TEST(pk[0].at("settings_size") == 9);
+  BOOST_TEST(pk[1].at("child_generations").as_array().size() == 6u);
+  BOOST_TEST(pk[1].at("child_generations").as_array()[0] == 1);
+  BOOST_TEST(pk[1].at("last_cause") == "none");
+  BOOST_TEST(pk[1].at("root_generation") == 0);
+}
+
+BOOST_AUTO_TEST_CASE(id_is_echoed_on_success_and_error) {
+  auto a = ask(R"({"id":"x-1","op":"dump"})");
+  BOOST_TEST(a.at("id") == "x-1");
+  a = ask(R"({"op":"settings","name":"none","id":42})");
+  BOOST_TEST(a.at("ok") == false);
+  BOOST_TEST(a.at("id") == 42);
+  BOOST_TEST(error_code(R"({"op":"dump","id":{"a":1}})") == "bad_request");
+  BOOST_TEST(error_code(R"({"op":"dump","id":")" + std::string(300, 'x') + "\"}") == "bad_request");
+}
+
+BOOST_AUTO_TEST_CASE(every_core_error_code) {
+  BOOST_TEST(error_code(R"({"op":"update","name":"a b","version":"1"})") == "invalid_name");
+  BOOST_TEST(error_code(R"({"op":"update","name":"","version":"1"})") == "invalid_name");
+  BOOST_TEST(error_code(R"({"op":"update","name":"é","version":"1"})") == "invalid_name");
+  BOOST_TEST(error_code(R"({"op":"update","name":"a","version":""})") == "invalid_version");
+  BOOST_TEST(error_code(R"({"op":"update","name":"a","version":"\n"})") == "invalid_version");
+  BOOST_TEST(error_code(R"({"op":"update","name":"a","version":"1","settings":[1]})") == "invalid_settings");
+  BOOST_TEST(error_code(R"({"op":"update","name":"a","version":"1","settings":{"k":1,"k":2}})") == "invalid_settings");
+  BOOST_TEST(error_code(R"({"op":"update","name":"a","version":"1","settings":null})") == "invalid_settings");
+  BOOST_TEST(error_code(R"({"op":"update","name":"a","version":"1","settings":{"k":")" + std::string(300, 'x') +
+                        "\"}}") == "settings_too_large");
+  BOOST_TEST(error_code(R"({"op":"event","event":"bogus","name":"a"})") == "invalid_event");
+  BOOST_TEST(error_code(R"({"op":"event","event":8,"name":"a"})") == "invalid_event");
+  BOOST_TEST(error_code(R"({"op":"event","event":-1,"name":"a"})") == "invalid_event");
+  BOOST_TEST(error_code(R"({"op":"event","event":18446744073709551615,"name":"a"})") == "invalid_event");
+  BOOST_TEST(error_code(R"({"op":"settings","name":"absent"})") == "no_such_package");
+  BOOST_TEST(error_code(R"({"op":"need_update","name":"a","version":"1","checksum":"xyz"})") == "invalid_settings");
+  // Capacity 4 packages, 512 arena bytes (8 chunks).
+  const std::string big = std::string(R"({"k":")") + std::string(180, 'x') + "\"}";
+  for (int i = 0; i < 2; ++i)
+    BOOST_TEST(ask(R"({"op":"update","name":"s)" + std::to_string(i) + R"(","version":"1","settings":)" + big + "}")
+                   .at("ok") == true);
+  BOOST_TEST(error_code(R"({"op":"update","name":"s9","version":"1","settings":)" + big + "}") == "settings_full");
+  ask(R"({"op":"update","name":"t1","version":"1"})");
+  ask(R"({"op":"update","name":"t2","version":"1"})");
+  BOOST_TEST(error_code(R"({"op":"update","name":"t3","version":"1"})") == "table_full");
+}
+
+BOOST_AUTO_TEST_CASE(forbidden_writes_change_nothing_reads_are_open) {
+  ask(R"({"op":"update","name":"p","version":"1"})");
+  const auto before = commits();
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"2"})", false) == "forbidden");
+  BOOST_TEST(error_code(R"({"op":"event","event":"update","name":"p"})", false) == "forbidden");
+  BOOST_TEST(error_code(R"({"op":"delete","name":"p"})", false) == "forbidden");
+  BOOST_TEST(commits() == before);
+  BOOST_TEST(ask(R"({"op":"settings","name":"p"})", false).at("version") == "1");
+  BOOST_TEST(ask(R"({"op":"dump"})", false).at("ok") == true);
+  BOOST_TEST(ask(R"({"op":"need_update","name":"p","version":"1","checksum":"0000000000000000"})", false).at("ok") == true);
+}
+
+BOOST_AUTO_TEST_CASE(bad_requests) {
+  ask(R"({"op":"update","name":"p","version":"1"})");
+  const auto before = commits();
+  for (std::string_view line : {
+           std::string_view(""), std::string_view("   "), std::string_view("garbage"), std::string_view("{"),
+           std::string_view("{}"), std::string_view("[1,2]"), std::string_view("\"op\""), std::string_view("null"),
+           std::string_view(R"({"op":5})"), std::string_view(R"({"op":"nope"})"),
+           std::string_view(R"({"op":"update","name":1,"version":"1"})"),
+           std::string_view(R"({"op":"update","name":"p"})"),
+           std::string_view(R"({"op":"update","name":"p","version":"3","extra":1})"),
+           std::string_view(R"({"op":"update","name":"p","version":"3","name":"q"})"),
+           std::string_view(R"({"op":"update","op":"dump"})"),
+           std::string_view(R"({"op":"event","name":"p"})"),
+           std::string_view(R"({"op":"event","name":"p","event":1.5})"),
+           std::string_view(R"({"op":"event","name":"p","event":true})"),
+           std::string_view(R"({"op":"event","name":"p","event":null})"),
+           std::string_view(R"({"op":"delete","name":null})"),
+           std::string_view(R"({"op":"dump","name":"p"})"),
+           std::string_view(R"({"op":"dump"} {"op":"dump"})"),
+           std::string_view(R"({"op":"dump"},)"),
+           std::string_view("{\"op\":\"update\",\"name\":\"p\",\"version\":\"\xff\"}"),
+           std::string_view("{\"op\":\"dump\"}\0", 14),
+       }) {
+    BOOST_TEST(error_code(line) == "bad_request", "line: " << line);
+  }
+  BOOST_TEST(commits() == before);
+  // A trailing CR is tolerated (telnet, CRLF clients).
+  BOOST_TEST(ask("{\"op\":\"dump\"}\r").at("ok") == true);
+  // Escaped keys are keys.
+  BOOST_TEST(ask(R"({"\u006fp":"dump"})").at("ok") == true);
+}
+
+BOOST_AUTO_TEST_CASE(nesting_limits) {
+  protocol.set_max_depth(8);
+  auto nested = [](int depth) {
+    std::string s;
+    for (int i = 0; i < depth - 1; ++i) s += "{\"a\":";
+    s += "{}";
+    for (int i = 0; i < depth - 1; ++i) s += "}";
+    return s;
+  };
+  BOOST_TEST(ask(R"({"op":"update","name":"d","version":"1","settings":)" + nested(8) + "}").at("ok") == true);
+  BOOST_TEST(error_code(R"({"op":"update","name":"d","version":"2","settings":)" + nested(9) + "}") == "bad_request");
+  std::string deep(100000, '[');
+  BOOST_TEST(error_code(deep) == "bad_request");
+  BOOST_TEST(error_code(R"({"op":"dump","id":)" + std::string(5000, '[') + "}") == "bad_request");
+}
+
+BOOST_AUTO_TEST_CASE(random_garbage_always_gets_one_answer) {
+  std::mt19937_64 rng(12345);
+  const std::vector<std::string> pieces = {
+      "{", "}", "[", "]", "\"op\"", ":", ",", "\"update\"", "\"event\"", "\"dump\"", "\"name\"", "\"p\"", "\"version\"",
+      "\"1\"", "\"settings\"", "{}", "1e999", "-0", "true", "null", "\"\\u0000\"", "\"\\ud800\"", "\xc3", "\xff", " ",
+      "\"event\"", "\"schedule\"", "7", "\"id\"", "\"delete\"", "\"need_update\"", "\"checksum\""};
+  const auto before = commits();
+  int ok = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string line;
+    if (i % 2 == 0) {
+      const int n = static_cast<int>(rng() % 40);
+      for (int k = 0; k < n; ++k) line += static_cast<char>(rng() % 256);
+    } else {
+      const int n = static_cast<int>(rng() % 16);
+      for (int k = 0; k < n; ++k) line += pieces[rng() % pieces.size()];
+    }
+    std::erase(line, '\n');
+    json::object a = ask(line);
+    if (a.at("ok") == true) ++ok;
+  }
+  // Mutations of valid requests reach the deeper paths (field checks, the store's validation).
+  const std::vector<std::string> valid = {
+      R"({"op":"update","name":"m","version":"1","settings":{"a":[1,2,{"b":null}]},"id":1})",
+      R"({"op":"event","event":"schedule","name":"m"})", R"({"op":"need_update","name":"m","version":"1","checksum":"0123456789abcdef"})",
+      R"({"op":"settings","name":"m"})", R"({"op":"delete","name":"m"})", R"({"op":"dump"})"};
+  for (int i = 0; i < 20000; ++i) {
+    std::string line = valid[rng() % valid.size()];
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int k = 0; k < edits; ++k) {
+      const std::size_t at = rng() % line.size();
+      switch (rng() % 3) {
+        case 0: line[at] = static_cast<char>(rng() % 256); break;
+        case 1: line.erase(at, 1); break;
+        default: line.insert(at, 1, "{}[]\",:0a"[rng() % 10]); break;
+      }
+      if (line.empty()) line = "x";
+    }
+    std::erase(line, '\n');
+    json::object a = ask(line);
+    if (a.at("ok") == true) ++ok;
+  }
+  BOOST_TEST_MESSAGE("random lines answered ok: " << ok);
+  BOOST_TEST(commits() >= before);
+}
+
+BOOST_AUTO_TEST_CASE(counters_count) {
+  ask(R"({"op":"dump"})");
+  ask("nonsense");
+  BOOST_TEST(protocol.stats().requests == 2u);
+  BOOST_TEST(protocol.stats().errors == 1u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_CASE(allow_list) {
+  AllowList allow;
+  allow.self = 998;
+  allow.uids = {1000};
+  allow.gids = {4242};
+  BOOST_TEST(allow.allows(Peer{1, 0, 5, {}}));
+  BOOST_TEST(allow.allows(Peer{1, 998, 5, {}}));
+  BOOST_TEST(allow.allows(Peer{1, 1000, 5, {}}));
+  BOOST_TEST(allow.allows(Peer{1, 1001, 4242, {}}));
+  BOOST_TEST(allow.allows(Peer{1, 1001, 5, {7, 4242}}));
+  BOOST_TEST(!allow.allows(Peer{1, 1001, 5, {7}}));
+  BOOST_TEST(!allow.allows(Peer{1, 65534, 65534, {}}));
+}
