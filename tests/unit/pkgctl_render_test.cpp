@@ -1,0 +1,185 @@
+// pkgctl's formatters: the dump table and header, the JSON dump, the watch frame and its change
+// tracking. Pure functions of a Snapshot; no terminal, no daemon.
+#define BOOST_TEST_MODULE pkgctl_render
+#include <boost/test/unit_test.hpp>
+
+#include "pkgctl/render.hpp"
+#include "pkgctx/settings.hpp"
+
+#include <boost/json/serialize.hpp>
+
+#include <cctype>
+#include <sstream>
+
+using namespace pkgctx;
+using pkgctl::Snapshot;
+
+namespace {
+
+PackageRecord pkg(std::string name, std::string version, std::uint64_t root, Cause cause = Cause::kNone) {
+  PackageRecord p;
+  p.name = std::move(name);
+  p.version = std::move(version);
+  p.checksum = Settings().checksum();
+  p.settings_size = 2;
+  p.root_generation = root;
+  p.last_cause = cause;
+  return p;
+}
+
+Snapshot snapshot(std::vector<PackageRecord> packages) {
+  Snapshot s;
+  s.info.name = "demo";
+  s.info.layout_version = 1;
+  s.info.state = layout::State::kLive;
+  s.info.epoch = 0x0123456789abcdefULL;
+  s.info.capacity = 4096;
+  s.info.used = static_cast<std::uint32_t>(packages.size());
+  s.info.settings_bytes = 16ull << 20;
+  s.info.settings_used = 128;
+  s.info.max_settings = 1 << 20;
+  s.info.daemon_state = layout::DaemonState::kRunning;
+  s.info.daemon_pid = 4242;
+  s.info.heartbeat_interval_ns = 1'000'000'000;
+  s.liveness = Liveness::alive;
+  s.heartbeat_age_ns = 210'000'000;
+  s.taken_realtime_ns = 1'700'000'000'000'000'000ULL;
+  s.packages = std::move(packages);
+  return s;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(human_units) {
+  BOOST_TEST(pkgctl::human_bytes(0) == "0 B");
+  BOOST_TEST(pkgctl::human_bytes(1023) == "1023 B");
+  BOOST_TEST(pkgctl::human_bytes(1536) == "1.5 KiB");
+  BOOST_TEST(pkgctl::human_bytes(16ull << 20) == "16.0 MiB");
+  BOOST_TEST(pkgctl::human_duration(210'000'000) == "0.21 s");
+  BOOST_TEST(pkgctl::human_duration(42'000'000'000) == "42.0 s");
+  BOOST_TEST(pkgctl::human_duration(125'000'000'000) == "2 min 5 s");
+  BOOST_TEST(pkgctl::human_duration(3 * 3600'000'000'000ull + 60'000'000'000ull) == "3 h 1 min");
+}
+
+BOOST_AUTO_TEST_CASE(table_columns_align) {
+  auto web = pkg("web", "1.10.2", 12, Cause::kVersionChanged);
+  web.child_generations[0] = 3;  // key 2 (schedule)
+  web.child_generations[3] = 1;  // key 5
+  web.settings_size = 1536;
+  auto gone = pkg("legacy-plugin", "", 2, Cause::kRemoved);
+  const auto t = pkgctl::render_table({gone, web});
+  BOOST_REQUIRE(t.size() == 3u);
+  const std::string sum = Settings().checksum_hex();
+  BOOST_TEST(t[0] == "NAME           VERSION    CHECKSUM          ROOT  CHILD GENS  LAST CAUSE       SETTINGS");
+  BOOST_TEST(t[1] == "legacy-plugin  (removed)  " + sum + "     2  -           removed               2 B");
+  BOOST_TEST(t[2] == "web            1.10.2     " + sum + "    12  2:3 5:1     version_changed   1.5 KiB");
+  BOOST_TEST(pkgctl::child_generations_text(web) == "2:3 5:1");
+
+  const auto empty = pkgctl::render_table({});
+  BOOST_REQUIRE(empty.size() == 2u);
+  BOOST_TEST(empty[1] == "(no packages)");
+}
+
+BOOST_AUTO_TEST_CASE(header_says_how_the_daemon_is) {
+  Snapshot s = snapshot({pkg("a", "1", 1)});
+  std::string h = pkgctl::render_header(s);
+  BOOST_TEST(h.find("segment   demo  layout v1  live  epoch 0123456789abcdef\n") == 0u, h);
+  BOOST_TEST(h.find("packages  1 of 4096 slots\n") != std::string::npos, h);
+  BOOST_TEST(h.find("settings  128 B of 16.0 MiB used") != std::string::npos, h);
+  BOOST_TEST(h.find("daemon    alive  pid 4242  heartbeat 0.21 s ago") != std::string::npos, h);
+
+  s.liveness = Liveness::stopped;
+  s.info.daemon_state = layout::DaemonState::kStopped;
+  h = pkgctl::render_header(s);
+  BOOST_TEST(h.find("daemon    stopped  (was pid 4242)  the daemon is down: reads work, writes need pkgctxd") !=
+             std::string::npos, h);
+  s.liveness = Liveness::stale;
+  BOOST_TEST(pkgctl::render_header(s).find("daemon    STALE  pid 4242") != std::string::npos);
+  s.liveness = Liveness::none;
+  BOOST_TEST(pkgctl::render_header(s).find("no daemon has attached") != std::string::npos);
+
+  const std::string dump = pkgctl::render_dump_text(s);
+  BOOST_TEST(dump.find("\n\nNAME ") != std::string::npos, dump);
+}
+
+BOOST_AUTO_TEST_CASE(json_dump_shape) {
+  auto p = pkg("web", "1.0", 3, Cause::kUpdateEvent);
+  p.child_generations[0] = 2;
+  const auto j = pkgctl::dump_json(snapshot({p}));
+  BOOST_TEST(j.at("segment").at("name").as_string() == "demo");
+  BOOST_TEST(j.at("segment").at("epoch").as_string() == "0123456789abcdef");
+  BOOST_TEST(j.at("segment").at("capacity").to_number<int>() == 4096);
+  BOOST_TEST(j.at("daemon").at("liveness").as_string() == "alive");
+  BOOST_TEST(j.at("daemon").at("pid").to_number<int>() == 4242);
+  BOOST_TEST(j.at("daemon").at("heartbeat_age_ns").to_number<std::uint64_t>() == 210'000'000u);
+  const auto& q = j.at("packages").at(0).as_object();
+  const std::string first_keys = boost::json::serialize(q).substr(0, 40);
+  BOOST_TEST(first_keys.rfind(R"({"name":"web","version":"1.0","checksum")", 0) == 0u, first_keys);
+  BOOST_TEST(q.at("root_generation").to_number<int>() == 3);
+  BOOST_TEST(q.at("child_generations").at("2").to_number<int>() == 2);
+  BOOST_TEST(q.at("child_generations").at("7").to_number<int>() == 0);
+  BOOST_TEST(q.at("last_cause").as_string() == "update_event");
+  BOOST_TEST(pkgctl::dump_json(snapshot({pkg("x", "1", 1)})).at("packages").at(0).at("last_cause").is_null());
+}
+
+BOOST_AUTO_TEST_CASE(change_tracker_highlights_recent_changes) {
+  pkgctl::ChangeTracker t(1000);
+  t.observe(snapshot({pkg("a", "1", 1), pkg("b", "1", 1)}), 100);
+  BOOST_TEST(!t.highlighted("a", 100));  // the first look changes nothing
+  BOOST_TEST(t.changes() == 0u);
+
+  auto b2 = pkg("b", "1", 1);
+  b2.child_generations[0] = 1;  // rescheduled
+  t.observe(snapshot({pkg("a", "1", 1), b2, pkg("c", "1", 1)}), 200);
+  BOOST_TEST(!t.highlighted("a", 200));
+  BOOST_TEST(t.highlighted("b", 200));
+  BOOST_TEST(t.highlighted("c", 200));  // new
+  BOOST_TEST(t.changes() == 2u);
+
+  t.observe(snapshot({pkg("a", "2", 2), b2}), 300);  // a: new version; c: deleted
+  BOOST_TEST(t.highlighted("a", 300));
+  BOOST_TEST(t.highlighted("b", 300));  // still within the hold time
+  BOOST_TEST(t.recently_deleted(300) == std::vector<std::string>{"c"});
+  BOOST_TEST(!t.highlighted("b", 1300));  // hold time over
+  BOOST_TEST(t.recently_deleted(1400).empty());
+}
+
+BOOST_AUTO_TEST_CASE(watch_frame_fits_the_screen_and_marks_changes) {
+  pkgctl::ChangeTracker t(1000);
+  std::vector<PackageRecord> ps;
+  for (int i = 0; i < 30; ++i) ps.push_back(pkg("pkg" + std::to_string(10 + i), "1", 1));
+  t.observe(snapshot(ps), 0);
+  ps[1].version = "2";
+  ps[1].root_generation = 2;
+  const Snapshot s = snapshot(ps);
+  t.observe(s, 10);
+  const int rows = 20, cols = 60;
+  const std::string f = pkgctl::render_watch_frame(s, t, 10, rows, cols, " q quit");
+  BOOST_TEST(f.rfind("\x1b[H", 0) == 0u);  // redrawn in place from the top
+  // Visible lines: at most rows-1 before the status line, each cut to the width.
+  std::size_t shown = 0;
+  for (std::size_t b = 3, e; (e = f.find('\n', b)) != std::string::npos; b = e + 1) {
+    std::string l = f.substr(b, e - b);
+    std::string visible;
+    for (std::size_t i = 0; i < l.size(); ++i) {
+      if (l[i] == '\x1b') {
+        while (i < l.size() && !std::isalpha(static_cast<unsigned char>(l[i]))) ++i;
+        continue;
+      }
+      visible += l[i];
+    }
+    BOOST_TEST(visible.size() <= static_cast<std::size_t>(cols), visible);
+    ++shown;
+  }
+  BOOST_TEST(shown <= static_cast<std::size_t>(rows - 1));
+  BOOST_TEST(f.find("more (enlarge the window)") != std::string::npos);
+  BOOST_TEST(f.find("\x1b[7mpkg11 ") != std::string::npos);  // the changed row, in reverse video
+  BOOST_TEST(f.find("\x1b[7mpkg10 ") == std::string::npos);
+  BOOST_TEST(f.find("\x1b[20;1H\x1b[7m q quit") != std::string::npos);  // status on the last row
+
+  // The daemon being down shows in red.
+  Snapshot down = s;
+  down.liveness = Liveness::stopped;
+  BOOST_TEST(pkgctl::render_watch_frame(down, t, 10, rows, cols, "").find("\x1b[31mdaemon    stopped") !=
+             std::string::npos);
+}

@@ -1,0 +1,48 @@
+// pkgctl/cli.hpp — the operator's tool (DESIGN.md §7): argument handling and every command.
+// main() only calls run(); the commands are here so tests drive them in-process.
+//
+// Reads (settings, need-update, token, check, wait, dump, watch) map the segment read-only and
+// never need the daemon; writes (update, event, delete) go through pkgctxd's control socket.
+#pragma once
+
+#include <iosfwd>
+#include <string>
+#include <string_view>
+
+namespace pkgctl {
+
+// Exit codes (DESIGN.md §7).
+enum Exit : int {
+  kExitOk = 0,
+  kExitCancelled = 1,      // check: the token is cancelled
+  kExitUsage = 2,          // bad command line
+  kExitNoSuchPackage = 3,  // settings, token
+  kExitUnreachable = 4,    // segment or daemon unreachable (missing, foreign, no permission, down)
+  kExitRejected = 5,       // input rejected (name, version, settings, event, token, checksum, full)
+  kExitTimedOut = 124,     // wait --timeout passed
+};
+
+// The exit code for an error code name, as pkgctx::errc_name() or the daemon spells it:
+// no_such_package → 3; input rejections (invalid_*, settings_too_large, table_full,
+// settings_full, bad_request) → 5; everything else (segment_*, permission_denied,
+// daemon_unreachable, forbidden, busy, io_error, …) → 4.
+int exit_code_for(std::string_view error_code) noexcept;
+
+struct Io {
+  std::ostream& out;
+  std::ostream& err;
+  std::istream& in;
+};
+
+// Runs one pkgctl command line (argv[0] is the program name) and returns its exit code.
+// Errors are one line on io.err, "pkgctl: <what>: <why>".
+int run(int argc, const char* const* argv, Io io);
+
+// `pkgctl watch`. On a terminal (stdout is a tty): a full-screen view refreshed every
+// `interval_s`, changed rows highlighted, quit with q or Ctrl-C; the terminal is restored on
+// every exit path. Otherwise: a plain snapshot (the dump table with a time stamp) each time the
+// table changes, checked every `interval_s`, until SIGINT/SIGTERM (exit 0). `count` > 0 stops
+// after that many frames (snapshots).
+int run_watch(const std::string& segment, double interval_s, long count, Io io);
+
+}  // namespace pkgctl

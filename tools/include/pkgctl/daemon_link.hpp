@@ -1,0 +1,30 @@
+// pkgctl/daemon_link.hpp — one request to pkgctxd over its control socket.
+#pragma once
+
+#include "pkgctx/error.hpp"
+
+#include <boost/json/object.hpp>
+
+#include <cstdint>
+#include <string>
+
+namespace pkgctl {
+
+struct CallTiming {
+  std::uint64_t sent_realtime_ns = 0;      // just before the request was sent
+  std::uint64_t answered_realtime_ns = 0;  // just after the answer arrived
+};
+
+// A refusal or failure, with the daemon's error code as it was sent ("invalid_name",
+// "forbidden", …; "daemon_unreachable" when no answer came).
+struct CallError {
+  std::string code;
+  std::string message;
+};
+
+// Sends `request` to the daemon at `socket_path`; returns the fields of an {"ok":true,…} answer.
+boost::system::result<boost::json::object, CallError> call_daemon(const std::string& socket_path,
+                                                                  const boost::json::object& request,
+                                                                  CallTiming* timing = nullptr);
+
+}  // namespace pkgctl

@@ -1,0 +1,89 @@
+// pkgctl/render.hpp — what `pkgctl dump` and `pkgctl watch` show, as pure functions of a
+// snapshot of the segment, so the formats are unit-tested without a terminal or a daemon.
+#pragma once
+
+#include "pkgctx/segment.hpp"
+#include "pkgctx/view.hpp"
+
+#include <boost/json/object.hpp>
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace pkgctl {
+
+// One read of the whole segment: its header, the daemon's liveness and every package, sorted
+// by name. Packages are each one committed state (seqlock-validated); the set as a whole is not
+// atomic (a package written during the scan may show its old or new state).
+struct Snapshot {
+  pkgctx::SegmentInfo info;
+  pkgctx::Liveness liveness = pkgctx::Liveness::none;
+  std::uint64_t heartbeat_age_ns = 0;  // 0 when no daemon ever attached
+  std::uint64_t taken_realtime_ns = 0;
+  std::vector<pkgctx::PackageRecord> packages;
+};
+
+Snapshot take_snapshot(const pkgctx::View& view);
+
+// "12 B", "3.4 KiB", "16.0 MiB".
+std::string human_bytes(std::uint64_t n);
+// "0.21 s", "3.1 s", "2 min 5 s", "3 h 12 min".
+std::string human_duration(std::uint64_t ns);
+// Child generations as "2:3 5:1" (non-zero keys only), "-" when all are zero.
+std::string child_generations_text(const pkgctx::PackageRecord& p);
+
+// The header block of `pkgctl dump`: segment, occupancy, daemon liveness. Each line ends in '\n'.
+std::string render_header(const Snapshot& s);
+
+// The package table, one string per line without '\n': a header row, then one row per package
+// (or "(no packages)"). Column widths fit the widest cell.
+std::vector<std::string> render_table(const std::vector<pkgctx::PackageRecord>& packages);
+
+// `pkgctl dump`: render_header, a blank line, render_table.
+std::string render_dump_text(const Snapshot& s);
+
+// `pkgctl dump --json`: {"segment":{…},"daemon":{…},"packages":[{"name","version","checksum",…}]}.
+boost::json::object dump_json(const Snapshot& s);
+
+// --- watch ------------------------------------------------------------------------------------
+
+// Remembers, per package, what it looked like and when it last changed, so a frame can highlight
+// rows that changed recently (a change stays highlighted for `hold_ns`, long enough to be seen
+// at a 200 ms refresh).
+class ChangeTracker {
+ public:
+  explicit ChangeTracker(std::uint64_t hold_ns = 2'000'000'000) : hold_ns_(hold_ns) {}
+
+  // Compares `s` with the previous snapshot (the first one marks nothing as changed).
+  // `now_ns` is any monotonic clock.
+  void observe(const Snapshot& s, std::uint64_t now_ns);
+  bool highlighted(const std::string& name, std::uint64_t now_ns) const;
+  // Names that disappeared within the hold time (shown under the table).
+  std::vector<std::string> recently_deleted(std::uint64_t now_ns) const;
+  std::uint64_t changes() const noexcept { return changes_; }
+
+ private:
+  struct Seen {
+    std::string version;
+    std::uint64_t checksum = 0;
+    std::uint64_t root = 0;
+    std::array<std::uint64_t, pkgctx::layout::kChildKeys> child{};
+    std::uint64_t changed_at = 0;  // 0: not changed since the first observation
+  };
+  std::uint64_t hold_ns_;
+  bool first_ = true;
+  std::uint64_t changes_ = 0;
+  std::map<std::string, Seen> seen_;
+  std::map<std::string, std::uint64_t> deleted_;  // name -> when
+};
+
+// One full screen of `pkgctl watch` for a terminal of `rows` × `cols`: cursor home, each line
+// cut to `cols` and cleared to its end, the rest of the screen cleared. Changed rows are drawn in
+// reverse video. `status` is the bottom line (e.g. "q quit").
+std::string render_watch_frame(const Snapshot& s, const ChangeTracker& changes, std::uint64_t now_ns, int rows,
+                               int cols, const std::string& status);
+
+}  // namespace pkgctl

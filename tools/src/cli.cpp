@@ -1,0 +1,407 @@
+#include "pkgctl/cli.hpp"
+
+#include "pkgctl/daemon_link.hpp"
+#include "pkgctl/render.hpp"
+
+#include "pkgctx/segment.hpp"
+#include "pkgctx/settings.hpp"
+#include "pkgctx/token.hpp"
+#include "pkgctx/view.hpp"
+
+#include <CLI/CLI.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <istream>
+#include <ostream>
+#include <iterator>
+#include <limits>
+#include <optional>
+#include <thread>
+
+#ifndef PKGCTX_VERSION_STRING
+#define PKGCTX_VERSION_STRING "unknown"
+#endif
+
+namespace pkgctl {
+
+namespace {
+
+namespace json = boost::json;
+using pkgctx::Errc;
+
+// A failed command: the exit code and the one line for stderr (without "pkgctl: ").
+struct Failure {
+  int code;
+  std::string message;
+};
+
+// One line: newlines in messages (from the daemon, from files) become spaces.
+std::string one_line(std::string s) {
+  for (char& c : s)
+    if (c == '\n' || c == '\r') c = ' ';
+  return s;
+}
+
+Failure failure(const pkgctx::Error& e) { return {exit_code_for(pkgctx::errc_name(e.code)), e.message}; }
+Failure failure(const CallError& e) { return {exit_code_for(e.code), e.message}; }
+
+struct Common {
+  std::string segment = "pkgctx";
+  std::string socket = "/run/pkgctx/pkgctxd.sock";
+  bool timing = false;
+};
+
+// Opens the segment read-only; waits out "being created" for up to 2 s.
+std::optional<Failure> open_view(const Common& c, pkgctx::View& out) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  for (;;) {
+    auto v = pkgctx::View::open(c.segment);
+    if (v) {
+      out = std::move(*v);
+      return std::nullopt;
+    }
+    if (v.error().code != Errc::segment_not_ready || std::chrono::steady_clock::now() >= deadline)
+      return Failure{kExitUnreachable, v.error().message};
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
+std::string json_string(std::string_view s) { return json::serialize(json::string(s)); }
+
+// --- writes (through the daemon) ---------------------------------------------------------------
+
+std::optional<Failure> call(const Common& c, const json::object& req, json::object& answer, Io io) {
+  CallTiming t;
+  auto r = call_daemon(c.socket, req, &t);
+  if (c.timing && t.sent_realtime_ns) {
+    io.err << "pkgctl: timing sent_realtime_ns=" << t.sent_realtime_ns
+           << " answered_realtime_ns=" << t.answered_realtime_ns << '\n';
+  }
+  if (!r) return failure(r.error());
+  answer = std::move(*r);
+  return std::nullopt;
+}
+
+// Copies `key` from the answer (null when absent).
+json::value field(const json::object& a, std::string_view key) {
+  const auto* v = a.if_contains(key);
+  return v ? *v : json::value(nullptr);
+}
+
+std::optional<Failure> read_text_file(const std::string& path, std::istream& in, std::string& out) {
+  if (path == "-") {
+    out.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    return std::nullopt;
+  }
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return Failure{kExitRejected, "settings file " + path + ": " + std::strerror(errno)};
+  out.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+  return std::nullopt;
+}
+
+pkgctx::Limits unlimited_settings() {
+  pkgctx::Limits l;
+  l.max_settings = std::numeric_limits<std::size_t>::max();  // the daemon enforces its own limit
+  return l;
+}
+
+std::optional<Failure> cmd_update(const Common& c, const std::string& name, const std::string& version,
+                                  const std::optional<std::string>& settings_json,
+                                  const std::optional<std::string>& settings_file, Io io) {
+  std::string text = "{}";
+  if (settings_json) text = *settings_json;
+  if (settings_file)
+    if (auto f = read_text_file(*settings_file, io.in, text)) return f;
+  auto settings = pkgctx::Settings::parse(text, unlimited_settings());
+  if (!settings) return Failure{kExitRejected, "settings: " + settings.error().message};
+  json::object req{{"op", "update"}, {"name", name}, {"version", version}};
+  req["settings"] = json::parse(settings->canonical());
+  json::object a;
+  if (auto f = call(c, req, a, io)) return f;
+  io.out << json::serialize(json::object{
+                {"name", field(a, "name")}, {"context", field(a, "context")}, {"change", field(a, "change")}})
+         << '\n';
+  return std::nullopt;
+}
+
+std::optional<Failure> cmd_event(const Common& c, const std::string& event, const std::string& name, Io io) {
+  const int e = pkgctx::event_from_name(event);
+  if (e < 0)
+    return Failure{kExitRejected, "event \"" + event + "\" is not update, remove, schedule or a key 0..7"};
+  static constexpr const char* kNames[] = {"update", "remove", "schedule"};
+  json::object req{{"op", "event"}, {"name", name}};
+  if (e <= pkgctx::kEventSchedule)
+    req["event"] = kNames[e];
+  else
+    req["event"] = e;
+  json::object a;
+  if (auto f = call(c, req, a, io)) return f;
+  io.out << json::serialize(json::object{{"name", field(a, "name")}, {"context", field(a, "context")}}) << '\n';
+  return std::nullopt;
+}
+
+std::optional<Failure> cmd_delete(const Common& c, const std::string& name, Io io) {
+  json::object a;
+  if (auto f = call(c, {{"op", "delete"}, {"name", name}}, a, io)) return f;
+  io.out << json::serialize(json::object{{"name", field(a, "name")}, {"deleted", field(a, "deleted")}}) << '\n';
+  return std::nullopt;
+}
+
+// --- reads (straight from the segment) ----------------------------------------------------------
+
+std::optional<Failure> cmd_need_update(const Common& c, const std::string& name, const std::string& version,
+                                       const std::string& checksum, Io io) {
+  auto sum = pkgctx::parse_checksum(checksum);
+  if (!sum) return Failure{kExitRejected, "checksum: " + sum.error().message};
+  pkgctx::View view;
+  if (auto f = open_view(c, view)) return f;
+  auto r = view.need_update(name, version, *sum);
+  if (!r) return failure(r.error());
+  io.out << (*r ? "true" : "false") << '\n';
+  return std::nullopt;
+}
+
+std::optional<Failure> cmd_settings(const Common& c, const std::string& name, Io io) {
+  pkgctx::View view;
+  if (auto f = open_view(c, view)) return f;
+  auto r = view.read(name, true);
+  if (!r) return failure(r.error());
+  // The settings are spliced in as stored: their canonical (RFC 8785) form.
+  io.out << "{\"name\":" << json_string(r->name) << ",\"version\":" << json_string(r->version) << ",\"settings\":"
+         << r->settings << ",\"checksum\":" << json_string(pkgctx::Settings::format_checksum(r->checksum)) << "}\n";
+  return std::nullopt;
+}
+
+std::optional<Failure> cmd_checksum(const std::optional<std::string>& arg, Io io) {
+  std::string text;
+  if (arg) {
+    text = *arg;
+  } else {
+    text.assign(std::istreambuf_iterator<char>(io.in), std::istreambuf_iterator<char>());
+    if (text.find_first_not_of(" \t\r\n") == std::string::npos)
+      return Failure{kExitRejected, "checksum: no JSON given (argument or stdin)"};
+  }
+  auto s = pkgctx::Settings::parse(text, unlimited_settings());
+  if (!s) return Failure{kExitRejected, "settings: " + s.error().message};
+  io.out << s->checksum_hex() << '\n';
+  return std::nullopt;
+}
+
+std::optional<Failure> cmd_token(const Common& c, const std::string& name, const std::string& event, Io io) {
+  const int e = pkgctx::event_from_name(event);
+  if (e < 0)
+    return Failure{kExitRejected, "event \"" + event + "\" is not update, remove, schedule or a key 0..7"};
+  pkgctx::View view;
+  if (auto f = open_view(c, view)) return f;
+  auto t = view.token(name, e);
+  if (!t) return failure(t.error());
+  io.out << t->str() << '\n';
+  return std::nullopt;
+}
+
+std::string cancel_json(const pkgctx::Token& t) {
+  json::object o{{"cancelled", t.cancelled()}};
+  if (t.cancelled())
+    o["cause"] = pkgctx::cause_name(t.cause());
+  else
+    o["cause"] = nullptr;
+  return json::serialize(o);
+}
+
+std::optional<Failure> parse_token(const Common& c, const std::string& text, pkgctx::View& view,
+                                   pkgctx::Token& out) {
+  if (auto f = open_view(c, view)) return f;
+  auto t = pkgctx::Token::parse(text, view.segment());
+  if (!t) return failure(t.error());
+  out = std::move(*t);
+  return std::nullopt;
+}
+
+int cmd_check(const Common& c, const std::string& text, Io io) {
+  pkgctx::View view;
+  pkgctx::Token t;
+  if (auto f = parse_token(c, text, view, t)) {
+    io.err << "pkgctl: " << one_line(f->message) << '\n';
+    return f->code;
+  }
+  // Read once: the printed state and the exit code agree.
+  const bool cancelled = t.cancelled();
+  io.out << cancel_json(t) << '\n';
+  return cancelled ? kExitCancelled : kExitOk;
+}
+
+int cmd_wait(const Common& c, const std::string& text, std::optional<double> timeout_s, Io io) {
+  pkgctx::View view;
+  pkgctx::Token t;
+  if (auto f = parse_token(c, text, view, t)) {
+    io.err << "pkgctl: " << one_line(f->message) << '\n';
+    return f->code;
+  }
+  using clock = std::chrono::steady_clock;
+  const auto slice = std::chrono::nanoseconds(std::chrono::hours(1));
+  std::optional<clock::time_point> deadline;
+  if (timeout_s)
+    deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(*timeout_s));
+  for (;;) {
+    auto left = slice;
+    if (deadline) left = std::min<std::chrono::nanoseconds>(slice, *deadline - clock::now());
+    if (t.wait(left)) break;
+    if (deadline && clock::now() >= *deadline) {
+      io.out << cancel_json(t) << '\n';
+      return kExitTimedOut;
+    }
+  }
+  io.out << cancel_json(t) << '\n';
+  return kExitOk;
+}
+
+std::optional<Failure> cmd_dump(const Common& c, bool as_json, Io io) {
+  pkgctx::View view;
+  if (auto f = open_view(c, view)) return f;
+  const Snapshot s = take_snapshot(view);
+  if (as_json)
+    io.out << json::serialize(dump_json(s)) << '\n';
+  else
+    io.out << render_dump_text(s);
+  return std::nullopt;
+}
+
+int finish(const std::optional<Failure>& f, Io io) {
+  if (!f) return kExitOk;
+  io.err << "pkgctl: " << one_line(f->message) << '\n';
+  return f->code;
+}
+
+}  // namespace
+
+int exit_code_for(std::string_view code) noexcept {
+  if (code == "no_such_package") return kExitNoSuchPackage;
+  static constexpr std::string_view kRejected[] = {
+      "invalid_name", "invalid_version", "invalid_settings", "settings_too_large", "invalid_event",
+      "invalid_token", "table_full",     "settings_full",    "bad_request"};
+  for (auto r : kRejected)
+    if (code == r) return kExitRejected;
+  return kExitUnreachable;
+}
+
+int run(int argc, const char* const* argv, Io io) {
+  CLI::App app{"pkgctl: inspect and drive pkgctx package contexts.\n"
+               "Reads map the segment read-only (no daemon needed); update, event and delete go\n"
+               "through pkgctxd's control socket.",
+               "pkgctl"};
+  app.set_version_flag("--version", "pkgctl " PKGCTX_VERSION_STRING);
+  app.require_subcommand(1);
+  app.fallthrough();
+  app.footer(
+      "Exit codes: 0 ok, 1 check: cancelled, 2 bad usage, 3 no such package, 4 segment or daemon\n"
+      "unreachable, 5 input rejected, 124 wait timed out.\n");
+
+  Common c;
+  app.add_option("--segment", c.segment, "segment name (env PKGCTX_SEGMENT)")
+      ->envname("PKGCTX_SEGMENT")
+      ->capture_default_str();
+  app.add_option("--socket", c.socket, "daemon control socket (env PKGCTX_SOCKET)")
+      ->envname("PKGCTX_SOCKET")
+      ->capture_default_str();
+  app.add_flag("--timing", c.timing,
+               "after a write, print on stderr when the request was sent and answered (CLOCK_REALTIME ns)");
+
+  std::string name, version, event_name, checksum, token_text, event_opt = "update";
+  std::optional<std::string> settings_json, settings_file, checksum_json;
+  std::optional<double> timeout_s;
+  bool as_json = false;
+  double interval_s = 0.2;
+  long count = 0;
+
+  auto* update = app.add_subcommand("update", "Update(NAME, VERSION, settings) through the daemon");
+  update->add_option("NAME", name)->required();
+  update->add_option("VERSION", version)->required();
+  auto* so = update->add_option("--settings", settings_json, "settings JSON object (default {})");
+  update->add_option("--settings-file", settings_file, "read the settings JSON from F (- for stdin)")->excludes(so);
+
+  auto* event = app.add_subcommand("event", "HandleEvent(EVENT, NAME) through the daemon");
+  event->add_option("EVENT", event_name, "update, remove, schedule or a child key 2..7")->required();
+  event->add_option("NAME", name)->required();
+
+  auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon");
+  del->add_option("NAME", name)->required();
+
+  auto* need = app.add_subcommand("need-update", "NeedUpdate(NAME, VERSION, CHECKSUM): prints true or false");
+  need->add_option("NAME", name)->required();
+  need->add_option("VERSION", version)->required();
+  need->add_option("CHECKSUM", checksum, "16 hex digits (pkgctl checksum)")->required();
+
+  auto* settings = app.add_subcommand("settings", "the pending settings of NAME (exit 3: no such package)");
+  settings->add_option("NAME", name)->required();
+
+  auto* sum = app.add_subcommand("checksum", "the settings checksum of JSON (read from stdin if absent)");
+  sum->add_option("JSON", checksum_json);
+
+  auto* token = app.add_subcommand("token", "the token of NAME's current context (exit 3: no such package)");
+  token->add_option("NAME", name)->required();
+  token->add_option("--event", event_opt, "update/remove (root, default) or schedule/2..7 (child key)")
+      ->capture_default_str();
+
+  auto* check = app.add_subcommand("check", "is TOKEN cancelled? (exit 0 live, 1 cancelled)");
+  check->add_option("TOKEN", token_text)->required();
+
+  auto* wait = app.add_subcommand("wait", "sleep until TOKEN is cancelled (exit 0; 124 on timeout)");
+  wait->add_option("TOKEN", token_text)->required();
+  wait->add_option("--timeout", timeout_s, "seconds (default: no limit)")->check(CLI::NonNegativeNumber);
+
+  auto* dump = app.add_subcommand("dump", "the segment header, daemon liveness and every package");
+  dump->add_flag("--json", as_json, "one JSON object instead of the table");
+
+  auto* watch = app.add_subcommand("watch", "a live view of the table (q or Ctrl-C quits)");
+  watch->add_option("--interval", interval_s, "refresh period in seconds")
+      ->capture_default_str()
+      ->check(CLI::Range(0.01, 3600.0));
+  watch->add_option("--count", count, "stop after N frames (default: run until quit)")->check(CLI::NonNegativeNumber);
+
+  // CLI11 reports an unknown command as "a subcommand is required"; name it instead.
+  for (int i = 1; i < argc; ++i) {
+    const std::string_view a = argv[i];
+    if (a == "--segment" || a == "--socket") {
+      ++i;
+      continue;
+    }
+    if (a.empty() || a[0] == '-') continue;
+    const auto known = app.get_subcommands([&](CLI::App* sub) { return sub->get_name() == a; });
+    if (known.empty()) {
+      io.err << "pkgctl: unknown command \"" << one_line(std::string(a)) << "\" (see pkgctl --help)\n";
+      return kExitUsage;
+    }
+    break;
+  }
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) {  // --help, --version
+      app.exit(e, io.out, io.err);
+      return kExitOk;
+    }
+    io.err << "pkgctl: " << one_line(e.what()) << " (see pkgctl --help)\n";
+    return kExitUsage;
+  }
+
+  if (*update) return finish(cmd_update(c, name, version, settings_json, settings_file, io), io);
+  if (*event) return finish(cmd_event(c, event_name, name, io), io);
+  if (*del) return finish(cmd_delete(c, name, io), io);
+  if (*need) return finish(cmd_need_update(c, name, version, checksum, io), io);
+  if (*settings) return finish(cmd_settings(c, name, io), io);
+  if (*sum) return finish(cmd_checksum(checksum_json, io), io);
+  if (*token) return finish(cmd_token(c, name, event_opt, io), io);
+  if (*check) return cmd_check(c, token_text, io);
+  if (*wait) return cmd_wait(c, token_text, timeout_s, io);
+  if (*dump) return finish(cmd_dump(c, as_json, io), io);
+  if (*watch) return run_watch(c.segment, interval_s, count, io);
+  return kExitUsage;
+}
+
+}  // namespace pkgctl

@@ -1,0 +1,356 @@
+#include "pkgctl/render.hpp"
+
+#include "pkgctx/settings.hpp"
+#include "pkgctx/token.hpp"
+
+#include <boost/json/array.hpp>
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <ctime>
+
+namespace pkgctl {
+
+using pkgctx::Liveness;
+using pkgctx::PackageRecord;
+
+namespace {
+
+std::string hex16(std::uint64_t v) {
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
+  return buf;
+}
+
+std::string_view state_name(pkgctx::layout::State s) {
+  switch (s) {
+    case pkgctx::layout::State::kInitialising: return "initialising";
+    case pkgctx::layout::State::kLive: return "live";
+    case pkgctx::layout::State::kRetired: return "retired";
+  }
+  return "unknown";
+}
+
+std::string_view daemon_state_name(pkgctx::layout::DaemonState s) {
+  switch (s) {
+    case pkgctx::layout::DaemonState::kNone: return "none";
+    case pkgctx::layout::DaemonState::kRunning: return "running";
+    case pkgctx::layout::DaemonState::kStopped: return "stopped";
+  }
+  return "unknown";
+}
+
+std::string version_text(const PackageRecord& p) { return p.version.empty() ? "(removed)" : p.version; }
+
+std::string cause_text(pkgctx::Cause c) {
+  return c == pkgctx::Cause::kNone ? "-" : std::string(pkgctx::cause_name(c));
+}
+
+std::string pad(const std::string& s, std::size_t w) { return s.size() >= w ? s : s + std::string(w - s.size(), ' '); }
+
+std::string clock_text(std::uint64_t realtime_ns) {
+  const std::time_t t = static_cast<std::time_t>(realtime_ns / 1'000'000'000u);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%H:%M:%S", &tm);
+  return buf;
+}
+
+// Cuts `s` to `cols` bytes (the table is ASCII except names, which are [A-Za-z0-9._-]).
+std::string cut(const std::string& s, int cols) {
+  return s.size() > static_cast<std::size_t>(cols) ? s.substr(0, static_cast<std::size_t>(cols)) : s;
+}
+
+}  // namespace
+
+Snapshot take_snapshot(const pkgctx::View& view) {
+  Snapshot s;
+  s.info = view.segment().info();
+  s.liveness = pkgctx::liveness(s.info);
+  const std::uint64_t now = pkgctx::mono_now_ns();
+  if (s.info.daemon_state != pkgctx::layout::DaemonState::kNone && now > s.info.heartbeat_mono_ns)
+    s.heartbeat_age_ns = now - s.info.heartbeat_mono_ns;
+  s.taken_realtime_ns = pkgctx::realtime_now_ns();
+  s.packages = view.list(false);
+  std::sort(s.packages.begin(), s.packages.end(),
+            [](const PackageRecord& a, const PackageRecord& b) { return a.name < b.name; });
+  return s;
+}
+
+std::string human_bytes(std::uint64_t n) {
+  char buf[32];
+  if (n < 1024) {
+    std::snprintf(buf, sizeof buf, "%" PRIu64 " B", n);
+  } else if (n < 1024 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f KiB", static_cast<double>(n) / 1024.0);
+  } else if (n < 1024ull * 1024 * 1024) {
+    std::snprintf(buf, sizeof buf, "%.1f MiB", static_cast<double>(n) / (1024.0 * 1024.0));
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f GiB", static_cast<double>(n) / (1024.0 * 1024.0 * 1024.0));
+  }
+  return buf;
+}
+
+std::string human_duration(std::uint64_t ns) {
+  char buf[48];
+  const double sec = static_cast<double>(ns) / 1e9;
+  const std::uint64_t s = ns / 1'000'000'000u;
+  if (sec < 10) {
+    std::snprintf(buf, sizeof buf, "%.2f s", sec);
+  } else if (s < 60) {
+    std::snprintf(buf, sizeof buf, "%.1f s", sec);
+  } else if (s < 3600) {
+    std::snprintf(buf, sizeof buf, "%" PRIu64 " min %" PRIu64 " s", s / 60, s % 60);
+  } else if (s < 86400) {
+    std::snprintf(buf, sizeof buf, "%" PRIu64 " h %" PRIu64 " min", s / 3600, s / 60 % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%" PRIu64 " d %" PRIu64 " h", s / 86400, s / 3600 % 24);
+  }
+  return buf;
+}
+
+std::string child_generations_text(const PackageRecord& p) {
+  std::string out;
+  for (std::uint32_t k = 0; k < pkgctx::layout::kChildKeys; ++k) {
+    if (p.child_generations[k] == 0) continue;
+    if (!out.empty()) out += ' ';
+    out += std::to_string(k + pkgctx::layout::kFirstChildKey) + ":" + std::to_string(p.child_generations[k]);
+  }
+  return out.empty() ? "-" : out;
+}
+
+std::string render_header(const Snapshot& s) {
+  const auto& i = s.info;
+  std::string out;
+  out += "segment   " + i.name + "  layout v" + std::to_string(i.layout_version) + "  " +
+         std::string(state_name(i.state)) + "  epoch " + hex16(i.epoch) + "\n";
+  out += "packages  " + std::to_string(i.used) + " of " + std::to_string(i.capacity) + " slots\n";
+  out += "settings  " + human_bytes(i.settings_used) + " of " + human_bytes(i.settings_bytes) + " used  (at most " +
+         human_bytes(i.max_settings) + " per package)\n";
+  out += "writes    " + std::to_string(i.commits) + " committed, " + std::to_string(i.repairs) + " crash repairs\n";
+  std::string d = "daemon    ";
+  const std::string pid = "pid " + std::to_string(i.daemon_pid);
+  const std::string beat = "heartbeat " + human_duration(s.heartbeat_age_ns) + " ago";
+  switch (s.liveness) {
+    case Liveness::alive: {
+      const std::uint64_t now = pkgctx::realtime_now_ns();
+      d += "alive  " + pid + "  " + beat;
+      if (i.daemon_start_realtime_ns && now > i.daemon_start_realtime_ns)
+        d += "  up " + human_duration(now - i.daemon_start_realtime_ns);
+      break;
+    }
+    case Liveness::stale:
+      d += "STALE  " + pid + "  " + beat + " (expected every " + human_duration(i.heartbeat_interval_ns) +
+           ")  hung or killed? writes may fail; reads still work";
+      break;
+    case Liveness::stopped:
+      d += "stopped  (was " + pid + ")  the daemon is down: reads work, writes need pkgctxd";
+      break;
+    case Liveness::none:
+      d += "none  no daemon has attached to this segment: reads work, writes need pkgctxd";
+      break;
+  }
+  out += d + "\n";
+  return out;
+}
+
+std::vector<std::string> render_table(const std::vector<PackageRecord>& packages) {
+  static const std::vector<std::string> kHead = {"NAME", "VERSION", "CHECKSUM", "ROOT", "CHILD GENS", "LAST CAUSE",
+                                                 "SETTINGS"};
+  std::vector<std::vector<std::string>> cells;
+  cells.reserve(packages.size());
+  for (const auto& p : packages) {
+    cells.push_back({p.name, version_text(p), pkgctx::Settings::format_checksum(p.checksum),
+                     std::to_string(p.root_generation), child_generations_text(p), cause_text(p.last_cause),
+                     human_bytes(p.settings_size)});
+  }
+  std::vector<std::size_t> width(kHead.size());
+  for (std::size_t c = 0; c < kHead.size(); ++c) {
+    width[c] = kHead[c].size();
+    for (const auto& row : cells) width[c] = std::max(width[c], row[c].size());
+  }
+  auto line = [&](const std::vector<std::string>& row) {
+    std::string out;
+    for (std::size_t c = 0; c < row.size(); ++c) {
+      // Numbers right-aligned (ROOT, SETTINGS), text left-aligned; no trailing blanks.
+      const bool right = c == 3 || c == 6;
+      std::string cell = row[c];
+      if (right && cell.size() < width[c]) cell = std::string(width[c] - cell.size(), ' ') + cell;
+      out += c + 1 == row.size() ? cell : pad(cell, width[c]) + "  ";
+    }
+    while (!out.empty() && out.back() == ' ') out.pop_back();
+    return out;
+  };
+  std::vector<std::string> lines;
+  lines.push_back(line(kHead));
+  for (const auto& row : cells) lines.push_back(line(row));
+  if (packages.empty()) lines.emplace_back("(no packages)");
+  return lines;
+}
+
+std::string render_dump_text(const Snapshot& s) {
+  std::string out = render_header(s) + "\n";
+  for (const auto& l : render_table(s.packages)) out += l + "\n";
+  return out;
+}
+
+boost::json::object dump_json(const Snapshot& s) {
+  const auto& i = s.info;
+  boost::json::object seg;
+  seg["name"] = i.name;
+  seg["layout_version"] = i.layout_version;
+  seg["state"] = state_name(i.state);
+  seg["epoch"] = hex16(i.epoch);
+  seg["capacity"] = i.capacity;
+  seg["used"] = i.used;
+  seg["settings_bytes"] = i.settings_bytes;
+  seg["settings_used"] = i.settings_used;
+  seg["commits"] = i.commits;
+  seg["repairs"] = i.repairs;
+  seg["limits"] = {{"max_name", i.max_name}, {"max_version", i.max_version}, {"max_settings", i.max_settings}};
+  seg["total_bytes"] = i.total_bytes;
+  seg["created_realtime_ns"] = i.created_realtime_ns;
+
+  boost::json::object daemon;
+  daemon["liveness"] = pkgctx::liveness_name(s.liveness);
+  daemon["state"] = daemon_state_name(i.daemon_state);
+  if (i.daemon_state == pkgctx::layout::DaemonState::kNone) {
+    daemon["pid"] = nullptr;
+    daemon["heartbeat_age_ns"] = nullptr;
+  } else {
+    daemon["pid"] = i.daemon_pid;
+    daemon["heartbeat_age_ns"] = s.heartbeat_age_ns;
+  }
+  daemon["heartbeat_interval_ns"] = i.heartbeat_interval_ns;
+  daemon["started_realtime_ns"] = i.daemon_start_realtime_ns;
+
+  boost::json::array pkgs;
+  pkgs.reserve(s.packages.size());
+  for (const auto& p : s.packages) {
+    boost::json::object o;
+    o["name"] = p.name;
+    o["version"] = p.version;
+    o["checksum"] = pkgctx::Settings::format_checksum(p.checksum);
+    o["settings_size"] = p.settings_size;
+    o["root_generation"] = p.root_generation;
+    boost::json::object child;
+    for (std::uint32_t k = 0; k < pkgctx::layout::kChildKeys; ++k)
+      child[std::to_string(k + pkgctx::layout::kFirstChildKey)] = p.child_generations[k];
+    o["child_generations"] = std::move(child);
+    if (p.last_cause == pkgctx::Cause::kNone)
+      o["last_cause"] = nullptr;
+    else
+      o["last_cause"] = pkgctx::cause_name(p.last_cause);
+    o["slot"] = p.slot;
+    pkgs.push_back(std::move(o));
+  }
+
+  boost::json::object out;
+  out["segment"] = std::move(seg);
+  out["daemon"] = std::move(daemon);
+  out["packages"] = std::move(pkgs);
+  return out;
+}
+
+// --- watch ------------------------------------------------------------------------------------
+
+void ChangeTracker::observe(const Snapshot& s, std::uint64_t now_ns) {
+  std::map<std::string, Seen> next;
+  for (const auto& p : s.packages) {
+    Seen cur{p.version, p.checksum, p.root_generation, p.child_generations, 0};
+    auto it = seen_.find(p.name);
+    if (it == seen_.end()) {
+      if (!first_) {
+        cur.changed_at = now_ns;  // new package
+        ++changes_;
+      }
+    } else {
+      const Seen& old = it->second;
+      const bool changed = old.version != cur.version || old.checksum != cur.checksum || old.root != cur.root ||
+                           old.child != cur.child;
+      cur.changed_at = changed ? now_ns : old.changed_at;
+      if (changed) ++changes_;
+    }
+    deleted_.erase(p.name);
+    next.emplace(p.name, std::move(cur));
+  }
+  for (const auto& [name, old] : seen_) {
+    if (!next.count(name)) {
+      deleted_[name] = now_ns;
+      ++changes_;
+    }
+  }
+  for (auto it = deleted_.begin(); it != deleted_.end();) {
+    it = now_ns - it->second > hold_ns_ ? deleted_.erase(it) : std::next(it);
+  }
+  seen_ = std::move(next);
+  first_ = false;
+}
+
+bool ChangeTracker::highlighted(const std::string& name, std::uint64_t now_ns) const {
+  auto it = seen_.find(name);
+  return it != seen_.end() && it->second.changed_at != 0 && now_ns - it->second.changed_at <= hold_ns_;
+}
+
+std::vector<std::string> ChangeTracker::recently_deleted(std::uint64_t now_ns) const {
+  std::vector<std::string> out;
+  for (const auto& [name, when] : deleted_)
+    if (now_ns - when <= hold_ns_) out.push_back(name);
+  return out;
+}
+
+std::string render_watch_frame(const Snapshot& s, const ChangeTracker& changes, std::uint64_t now_ns, int rows,
+                               int cols, const std::string& status) {
+  constexpr std::string_view kHome = "\x1b[H", kClearLine = "\x1b[K", kClearBelow = "\x1b[J";
+  constexpr std::string_view kBold = "\x1b[1m", kReverse = "\x1b[7m", kRed = "\x1b[31m", kReset = "\x1b[0m";
+  rows = std::max(rows, 4);
+  cols = std::max(cols, 20);
+  std::string out(kHome);
+  int used = 0;
+  auto emit = [&](const std::string& text, std::string_view style = {}) {
+    if (used >= rows - 1) return;  // the last row is the status line
+    out += style;
+    out += cut(text, cols);
+    if (!style.empty()) out += kReset;
+    out += kClearLine;
+    out += "\n";  // the terminal keeps OPOST: "\n" moves to the next line start
+    ++used;
+  };
+
+  emit("pkgctl watch  " + s.info.name + "  " + clock_text(s.taken_realtime_ns), kBold);
+  std::string header = render_header(s);
+  for (std::size_t b = 0, e; b < header.size(); b = e + 1) {
+    e = header.find('\n', b);
+    const std::string line = header.substr(b, e - b);
+    const bool alarm = line.rfind("daemon", 0) == 0 && s.liveness != Liveness::alive;
+    emit(line, alarm ? kRed : std::string_view{});
+  }
+  emit("");
+  const auto table = render_table(s.packages);
+  const int room = rows - 1 - used;  // lines left for the table
+  const std::size_t shown_rows =
+      table.size() <= static_cast<std::size_t>(room) ? table.size() : static_cast<std::size_t>(std::max(room - 1, 1));
+  for (std::size_t r = 0; r < shown_rows; ++r) {
+    const bool hl = r > 0 && r - 1 < s.packages.size() && changes.highlighted(s.packages[r - 1].name, now_ns);
+    emit(table[r], r == 0 ? kBold : hl ? kReverse : std::string_view{});
+  }
+  if (shown_rows < table.size()) emit("... " + std::to_string(table.size() - shown_rows) + " more (enlarge the window)");
+  const auto gone = changes.recently_deleted(now_ns);
+  if (!gone.empty()) {
+    std::string g = "deleted:";
+    for (const auto& n : gone) g += " " + n;
+    emit(g, kReverse);
+  }
+  out += kClearBelow;
+  // Status line on the last row.
+  out += "\x1b[" + std::to_string(rows) + ";1H";
+  out += kReverse;
+  std::string st = cut(status, cols);
+  out += st + std::string(static_cast<std::size_t>(cols) - st.size(), ' ');
+  out += kReset;
+  return out;
+}
+
+}  // namespace pkgctl
