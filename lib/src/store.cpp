@@ -20,7 +20,9 @@
 #include "robust_mutex.hpp"
 #include "seqlock.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <bit>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -58,6 +60,7 @@ CrashPoint& crash_point() {
 constexpr int kUpdateSteps = 9;
 constexpr int kEventSteps = 6;
 constexpr int kEraseSteps = 7;
+constexpr int kRepairSteps = 6;  // inside Writer::repair(): a repairer killed while repairing
 
 #if defined(PKGCTX_FAULT_INJECTION)
 inline void crash_at(const char* op, int step) {
@@ -74,6 +77,7 @@ int fault_steps(std::string_view op) noexcept {
   if (op == "update") return kUpdateSteps;
   if (op == "event") return kEventSteps;
   if (op == "erase") return kEraseSteps;
+  if (op == "repair") return kRepairSteps;
   return 0;
 }
 
@@ -96,6 +100,44 @@ std::string_view change_name(Change c) noexcept {
 
 // --- the writer: everything that runs under the mutex ------------------------------------------
 namespace {
+
+// Bytes [0, n) of `p` (n < 8) as the zero-padded word memcpy would make of them, and the mask of
+// those bytes in a word. A shift loop, not memcpy/memset with a variable length: GCC turns byte
+// loops into library calls, which cost more than the few bytes they move here.
+inline u64 tail_word(const char* p, std::size_t n) noexcept {
+  u64 v = 0;
+  if constexpr (std::endian::native == std::endian::little) {
+    for (std::size_t k = 0; k < n; ++k) v |= u64{static_cast<unsigned char>(p[k])} << (8 * k);
+  } else {
+    std::memcpy(&v, p, n);
+  }
+  return v;
+}
+inline u64 tail_mask(std::size_t n) noexcept {
+  if constexpr (std::endian::native == std::endian::little) {
+    return (u64{1} << (8 * n)) - 1;  // n < 8
+  } else {
+    u64 m = 0;
+    std::memset(&m, 0xff, n);
+    return m;
+  }
+}
+
+// validate_name / validate_version with a fast path for valid input (the hot paths); the slow
+// path produces the error message.
+Result<void> check_name(std::string_view name, const Limits& limits) {
+  if (detail::name_ok(name, limits.max_name)) return {};
+  return validate_name(name, limits);
+}
+
+Result<void> check_version(std::string_view version, const Limits& limits) {
+  if (!version.empty() && version.size() <= limits.max_version) {
+    bool ok = true;
+    for (const char c : version) ok &= static_cast<unsigned char>(c - 0x20) < 0x5f;  // 0x20..0x7e
+    if (ok) return {};
+  }
+  return validate_version(version, limits);
+}
 
 constexpr u64 kEmptyLen = 0;  // settings length 0 stands for "{}"
 
@@ -138,9 +180,30 @@ class Writer {
     if (!detail::meta_used(mt) || d.w[dw::kHash].load(std::memory_order_relaxed) != hash ||
         detail::meta_name_len(mt) != name.size())
       return false;
-    char buf[kMaxName];
-    detail::copy_out(buf, &d.w[dw::kName], name.size());
-    return std::memcmp(buf, name.data(), name.size()) == 0;
+    return words_equal(&d.w[dw::kName], name);
+  }
+
+  // Do the zero-padded words at `w` hold exactly `bytes`? No copy, no memcmp call.
+  static bool words_equal(const AU64* w, std::string_view bytes) {
+    std::size_t i = 0;
+    for (; i + 8 <= bytes.size(); i += 8) {
+      u64 want;
+      std::memcpy(&want, bytes.data() + i, 8);
+      if (w[i / 8].load(std::memory_order_relaxed) != want) return false;
+    }
+    if (i < bytes.size()) {
+      const std::size_t n = bytes.size() - i;
+      if ((w[i / 8].load(std::memory_order_relaxed) & tail_mask(n)) != tail_word(bytes.data() + i, n)) return false;
+    }
+    return true;
+  }
+
+  // The stored version of slot `s` compared without building a string.
+  std::size_t version_len(u32 s) const {
+    return detail::meta_version_len(m_.slots[s].data.w[dw::kMeta].load(std::memory_order_relaxed));
+  }
+  bool version_is(u32 s, std::string_view v) const {
+    return version_len(s) == v.size() && words_equal(&m_.slots[s].data.w[dw::kVersion], v);
   }
 
   std::string version(u32 s) const {
@@ -186,6 +249,7 @@ class Writer {
     j_.root_cause = static_cast<u8>(Cause::kNone);
     j_.child_cause = static_cast<u8>(Cause::kNone);
     const SlotData& d = m_.slots[s].data;
+#pragma GCC unroll 40
     for (std::size_t i = 0; i < kDataWords; ++i) j_.old_data[i] = d.w[i].load(std::memory_order_relaxed);
     j_.state.store(static_cast<u32>(JournalState::kPrepared), std::memory_order_release);
   }
@@ -195,17 +259,36 @@ class Writer {
   void write_data(u32 s, bool used, std::string_view name, u64 hash, std::string_view version, Block b, u64 sum,
                   const char* crash_op, int crash_step) {
     SlotData& d = m_.slots[s].data;
+    const u64 old_meta = d.w[dw::kMeta].load(std::memory_order_relaxed);
     detail::write_begin(d.seq);
     d.w[dw::kMeta].store(detail::meta(used, name.size(), version.size()), std::memory_order_relaxed);
     d.w[dw::kHash].store(hash, std::memory_order_relaxed);
     crash_at(crash_op, crash_step);  // half a record written, sequence odd
-    for (std::size_t i = dw::kName; i < kDataWords; ++i) d.w[i].store(0, std::memory_order_relaxed);
-    detail::copy_in(&d.w[dw::kName], name.data(), name.size());
-    detail::copy_in(&d.w[dw::kVersion], version.data(), version.size());
+    store_padded(&d.w[dw::kName], detail::meta_name_len(old_meta), name);
+    store_padded(&d.w[dw::kVersion], detail::meta_version_len(old_meta), version);
     d.w[dw::kSettingsOff].store(b.off, std::memory_order_relaxed);
     d.w[dw::kSettingsLen].store(b.len, std::memory_order_relaxed);
     d.w[dw::kChecksum].store(sum, std::memory_order_relaxed);
     detail::write_end(d.seq);
+  }
+
+  // Stores `bytes` zero-padded to whole words, each word once. Words past both the new and the
+  // old length (`old_bytes`) are left alone: every writer zero-pads, so they are zero already
+  // (and no reader looks past a length anyway). Names and versions have the same word count.
+  static_assert(kMaxName == kMaxVersion);
+  static void store_padded(AU64* w, std::size_t old_bytes, std::string_view bytes) {
+    std::size_t i = 0;
+    for (; i + 8 <= bytes.size(); i += 8) {
+      u64 v;
+      std::memcpy(&v, bytes.data() + i, 8);
+      w[i / 8].store(v, std::memory_order_relaxed);
+    }
+    if (i < bytes.size()) {
+      w[i / 8].store(tail_word(bytes.data() + i, bytes.size() - i), std::memory_order_relaxed);
+      i += 8;
+    }
+    const std::size_t old_words = std::min<std::size_t>((old_bytes + 7) / 8, kMaxName / 8);  // a corrupt length stays in bounds
+    for (std::size_t k = i / 8; k < old_words; ++k) w[k].store(0, std::memory_order_relaxed);
   }
 
   // Publishes the cancellations of a write. `child_key` 0 = none.
@@ -246,7 +329,8 @@ class Writer {
 
   void finish() {
     j_.state.store(static_cast<u32>(JournalState::kIdle), std::memory_order_release);
-    h_.commits.fetch_add(1, std::memory_order_relaxed);
+    // Only the mutex holder writes it: a plain increment, not a locked read-modify-write.
+    h_.commits.store(h_.commits.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
   }
 
   // --- index ---
@@ -293,6 +377,7 @@ class Writer {
   // Rebuilds everything derivable from the slots after a writer died inside a write.
   void repair() {
     h_.repairs.fetch_add(1, std::memory_order_relaxed);
+    crash_at("repair", 1);
     const auto st = static_cast<JournalState>(j_.state.load(std::memory_order_acquire));
     if (st == JournalState::kPrepared && j_.slot < m_.capacity) {
       // Undo: restore the data words and leave the sequence even and new, so a reader that
@@ -301,12 +386,17 @@ class Writer {
       const u64 seq = d.seq.load(std::memory_order_relaxed);
       d.seq.store(seq | 1, std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_release);
-      for (std::size_t i = 0; i < kDataWords; ++i) d.w[i].store(j_.old_data[i], std::memory_order_relaxed);
+      for (std::size_t i = 0; i < kDataWords; ++i) {
+        if (i == kDataWords / 2) crash_at("repair", 2);  // half the record restored, sequence odd
+        d.w[i].store(j_.old_data[i], std::memory_order_relaxed);
+      }
       d.seq.store((seq | 1) + 1, std::memory_order_release);
     } else if (st == JournalState::kCommitted) {
       apply_commit();  // redo: idempotent stores
     }
+    crash_at("repair", 3);
     j_.state.store(static_cast<u32>(JournalState::kIdle), std::memory_order_release);
+    crash_at("repair", 4);
 
     // A sequence left odd anywhere else (should not happen) is closed.
     for (u32 s = 0; s < m_.capacity; ++s) {
@@ -334,10 +424,11 @@ class Writer {
         settings_used += chunks_for(b.len) * kChunk;
       }
     }
+    crash_at("repair", 5);  // bitmap half rebuilt, counters stale
     h_.free_top.store(top, std::memory_order_relaxed);
     h_.used_slots.store(used, std::memory_order_relaxed);
     h_.settings_used.store(settings_used, std::memory_order_relaxed);
-    rebuild_index();
+    rebuild_index("repair");
   }
 
   void maybe_rebuild_index(u32 adding) {
@@ -347,9 +438,15 @@ class Writer {
   }
 
   // Readers retry while index_seq is odd.
-  void rebuild_index() {
-    detail::write_begin(h_.index_seq);
+  void rebuild_index(const char* crash_op = nullptr) {
+    // A rebuild cut short by a crash left the sequence odd: keep it odd (readers go on retrying)
+    // rather than flip it even while the index is empty, and close it once below.
+    if (h_.index_seq.load(std::memory_order_relaxed) & 1)
+      std::atomic_thread_fence(std::memory_order_release);
+    else
+      detail::write_begin(h_.index_seq);
     for (u64 i = 0; i <= m_.index_mask; ++i) m_.index[i].store(kIndexEmpty, std::memory_order_relaxed);
+    if (crash_op) crash_at(crash_op, 6);  // index emptied, index_seq odd
     for (u32 s = 0; s < m_.capacity; ++s) {
       const SlotData& d = m_.slots[s].data;
       if (!detail::meta_used(d.w[dw::kMeta].load(std::memory_order_relaxed))) continue;
@@ -451,8 +548,8 @@ Result<Store> Store::open(const std::string& name) {
 }
 
 Result<UpdateResult> Store::update(std::string_view name, std::string_view version, const Settings& settings) {
-  if (auto v = validate_name(name, limits_); !v) return v.error();
-  if (auto v = validate_version(version, limits_); !v) return v.error();
+  if (auto v = check_name(name, limits_); !v) return v.error();
+  if (auto v = check_version(version, limits_); !v) return v.error();
   if (settings.canonical().size() > limits_.max_settings)
     return make_error(Errc::settings_too_large, "settings of \"" + std::string(name) + "\": " +
                                                     std::to_string(settings.canonical().size()) +
@@ -491,8 +588,9 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   }
 
   const u32 s = *found;
-  const std::string current = w.version(s);
-  if (current == version && w.checksum(s) == sum) return UpdateResult{std::nullopt, Change::none};
+  const bool same_version = w.version_is(s, version);
+  const bool was_removed = w.version_len(s) == 0;
+  if (same_version && w.checksum(s) == sum) return UpdateResult{std::nullopt, Change::none};
 
   // Settings bytes: reuse the stored block when the checksum is unchanged.
   const Block old = w.block(s);
@@ -504,7 +602,7 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   crash_at("update", 3);
   w.write_data(s, true, name, hash, version, *nb, sum, "update", 4);
   crash_at("update", 5);
-  const bool version_change = current != version;  // includes re-creating a removed package
+  const bool version_change = !same_version;  // includes re-creating a removed package
   w.commit(s, version_change ? Cause::kVersionChanged : Cause::kNone, 0, Cause::kNone);
   crash_at("update", 6);
   w.apply_commit();
@@ -514,13 +612,13 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   if (!same_settings) w.release(old);
   crash_at("update", 9);
   if (!version_change) return UpdateResult{std::nullopt, Change::settings};
-  return UpdateResult{Token::snapshot(seg_.mapping(), s, kEventUpdate), current.empty() ? Change::created : Change::version};
+  return UpdateResult{Token::snapshot(seg_.mapping(), s, kEventUpdate), was_removed ? Change::created : Change::version};
 }
 
 Result<std::optional<Token>> Store::handle_event(int event, std::string_view name) {
   if (!is_valid_event(event))
     return make_error(Errc::invalid_event, "event " + std::to_string(event) + " is not 0..7 (update, remove, schedule, 3..7)");
-  if (auto v = validate_name(name, limits_); !v) return v.error();
+  if (auto v = check_name(name, limits_); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
   const u64 hash = name_hash(name);
   Writer w(seg_);
@@ -555,7 +653,7 @@ Result<std::optional<Token>> Store::handle_event(int event, std::string_view nam
 }
 
 Result<bool> Store::erase(std::string_view name) {
-  if (auto v = validate_name(name, limits_); !v) return v.error();
+  if (auto v = check_name(name, limits_); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
   const u64 hash = name_hash(name);
   Writer w(seg_);

@@ -3,6 +3,8 @@
 #include "mapping.hpp"
 #include "seqlock.hpp"
 
+#include <bit>
+#include <cstring>
 #include <optional>
 
 namespace pkgctx {
@@ -23,8 +25,47 @@ Error absent(std::string_view name) {
 
 enum class Match { yes, no, torn };
 
-// Does `slot` hold `name` (one consistent look)?
-Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 hash) {
+// Bytes [0, n) of `p` (n < 8) as the zero-padded word memcpy would make of them, and the mask of
+// those bytes in a word. A shift loop, not memcpy/memset with a variable length: GCC turns byte
+// loops into library calls, which cost more than the few bytes they move here.
+inline u64 tail_word(const char* p, std::size_t n) noexcept {
+  u64 v = 0;
+  if constexpr (std::endian::native == std::endian::little) {
+    for (std::size_t k = 0; k < n; ++k) v |= u64{static_cast<unsigned char>(p[k])} << (8 * k);
+  } else {
+    std::memcpy(&v, p, n);
+  }
+  return v;
+}
+inline u64 tail_mask(std::size_t n) noexcept {
+  if constexpr (std::endian::native == std::endian::little) {
+    return (u64{1} << (8 * n)) - 1;  // n < 8
+  } else {
+    u64 m = 0;
+    std::memset(&m, 0xff, n);
+    return m;
+  }
+}
+
+// Compares `name` with a slot's name words (relaxed loads; the caller validates the sequence).
+// Word by word, without copying the name out: names are zero-padded to whole words.
+bool name_words_equal(const AU64* words, std::string_view name) {
+  std::size_t i = 0;
+  for (; i + 8 <= name.size(); i += 8) {
+    u64 want;
+    std::memcpy(&want, name.data() + i, 8);
+    if (words[i / 8].load(std::memory_order_relaxed) != want) return false;
+  }
+  if (i < name.size()) {
+    const std::size_t n = name.size() - i;
+    if ((words[i / 8].load(std::memory_order_relaxed) & tail_mask(n)) != tail_word(name.data() + i, n)) return false;
+  }
+  return true;
+}
+
+// Does `slot` hold `name` (one consistent look)? On yes, `*seq_out` (if given) is the slot's
+// sequence value that look was validated against.
+Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 hash, u64* seq_out = nullptr) {
   const SlotData& d = m.slots[slot].data;
   detail::Backoff backoff;
   do {
@@ -32,32 +73,29 @@ Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 
     if (s1 & 1) continue;
     const u64 mt = d.w[dw::kMeta].load(std::memory_order_relaxed);
     const u64 h = d.w[dw::kHash].load(std::memory_order_relaxed);
-    bool eq = detail::meta_used(mt) && h == hash && detail::meta_name_len(mt) == name.size();
-    if (eq) {
-      char buf[kMaxName];
-      detail::copy_out(buf, &d.w[dw::kName], name.size());
-      eq = std::memcmp(buf, name.data(), name.size()) == 0;
-    }
+    const bool eq = detail::meta_used(mt) && h == hash && detail::meta_name_len(mt) == name.size() &&
+                    name_words_equal(&d.w[dw::kName], name);
     std::atomic_thread_fence(std::memory_order_acquire);
-    if (d.seq.load(std::memory_order_relaxed) == s1) return eq ? Match::yes : Match::no;
+    if (d.seq.load(std::memory_order_relaxed) == s1) {
+      if (seq_out) *seq_out = s1;
+      return eq ? Match::yes : Match::no;
+    }
   } while (backoff.next());
   return Match::torn;
 }
 
-}  // namespace
-
-Result<View> View::open(const std::string& name) {
-  auto seg = Segment::open(name, Access::read_only);
-  if (!seg) return seg.error();
-  return View(std::move(*seg));
-}
-
-Result<std::uint32_t> View::find(std::string_view name) const {
-  const auto& m = *seg_.mapping();
+// validate_name against the segment's limit, with the table-driven fast path first.
+Result<void> check_name(const detail::Mapping& m, std::string_view name) {
+  if (detail::name_ok(name, m.header->max_name)) return {};
   Limits lim;
   lim.max_name = m.header->max_name;
-  if (auto v = validate_name(name, lim); !v) return v.error();
-  const u64 hash = name_hash(name);
+  return validate_name(name, lim);
+}
+
+// Probes the index for `name` (already validated and hashed). `visit(slot)` judges each slot
+// whose index tag matches; Match::yes ends the probe with that slot.
+template <class Visit>
+Result<u32> probe(const detail::Mapping& m, std::string_view name, u64 hash, Visit&& visit) {
   detail::Backoff backoff;
   do {
     const u64 s1 = m.header->index_seq.load(std::memory_order_acquire);
@@ -71,7 +109,7 @@ Result<std::uint32_t> View::find(std::string_view name) const {
       if (e == kIndexTomb || !index_tag_matches(e, hash)) continue;
       const u32 slot = index_slot(e);
       if (slot >= m.capacity) continue;  // corrupt entry: never trusted as an index
-      const Match r = slot_holds(m, slot, name, hash);
+      const Match r = visit(slot);
       if (r == Match::yes) {
         found = slot;
         break;
@@ -85,6 +123,21 @@ Result<std::uint32_t> View::find(std::string_view name) const {
     return absent(name);
   } while (backoff.next());
   return busy(name);
+}
+
+}  // namespace
+
+Result<View> View::open(const std::string& name) {
+  auto seg = Segment::open(name, Access::read_only);
+  if (!seg) return seg.error();
+  return View(std::move(*seg));
+}
+
+Result<std::uint32_t> View::find(std::string_view name) const {
+  const auto& m = *seg_.mapping();
+  if (auto v = check_name(m, name); !v) return v.error();
+  const u64 hash = name_hash(name);
+  return probe(m, name, hash, [&](u32 slot) { return slot_holds(m, slot, name, hash); });
 }
 
 bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings) const {
@@ -147,14 +200,27 @@ Result<PackageRecord> View::read(std::string_view name, bool with_settings) cons
 Result<Token> View::token(std::string_view name, int event) const {
   if (!is_valid_event(event))
     return make_error(Errc::invalid_event, "event " + std::to_string(event) + " is not 0..7 (update, remove, schedule, 3..7)");
+  const auto& m = *seg_.mapping();
+  if (auto v = check_name(m, name); !v) return v.error();
+  const u64 hash = name_hash(name);
+  const auto key = static_cast<std::uint32_t>(event);
   for (int attempt = 0; attempt < 1000; ++attempt) {
-    auto slot = find(name);
+    Token t;
+    bool mine = false;
+    auto slot = probe(m, name, hash, [&](u32 s) {
+      u64 seq = 0;
+      const Match r = slot_holds(m, s, name, hash, &seq);
+      if (r != Match::yes) return r;
+      t = Token::snapshot(seg_.mapping(), s, key);
+      // The snapshot belongs to `name` only if the slot still holds it afterwards. An unchanged
+      // record sequence proves it without another look (a delete or re-create rewrites the
+      // record before it moves a generation); otherwise look again.
+      mine = m.slots[s].data.seq.load(std::memory_order_acquire) == seq ||
+             slot_holds(m, s, name, hash) == Match::yes;
+      return Match::yes;
+    });
     if (!slot) return slot.error();
-    Token t = Token::snapshot(seg_.mapping(), *slot, static_cast<std::uint32_t>(event));
-    // The snapshot belongs to `name` only if the slot still holds it afterwards.
-    const Match r = slot_holds(*seg_.mapping(), *slot, name, name_hash(name));
-    if (r == Match::yes) return t;
-    if (r == Match::torn) return busy(name);
+    if (mine) return t;
   }
   return busy(name);
 }

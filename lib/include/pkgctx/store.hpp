@@ -72,8 +72,9 @@ class Store {
 
 // Test-only fault injection (compiled in with PKGCTX_FAULT_INJECTION): when the environment
 // variable PKGCTX_CRASH_AT="<op>:<step>" names a step of a write path, the writer SIGKILLs
-// itself there, inside the critical section. Ops: update, event, erase. Returns the number of
-// steps each op has so tests can try every one.
+// itself there, inside the critical section. Ops: update, event, erase, and repair (the crash
+// repair a writer runs after finding the previous owner dead). Returns the number of steps each
+// op has so tests can try every one.
 int fault_steps(std::string_view op) noexcept;
 // Same as the environment variable, for tests that fork: op "" disables.
 void set_crash_point(std::string_view op, int step) noexcept;

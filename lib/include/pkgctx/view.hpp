@@ -17,6 +17,24 @@
 
 namespace pkgctx {
 
+namespace detail {
+// Internal fast path of validate_name (settings.hpp) for the store's and the view's hot paths:
+// true exactly when validate_name(name, {max_name}) succeeds. Callers fall back to
+// validate_name for the error message. A 256-entry table instead of five range tests per byte.
+inline constexpr auto kNameByte = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 256; ++c)
+    t[c] = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+  return t;
+}();
+inline bool name_ok(std::string_view name, std::size_t max_name) noexcept {
+  if (name.empty() || name.size() > max_name) return false;
+  bool ok = true;
+  for (const char c : name) ok &= kNameByte[static_cast<unsigned char>(c)];
+  return ok && name != "." && name != "..";
+}
+}  // namespace detail
+
 struct PackageRecord {
   std::string name;
   std::string version;            // "" = removed
