@@ -1,0 +1,294 @@
+#!/usr/bin/env python3
+"""Assembles the benchmark report of DESIGN.md §8 from one run of the two benchmark programs.
+
+Inputs: Google Benchmark JSON of pkgctx_micro_bench (medians of repetitions) and the JSON of
+pkgctx_ipc_bench. Outputs: a table on stdout, report.json ({"results": [...]}) and an SVG plot of
+the wake-latency distribution. Standard library only.
+
+Usage: report.py --micro micro.json --ipc ipc.json --out report.json --svg wake_latency.svg
+                 [--load "uptime text"]
+"""
+import argparse
+import json
+import math
+import sys
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def load_micro(path):
+    """{benchmark base name: {"time": ns, "counters": {...}}} from the medians."""
+    with open(path) as f:
+        data = json.load(f)
+    out = {}
+    rows = data.get("benchmarks", [])
+    has_aggregates = any(b.get("run_type") == "aggregate" for b in rows)
+    for b in rows:
+        if has_aggregates and b.get("aggregate_name") != "median":
+            continue
+        name = b.get("run_name", b["name"]).split("/")[0]
+        if b.get("error_occurred"):
+            out[name] = {"error": b.get("error_message", "error")}
+            continue
+        manual = "manual_time" in b.get("run_name", b["name"])
+        scale = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}[b.get("time_unit", "ns")]
+        # CPU time for CPU-bound loops (robust to other load); the hand-timed ones report real time.
+        t = (b["real_time"] if manual else b["cpu_time"]) * scale
+        counters = {k: v for k, v in b.items() if isinstance(v, (int, float)) and k not in (
+            "real_time", "cpu_time", "iterations", "repetitions", "repetition_index", "threads",
+            "family_index", "per_family_instance_index")}
+        out[name] = {"time": t, "counters": counters}
+    return out, data.get("context", {})
+
+
+# ------------------------------------------------------------------------------------------------
+# Results
+
+
+def fmt(v, unit):
+    if v is None:
+        return "—"
+    if unit == "ns":
+        if v >= 10000:
+            return f"{v / 1000:.1f} µs"
+        return f"{v:.3g} ns" if v < 10 else f"{v:.0f} ns"
+    if unit == "req/s":
+        return f"{v / 1000:.1f}k req/s"
+    return f"{v:g} {unit}"
+
+
+def build(micro, ipc):
+    results = []
+
+    def t(name):
+        r = micro.get(name)
+        return r["time"] if r and "time" in r else None
+
+    def add(name, value, unit, floor, floor_name, target_text, met, ratio=None, note=None, **extra):
+        if ratio is None and value is not None and floor:
+            ratio = value / floor
+        r = {"name": name, "value": value, "unit": unit, "floor": floor, "floor_name": floor_name,
+             "ratio": ratio, "target": target_text, "met": met}
+        if note:
+            r["note"] = note
+        r.update(extra)
+        results.append(r)
+
+    # cancelled(): ≤ 2× the bare acquire load, 0 syscalls. Sub-nanosecond figures come from the
+    # interleaved batches (fastest of 300 batches of 100k, check and load alternating: stable on
+    # a loaded machine); Google Benchmark's medians are given in the note.
+    def c(name, key):
+        return micro.get(name, {}).get("counters", {}).get(key)
+
+    sc = c("check_live", "syscalls_per_10M")
+    gb_load = t("floor_acquire_load_shm")
+    for name in ("check_live", "check_cancelled"):
+        v, fl = c(name, "paired_check_ns"), c(name, "paired_load_ns")
+        ok = v is not None and fl is not None and v <= 2 * fl
+        extra = {}
+        note = (f"token in memory (reloaded each call, as in a task object); Google Benchmark medians: "
+                f"{t(name) or 0:.3g} ns vs {gb_load or 0:.3g} ns load")
+        if name == "check_live":
+            extra["syscalls_per_10M_checks"] = sc
+            if sc is None or sc < 0:
+                note += "; syscalls not counted (no perf tracepoint access): none by construction (two loads)"
+            else:
+                ok = ok and sc == 0
+                note += f"; {int(sc)} syscalls in 10M checks (perf_event raw_syscalls:sys_enter)"
+        add(name, v, "ns", fl, "acquire load, same segment", "≤ 2× floor, 0 syscalls", ok, note=note, **extra)
+    v, fl = c("check_live", "paired_check_reg_ns"), c("check_live", "paired_load_ns")
+    add("check_live_in_registers", v, "ns", fl, "acquire load, same segment", "≤ 2× floor",
+        v is not None and fl is not None and v <= 2 * fl,
+        note="the same check with the token's fields in registers: its intrinsic cost, two loads of one line")
+    add("check_stop_token_floor", t("floor_stop_token"), "ns", gb_load, "acquire load (GB median)",
+        "reference", None, note="std::stop_token::stop_requested(), Google Benchmark medians")
+
+    # Scale: 1,000 attached processes, check cost flat (within 20% of the 1-process figure).
+    # Each figure is taken relative to the bare load timed in its own batches, so a change of the
+    # machine's speed between the two benchmarks (other load, frequency) does not count as a cost.
+    one, one_l = c("check_live", "paired_check_ns"), c("check_live", "paired_load_ns")
+    many, many_l = c("check_live_1000procs", "paired_check_ns"), c("check_live_1000procs", "paired_load_ns")
+    rel = (many / many_l) / (one / one_l) if all((one, one_l, many, many_l)) else None
+    add("check_live_1000procs", many, "ns", one, "check_live, 1 process", "≤ 1.2× floor (flat)",
+        rel is not None and rel <= 1.2, ratio=rel,
+        note="1,000 children attached read-only, each took and checked the same token, then sleep; ratio "
+             f"of check/bare-load ratios (bare load {many_l or 0:.3g} ns with 1,000, {one_l or 0:.3g} ns with 1)")
+
+    # Token by name, 100k packages; writes. Value: Google Benchmark median (CPU time); the fastest
+    # 1000-call batch (the figure without interference from the machine's other load) is recorded
+    # as value_min and in the note.
+    def mb(name):
+        return c(name, "min_batch_ns")
+
+    def minnote(name, floor_name=None):
+        fl = f", floor {mb(floor_name):.3g} ns" if floor_name and mb(floor_name) else ""
+        return f"fastest 1000-call batch {mb(name) or 0:.3g} ns{fl}"
+
+    rnd = t("floor_random_line_shm")
+    v = t("token_by_name_rotating")
+    add("token_by_name_100k_rotating", v, "ns", rnd, "1 dependent random record load, 45 MB shm",
+        "≤ 100 ns", v is not None and v <= 100, value_min=mb("token_by_name_rotating"),
+        note="names in random order over all 100k packages (index entry, then the slot's record: two "
+             "dependent cache+TLB misses); " + minnote("token_by_name_rotating", "floor_random_line_shm"))
+    v = t("token_by_name_hot")
+    add("token_by_name_100k_hot", v, "ns", None, None, "≤ 100 ns", v is not None and v <= 100,
+        value_min=mb("token_by_name_hot"),
+        note="the same name again (a worker asking for its own package); " + minnote("token_by_name_hot"))
+
+    mtx = t("floor_robust_mutex")
+    v = t("schedule_no_waiter")
+    add("schedule_no_waiter", v, "ns", mtx, "robust mutex lock+unlock", "≤ 100 ns", v is not None and v <= 100,
+        value_min=mb("schedule_no_waiter"), note=minnote("schedule_no_waiter", "floor_robust_mutex"))
+    v = t("update_version_no_waiter")
+    add("update_version_no_waiter", v, "ns", mtx, "robust mutex lock+unlock", "≤ 150 ns", v is not None and v <= 150,
+        value_min=mb("update_version_no_waiter"), note=minnote("update_version_no_waiter", "floor_robust_mutex"))
+    for name in ("schedule_waiter", "update_version_waiter"):
+        v = t(name)
+        add(name, v, "ns", None, None, "reference (no target)", None,
+            note="another process asleep in Token::wait on the package: the write pays FUTEX_WAKE")
+
+    # Wake.
+    w, fl = ipc.get("wake", {}), ipc.get("futex_floor", {})
+    add("wake_p50", w.get("p50_ns"), "ns", fl.get("p50_ns"), "raw futex wake p50", "≤ 10 µs",
+        w.get("p50_ns") is not None and w["p50_ns"] <= 10_000, samples=w.get("n"))
+    add("wake_p99", w.get("p99_ns"), "ns", fl.get("p99_ns"), "raw futex wake p99", "≤ 30 µs",
+        w.get("p99_ns") is not None and w["p99_ns"] <= 30_000, samples=w.get("n"))
+
+    # Control socket.
+    echo = ipc.get("socket_echo", {})
+    d = ipc.get("daemon", {})
+    if d.get("available"):
+        f = d["figures"]
+        seq, pipe = f["seq_rps"], f["pipelined_rps"]
+        add("socket_sequential", seq, "req/s", echo.get("seq_rps"), "raw Unix-socket echo, sequential",
+            "≥ 0.7× floor", seq >= 0.7 * echo.get("seq_rps", math.inf),
+            note=f"round trip p50 {f['rtt_p50_ns'] / 1000:.1f} µs (echo {echo.get('rtt_p50_ns', 0) / 1000:.1f} µs)")
+        if f.get("ok", True):
+            add("socket_pipelined", pipe, "req/s", echo.get("pipelined_rps"), "raw Unix-socket echo, pipelined",
+                "≥ 100k req/s", pipe >= 100_000)
+        else:
+            add("socket_pipelined", None, "req/s", echo.get("pipelined_rps"), "raw Unix-socket echo, pipelined",
+                "≥ 100k req/s", False, note="FAILED: " + f.get("failure", "pipelined run failed"))
+    else:
+        why = d.get("reason", "daemon not measured")
+        add("socket_sequential", None, "req/s", echo.get("seq_rps"), "raw Unix-socket echo, sequential",
+            "≥ 0.7× floor", None, note="pending: " + why)
+        add("socket_pipelined", None, "req/s", echo.get("pipelined_rps"), "raw Unix-socket echo, pipelined",
+            "≥ 100k req/s", None, note="pending: " + why)
+    add("socket_echo_rtt_p50_floor", echo.get("rtt_p50_ns"), "ns", None, None, "reference", None,
+        note="raw Unix-socket round trip of one request line")
+    return results
+
+
+def table(results):
+    head = ("measure", "value", "floor", "ratio", "target", "met")
+    rows = []
+    for r in results:
+        met = {True: "yes", False: "NO", None: "—"}[r["met"]]
+        if r["value"] is None and r.get("note", "").startswith("pending"):
+            met = "pending"
+        ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}×"
+        rows.append((r["name"], fmt(r["value"], r["unit"]), fmt(r["floor"], r["unit"]), ratio, r["target"], met))
+    widths = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
+    out = [line, "-" * len(line)]
+    for row in rows:
+        out.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    return "\n".join(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# SVG: the wake-latency distribution (CDF on a log time axis), token wake against the raw futex.
+
+
+def svg_cdf(series, targets, title):
+    W, H, L, R, T, B = 760, 490, 70, 20, 40, 110
+    pw, ph = W - L - R, H - T - B
+    vals = [v for _, s, _ in series for v in s if v > 0]
+    if not vals:
+        return "<svg xmlns='http://www.w3.org/2000/svg' width='10' height='10'/>"
+    lo = 10 ** math.floor(math.log10(min(vals) / 1000))
+    hi = 10 ** math.ceil(math.log10(max(max(vals) / 1000, max(targets) if targets else 1)))
+    lx0, lx1 = math.log10(lo), math.log10(hi)
+
+    def x(us):
+        return L + (math.log10(max(us, lo)) - lx0) / (lx1 - lx0) * pw
+
+    # Tail-stretched y axis: -log10(1 - q), so p90, p99 and p99.9 are equally far apart.
+    n_max = max(len(s) for _, s, _ in series)
+    top = math.log10(max(n_max, 10))
+
+    def y(q):
+        f = -math.log10(max(1 - q, 10 ** -top))
+        return T + (1 - f / top) * ph
+
+    o = [f"<svg xmlns='http://www.w3.org/2000/svg' width='{W}' height='{H}' font-family='sans-serif' font-size='12'>",
+         f"<rect width='{W}' height='{H}' fill='white'/>",
+         f"<text x='{W / 2}' y='22' text-anchor='middle' font-size='15'>{title}</text>"]
+    # Grid.
+    d = lx0
+    while d <= lx1 + 1e-9:
+        xv = L + (d - lx0) / (lx1 - lx0) * pw
+        o.append(f"<line x1='{xv:.1f}' y1='{T}' x2='{xv:.1f}' y2='{T + ph}' stroke='#ddd'/>")
+        label = f"{10 ** d:g} µs"
+        o.append(f"<text x='{xv:.1f}' y='{T + ph + 18}' text-anchor='middle'>{label}</text>")
+        d += 1
+    for q in [0, 0.5, 0.9, 0.99, 0.999, 0.9999][:int(top) + 2]:
+        o.append(f"<line x1='{L}' y1='{y(q):.1f}' x2='{L + pw}' y2='{y(q):.1f}' stroke='#eee'/>")
+        o.append(f"<text x='{L - 6}' y='{y(q) + 4:.1f}' text-anchor='end'>{q:g}</text>")
+    o.append(f"<rect x='{L}' y='{T}' width='{pw}' height='{ph}' fill='none' stroke='#444'/>")
+    o.append(f"<text x='{L + pw / 2}' y='{T + ph + 38}' text-anchor='middle'>latency from cancel to wake (log scale)</text>")
+    o.append(f"<text x='16' y='{T + ph / 2}' transform='rotate(-90 16 {T + ph / 2})' text-anchor='middle'>fraction of wakes ≤ x (tail stretched)</text>")
+    for tv, tl in zip(targets, ("p50 target", "p99 target")):
+        o.append(f"<line x1='{x(tv):.1f}' y1='{T}' x2='{x(tv):.1f}' y2='{T + ph}' stroke='#c33' stroke-dasharray='5,4'/>")
+        o.append(f"<text x='{x(tv) + 4:.1f}' y='{T + 14}' fill='#c33'>{tl} {tv:g} µs</text>")
+    for i, (label, s, color) in enumerate(series):
+        s = sorted(s)
+        n = len(s)
+        if n == 0:
+            continue
+        step = max(1, n // 1500)
+        pts = [(x(s[k] / 1000), y(k / n)) for k in range(0, n, step)] + [(x(s[-1] / 1000), y((n - 1) / n))]
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py in pts)
+        o.append(f"<polyline points='{path}' fill='none' stroke='{color}' stroke-width='2'/>")
+        p50 = s[n // 2] / 1000
+        p99 = s[min(n - 1, int(0.99 * (n - 1)))] / 1000
+        o.append(f"<rect x='{L}' y='{T + ph + 56 + i * 20}' width='14' height='4' fill='{color}'/>")
+        o.append(f"<text x='{L + 20}' y='{T + ph + 62 + i * 20}'>{label}: p50 {p50:.1f} µs, p99 {p99:.1f} µs, n={n}</text>")
+    o.append("</svg>")
+    return "\n".join(o)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--micro", required=True)
+    ap.add_argument("--ipc", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--svg", required=True)
+    ap.add_argument("--load", default="")
+    a = ap.parse_args()
+    micro, ctx = load_micro(a.micro)
+    with open(a.ipc) as f:
+        ipc = json.load(f)
+    results = build(micro, ipc)
+    print(table(results))
+    for r in results:
+        if r.get("note"):
+            print(f"  {r['name']}: {r['note']}")
+    report = {"results": results,
+              "machine": {"cpus": ctx.get("num_cpus"), "mhz": ctx.get("mhz_per_cpu"), "load": a.load},
+              "plot": a.svg.split("/")[-1]}
+    with open(a.out, "w") as f:
+        json.dump(report, f, indent=1)
+    with open(a.svg, "w") as f:
+        f.write(svg_cdf([("Token::wait woken by HandleEvent(schedule)", ipc["wake"]["samples_ns"], "#1f6fb4"),
+                         ("raw futex word (floor)", ipc["futex_floor"]["samples_ns"], "#999")],
+                        [10, 30], "pkgctx: cross-process wake latency (CDF)"))
+    missed = [r["name"] for r in results if r["met"] is False]
+    print(f"\nreport: {a.out}, plot: {a.svg}" + (f"; targets missed: {', '.join(missed)}" if missed else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

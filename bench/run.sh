@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs the benchmarks of DESIGN.md §8 and writes the report.
+# Usage: bench/run.sh BUILD_DIR REPORT_DIR   (./build.sh bench: build-bench build/bench)
+#
+# Environment: BENCH_REPETITIONS (default 5), BENCH_WAKES (default 3000), BENCH_REQUESTS (20000
+# sequential), BENCH_PIPELINED (200000), BENCH_FILTER (a Google Benchmark regex; default all).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+build=${1:?usage: run.sh BUILD_DIR REPORT_DIR}
+out=${2:?usage: run.sh BUILD_DIR REPORT_DIR}
+mkdir -p "$out"
+build=$(cd "$build" && pwd)
+out=$(cd "$out" && pwd)
+
+micro=$build/bench/pkgctx_micro_bench
+ipc=$build/bench/pkgctx_ipc_bench
+daemon=$build/daemon/pkgctxd
+for exe in "$micro" "$ipc"; do
+  [ -x "$exe" ] || { echo "run.sh: $exe is missing (is libbenchmark-dev installed?)" >&2; exit 1; }
+done
+command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the report" >&2; exit 1; }
+
+load=$(cat /proc/loadavg)
+echo "==> load average before: $load ($(nproc) CPUs)" >&2
+
+echo "==> in-process benchmarks (Google Benchmark, ${BENCH_REPETITIONS:-5} repetitions, medians)" >&2
+"$micro" --benchmark_repetitions="${BENCH_REPETITIONS:-5}" --benchmark_report_aggregates_only=true \
+  --benchmark_filter="${BENCH_FILTER:-.}" \
+  --benchmark_out="$out/micro.json" --benchmark_out_format=json >"$out/micro.txt" 2>"$out/micro.err" || {
+  cat "$out/micro.err" >&2
+  exit 1
+}
+grep -E '_median|^Run on|^Load' "$out/micro.txt" >&2 || true
+
+echo "==> cross-process benchmarks (wake, futex floor, socket echo, daemon socket)" >&2
+"$ipc" --wakes "${BENCH_WAKES:-3000}" --requests "${BENCH_REQUESTS:-20000}" --pipelined "${BENCH_PIPELINED:-200000}" \
+  --daemon "$daemon" --daemon-log "$out/pkgctxd.log" --out "$out/ipc.json"
+
+load_after=$(cat /proc/loadavg)
+echo "==> load average after: $load_after" >&2
+echo >&2
+python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --out "$out/report.json" \
+  --svg "$out/wake_latency.svg" --load "before: $load; after: $load_after; $(nproc) CPUs"
