@@ -1,0 +1,245 @@
+// The reference model: DESIGN.md §2 in plain C++, written from the contract's table and nothing
+// else (no pkgctx header, no shared memory, no generation arithmetic borrowed from the store).
+//
+// State: a map name → package {version, settings (canonical JSON), root generation, child
+// generations 2..7}, each generation remembered as the list of causes that produced it. A
+// package is one *incarnation*: Delete ends it for good (its tokens stay cancelled with cause
+// "deleted"); a later Update of the same name starts a new one. Tokens are (incarnation, key,
+// root snapshot, child snapshot); a token is cancelled iff a counter it watches has moved.
+//
+// Causes are compared by their contract names ("version_changed", …, "none" while live). A
+// cancelled token must report the exact cause while at most 8 further events of its kind
+// followed; after that the most recent one is acceptable too (§2). For a deleted incarnation the
+// store may reuse its slot, so "further events" are bounded by every root event in the table
+// since the deletion.
+//
+// Settings are identified by their canonical text: the caller supplies it (tests write the
+// canonical form of each pool entry by hand), so the model never runs the canonicaliser.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace pkgctx::model {
+
+inline constexpr int kKeys = 6;  // child keys 2..7
+
+struct Tok {
+  std::size_t inc = 0;  // incarnation
+  int key = 0;          // 0/1 root, 2..7 child
+  std::size_t root = 0;
+  std::size_t child = 0;
+
+  bool operator==(const Tok&) const = default;
+};
+
+// What an operation answers. `error` is the contract's error name ("" = success).
+struct Answer {
+  std::string error;
+  std::optional<Tok> token;  // update, event, token
+  std::string change;        // update: none | created | version | settings
+  bool flag = false;         // delete, need_update
+  std::string settings;      // pending settings
+
+  bool operator==(const Answer&) const = default;
+};
+
+class Model {
+ public:
+  struct Package {
+    std::string name;
+    std::string version;       // "" = removed
+    std::string settings = "{}";
+    bool deleted = false;
+    std::size_t root_bumps_at_delete = 0;     // table-wide root events when it was deleted
+    std::vector<std::string> root_causes{""};  // [g] = cause that produced generation g
+    std::array<std::vector<std::string>, kKeys> child_causes{{{""}, {""}, {""}, {""}, {""}, {""}}};
+    std::size_t root_gen() const { return root_causes.size() - 1; }
+    std::size_t child_gen(int key) const { return child_causes[static_cast<std::size_t>(key - 2)].size() - 1; }
+  };
+
+  // --- §2 operations ---------------------------------------------------------------------------
+
+  Answer update(const std::string& name, const std::string& version, const std::string& settings) {
+    if (auto e = check_name(name); !e.empty()) return err(e);
+    if (!valid_version(version)) return err("invalid_version");
+    Answer a;
+    Package* p = live(name);
+    if (!p) {
+      incs_.push_back(Package{});
+      Package& n = incs_.back();
+      n.name = name;
+      n.version = version;
+      n.settings = settings;
+      live_[name] = incs_.size() - 1;
+      a.change = "created";
+      a.token = snapshot(incs_.size() - 1, 0);
+      return a;
+    }
+    if (p->version == version) {
+      a.change = p->settings == settings ? "none" : "settings";
+      p->settings = settings;
+      return a;
+    }
+    a.change = p->version.empty() ? "created" : "version";
+    p->version = version;
+    p->settings = settings;
+    bump_root(*p, "version_changed");
+    a.token = snapshot(live_.at(name), 0);
+    return a;
+  }
+
+  Answer event(int event, const std::string& name) {
+    if (event < 0 || event > 7) return err("invalid_event");
+    if (auto e = check_name(name); !e.empty()) return err(e);
+    Answer a;
+    Package* p = live(name);
+    if (!p) return a;
+    if (event == 0) {
+      bump_root(*p, "update_event");
+    } else if (event == 1) {
+      p->version.clear();
+      p->settings = "{}";
+      bump_root(*p, "removed");
+    } else {
+      p->child_causes[static_cast<std::size_t>(event - 2)].push_back("rescheduled");
+    }
+    a.token = snapshot(live_.at(name), event);
+    return a;
+  }
+
+  Answer erase(const std::string& name) {
+    if (auto e = check_name(name); !e.empty()) return err(e);
+    Answer a;
+    Package* p = live(name);
+    if (!p || !p->version.empty()) return a;  // absent, or present and not removed: kept
+    bump_root(*p, "deleted");
+    p->deleted = true;
+    p->root_bumps_at_delete = root_bumps_;
+    live_.erase(name);
+    a.flag = true;
+    return a;
+  }
+
+  Answer need_update(const std::string& name, const std::string& version, const std::string& settings) const {
+    if (auto e = check_name(name); !e.empty()) return err(e);
+    Answer a;
+    const Package* p = live(name);
+    a.flag = !p || p->version != version || p->settings != settings;
+    return a;
+  }
+
+  Answer pending_settings(const std::string& name) const {
+    if (auto e = check_name(name); !e.empty()) return err(e);
+    const Package* p = live(name);
+    if (!p) return err("no_such_package");
+    Answer a;
+    a.settings = p->settings;
+    return a;
+  }
+
+  // The current context of `name` for `event` (View::token).
+  Answer token(const std::string& name, int event) const {
+    if (event < 0 || event > 7) return err("invalid_event");
+    if (auto e = check_name(name); !e.empty()) return err(e);
+    if (!live(name)) return err("no_such_package");
+    Answer a;
+    a.token = snapshot(live_.at(name), event);
+    return a;
+  }
+
+  // --- tokens ----------------------------------------------------------------------------------
+
+  bool cancelled(const Tok& t) const {
+    const Package& p = incs_.at(t.inc);
+    return p.root_gen() != t.root || (t.key >= 2 && p.child_gen(t.key) != t.child);
+  }
+
+  // Every cause name the store may report for `t` ({"none"} while live).
+  std::set<std::string> acceptable_causes(const Tok& t) const {
+    const Package& p = incs_.at(t.inc);
+    if (!cancelled(t)) return {"none"};
+    if (p.root_gen() != t.root) {
+      const std::string exact = p.root_causes[t.root + 1];
+      std::size_t further = p.root_gen() - t.root;
+      if (p.deleted) further += root_bumps_ - p.root_bumps_at_delete;  // the slot may be reused
+      if (further <= 8) return {exact};
+      if (p.deleted) return {"version_changed", "update_event", "removed", "deleted"};  // a reuser's latest
+      return {exact, p.root_causes.back()};
+    }
+    const auto& ring = p.child_causes[static_cast<std::size_t>(t.key - 2)];
+    const std::size_t further = ring.size() - 1 - t.child;
+    if (further <= 8) return {ring[t.child + 1]};
+    return {ring[t.child + 1], ring.back()};
+  }
+
+  // --- state -----------------------------------------------------------------------------------
+
+  // name → (version, settings) of every package present.
+  std::map<std::string, std::pair<std::string, std::string>> table() const {
+    std::map<std::string, std::pair<std::string, std::string>> t;
+    for (const auto& [name, i] : live_) t[name] = {incs_[i].version, incs_[i].settings};
+    return t;
+  }
+  const Package* live(const std::string& name) const {
+    auto it = live_.find(name);
+    return it == live_.end() ? nullptr : &incs_[it->second];
+  }
+  std::size_t size() const { return live_.size(); }
+
+  static std::string describe(const std::map<std::string, std::pair<std::string, std::string>>& t) {
+    std::ostringstream os;
+    for (const auto& [n, vs] : t) os << n << "=" << (vs.first.empty() ? "<removed>" : vs.first) << " " << vs.second << "; ";
+    return os.str();
+  }
+
+  // §3 name rule, independent of the store's validator.
+  static std::string check_name(const std::string& name) {
+    if (name.empty() || name.size() > 128) return "invalid_name";
+    for (char c : name) {
+      const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+                      c == '_' || c == '-';
+      if (!ok) return "invalid_name";
+    }
+    return "";
+  }
+  static bool valid_version(const std::string& v) {
+    if (v.empty() || v.size() > 128) return false;
+    for (char c : v) {
+      if (c < 0x20 || c > 0x7e) return false;
+    }
+    return true;
+  }
+
+ private:
+  Package* live(const std::string& name) {
+    auto it = live_.find(name);
+    return it == live_.end() ? nullptr : &incs_[it->second];
+  }
+  static Answer err(const std::string& e) {
+    Answer a;
+    a.error = e;
+    return a;
+  }
+  void bump_root(Package& p, const std::string& cause) {
+    p.root_causes.push_back(cause);
+    ++root_bumps_;
+  }
+  Tok snapshot(std::size_t inc, int key) const {
+    const Package& p = incs_[inc];
+    return Tok{inc, key, p.root_gen(), key >= 2 ? p.child_gen(key) : 0};
+  }
+
+  std::vector<Package> incs_;                  // every incarnation ever, deleted ones included
+  std::map<std::string, std::size_t> live_;    // name → its live incarnation
+  std::size_t root_bumps_ = 0;                 // root events anywhere in the table
+};
+
+}  // namespace pkgctx::model
