@@ -2,6 +2,7 @@
 
 #include "json_out.hpp"
 
+#include <cmath>
 #include <boost/json/monotonic_resource.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
@@ -248,6 +249,9 @@ void Protocol::handle(std::string_view line, const Peer& peer, bool may_write, s
     if (const json::value* id = rq.obj->if_contains("id")) {
       if (!id->is_string() && !id->is_number())
         reject(code::kBadRequest, "field \"id\" must be a string or a number, not " + std::string(kind_name(*id)));
+      // 1e400 parses to infinity, which has no JSON spelling: it could not be echoed back.
+      if (id->is_double() && !std::isfinite(id->get_double()))
+        reject(code::kBadRequest, "field \"id\" is not a finite number");
       if (const Member* m = rq.member("id"); m && m->raw.size() <= kMaxIdBytes) {
         rq.id = json::serialize(*id);
       } else {
