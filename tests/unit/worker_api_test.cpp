@@ -376,6 +376,9 @@ BOOST_AUTO_TEST_CASE(a_worker_is_shared_by_threads_across_a_reattachment) {
       }
     });
   }
+  // Start re-attaching only once the threads are running (on a loaded machine they may not be
+  // scheduled before twenty rounds are over).
+  while (ok.load() == 0) std::this_thread::yield();
   for (int round = 0; round < 20; ++round) {
     store->retire();
     store.reset();
