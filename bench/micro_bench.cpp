@@ -176,10 +176,10 @@ void check_loop(benchmark::State& st, const Token& t) {
 }
 
 // Two shapes of the check: `t` lives in memory whose address escaped (a token inside a task
-// object: every call reloads the token's pointers and snapshots — DoNotOptimize's memory clobber
+// object: every call reloads the token's pointer and snapshot — DoNotOptimize's memory clobber
 // forces that, as any opaque call between checks would), and a local copy kept in registers
-// (the result is only pinned to a register, no memory clobber): the intrinsic cost, two loads
-// of the shared line and two compares. The bare load's pointer is in a register, as it is in the
+// (the result is only pinned to a register, no memory clobber): the intrinsic cost, one load of
+// the shared word and one compare. The bare load's pointer is in a register, as it is in the
 // floor benchmark. The atomic loads themselves are never hoisted (checked in the disassembly).
 void paired_with_load(benchmark::State& st, const Token& t) {
   const std::atomic<std::uint64_t>* word = &env().view.segment().slot(t.slot()).gens.root;

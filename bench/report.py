@@ -92,7 +92,7 @@ def build(micro, ipc):
         if name == "check_live":
             extra["syscalls_per_10M_checks"] = sc
             if sc is None or sc < 0:
-                note += "; syscalls not counted (no perf tracepoint access): none by construction (two loads)"
+                note += "; syscalls not counted (no perf tracepoint access): none by construction (one load)"
             else:
                 ok = ok and sc == 0
                 note += f"; {int(sc)} syscalls in 10M checks (perf_event raw_syscalls:sys_enter)"
@@ -100,7 +100,7 @@ def build(micro, ipc):
     v, fl = c("check_live", "paired_check_reg_ns"), c("check_live", "paired_load_ns")
     add("check_live_in_registers", v, "ns", fl, "acquire load, same segment", "≤ 2× floor",
         v is not None and fl is not None and v <= 2 * fl,
-        note="the same check with the token's fields in registers: its intrinsic cost, two loads of one line")
+        note="the same check with the token's fields in registers: its intrinsic cost, one load of the shared word")
     add("check_stop_token_floor", t("floor_stop_token"), "ns", gb_load, "acquire load (GB median)",
         "reference", None, note="std::stop_token::stop_requested(), Google Benchmark medians")
 

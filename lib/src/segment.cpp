@@ -6,6 +6,7 @@
 
 #include <boost/interprocess/shared_memory_object.hpp>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -106,7 +107,7 @@ Result<void> validate(detail::Mapping& m, u64 object_size) {
     return make_error(Errc::segment_foreign, "segment " + n + ": settings area size is invalid");
   const Plan p = plan(cap, h->arena_bytes);
   if (pre->slots_offset != p.slots_offset || pre->slot_stride != sizeof(Slot) || pre->root_gen_offset != kRootGenOffset ||
-      pre->wake_offset != kWakeOffset || h->index_offset != p.index_offset || h->index_slots != p.index_slots ||
+      pre->wake_offset != kWakeOffset || pre->gen_count != kGenCount || h->index_offset != p.index_offset || h->index_slots != p.index_slots ||
       h->freelist_offset != p.freelist_offset || h->bitmap_offset != p.bitmap_offset ||
       h->bitmap_words != p.bitmap_words || h->arena_offset != p.arena_offset || pre->total_bytes != p.total)
     return make_error(Errc::segment_foreign, "segment " + n + ": region offsets do not match its capacity");
@@ -200,6 +201,7 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
     pre.slot_stride = sizeof(Slot);
     pre.root_gen_offset = kRootGenOffset;
     pre.wake_offset = kWakeOffset;
+    pre.gen_count = kGenCount;
     detail::init_robust_mutex(&pre.mutex);
 
     h->max_name = static_cast<u32>(opts.limits.max_name);
@@ -290,7 +292,8 @@ Result<void> Segment::retire(const std::string& name) {
     if (pre->magic != kMagic)
       return make_error(Errc::segment_foreign, "segment " + name + " is not a pkgctx segment: magic " + hex(pre->magic));
     const u64 end = pre->slots_offset + u64{pre->capacity} * pre->slot_stride;
-    if (pre->slot_stride < 8 || pre->root_gen_offset + 8 > pre->slot_stride || pre->wake_offset + 4 > pre->slot_stride ||
+    const u64 gens = std::max<u32>(pre->gen_count, 1);
+    if (pre->slot_stride < 8 || pre->root_gen_offset + 8 * gens > pre->slot_stride || pre->wake_offset + 4 > pre->slot_stride ||
         pre->root_gen_offset % 8 != 0 || pre->wake_offset % 4 != 0 || pre->slots_offset % 8 != 0 ||
         end > static_cast<u64>(size))
       return make_error(Errc::segment_foreign, "segment " + name + ": retirement fields are out of bounds");
@@ -299,9 +302,9 @@ Result<void> Segment::retire(const std::string& name) {
       pre->state.store(static_cast<u32>(State::kRetired), std::memory_order_seq_cst);
       for (u32 i = 0; i < pre->capacity; ++i) {
         std::byte* s = base + pre->slots_offset + u64{i} * pre->slot_stride;
-        auto* root = reinterpret_cast<AU64*>(s + pre->root_gen_offset);
+        auto* gen = reinterpret_cast<AU64*>(s + pre->root_gen_offset);
         auto* wake = reinterpret_cast<AU32*>(s + pre->wake_offset);
-        root->fetch_add(1, std::memory_order_seq_cst);
+        for (u64 g = 0; g < gens; ++g) gen[g].fetch_add(1, std::memory_order_seq_cst);  // root first
         wake->fetch_add(1, std::memory_order_seq_cst);
         futex::wake(wake);
       }
@@ -318,14 +321,18 @@ void Segment::retire_mapped() const {
   auto& m = *map_;
   detail::RobustLock lock(&m.header->prefix.mutex);
   m.header->prefix.state.store(static_cast<u32>(State::kRetired), std::memory_order_seq_cst);
+  auto bump = [](AU64& gen, AU64& ring) {
+    const u64 g = gen.load(std::memory_order_relaxed) + 1;
+    const unsigned shift = static_cast<unsigned>(g % kCauseRing) * 8;
+    const u64 r = ring.load(std::memory_order_relaxed);
+    ring.store((r & ~(u64{0xff} << shift)) | (u64{static_cast<u8>(Cause::kSegmentRetired)} << shift),
+               std::memory_order_relaxed);
+    gen.store(g, std::memory_order_release);
+  };
   for (u32 i = 0; i < m.capacity; ++i) {
     Slot& s = m.slots[i];
-    const u64 g = s.gens.root.load(std::memory_order_relaxed) + 1;
-    u64 ring = s.causes.root.load(std::memory_order_relaxed);
-    const unsigned shift = static_cast<unsigned>(g % kCauseRing) * 8;
-    ring = (ring & ~(u64{0xff} << shift)) | (u64{static_cast<u8>(Cause::kSegmentRetired)} << shift);
-    s.causes.root.store(ring, std::memory_order_relaxed);
-    s.gens.root.store(g, std::memory_order_release);
+    bump(s.gens.root, s.causes.root);  // root first (see SlotGens)
+    for (u32 k = 0; k < kChildKeys; ++k) bump(s.gens.child[k], s.causes.child[k]);
     s.gens.wake.fetch_add(1, std::memory_order_seq_cst);
     futex::wake(&s.gens.wake);
   }

@@ -57,9 +57,9 @@ CrashPoint& crash_point() {
   return cp;
 }
 
-constexpr int kUpdateSteps = 9;
-constexpr int kEventSteps = 6;
-constexpr int kEraseSteps = 7;
+constexpr int kUpdateSteps = 10;
+constexpr int kEventSteps = 7;
+constexpr int kEraseSteps = 8;
 constexpr int kRepairSteps = 6;  // inside Writer::repair(): a repairer killed while repairing
 
 #if defined(PKGCTX_FAULT_INJECTION)
@@ -291,19 +291,26 @@ class Writer {
     for (std::size_t k = i / 8; k < old_words; ++k) w[k].store(0, std::memory_order_relaxed);
   }
 
-  // Publishes the cancellations of a write. `child_key` 0 = none.
+  // Records the cancellations of a write (the targets, so a redo is idempotent). `child_key`
+  // 0 = none. A root bump moves every child generation too: a child token watches one word.
   void commit(u32 s, Cause root_cause, u32 child_key, Cause child_cause) {
     const SlotGens& g = m_.slots[s].gens;
     if (j_.state.load(std::memory_order_relaxed) != static_cast<u32>(JournalState::kPrepared)) j_.slot = s;
+    const bool root_bump = root_cause != Cause::kNone;
     j_.root_cause = static_cast<u8>(root_cause);
     j_.child_key = child_key;
     j_.child_cause = static_cast<u8>(child_cause);
-    j_.new_root_gen = g.root.load(std::memory_order_relaxed) + (root_cause != Cause::kNone ? 1 : 0);
-    j_.new_child_gen = child_key ? g.child[child_key - kFirstChildKey].load(std::memory_order_relaxed) + 1 : 0;
+    j_.new_root_gen = g.root.load(std::memory_order_relaxed) + (root_bump ? 1 : 0);
+    for (u32 k = 0; k < kChildKeys; ++k) {
+      const bool bump = root_bump || child_key == k + kFirstChildKey;
+      j_.new_child_gen[k] = bump ? g.child[k].load(std::memory_order_relaxed) + 1 : 0;
+    }
     j_.state.store(static_cast<u32>(JournalState::kCommitted), std::memory_order_release);
   }
 
-  void apply_commit() {
+  // Publishes the journal's cancellations: root first, then the child words (see SlotGens).
+  // `crash_op`/`crash_step` name the fault point between the two.
+  void apply_commit(const char* crash_op = nullptr, int crash_step = 0) {
     const u32 s = j_.slot;
     if (s >= m_.capacity) return;
     Slot& slot = m_.slots[s];
@@ -313,10 +320,13 @@ class Writer {
       slot.gens.root.store(j_.new_root_gen, std::memory_order_release);
       cancelled = true;
     }
-    if (j_.child_key >= kFirstChildKey && j_.child_key <= kLastChildKey) {
-      const u32 k = j_.child_key - kFirstChildKey;
-      put_cause(slot.causes.child[k], j_.new_child_gen, j_.child_cause);
-      slot.gens.child[k].store(j_.new_child_gen, std::memory_order_release);
+    if (crash_op) crash_at(crash_op, crash_step);  // root moved, its children not yet
+    const u8 child_cause = j_.root_cause != static_cast<u8>(Cause::kNone) ? j_.root_cause : j_.child_cause;
+    for (u32 k = 0; k < kChildKeys; ++k) {
+      const u64 gen = j_.new_child_gen[k];
+      if (gen == 0) continue;
+      put_cause(slot.causes.child[k], gen, child_cause);
+      slot.gens.child[k].store(gen, std::memory_order_release);
       cancelled = true;
     }
     if (cancelled) {
@@ -605,12 +615,12 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   const bool version_change = !same_version;  // includes re-creating a removed package
   w.commit(s, version_change ? Cause::kVersionChanged : Cause::kNone, 0, Cause::kNone);
   crash_at("update", 6);
-  w.apply_commit();
-  crash_at("update", 7);
-  w.finish();
+  w.apply_commit("update", 7);
   crash_at("update", 8);
-  if (!same_settings) w.release(old);
+  w.finish();
   crash_at("update", 9);
+  if (!same_settings) w.release(old);
+  crash_at("update", 10);
   if (!version_change) return UpdateResult{std::nullopt, Change::settings};
   return UpdateResult{Token::snapshot(seg_.mapping(), s, kEventUpdate), was_removed ? Change::created : Change::version};
 }
@@ -633,20 +643,20 @@ Result<std::optional<Token>> Store::handle_event(int event, std::string_view nam
     w.write_data(s, true, name, hash, "", Block{0, kEmptyLen}, checksum_bytes("{}"), "event", 3);
     crash_at("event", 4);
     w.commit(s, Cause::kRemoved, 0, Cause::kNone);
-    w.apply_commit();
-    crash_at("event", 5);
+    w.apply_commit("event", 5);
+    crash_at("event", 6);
     w.finish();
     w.release(old);
-    crash_at("event", 6);
+    crash_at("event", 7);
   } else if (event == kEventUpdate) {
     w.commit(s, Cause::kUpdateEvent, 0, Cause::kNone);
     crash_at("event", 2);
-    w.apply_commit();
+    w.apply_commit("event", 3);
     w.finish();
   } else {
     w.commit(s, Cause::kNone, static_cast<u32>(event), Cause::kRescheduled);
     crash_at("event", 2);
-    w.apply_commit();
+    w.apply_commit("event", 3);
     w.finish();
   }
   return std::optional<Token>(Token::snapshot(seg_.mapping(), s, static_cast<u32>(event)));
@@ -669,13 +679,13 @@ Result<bool> Store::erase(std::string_view name) {
   w.write_data(s, false, "", 0, "", Block{0, kEmptyLen}, 0, "erase", 4);
   crash_at("erase", 5);
   w.commit(s, Cause::kDeleted, 0, Cause::kNone);
-  w.apply_commit();
-  crash_at("erase", 6);
+  w.apply_commit("erase", 6);
+  crash_at("erase", 7);
   w.finish();
   w.release(old);
   w.push_slot(s);
   seg_.header().used_slots.fetch_sub(1, std::memory_order_relaxed);
-  crash_at("erase", 7);
+  crash_at("erase", 8);
   return true;
 }
 

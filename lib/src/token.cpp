@@ -16,7 +16,7 @@ using namespace layout;
 
 namespace {
 
-// The counter a root token compares its "child" snapshot with: never changes.
+// The word a default token watches: never changes.
 const AU64 kNeverChanges{0};
 
 constexpr std::string_view kTokenPrefix = "pkgctx1";
@@ -79,16 +79,22 @@ int event_from_name(std::string_view name) noexcept {
   return -1;
 }
 
-Token::Token() noexcept : root_(&kNeverChanges), child_(&kNeverChanges) {}
+Token::Token() noexcept : watched_(&kNeverChanges) {}
 
 Token Token::snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept {
   Token t;
   t.map_ = map;
   const SlotGens& g = map->slots[slot].gens;
-  t.root_ = &g.root;
-  t.child_ = key >= kFirstChildKey ? &g.child[key - kFirstChildKey] : &kNeverChanges;
-  t.root_snap_ = t.root_->load(std::memory_order_acquire);
-  t.child_snap_ = t.child_->load(std::memory_order_acquire);
+  if (key >= kFirstChildKey) {
+    // The child word before the root (a writer stores them the other way round): the printed
+    // root generation is then never older than the context the child belongs to.
+    t.watched_ = &g.child[key - kFirstChildKey];
+    t.snap_ = t.watched_->load(std::memory_order_acquire);
+    t.root_snap_ = g.root.load(std::memory_order_acquire);
+  } else {
+    t.watched_ = &g.root;
+    t.snap_ = t.root_snap_ = g.root.load(std::memory_order_acquire);
+  }
   t.epoch_ = map->header->prefix.epoch;
   t.slot_ = slot;
   t.key_ = key;
@@ -99,11 +105,11 @@ Cause Token::cause() const noexcept {
   if (!cancelled()) return Cause::kNone;
   if (static_cast<State>(map_->header->prefix.state.load(std::memory_order_acquire)) == State::kRetired)
     return Cause::kSegmentRetired;
-  const Slot& s = map_->slots[slot_];
-  const u64 root_now = root_->load(std::memory_order_acquire);
-  if (root_now != root_snap_) return cause_after(s.causes.root, root_snap_, root_now);
-  const u64 child_now = child_->load(std::memory_order_acquire);
-  return cause_after(s.causes.child[key_ - kFirstChildKey], child_snap_, child_now);
+  // The ring of the watched word holds the cause of each of its moves (a child's ring gets its
+  // root's causes too), so the first move after the snapshot is the event that cancelled it.
+  const SlotCauses& c = map_->slots[slot_].causes;
+  const AU64& ring = is_root() ? c.root : c.child[key_ - kFirstChildKey];
+  return cause_after(ring, snap_, watched_->load(std::memory_order_acquire));
 }
 
 bool Token::wait(std::chrono::nanoseconds timeout) const noexcept {
@@ -146,8 +152,9 @@ std::string Token::str() const {
   char buf[128];
   const int n = std::snprintf(buf, sizeof buf, "%s:%016llx:%u:%u:%llx:%llx:%08x", kTokenPrefix.data(),
                               static_cast<unsigned long long>(epoch_), slot_, key_,
-                              static_cast<unsigned long long>(root_snap_), static_cast<unsigned long long>(child_snap_),
-                              check_digits(epoch_, slot_, key_, root_snap_, child_snap_));
+                              static_cast<unsigned long long>(root_snap_),
+                              static_cast<unsigned long long>(child_generation()),
+                              check_digits(epoch_, slot_, key_, root_snap_, child_generation()));
   return std::string(buf, static_cast<std::size_t>(n));
 }
 
@@ -197,10 +204,9 @@ Result<Token> Token::parse(std::string_view text, const Segment& segment) {
     return bad("child generation is in the future");
   Token t;
   t.map_ = map;
-  t.root_ = &g.root;
-  t.child_ = is_child ? &g.child[key - kFirstChildKey] : &kNeverChanges;
+  t.watched_ = is_child ? &g.child[key - kFirstChildKey] : &g.root;
+  t.snap_ = is_child ? child : root;
   t.root_snap_ = root;
-  t.child_snap_ = child;
   t.epoch_ = epoch;
   t.slot_ = slot;
   t.key_ = key;

@@ -1,17 +1,19 @@
 // The reference model: DESIGN.md §2 in plain C++, written from the contract's table and nothing
 // else (no pkgctx header, no shared memory, no generation arithmetic borrowed from the store).
 //
-// State: a map name → package {version, settings (canonical JSON), root generation, child
-// generations 2..7}, each generation remembered as the list of causes that produced it. A
-// package is one *incarnation*: Delete ends it for good (its tokens stay cancelled with cause
-// "deleted"); a later Update of the same name starts a new one. Tokens are (incarnation, key,
-// root snapshot, child snapshot); a token is cancelled iff a counter it watches has moved.
+// State: a map name → package {version, settings (canonical JSON), the history of the events a
+// root token sees (root events), and for each child key k the history of the events a key-k
+// child sees (root events and key-k events)}, each history a list of causes. A package is one
+// *incarnation*: Delete ends it for good (its tokens stay cancelled with cause "deleted"); a
+// later Update of the same name starts a new one. Tokens are (incarnation, key, root position,
+// child position); a root token is cancelled iff its history grew, a child token iff its key's.
 //
 // Causes are compared by their contract names ("version_changed", …, "none" while live). A
-// cancelled token must report the exact cause while at most 8 further events of its kind
-// followed; after that the most recent one is acceptable too (§2). For a deleted incarnation the
-// store may reuse its slot, so "further events" are bounded by every root event in the table
-// since the deletion.
+// cancelled token must report the cause of the event that cancelled it (the first one after its
+// snapshot in its history: a child cancelled through its root gets the root's cause) while at
+// most 8 further events it would see followed; after that the most recent one is acceptable too
+// (§2). For a deleted incarnation the store may reuse its slot, so "further events" are bounded
+// by every event in the table since the deletion.
 //
 // Settings are identified by their canonical text: the caller supplies it (tests write the
 // canonical form of each pool entry by hand), so the model never runs the canonicaliser.
@@ -59,7 +61,9 @@ class Model {
     std::string settings = "{}";
     bool deleted = false;
     std::size_t root_bumps_at_delete = 0;     // table-wide root events when it was deleted
-    std::vector<std::string> root_causes{""};  // [g] = cause that produced generation g
+    std::size_t events_at_delete = 0;         // table-wide events of any kind when it was deleted
+    std::vector<std::string> root_causes{""};  // [g] = cause of the g-th root event
+    // [k-2][g] = cause of the g-th event a key-k child sees (root events included)
     std::array<std::vector<std::string>, kKeys> child_causes{{{""}, {""}, {""}, {""}, {""}, {""}}};
     std::size_t root_gen() const { return root_causes.size() - 1; }
     std::size_t child_gen(int key) const { return child_causes[static_cast<std::size_t>(key - 2)].size() - 1; }
@@ -110,6 +114,7 @@ class Model {
       bump_root(*p, "removed");
     } else {
       p->child_causes[static_cast<std::size_t>(event - 2)].push_back("rescheduled");
+      ++events_;
     }
     a.token = snapshot(live_.at(name), event);
     return a;
@@ -123,6 +128,7 @@ class Model {
     bump_root(*p, "deleted");
     p->deleted = true;
     p->root_bumps_at_delete = root_bumps_;
+    p->events_at_delete = events_;
     live_.erase(name);
     a.flag = true;
     return a;
@@ -159,14 +165,14 @@ class Model {
 
   bool cancelled(const Tok& t) const {
     const Package& p = incs_.at(t.inc);
-    return p.root_gen() != t.root || (t.key >= 2 && p.child_gen(t.key) != t.child);
+    return t.key >= 2 ? p.child_gen(t.key) != t.child : p.root_gen() != t.root;
   }
 
   // Every cause name the store may report for `t` ({"none"} while live).
   std::set<std::string> acceptable_causes(const Tok& t) const {
     const Package& p = incs_.at(t.inc);
     if (!cancelled(t)) return {"none"};
-    if (p.root_gen() != t.root) {
+    if (t.key < 2) {
       const std::string exact = p.root_causes[t.root + 1];
       std::size_t further = p.root_gen() - t.root;
       if (p.deleted) further += root_bumps_ - p.root_bumps_at_delete;  // the slot may be reused
@@ -175,9 +181,12 @@ class Model {
       return {exact, p.root_causes.back()};
     }
     const auto& ring = p.child_causes[static_cast<std::size_t>(t.key - 2)];
-    const std::size_t further = ring.size() - 1 - t.child;
-    if (further <= 8) return {ring[t.child + 1]};
-    return {ring[t.child + 1], ring.back()};
+    const std::string exact = ring[t.child + 1];
+    std::size_t further = ring.size() - 1 - t.child;
+    if (p.deleted) further += events_ - p.events_at_delete;  // the slot may be reused
+    if (further <= 8) return {exact};
+    if (p.deleted) return {"version_changed", "update_event", "removed", "deleted", "rescheduled"};
+    return {exact, ring.back()};
   }
 
   // --- state -----------------------------------------------------------------------------------
@@ -230,7 +239,9 @@ class Model {
   }
   void bump_root(Package& p, const std::string& cause) {
     p.root_causes.push_back(cause);
+    for (auto& h : p.child_causes) h.push_back(cause);  // every child of the old root is cancelled
     ++root_bumps_;
+    ++events_;
   }
   Tok snapshot(std::size_t inc, int key) const {
     const Package& p = incs_[inc];
@@ -240,6 +251,7 @@ class Model {
   std::vector<Package> incs_;                  // every incarnation ever, deleted ones included
   std::map<std::string, std::size_t> live_;    // name → its live incarnation
   std::size_t root_bumps_ = 0;                 // root events anywhere in the table
+  std::size_t events_ = 0;                     // events of any kind anywhere in the table
 };
 
 }  // namespace pkgctx::model

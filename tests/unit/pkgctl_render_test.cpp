@@ -23,6 +23,7 @@ PackageRecord pkg(std::string name, std::string version, std::uint64_t root, Cau
   p.checksum = Settings().checksum();
   p.settings_size = 2;
   p.root_generation = root;
+  p.child_generations.fill(root);  // a child generation moves with every root bump
   p.last_cause = cause;
   return p;
 }
@@ -63,8 +64,8 @@ BOOST_AUTO_TEST_CASE(human_units) {
 
 BOOST_AUTO_TEST_CASE(table_columns_align) {
   auto web = pkg("web", "1.10.2", 12, Cause::kVersionChanged);
-  web.child_generations[0] = 3;  // key 2 (schedule)
-  web.child_generations[3] = 1;  // key 5
+  web.child_generations[0] = 15;  // key 2 (schedule): 3 events of its own
+  web.child_generations[3] = 13;  // key 5: 1
   web.settings_size = 1536;
   auto gone = pkg("legacy-plugin", "", 2, Cause::kRemoved);
   const auto t = pkgctl::render_table({gone, web});
@@ -72,8 +73,8 @@ BOOST_AUTO_TEST_CASE(table_columns_align) {
   const std::string sum = Settings().checksum_hex();
   BOOST_TEST(t[0] == "NAME           VERSION    CHECKSUM          ROOT  CHILD GENS  LAST CAUSE       SETTINGS");
   BOOST_TEST(t[1] == "legacy-plugin  (removed)  " + sum + "     2  -           removed               2 B");
-  BOOST_TEST(t[2] == "web            1.10.2     " + sum + "    12  2:3 5:1     version_changed   1.5 KiB");
-  BOOST_TEST(pkgctl::child_generations_text(web) == "2:3 5:1");
+  BOOST_TEST(t[2] == "web            1.10.2     " + sum + "    12  2:15 5:13   version_changed   1.5 KiB");
+  BOOST_TEST(pkgctl::child_generations_text(web) == "2:15 5:13");
 
   const auto empty = pkgctl::render_table({});
   BOOST_REQUIRE(empty.size() == 2u);
@@ -104,7 +105,7 @@ BOOST_AUTO_TEST_CASE(header_says_how_the_daemon_is) {
 
 BOOST_AUTO_TEST_CASE(json_dump_shape) {
   auto p = pkg("web", "1.0", 3, Cause::kUpdateEvent);
-  p.child_generations[0] = 2;
+  p.child_generations[0] = 5;
   const auto j = pkgctl::dump_json(snapshot({p}));
   BOOST_TEST(j.at("segment").at("name").as_string() == "demo");
   BOOST_TEST(j.at("segment").at("epoch").as_string() == "0123456789abcdef");
@@ -116,8 +117,8 @@ BOOST_AUTO_TEST_CASE(json_dump_shape) {
   const std::string first_keys = boost::json::serialize(q).substr(0, 40);
   BOOST_TEST(first_keys.rfind(R"({"name":"web","version":"1.0","checksum")", 0) == 0u, first_keys);
   BOOST_TEST(q.at("root_generation").to_number<int>() == 3);
-  BOOST_TEST(q.at("child_generations").at("2").to_number<int>() == 2);
-  BOOST_TEST(q.at("child_generations").at("7").to_number<int>() == 0);
+  BOOST_TEST(q.at("child_generations").at("2").to_number<int>() == 5);
+  BOOST_TEST(q.at("child_generations").at("7").to_number<int>() == 3);
   BOOST_TEST(q.at("last_cause").as_string() == "update_event");
   BOOST_TEST(pkgctl::dump_json(snapshot({pkg("x", "1", 1)})).at("packages").at(0).at("last_cause").is_null());
 }
@@ -129,7 +130,7 @@ BOOST_AUTO_TEST_CASE(change_tracker_highlights_recent_changes) {
   BOOST_TEST(t.changes() == 0u);
 
   auto b2 = pkg("b", "1", 1);
-  b2.child_generations[0] = 1;  // rescheduled
+  b2.child_generations[0] = 2;  // rescheduled
   t.observe(snapshot({pkg("a", "1", 1), b2, pkg("c", "1", 1)}), 200);
   BOOST_TEST(!t.highlighted("a", 200));
   BOOST_TEST(t.highlighted("b", 200));

@@ -133,10 +133,13 @@ BOOST_AUTO_TEST_CASE(retire_by_name_works_on_another_layout_version) {
   o.capacity = 8;
   auto s = Store::create(seg.str(), o).value();
   Token t = *s.update("a", "1", Settings())->token;
+  Token child = **s.handle_event(7, "a");
   s.segment().header().prefix.layout_version = 2;  // now foreign to this build
   BOOST_REQUIRE(Segment::retire(seg.str()).has_value());
   BOOST_TEST(t.cancelled());
+  BOOST_TEST(child.cancelled());  // the contract lists every generation a token may watch
   BOOST_TEST(cause_name(t.cause()) == "segment_retired");
+  BOOST_TEST(cause_name(child.cause()) == "segment_retired");
 }
 
 BOOST_AUTO_TEST_CASE(info_and_liveness) {

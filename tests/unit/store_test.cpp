@@ -201,6 +201,30 @@ BOOST_AUTO_TEST_CASE(child_event_works_on_removed_and_changed_packages) {
   BOOST_TEST(!b.cancelled());
 }
 
+BOOST_AUTO_TEST_CASE(a_child_reports_the_event_that_cancelled_it) {
+  update("app", "1.0");
+  Token through_root = event(5, "app");
+  Token by_its_key = event(kEventSchedule, "app");
+  event(kEventSchedule, "app");  // cancels by_its_key
+  event(kEventUpdate, "app");    // cancels through_root (and would cancel by_its_key)
+  BOOST_TEST(cause_name(by_its_key.cause()) == "rescheduled");  // the first event, not the latest
+  BOOST_TEST(cause_name(through_root.cause()) == "update_event");
+}
+
+BOOST_AUTO_TEST_CASE(child_generations_move_with_their_root) {
+  update("app", "1.0");
+  event(kEventSchedule, "app");
+  event(kEventSchedule, "app");
+  event(4, "app");
+  event(kEventUpdate, "app");
+  event(kEventRemove, "app");
+  const PackageRecord r = store.view().read("app").value();
+  BOOST_TEST(r.root_generation == 2u);
+  // A child token watches one word: its key's generation, which every root event moves too.
+  const std::array<std::uint64_t, 6> own = {2, 0, 1, 0, 0, 0};
+  for (std::size_t k = 0; k < own.size(); ++k) BOOST_TEST(r.child_generations[k] == r.root_generation + own[k]);
+}
+
 BOOST_AUTO_TEST_CASE(invalid_event_numbers_are_rejected) {
   update("app", "1.0");
   for (int e : {-1, 8, 100}) {

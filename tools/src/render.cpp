@@ -114,7 +114,7 @@ std::string human_duration(std::uint64_t ns) {
 std::string child_generations_text(const PackageRecord& p) {
   std::string out;
   for (std::uint32_t k = 0; k < pkgctx::layout::kChildKeys; ++k) {
-    if (p.child_generations[k] == 0) continue;
+    if (p.child_generations[k] == p.root_generation) continue;  // no key-k event of its own
     if (!out.empty()) out += ' ';
     out += std::to_string(k + pkgctx::layout::kFirstChildKey) + ":" + std::to_string(p.child_generations[k]);
   }

@@ -4,8 +4,8 @@
 // A segment is one POSIX shared-memory object "/<name>" laid out as:
 //
 //   [Prefix  ]  stable across every layout version: identity, state, the writers' mutex and the
-//               "retirement contract" (where each slot's root generation and wake word are), so
-//               a newer daemon can retire a segment whose layout it does not otherwise know.
+//               "retirement contract" (where each slot's generations and wake word are), so a
+//               newer daemon can retire a segment whose layout it does not otherwise know.
 //   [Header  ]  layout v1: limits, daemon liveness, occupancy counters, crash journal, offsets.
 //   [Slots   ]  capacity × Slot (448 bytes): generations, cause rings, seqlocked package data.
 //   [Index   ]  open-addressing hash of name → slot, 2^k atomic 64-bit entries.
@@ -83,9 +83,10 @@ struct alignas(kCacheLine) Prefix {
   u32 capacity;              // number of slots
   u64 slots_offset;          // retirement contract: slot i at slots_offset + i * slot_stride
   u32 slot_stride;
-  u32 root_gen_offset;       //   … its 64-bit root generation at this offset in the slot
+  u32 root_gen_offset;       //   … its first 64-bit generation at this offset in the slot
   u32 wake_offset;           //   … its 32-bit futex wake word at this offset in the slot
-  u32 reserved0;
+  u32 gen_count;             //   … gen_count consecutive 64-bit generations (0 means 1); to
+                             //   retire, bump every one of them, then the wake word
   // Writers' robust, process-shared mutex (own cache line).
   alignas(kCacheLine) pthread_mutex_t mutex;
 };
@@ -105,7 +106,7 @@ struct Journal {
   u8 child_cause;
   u8 pad[2];
   u64 new_root_gen;   // generation values to store on commit (stores, so redo is idempotent)
-  u64 new_child_gen;
+  u64 new_child_gen[kChildKeys];  // 0 = this child generation does not move
   u64 old_data[kDataWords];  // the slot's data words before the write
   u32 old_used;       // slot was in use before the write
   u32 pad2;
@@ -156,16 +157,22 @@ enum class DaemonState : u32 { kNone = 0, kRunning = 1, kStopped = 2 };
 // Line 0 (gens): read by every cancelled() check, written only on cancellation.
 // Line 1 (causes): read after a token sees cancellation.
 // Lines 2..6 (data): seqlocked package record.
+//
+// Every token watches exactly one word, so cancelled() is one acquire load and one compare: a
+// root token watches `root`; a child token of key k watches `child[k-2]`, which moves on every
+// root bump *and* on HandleEvent(k) (a child is cancelled when its root is). A root bump stores
+// `root` first and the child words after it, so a reader that sees a child word move also sees
+// the root move. child[k-2] - root = the key-k events in the slot's life.
 struct alignas(kCacheLine) SlotGens {
   AU64 root;                 // bumped by root events, version changes, delete, retirement
-  AU64 child[kChildKeys];    // child[k-2] bumped by HandleEvent(k)
+  AU64 child[kChildKeys];    // child[k-2]: bumped with every root bump and by HandleEvent(k)
   AU32 wake;                 // futex word: bumped on every cancellation in this slot
   u32 pad;
 };
 
 struct alignas(kCacheLine) SlotCauses {
   AU64 root;                 // byte (gen % 8) = cause that produced root generation gen
-  AU64 child[kChildKeys];
+  AU64 child[kChildKeys];    // the same for child[k-2] (root causes included)
 };
 
 // Data word indexes (each an AU64).
@@ -225,9 +232,11 @@ static_assert(sizeof(SlotGens) == kCacheLine, "a check touches exactly one line 
 static_assert(sizeof(SlotCauses) == kCacheLine);
 static_assert(sizeof(Slot) == 448);
 static_assert(offsetof(Slot, gens) == 0 && offsetof(SlotGens, root) == 0);
+static_assert(offsetof(SlotGens, child) == offsetof(SlotGens, root) + 8, "retirement: generations are consecutive");
 
 inline constexpr std::size_t kRootGenOffset = offsetof(Slot, gens) + offsetof(SlotGens, root);
 inline constexpr std::size_t kWakeOffset = offsetof(Slot, gens) + offsetof(SlotGens, wake);
+inline constexpr std::uint32_t kGenCount = 1 + kChildKeys;
 
 // A fingerprint of everything two builds must agree on to share a segment.
 constexpr u64 abi_fingerprint() {

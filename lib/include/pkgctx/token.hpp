@@ -5,8 +5,9 @@
 // root event, a version change, deletion or segment retirement. A child token (key 2..7) is also
 // cancelled when the child generation of its key moves (the next HandleEvent(key)).
 //
-// cancelled() is two acquire loads from one cache line and two compares: no syscall, no lock,
-// no allocation, safe from any thread and from a signal handler. Cancellation is permanent.
+// cancelled() is one acquire load and one compare (a child token's word moves with its root as
+// well, see layout::SlotGens): no syscall, no lock, no allocation, safe from any thread and from
+// a signal handler. Cancellation is permanent.
 // A default-constructed token is never cancelled.
 //
 // Memory ordering: if cancelled() returns true, everything the writer stored before cancelling
@@ -53,13 +54,13 @@ class Token {
   // No syscall, no lock, no allocation.
   bool cancelled() const noexcept {
     // Hinted "live" so the compiler lays the live path out straight (measured in bench/).
-    return __builtin_expect(root_->load(std::memory_order_acquire) != root_snap_ ||
-                                child_->load(std::memory_order_acquire) != child_snap_,
-                            0);
+    return __builtin_expect(watched_->load(std::memory_order_acquire) != snap_, 0);
   }
 
-  // Why it was cancelled; Cause::kNone while live. Exact while at most 8 further events of the
-  // same kind followed; the most recent one after that.
+  // Why it was cancelled: the cause of the event that cancelled it (for a child cancelled
+  // through its root, the root's cause); Cause::kNone while live. Exact while at most 8 further
+  // events that this token would have seen (root events, and its own key's for a child)
+  // followed; the most recent of them after that.
   Cause cause() const noexcept;
 
   // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
@@ -78,7 +79,9 @@ class Token {
   std::uint32_t slot() const noexcept { return slot_; }
   std::uint32_t key() const noexcept { return key_; }
   std::uint64_t root_generation() const noexcept { return root_snap_; }
-  std::uint64_t child_generation() const noexcept { return child_snap_; }
+  // A child token's snapshot of its key's generation (which moves with the root too); 0 for a
+  // root token.
+  std::uint64_t child_generation() const noexcept { return is_root() ? 0 : snap_; }
   bool valid() const noexcept { return map_ != nullptr; }  // false for a default token
 
   // For code that multiplexes many tokens onto one sleeper (the worker SDK's stop_token watcher):
@@ -93,11 +96,11 @@ class Token {
   static Token snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept;
 
  private:
+  // The hot pair first: the one word this token watches and its snapshot.
+  const std::atomic<std::uint64_t>* watched_;
+  std::uint64_t snap_ = 0;
   std::shared_ptr<detail::Mapping> map_;
-  const std::atomic<std::uint64_t>* root_;
-  const std::atomic<std::uint64_t>* child_;
-  std::uint64_t root_snap_ = 0;
-  std::uint64_t child_snap_ = 0;
+  std::uint64_t root_snap_ = 0;  // printed; a child token's root generation when taken
   std::uint64_t epoch_ = 0;
   std::uint32_t slot_ = 0;
   std::uint32_t key_ = 0;

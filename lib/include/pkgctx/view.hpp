@@ -43,6 +43,8 @@ struct PackageRecord {
   std::uint64_t settings_size = 0;
   std::uint32_t slot = 0;
   std::uint64_t root_generation = 0;
+  // Key k's generation at [k-2]: moves with every root bump too (it is what a child token
+  // watches), so child_generations[k-2] - root_generation = the key-k events in the slot's life.
   std::array<std::uint64_t, layout::kChildKeys> child_generations{};
   Cause last_cause = Cause::kNone;  // cause of the latest root generation
 };

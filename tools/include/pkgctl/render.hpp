@@ -32,7 +32,8 @@ Snapshot take_snapshot(const pkgctx::View& view);
 std::string human_bytes(std::uint64_t n);
 // "0.21 s", "3.1 s", "2 min 5 s", "3 h 12 min".
 std::string human_duration(std::uint64_t ns);
-// Child generations as "2:3 5:1" (non-zero keys only), "-" when all are zero.
+// Child generations as "2:15 5:13": only the keys that had events of their own (a child
+// generation moves with every root bump too, so the others equal the root's); "-" when none.
 std::string child_generations_text(const pkgctx::PackageRecord& p);
 
 // The header block of `pkgctl dump`: segment, occupancy, daemon liveness. Each line ends in '\n'.

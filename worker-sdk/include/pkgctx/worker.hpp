@@ -5,7 +5,7 @@
 // packages — name, version, pending settings, settings checksum — in a shared-memory segment,
 // plus per-package generation counters. A worker attaches to that segment read-only, takes a
 // *token* when a task starts (a snapshot of the counters), and asks the token whether it has been
-// cancelled: two acquire loads on one cache line and two compares, no syscall, no lock.
+// cancelled: one acquire load and one compare, no syscall, no lock.
 //
 //   auto worker = pkgctx::Worker::attach("pkgctx");            // Result<Worker>
 //   if (!worker) { log(worker.error().message); return; }
