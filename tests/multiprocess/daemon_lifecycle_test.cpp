@@ -4,18 +4,13 @@
 #define BOOST_TEST_MODULE daemon_lifecycle
 #include <boost/test/unit_test.hpp>
 
-#include "pkgctx/client.hpp"
-#include "pkgctx/daemon/test_harness.hpp"
+#include "daemon_env.hpp"
 #include "pkgctx/store.hpp"
 #include "pkgctx/view.hpp"
-#include "test_support.hpp"
-
-#include <boost/json.hpp>
 
 #include <csignal>
 #include <fcntl.h>
 #include <fstream>
-#include <grp.h>
 #include <map>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -26,51 +21,21 @@ using namespace std::chrono_literals;
 namespace json = boost::json;
 using daemon::testing::DaemonOptions;
 using daemon::testing::DaemonProcess;
-using daemon::testing::TempDir;
 
 namespace {
 
+using test::call;
+using test::connect;
+
 bool contains(const std::string& s, std::string_view part) { return s.find(part) != std::string::npos; }
 
-struct Env {
-  test::SegmentName seg{"life"};
-  TempDir dir;
-  std::string sock = dir / "ctl.sock";
-
-  DaemonOptions opts(std::vector<std::string> extra = {}) const {
-    DaemonOptions o;
-    o.args = {"--segment", seg.str(), "--socket", sock, "--heartbeat-ms", "50"};
-    o.args.insert(o.args.end(), extra.begin(), extra.end());
-    return o;
-  }
+struct Env : test::DaemonEnv {
+  Env() : DaemonEnv("life") {}
 };
-
-Client connect(const std::string& sock) {
-  auto c = Client::connect(sock, 5000ms);
-  BOOST_TEST_REQUIRE(c.has_value(), (c ? std::string() : c.error().message));
-  return std::move(*c);
-}
-
-json::object call(Client& c, std::string_view line) {
-  auto s = c.send_line(line);
-  BOOST_TEST_REQUIRE(s.has_value(), (s ? std::string() : s.error().message));
-  auto r = c.receive();
-  BOOST_TEST_REQUIRE(r.has_value(), (r ? std::string() : r.error().message));
-  return std::move(*r);
-}
-
-// Runs `body` in a child that dropped to nobody:nogroup (plus `groups`); returns its exit code.
-int as_nobody(const std::vector<gid_t>& groups, const std::function<int()>& body) {
-  pid_t pid = test::spawn([&] {
-    if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0) return 90;
-    return body();
-  });
-  return test::wait_exit(pid);
-}
 
 // In a child: tries an update through the socket; 0 if the answer's code is `expect` ("" = ok).
 int try_update_as_nobody(const std::string& sock, const std::string& expect, const std::vector<gid_t>& groups = {}) {
-  return as_nobody(groups, [&] {
+  return test::as_nobody(groups, [&] {
     auto c = Client::connect(sock, 5000ms);
     if (!c) {
       std::fprintf(stderr, "nobody: %s\n", c.error().message.c_str());

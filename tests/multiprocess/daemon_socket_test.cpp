@@ -3,12 +3,8 @@
 #define BOOST_TEST_MODULE daemon_socket
 #include <boost/test/unit_test.hpp>
 
-#include "pkgctx/client.hpp"
-#include "pkgctx/daemon/test_harness.hpp"
+#include "daemon_env.hpp"
 #include "pkgctx/view.hpp"
-#include "test_support.hpp"
-
-#include <boost/json.hpp>
 
 #include <chrono>
 #include <csignal>
@@ -17,7 +13,6 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <grp.h>
 #include <thread>
 
 using namespace pkgctx;
@@ -29,32 +24,12 @@ using daemon::testing::TempDir;
 
 namespace {
 
-struct Env {
-  test::SegmentName seg{"sock"};
-  TempDir dir;
-  std::string sock = dir / "ctl.sock";
+using test::call;
+using test::connect;
 
-  DaemonOptions opts(std::vector<std::string> extra = {}) const {
-    DaemonOptions o;
-    o.args = {"--segment", seg.str(), "--socket", sock, "--heartbeat-ms", "50"};
-    o.args.insert(o.args.end(), extra.begin(), extra.end());
-    return o;
-  }
+struct Env : test::DaemonEnv {
+  Env() : DaemonEnv("sock") {}
 };
-
-Client connect(const std::string& sock) {
-  auto c = Client::connect(sock, 5000ms);
-  BOOST_TEST_REQUIRE(c.has_value(), (c ? std::string() : c.error().message));
-  return std::move(*c);
-}
-
-json::object call(Client& c, std::string_view line) {
-  auto s = c.send_line(line);
-  BOOST_TEST_REQUIRE(s.has_value(), (s ? std::string() : s.error().message));
-  auto r = c.receive();
-  BOOST_TEST_REQUIRE(r.has_value(), (r ? std::string() : r.error().message));
-  return std::move(*r);
-}
 
 std::string code_of(const json::object& a) {
   BOOST_TEST_REQUIRE(a.at("ok") == false, json::serialize(a));
@@ -164,15 +139,14 @@ BOOST_AUTO_TEST_CASE(every_error_code_on_the_wire) {
   // forbidden: a child that drops to nobody (the socket and its directory opened up for it).
   BOOST_TEST_REQUIRE(::chmod(env.dir.path().c_str(), 0755) == 0);
   BOOST_TEST_REQUIRE(::chmod(env.sock.c_str(), 0666) == 0);
-  const pid_t child = test::spawn([&] {
-    if (::setgroups(0, nullptr) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0) return 90;
+  const int child = test::as_nobody({}, [&] {
     auto nc = Client::connect(env.sock, 5000ms);
     if (!nc) return 10;
     auto r = nc->call(json::object{{"op", "event"}, {"event", "update"}, {"name", "a"}});
     if (!r || r->at("ok").as_bool() || r->at("error").at("code") != "forbidden") return 11;
     return 0;
   });
-  BOOST_TEST(test::wait_exit(child) == 0);
+  BOOST_TEST(child == 0);
 
   // too_many_clients: max_clients = 3; c is one, two more fill it up.
   Client c2 = connect(env.sock);

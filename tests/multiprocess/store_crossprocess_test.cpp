@@ -8,31 +8,19 @@
 #include "pkgctx/store.hpp"
 #include "test_support.hpp"
 
+#include <atomic>
+#include <chrono>
 #include <csignal>
 #include <string>
 #include <unistd.h>
 
 using namespace pkgctx;
 using namespace std::chrono_literals;
+using pkgctx::test::Pipe;
 
 namespace {
 
 Settings S(const std::string& json) { return Settings::parse(json).value(); }
-
-// A one-byte-at-a-time pipe to sequence two processes on real events.
-struct Pipe {
-  int fd[2];
-  Pipe() { BOOST_REQUIRE(::pipe(fd) == 0); }
-  ~Pipe() {
-    ::close(fd[0]);
-    ::close(fd[1]);
-  }
-  void send(char c) const { (void)!::write(fd[1], &c, 1); }
-  char recv() const {
-    char c = 0;
-    return ::read(fd[0], &c, 1) == 1 ? c : '\0';
-  }
-};
 
 }  // namespace
 
@@ -86,12 +74,11 @@ BOOST_AUTO_TEST_CASE(reader_cannot_write_the_table) {
 
 BOOST_AUTO_TEST_CASE(no_torn_reads_while_a_writer_churns) {
   test::SegmentName seg{"torn"};
-  SegmentOptions o;
-  o.capacity = 64;
-  o.settings_bytes = 1 << 20;
-  Store store = Store::create(seg.str(), o).value();
+  Store store = Store::create(seg.str(), test::segment_options(64, 1 << 20)).value();
   store.update("hot", "v0", S(R"({"n":0,"pad":""})")).value();
   Pipe ready;
+  // The reader's loop count, shared so the writer can go on until the reader has raced it.
+  auto* reader_loops = test::shared_block<std::atomic<long>>();
   // The reader checks that version and settings always encode the same counter, and that
   // lookups of churned names never return another package's record.
   const pid_t reader = test::spawn([&] {
@@ -113,11 +100,17 @@ BOOST_AUTO_TEST_CASE(no_torn_reads_while_a_writer_churns) {
         if (c && c->version == "" && c->settings != "{}") return 26;
       }
       ++reads;
+      reader_loops->store(reads, std::memory_order_relaxed);
     }
     return reads > 100 ? 0 : 25;
   });
   BOOST_REQUIRE(ready.recv() == 'r');
-  for (int i = 1; i <= 20000; ++i) {
+  // 20000 writes, and on a starved machine more, until the reader has read more than 100 times
+  // during the churn (at most 60 s), so its bound does not depend on how the two are scheduled.
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  for (int i = 1; i <= 20000 || (reader_loops->load(std::memory_order_relaxed) <= 100 &&
+                                 std::chrono::steady_clock::now() < deadline);
+       ++i) {
     // Settings of varying size so blocks move around the arena.
     const std::string pad(static_cast<std::size_t>(i % 300), 'p');
     store.update("hot", "v" + std::to_string(i), S(R"({"n":)" + std::to_string(i) + R"(,"pad":")" + pad + R"("})")).value();

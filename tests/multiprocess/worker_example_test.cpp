@@ -122,14 +122,7 @@ struct Fixture {
     BOOST_TEST_REQUIRE(store.update("pkg", "1.0", settings).has_value());
     BOOST_TEST_MESSAGE("driving " << example_bin());
   }
-  static Store create(const std::string& n) {
-    SegmentOptions o;
-    o.capacity = 16;
-    o.settings_bytes = 4096;
-    auto s = Store::create(n, o);
-    BOOST_TEST_REQUIRE(s.has_value());
-    return std::move(*s);
-  }
+  static Store create(const std::string& n) { return test::create_store(n, test::segment_options(16, 4096)); }
   bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p, 0) == 0; }
 
   // Reads the plugin's preamble up to "working", checking every line.

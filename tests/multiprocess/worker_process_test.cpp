@@ -9,62 +9,22 @@
 #include "test_support.hpp"
 
 #include <csignal>
-#include <poll.h>
-#include <sys/mman.h>
 #include <thread>
 #include <unistd.h>
 
-// Boost.Test finds printers by ADL: Cause lives in pkgctx::layout.
-namespace pkgctx::layout {
-inline std::ostream& operator<<(std::ostream& os, Cause c) { return os << cause_name(c); }
-}  // namespace pkgctx::layout
-
 using namespace pkgctx;
 using namespace std::chrono_literals;
+using pkgctx::test::Pipe;
 using pkgctx::test::SegmentName;
+using pkgctx::test::shared_block;
 using pkgctx::test::spawn;
 using pkgctx::test::wait_exit;
 
 namespace {
 
-SegmentOptions small() {
-  SegmentOptions o;
-  o.capacity = 64;
-  o.settings_bytes = 256 * 1024;
-  return o;
-}
+SegmentOptions small() { return test::segment_options(64, 256 * 1024); }
 
-Store make_store(const SegmentName& n) {
-  auto s = Store::create(n, small());
-  BOOST_TEST_REQUIRE(s.has_value());
-  BOOST_TEST_REQUIRE(s->update("pkg", "1", Settings()).has_value());
-  return std::move(*s);
-}
-
-// A one-byte pipe to sequence processes.
-struct Pipe {
-  int fd[2];
-  Pipe() { BOOST_TEST_REQUIRE(::pipe(fd) == 0); }
-  ~Pipe() {
-    ::close(fd[0]);
-    ::close(fd[1]);
-  }
-  void signal() const { (void)!::write(fd[1], "x", 1); }
-  // Every process holds both ends, so a dead peer never shows as EOF: bound the wait instead.
-  bool await(std::chrono::seconds timeout = 60s) const {
-    pollfd p{fd[0], POLLIN, 0};
-    char c;
-    return ::poll(&p, 1, static_cast<int>(timeout.count() * 1000)) == 1 && ::read(fd[0], &c, 1) == 1;
-  }
-};
-
-// Memory shared with forked children (anonymous, MAP_SHARED).
-template <class T>
-T* shared_block() {
-  void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  BOOST_TEST_REQUIRE(p != MAP_FAILED);
-  return new (p) T();
-}
+Store make_store(const SegmentName& n) { return test::create_store_with(n, small(), "1"); }
 
 // Blocks until `count` sleepers wait on `slot`'s wake word (each announces itself on the
 // board); false if that does not happen within 10 s. No Boost.Test calls: threads use it too.
@@ -266,11 +226,12 @@ BOOST_AUTO_TEST_CASE(reads_are_never_torn_across_processes) {
     sh->reads.store(reads);
     return 0;
   });
-  // Let them race for 2 s, and on a starved machine until the reader has seen 200 states (at
-  // most 30 s); then stop both. This is the test's duration, not a synchronisation.
+  // Let them race for 2 s, and on a starved machine until the writer has made more than 1000
+  // writes and the reader has seen 200 states (at most 30 s); then stop both. This is the test's
+  // duration, not a synchronisation.
   const auto start = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - start < 2s ||
-         (sh->distinct.load() < 200 && std::chrono::steady_clock::now() - start < 30s))
+         ((sh->writes.load() <= 1000 || sh->distinct.load() < 200) && std::chrono::steady_clock::now() - start < 30s))
     std::this_thread::sleep_for(10ms);
   sh->stop.store(1);
   BOOST_TEST(wait_exit(writer) == 0);

@@ -26,24 +26,11 @@
 
 using namespace pkgctx;
 using namespace std::chrono_literals;
+using pkgctx::test::Pipe;
 
 namespace {
 
 Settings S(const std::string& json) { return Settings::parse(json).value(); }
-
-struct Pipe {
-  int fd[2];
-  Pipe() { BOOST_REQUIRE(::pipe(fd) == 0); }
-  ~Pipe() {
-    ::close(fd[0]);
-    ::close(fd[1]);
-  }
-  void send(char c) const { (void)!::write(fd[1], &c, 1); }
-  char recv() const {
-    char c = 0;
-    return ::read(fd[0], &c, 1) == 1 ? c : '\0';
-  }
-};
 
 // Waits until `pred` holds, at most `limit`.
 template <class Pred>
@@ -148,16 +135,12 @@ BOOST_AUTO_TEST_CASE(waiters_killed_while_waiting) {
 // or stalls, and the readers that are left alive never see an error or a torn record.
 BOOST_AUTO_TEST_CASE(readers_killed_while_reading) {
   test::SegmentName seg{"rkill"};
-  SegmentOptions o;
-  o.capacity = 16;
-  o.settings_bytes = 1 << 16;
-  Store store = Store::create(seg.str(), o).value();
+  Store store = Store::create(seg.str(), test::segment_options(16, 1 << 16)).value();
   store.update("hot", "v0", S(R"({"n":0})")).value();
   store.update("calm", "1", S(R"({"keep":true})")).value();
 
   // Each reader's loop count, so a reader is killed only once it is inside its loop.
-  void* mem = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  BOOST_REQUIRE(mem != MAP_FAILED);
+  void* mem = test::shared_memory(4096);
   auto* loops = static_cast<std::atomic<std::uint64_t>*>(mem);
   auto reader = [&](int id) {
     loops[id].store(0);

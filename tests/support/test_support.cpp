@@ -1,11 +1,15 @@
 #include "test_support.hpp"
 
+#include <boost/test/unit_test.hpp>
+
 #include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <grp.h>
+#include <poll.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -60,9 +64,63 @@ int wait_exit(pid_t pid) {
   return -1;
 }
 
+int as_nobody(const std::vector<gid_t>& groups, const std::function<int()>& body) {
+  const pid_t pid = spawn([&] {
+    if (::setgroups(groups.size(), groups.data()) != 0 || ::setgid(65534) != 0 || ::setuid(65534) != 0) return 90;
+    return body();
+  });
+  return wait_exit(pid);
+}
+
 std::string shared_testdata() {
   std::filesystem::path p = PKGCTX_SHARED_TESTDATA;
   return std::filesystem::is_directory(p) ? p.string() : std::string();
+}
+
+Pipe::Pipe() { BOOST_TEST_REQUIRE(::pipe(fd_) == 0); }
+
+Pipe::~Pipe() {
+  ::close(fd_[0]);
+  ::close(fd_[1]);
+}
+
+void Pipe::send(char c) const { (void)!::write(fd_[1], &c, 1); }
+
+char Pipe::recv() const {
+  char c = 0;
+  return ::read(fd_[0], &c, 1) == 1 ? c : '\0';
+}
+
+bool Pipe::await(std::chrono::milliseconds timeout) const {
+  pollfd p{fd_[0], POLLIN, 0};
+  char c;
+  return ::poll(&p, 1, static_cast<int>(timeout.count())) == 1 && ::read(fd_[0], &c, 1) == 1;
+}
+
+void* shared_memory(std::size_t bytes) {
+  void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  BOOST_TEST_REQUIRE(p != MAP_FAILED);
+  return p;
+}
+
+SegmentOptions segment_options(std::uint32_t capacity, std::uint64_t settings_bytes) {
+  SegmentOptions o;
+  o.capacity = capacity;
+  o.settings_bytes = settings_bytes;
+  return o;
+}
+
+Store create_store(const std::string& name, const SegmentOptions& opts) {
+  auto s = Store::create(name, opts);
+  BOOST_TEST_REQUIRE(s.has_value(), (s ? "" : s.error().message));
+  return std::move(*s);
+}
+
+Store create_store_with(const std::string& name, const SegmentOptions& opts, const std::string& version,
+                        const Settings& settings, const std::string& package) {
+  Store s = create_store(name, opts);
+  BOOST_TEST_REQUIRE(s.update(package, version, settings).has_value());
+  return s;
 }
 
 }  // namespace pkgctx::test

@@ -3,12 +3,18 @@
 
 #include "pkgctx/error.hpp"
 #include "pkgctx/segment.hpp"
+#include "pkgctx/store.hpp"
 #include "pkgctx/token.hpp"
 
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <functional>
+#include <new>
 #include <ostream>
 #include <string>
 #include <sys/types.h>
+#include <vector>
 
 namespace pkgctx::test {
 
@@ -39,8 +45,56 @@ pid_t spawn(const std::function<int()>& body);
 // waitpid(); returns the exit code, or 128+signal if the child was killed.
 int wait_exit(pid_t pid);
 
+// Runs `body` in a child (as spawn() does) that first drops to nobody:nogroup with the
+// supplementary `groups`; waits and returns its exit code (90 if it could not drop).
+int as_nobody(const std::vector<gid_t>& groups, const std::function<int()>& body);
+
 // Path of the shared test data folder (../shared/testdata), or "" when absent.
 std::string shared_testdata();
+
+// A pipe that sequences processes on real events, one byte at a time. Make it before fork():
+// every process then holds both ends. Only the constructor uses Boost.Test (it ends the test
+// case if pipe() fails), so children may call the rest.
+class Pipe {
+ public:
+  Pipe();
+  ~Pipe();
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+
+  void send(char c) const;
+  // Blocks for the next byte; '\0' on an error or end of file.
+  char recv() const;
+
+  void signal() const { send('x'); }
+  // Waits at most `timeout` for the next byte. Since every process holds both ends, a dead peer
+  // never shows as end of file: the timeout bounds the wait instead.
+  bool await(std::chrono::milliseconds timeout = std::chrono::seconds(60)) const;
+
+ private:
+  int fd_[2] = {-1, -1};
+};
+
+// `bytes` of anonymous MAP_SHARED memory (zero-filled), shared with children forked after the
+// call; ends the test case if mmap() fails. shared_block<T>() puts a value-initialised T there
+// (never unmapped).
+void* shared_memory(std::size_t bytes);
+template <class T>
+T* shared_block() {
+  return new (shared_memory(sizeof(T))) T();
+}
+
+// SegmentOptions with `capacity` package slots and a `settings_bytes` settings arena; the rest
+// default.
+SegmentOptions segment_options(std::uint32_t capacity, std::uint64_t settings_bytes);
+
+// Store::create(name, opts); ends the test case, naming the error, if it fails.
+Store create_store(const std::string& name, const SegmentOptions& opts);
+
+// create_store(), then package `package` at `version` with `settings`; ends the test case if
+// either step fails.
+Store create_store_with(const std::string& name, const SegmentOptions& opts, const std::string& version,
+                        const Settings& settings = Settings(), const std::string& package = "pkg");
 
 }  // namespace pkgctx::test
 
@@ -49,5 +103,9 @@ namespace pkgctx {
 inline std::ostream& operator<<(std::ostream& os, Errc e) { return os << errc_name(e); }
 inline std::ostream& operator<<(std::ostream& os, const Error& e) { return os << errc_name(e.code) << ": " << e.message; }
 inline std::ostream& operator<<(std::ostream& os, Liveness l) { return os << liveness_name(l); }
-inline std::ostream& operator<<(std::ostream& os, Cause c) { return os << cause_name(c); }
 }  // namespace pkgctx
+
+// Boost.Test finds printers by ADL: Cause (pkgctx::Cause) lives in pkgctx::layout.
+namespace pkgctx::layout {
+inline std::ostream& operator<<(std::ostream& os, Cause c) { return os << cause_name(c); }
+}  // namespace pkgctx::layout

@@ -482,10 +482,7 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_CASE(many_packages_and_index_churn) {
   test::SegmentName seg{"churn"};
-  SegmentOptions o;
-  o.capacity = 512;
-  o.settings_bytes = 1 << 20;
-  Store s = Store::create(seg.str(), o).value();
+  Store s = Store::create(seg.str(), test::segment_options(512, 1 << 20)).value();
   // Create and delete far more names than the index holds, forcing tombstone rebuilds.
   for (int round = 0; round < 20; ++round) {
     for (int i = 0; i < 400; ++i) {

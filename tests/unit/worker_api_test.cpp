@@ -13,31 +13,18 @@
 #include <unistd.h>
 #include <xxhash.h>
 
-// Boost.Test finds printers by ADL: Cause lives in pkgctx::layout.
-namespace pkgctx::layout {
-inline std::ostream& operator<<(std::ostream& os, Cause c) { return os << cause_name(c); }
-}  // namespace pkgctx::layout
-
 using namespace pkgctx;
 using namespace std::chrono_literals;
 using pkgctx::test::SegmentName;
 
 namespace {
 
-SegmentOptions small() {
-  SegmentOptions o;
-  o.capacity = 64;
-  o.settings_bytes = 64 * 1024;
-  return o;
-}
+SegmentOptions small() { return test::segment_options(64, 64 * 1024); }
 
 Settings settings(const std::string& json) { return Settings::parse(json).value(); }
 
 Store make_store(const SegmentName& n) {
-  auto s = Store::create(n, small());
-  BOOST_TEST_REQUIRE(s.has_value(), (s ? "" : s.error().message));
-  BOOST_TEST_REQUIRE(s->update("pkg", "1.0", settings(R"({"b":2,"a":1})")).has_value());
-  return std::move(*s);
+  return test::create_store_with(n, small(), "1.0", settings(R"({"b":2,"a":1})"));
 }
 
 Worker attach(const std::string& n, WorkerOptions o = {}) {

@@ -26,13 +26,8 @@ struct Fixture {
   ~Fixture() { pkgctx_detach(worker); }
 
   static Store create(const std::string& n) {
-    SegmentOptions o;
-    o.capacity = 16;
-    o.settings_bytes = 4096;
-    auto s = Store::create(n, o);
-    BOOST_TEST_REQUIRE(s.has_value());
-    BOOST_TEST_REQUIRE(s->update("pkg", "1.0", Settings::parse(R"({"z":[1,2],"a":"\u00e9"})").value()).has_value());
-    return std::move(*s);
+    return test::create_store_with(n, test::segment_options(16, 4096), "1.0",
+                                   Settings::parse(R"({"z":[1,2],"a":"\u00e9"})").value());
   }
 };
 

@@ -15,11 +15,6 @@
 #include <thread>
 #include <unistd.h>
 
-// Boost.Test finds printers by ADL: Cause lives in pkgctx::layout.
-namespace pkgctx::layout {
-inline std::ostream& operator<<(std::ostream& os, Cause c) { return os << cause_name(c); }
-}  // namespace pkgctx::layout
-
 using namespace pkgctx;
 using namespace std::chrono_literals;
 using pkgctx::test::SegmentName;
@@ -35,13 +30,9 @@ struct Fixture {
       : store(create(name, packages)), worker(Worker::attach(name).value()) {}
 
   static Store create(const std::string& n, std::uint32_t packages) {
-    SegmentOptions o;
-    o.capacity = std::max<std::uint32_t>(64, packages + 8);
-    o.settings_bytes = 64 * 1024;
-    auto s = Store::create(n, o);
-    BOOST_TEST_REQUIRE(s.has_value());
-    for (std::uint32_t i = 0; i < packages; ++i) BOOST_TEST_REQUIRE(s->update(pkg(i), "1", Settings()).has_value());
-    return std::move(*s);
+    Store s = test::create_store(n, test::segment_options(std::max<std::uint32_t>(64, packages + 8), 64 * 1024));
+    for (std::uint32_t i = 0; i < packages; ++i) BOOST_TEST_REQUIRE(s.update(pkg(i), "1", Settings()).has_value());
+    return s;
   }
   static std::string pkg(std::uint32_t i) { return "pkg" + std::to_string(i); }
   Token token(std::uint32_t i = 0, int event = kEventUpdate) { return worker.token(pkg(i), event).value(); }
