@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <functional>
 #include <linux/perf_event.h>
+#include <sched.h>
 #include <string>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -109,19 +110,21 @@ class ProcState {
     const char* paren = std::strrchr(buf, ')');  // the command name may contain spaces
     return paren && paren[1] == ' ' ? paren[2] : '?';
   }
-  // Spins (yielding) until the process sleeps. False if it did not within `limit_ns`.
-  bool wait_asleep(std::uint64_t limit_ns = 2'000'000'000) const {
-    const std::uint64_t end = now_ns() + limit_ns;
-    while (state() != 'S') {
-      if (now_ns() > end) return false;
-      ::sched_yield();
-    }
-    return true;
-  }
-
  private:
   int fd_ = -1;
 };
+
+// Spins (yielding the CPU) until `cond()` holds: true, or false when `limit_ns` passed first.
+// For "is the other process asleep yet", which no event announces.
+template <class Cond>
+bool spin_until(Cond cond, std::uint64_t limit_ns) {
+  const std::uint64_t end = now_ns() + limit_ns;
+  while (!cond()) {
+    if (now_ns() > end) return false;
+    ::sched_yield();
+  }
+  return true;
+}
 
 // Counts this thread's system calls with the raw_syscalls:sys_enter tracepoint (perf_event_open).
 // available() is false where the kernel or the permissions do not allow it.

@@ -56,6 +56,34 @@ struct Stamp {
   std::atomic<std::uint32_t> word{0};
 };
 
+// The sleeper's side of one wake, once it is awake: stamp, acknowledge. True when the waker
+// marked this wake the last.
+bool stamp_wake(Stamp& sh, const bench::Pipe& ack) {
+  sh.t1.store(bench::now_ns());
+  ack.send();
+  return sh.stop.load() != 0;
+}
+
+// The waker's side, the same for every wake measure: `warmup + n` wakes, each taken once
+// `asleep()` holds (else, after 5 s, exit naming `what`), each timed from just before `wake()`
+// to the sleeper's stamp. Stops early if the sleeper's acknowledgement does not come.
+template <class Asleep, class Wake>
+Samples time_wakes(const char* what, Stamp& sh, const bench::Pipe& ack, int warmup, int n, Asleep asleep, Wake wake) {
+  Samples s;
+  for (int i = 0; i < warmup + n; ++i) {
+    if (!bench::spin_until(asleep, 5'000'000'000)) {
+      std::fprintf(stderr, "%s: the waiter never went to sleep\n", what);
+      std::exit(1);
+    }
+    if (i == warmup + n - 1) sh.stop.store(1);
+    const std::uint64_t t0 = bench::now_ns();
+    wake();
+    if (!ack.recv()) break;
+    if (i >= warmup) s.ns.push_back(static_cast<double>(sh.t1.load() - t0));
+  }
+  return s;
+}
+
 // --- wake of a blocked Token::wait ------------------------------------------------------------
 
 Samples token_wake(int warmup, int n) {
@@ -78,28 +106,12 @@ Samples token_wake(int warmup, int n) {
       auto t = v.token("app", kEventSchedule);
       if (!t) return 1;
       if (!t->wait(std::chrono::seconds(10))) return 2;
-      sh->t1.store(bench::now_ns());
-      ack.send();
-      if (sh->stop.load()) return 0;
+      if (stamp_wake(*sh, ack)) return 0;
     }
   });
   bench::ProcState ps(child);
-  Samples s;
-  for (int i = 0; i < warmup + n; ++i) {
-    const std::uint64_t limit = bench::now_ns() + 5'000'000'000;
-    while (count->load() == 0 || ps.state() != 'S') {
-      if (bench::now_ns() > limit) {
-        std::fprintf(stderr, "wake: the waiter never went to sleep\n");
-        std::exit(1);
-      }
-      ::sched_yield();
-    }
-    if (i == warmup + n - 1) sh->stop.store(1);
-    const std::uint64_t t0 = bench::now_ns();
-    store.handle_event(kEventSchedule, "app").value();
-    if (!ack.recv()) break;
-    if (i >= warmup) s.ns.push_back(static_cast<double>(sh->t1.load() - t0));
-  }
+  Samples s = time_wakes("wake", *sh, ack, warmup, n, [&] { return count->load() != 0 && ps.state() == 'S'; },
+                         [&] { store.handle_event(kEventSchedule, "app").value(); });
   if (const int rc = bench::reap(child); rc != 0) std::fprintf(stderr, "wake: child exited %d\n", rc);
   Segment::remove(name);
   ::munmap(sh, sizeof *sh);
@@ -116,25 +128,14 @@ Samples futex_floor(int warmup, int n) {
     while (true) {
       const std::uint32_t seen = sh->word.load();
       while (sh->word.load() == seen) futex::wait(&sh->word, seen, std::chrono::seconds(10));
-      sh->t1.store(bench::now_ns());
-      ack.send();
-      if (sh->stop.load()) return 0;
+      if (stamp_wake(*sh, ack)) return 0;
     }
   });
   bench::ProcState ps(child);
-  Samples s;
-  for (int i = 0; i < warmup + n; ++i) {
-    if (!ps.wait_asleep(5'000'000'000)) {
-      std::fprintf(stderr, "futex floor: the waiter never went to sleep\n");
-      std::exit(1);
-    }
-    if (i == warmup + n - 1) sh->stop.store(1);
-    const std::uint64_t t0 = bench::now_ns();
+  Samples s = time_wakes("futex floor", *sh, ack, warmup, n, [&] { return ps.state() == 'S'; }, [&] {
     sh->word.fetch_add(1);
     futex::wake(&sh->word);
-    if (!ack.recv()) break;
-    if (i >= warmup) s.ns.push_back(static_cast<double>(sh->t1.load() - t0));
-  }
+  });
   bench::reap(child);
   ::munmap(sh, sizeof *sh);
   return s;

@@ -314,14 +314,8 @@ void with_waiter(benchmark::State& st, int event, Write write) {
   bench::ProcState ps(child);
   unsigned i = 0;
   for (auto _ : st) {
-    const std::uint64_t limit = bench::now_ns() + 2'000'000'000;
-    while (count->load() == 0 || ps.state() != 'S') {
-      if (bench::now_ns() > limit) {
-        st.SkipWithError("waiter never went to sleep");
-        break;
-      }
-      ::sched_yield();
-    }
+    if (!bench::spin_until([&] { return count->load() != 0 && ps.state() == 'S'; }, 2'000'000'000))
+      st.SkipWithError("waiter never went to sleep");
     const std::uint64_t t0 = bench::now_ns();
     write(++i);
     const std::uint64_t t1 = bench::now_ns();

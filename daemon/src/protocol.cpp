@@ -1,6 +1,7 @@
 #include "pkgctx/daemon/protocol.hpp"
 
 #include "json_out.hpp"
+#include "pkgctx/dump.hpp"
 
 #include <cmath>
 #include <boost/json/monotonic_resource.hpp>
@@ -9,7 +10,6 @@
 #include <boost/json/value.hpp>
 
 #include <algorithm>
-#include <cstdio>
 #include <initializer_list>
 #include <new>
 
@@ -41,12 +41,6 @@ struct Reject {
 
 [[noreturn]] void reject(std::string_view code, std::string message) { throw Reject{code, std::move(message)}; }
 [[noreturn]] void reject(const Error& e) { throw Reject{errc_name(e.code), e.message}; }
-
-std::string hex16(std::uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
-  return buf;
-}
 
 std::string_view kind_name(const json::value& v) {
   switch (v.kind()) {
@@ -414,28 +408,6 @@ void Protocol::op_delete(Request& rq, std::string& out) {
   begin_ok(w, rq.id).key("name").str(name).key("deleted").boolean(*r);
   end_ok(w, out);
 }
-
-namespace {
-
-std::string_view state_name(layout::State s) {
-  switch (s) {
-    case layout::State::kInitialising: return "initialising";
-    case layout::State::kLive: return "live";
-    case layout::State::kRetired: return "retired";
-  }
-  return "unknown";
-}
-
-std::string_view daemon_state_name(layout::DaemonState s) {
-  switch (s) {
-    case layout::DaemonState::kNone: return "none";
-    case layout::DaemonState::kRunning: return "running";
-    case layout::DaemonState::kStopped: return "stopped";
-  }
-  return "unknown";
-}
-
-}  // namespace
 
 void Protocol::op_dump(Request& rq, std::string& out) {
   rq.only({});

@@ -450,13 +450,16 @@ void Server::close_conn(std::uint64_t id, const char* why) {
   }
   conns_.erase(it);
   protocol_.stats().clients = conns_.size();
-  if (listener_paused_) {
-    listener_paused_ = false;
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kListenerId;
-    ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listener_.fd(), &ev);
-  }
+  resume_listener();
+}
+
+void Server::resume_listener() {
+  if (!listener_paused_) return;
+  listener_paused_ = false;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenerId;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listener_.fd(), &ev);
 }
 
 void Server::on_tick() {
@@ -474,13 +477,7 @@ void Server::on_tick() {
     ++protocol_.stats().dropped;
     close_conn(id);
   }
-  if (listener_paused_) {
-    listener_paused_ = false;
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.u64 = kListenerId;
-    ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, listener_.fd(), &ev);
-  }
+  resume_listener();  // paused accepts are retried at least once a tick
 }
 
 }  // namespace pkgctx::daemon

@@ -1,5 +1,6 @@
 #include "pkgctl/render.hpp"
 
+#include "pkgctx/dump.hpp"
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
 
@@ -17,30 +18,6 @@ using pkgctx::PackageRecord;
 
 namespace {
 
-std::string hex16(std::uint64_t v) {
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016" PRIx64, v);
-  return buf;
-}
-
-std::string_view state_name(pkgctx::layout::State s) {
-  switch (s) {
-    case pkgctx::layout::State::kInitialising: return "initialising";
-    case pkgctx::layout::State::kLive: return "live";
-    case pkgctx::layout::State::kRetired: return "retired";
-  }
-  return "unknown";
-}
-
-std::string_view daemon_state_name(pkgctx::layout::DaemonState s) {
-  switch (s) {
-    case pkgctx::layout::DaemonState::kNone: return "none";
-    case pkgctx::layout::DaemonState::kRunning: return "running";
-    case pkgctx::layout::DaemonState::kStopped: return "stopped";
-  }
-  return "unknown";
-}
-
 std::string version_text(const PackageRecord& p) { return p.version.empty() ? "(removed)" : p.version; }
 
 std::string cause_text(pkgctx::Cause c) {
@@ -48,15 +25,6 @@ std::string cause_text(pkgctx::Cause c) {
 }
 
 std::string pad(const std::string& s, std::size_t w) { return s.size() >= w ? s : s + std::string(w - s.size(), ' '); }
-
-std::string clock_text(std::uint64_t realtime_ns) {
-  const std::time_t t = static_cast<std::time_t>(realtime_ns / 1'000'000'000u);
-  std::tm tm{};
-  localtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%H:%M:%S", &tm);
-  return buf;
-}
 
 // Cuts `s` to `cols` bytes (the table is ASCII except names, which are [A-Za-z0-9._-]).
 std::string cut(const std::string& s, int cols) {
@@ -111,6 +79,15 @@ std::string human_duration(std::uint64_t ns) {
   return buf;
 }
 
+std::string local_time_text(std::uint64_t realtime_ns, bool with_date) {
+  const std::time_t t = static_cast<std::time_t>(realtime_ns / 1'000'000'000u);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, with_date ? "%Y-%m-%d %H:%M:%S" : "%H:%M:%S", &tm);
+  return buf;
+}
+
 std::string child_generations_text(const PackageRecord& p) {
   std::string out;
   for (std::uint32_t k = 0; k < pkgctx::layout::kChildKeys; ++k) {
@@ -125,7 +102,7 @@ std::string render_header(const Snapshot& s) {
   const auto& i = s.info;
   std::string out;
   out += "segment   " + i.name + "  layout v" + std::to_string(i.layout_version) + "  " +
-         std::string(state_name(i.state)) + "  epoch " + hex16(i.epoch) + "\n";
+         std::string(pkgctx::state_name(i.state)) + "  epoch " + pkgctx::hex16(i.epoch) + "\n";
   out += "packages  " + std::to_string(i.used) + " of " + std::to_string(i.capacity) + " slots\n";
   out += "settings  " + human_bytes(i.settings_used) + " of " + human_bytes(i.settings_bytes) + " used  (at most " +
          human_bytes(i.max_settings) + " per package)\n";
@@ -201,8 +178,8 @@ boost::json::object dump_json(const Snapshot& s) {
   boost::json::object seg;
   seg["name"] = i.name;
   seg["layout_version"] = i.layout_version;
-  seg["state"] = state_name(i.state);
-  seg["epoch"] = hex16(i.epoch);
+  seg["state"] = pkgctx::state_name(i.state);
+  seg["epoch"] = pkgctx::hex16(i.epoch);
   seg["capacity"] = i.capacity;
   seg["used"] = i.used;
   seg["settings_bytes"] = i.settings_bytes;
@@ -215,7 +192,7 @@ boost::json::object dump_json(const Snapshot& s) {
 
   boost::json::object daemon;
   daemon["liveness"] = pkgctx::liveness_name(s.liveness);
-  daemon["state"] = daemon_state_name(i.daemon_state);
+  daemon["state"] = pkgctx::daemon_state_name(i.daemon_state);
   if (i.daemon_state == pkgctx::layout::DaemonState::kNone) {
     daemon["pid"] = nullptr;
     daemon["heartbeat_age_ns"] = nullptr;
@@ -319,7 +296,7 @@ std::string render_watch_frame(const Snapshot& s, const ChangeTracker& changes, 
     ++used;
   };
 
-  emit("pkgctl watch  " + s.info.name + "  " + clock_text(s.taken_realtime_ns), kBold);
+  emit("pkgctl watch  " + s.info.name + "  " + local_time_text(s.taken_realtime_ns), kBold);
   std::string header = render_header(s);
   for (std::size_t b = 0, e; b < header.size(); b = e + 1) {
     e = header.find('\n', b);

@@ -151,15 +151,6 @@ void terminal_size(int& rows, int& cols) {
   }
 }
 
-std::string clock_stamp(std::uint64_t realtime_ns) {
-  const std::time_t t = static_cast<std::time_t>(realtime_ns / 1'000'000'000u);
-  std::tm tm{};
-  localtime_r(&t, &tm);
-  char buf[40];
-  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
-  return buf;
-}
-
 int watch_terminal(Attachment& att, std::uint64_t interval_ns, long count) {
   SignalScope signals(true);
   TerminalScope term;
@@ -197,12 +188,12 @@ int watch_plain(Attachment& att, std::uint64_t interval_ns, long count, Io io) {
       std::string key = std::string(pkgctx::liveness_name(s.liveness)) + "\n";
       for (const auto& l : render_table(s.packages)) key += l + "\n";
       if (key != last) {
-        io.out << "--- " << clock_stamp(s.taken_realtime_ns) << '\n' << render_dump_text(s) << std::endl;
+        io.out << "--- " << local_time_text(s.taken_realtime_ns, true) << '\n' << render_dump_text(s) << std::endl;
         last = std::move(key);
         ++printed;
       }
     } else if (!missing_reported) {
-      io.out << "--- " << clock_stamp(pkgctx::realtime_now_ns()) << '\n' << why << " (retrying)" << std::endl;
+      io.out << "--- " << local_time_text(pkgctx::realtime_now_ns(), true) << '\n' << why << " (retrying)" << std::endl;
       missing_reported = true;
       last.clear();
     }

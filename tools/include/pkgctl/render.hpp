@@ -32,6 +32,8 @@ Snapshot take_snapshot(const pkgctx::View& view);
 std::string human_bytes(std::uint64_t n);
 // "0.21 s", "3.1 s", "2 min 5 s", "3 h 12 min".
 std::string human_duration(std::uint64_t ns);
+// A CLOCK_REALTIME stamp in local time: "14:03:07", with_date "2024-05-01 14:03:07".
+std::string local_time_text(std::uint64_t realtime_ns, bool with_date = false);
 // Child generations as "2:15 5:13": only the keys that had events of their own (a child
 // generation moves with every root bump too, so the others equal the root's); "-" when none.
 std::string child_generations_text(const pkgctx::PackageRecord& p);

@@ -91,6 +91,7 @@ class Server {
   bool flush(Conn& c);          // false: the connection is gone
   void update_interest(Conn& c);
   void close_conn(std::uint64_t id, const char* why_for_log = nullptr);
+  void resume_listener();       // accepts again if accept_all() paused them (out of descriptors)
   void on_tick();
   std::size_t high_water() const noexcept;
 
