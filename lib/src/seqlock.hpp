@@ -7,10 +7,12 @@
 #include "pkgctx/layout.hpp"
 
 #include <atomic>
+#include <bit>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <sched.h>
+#include <string_view>
 
 namespace pkgctx::detail {
 
@@ -77,5 +79,51 @@ inline constexpr std::uint64_t meta(bool used, std::size_t name_len, std::size_t
 inline constexpr bool meta_used(std::uint64_t m) noexcept { return m & 1; }
 inline constexpr std::size_t meta_name_len(std::uint64_t m) noexcept { return (m >> 8) & 0xff; }
 inline constexpr std::size_t meta_version_len(std::uint64_t m) noexcept { return (m >> 16) & 0xff; }
+
+// Bytes [0, n) of `p` (n < 8) as the zero-padded word memcpy would make of them, and the mask of
+// those bytes in a word. A shift loop, not memcpy/memset with a variable length: GCC turns byte
+// loops into library calls, which cost more than the few bytes they move here.
+inline std::uint64_t tail_word(const char* p, std::size_t n) noexcept {
+  std::uint64_t v = 0;
+  if constexpr (std::endian::native == std::endian::little) {
+    for (std::size_t k = 0; k < n; ++k) v |= std::uint64_t{static_cast<unsigned char>(p[k])} << (8 * k);
+  } else {
+    std::memcpy(&v, p, n);
+  }
+  return v;
+}
+inline std::uint64_t tail_mask(std::size_t n) noexcept {
+  if constexpr (std::endian::native == std::endian::little) {
+    return (std::uint64_t{1} << (8 * n)) - 1;  // n < 8
+  } else {
+    std::uint64_t m = 0;
+    std::memset(&m, 0xff, n);
+    return m;
+  }
+}
+
+// Do the zero-padded words at `w` hold exactly `bytes`? Relaxed loads, word by word: no copy, no
+// memcmp call.
+inline bool words_equal(const layout::AU64* w, std::string_view bytes) noexcept {
+  std::size_t i = 0;
+  for (; i + 8 <= bytes.size(); i += 8) {
+    std::uint64_t want;
+    std::memcpy(&want, bytes.data() + i, 8);
+    if (w[i / 8].load(std::memory_order_relaxed) != want) return false;
+  }
+  if (i < bytes.size()) {
+    const std::size_t n = bytes.size() - i;
+    if ((w[i / 8].load(std::memory_order_relaxed) & tail_mask(n)) != tail_word(bytes.data() + i, n)) return false;
+  }
+  return true;
+}
+
+// Does the record hold package `name` (hash `hash`)? Relaxed loads: a writer (the only one) uses
+// it as is; a reader validates the slot's sequence around it.
+inline bool holds_name(const layout::SlotData& d, std::string_view name, std::uint64_t hash) noexcept {
+  const std::uint64_t mt = d.w[layout::dw::kMeta].load(std::memory_order_relaxed);
+  return meta_used(mt) && d.w[layout::dw::kHash].load(std::memory_order_relaxed) == hash &&
+         meta_name_len(mt) == name.size() && words_equal(&d.w[layout::dw::kName], name);
+}
 
 }  // namespace pkgctx::detail

@@ -22,7 +22,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <bit>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -101,28 +100,6 @@ std::string_view change_name(Change c) noexcept {
 // --- the writer: everything that runs under the mutex ------------------------------------------
 namespace {
 
-// Bytes [0, n) of `p` (n < 8) as the zero-padded word memcpy would make of them, and the mask of
-// those bytes in a word. A shift loop, not memcpy/memset with a variable length: GCC turns byte
-// loops into library calls, which cost more than the few bytes they move here.
-inline u64 tail_word(const char* p, std::size_t n) noexcept {
-  u64 v = 0;
-  if constexpr (std::endian::native == std::endian::little) {
-    for (std::size_t k = 0; k < n; ++k) v |= u64{static_cast<unsigned char>(p[k])} << (8 * k);
-  } else {
-    std::memcpy(&v, p, n);
-  }
-  return v;
-}
-inline u64 tail_mask(std::size_t n) noexcept {
-  if constexpr (std::endian::native == std::endian::little) {
-    return (u64{1} << (8 * n)) - 1;  // n < 8
-  } else {
-    u64 m = 0;
-    std::memset(&m, 0xff, n);
-    return m;
-  }
-}
-
 // validate_name / validate_version with a fast path for valid input (the hot paths); the slow
 // path produces the error message.
 Result<void> check_name(std::string_view name, const Limits& limits) {
@@ -174,36 +151,14 @@ class Writer {
     return std::nullopt;
   }
 
-  bool holds(u32 s, std::string_view name, u64 hash) const {
-    const SlotData& d = m_.slots[s].data;
-    const u64 mt = d.w[dw::kMeta].load(std::memory_order_relaxed);
-    if (!detail::meta_used(mt) || d.w[dw::kHash].load(std::memory_order_relaxed) != hash ||
-        detail::meta_name_len(mt) != name.size())
-      return false;
-    return words_equal(&d.w[dw::kName], name);
-  }
-
-  // Do the zero-padded words at `w` hold exactly `bytes`? No copy, no memcmp call.
-  static bool words_equal(const AU64* w, std::string_view bytes) {
-    std::size_t i = 0;
-    for (; i + 8 <= bytes.size(); i += 8) {
-      u64 want;
-      std::memcpy(&want, bytes.data() + i, 8);
-      if (w[i / 8].load(std::memory_order_relaxed) != want) return false;
-    }
-    if (i < bytes.size()) {
-      const std::size_t n = bytes.size() - i;
-      if ((w[i / 8].load(std::memory_order_relaxed) & tail_mask(n)) != tail_word(bytes.data() + i, n)) return false;
-    }
-    return true;
-  }
+  bool holds(u32 s, std::string_view name, u64 hash) const { return detail::holds_name(m_.slots[s].data, name, hash); }
 
   // The stored version of slot `s` compared without building a string.
   std::size_t version_len(u32 s) const {
     return detail::meta_version_len(m_.slots[s].data.w[dw::kMeta].load(std::memory_order_relaxed));
   }
   bool version_is(u32 s, std::string_view v) const {
-    return version_len(s) == v.size() && words_equal(&m_.slots[s].data.w[dw::kVersion], v);
+    return version_len(s) == v.size() && detail::words_equal(&m_.slots[s].data.w[dw::kVersion], v);
   }
 
   std::string version(u32 s) const {
@@ -284,7 +239,7 @@ class Writer {
       w[i / 8].store(v, std::memory_order_relaxed);
     }
     if (i < bytes.size()) {
-      w[i / 8].store(tail_word(bytes.data() + i, bytes.size() - i), std::memory_order_relaxed);
+      w[i / 8].store(detail::tail_word(bytes.data() + i, bytes.size() - i), std::memory_order_relaxed);
       i += 8;
     }
     const std::size_t old_words = std::min<std::size_t>((old_bytes + 7) / 8, kMaxName / 8);  // a corrupt length stays in bounds

@@ -3,7 +3,6 @@
 #include "mapping.hpp"
 #include "seqlock.hpp"
 
-#include <bit>
 #include <cstring>
 #include <optional>
 
@@ -25,44 +24,6 @@ Error absent(std::string_view name) {
 
 enum class Match { yes, no, torn };
 
-// Bytes [0, n) of `p` (n < 8) as the zero-padded word memcpy would make of them, and the mask of
-// those bytes in a word. A shift loop, not memcpy/memset with a variable length: GCC turns byte
-// loops into library calls, which cost more than the few bytes they move here.
-inline u64 tail_word(const char* p, std::size_t n) noexcept {
-  u64 v = 0;
-  if constexpr (std::endian::native == std::endian::little) {
-    for (std::size_t k = 0; k < n; ++k) v |= u64{static_cast<unsigned char>(p[k])} << (8 * k);
-  } else {
-    std::memcpy(&v, p, n);
-  }
-  return v;
-}
-inline u64 tail_mask(std::size_t n) noexcept {
-  if constexpr (std::endian::native == std::endian::little) {
-    return (u64{1} << (8 * n)) - 1;  // n < 8
-  } else {
-    u64 m = 0;
-    std::memset(&m, 0xff, n);
-    return m;
-  }
-}
-
-// Compares `name` with a slot's name words (relaxed loads; the caller validates the sequence).
-// Word by word, without copying the name out: names are zero-padded to whole words.
-bool name_words_equal(const AU64* words, std::string_view name) {
-  std::size_t i = 0;
-  for (; i + 8 <= name.size(); i += 8) {
-    u64 want;
-    std::memcpy(&want, name.data() + i, 8);
-    if (words[i / 8].load(std::memory_order_relaxed) != want) return false;
-  }
-  if (i < name.size()) {
-    const std::size_t n = name.size() - i;
-    if ((words[i / 8].load(std::memory_order_relaxed) & tail_mask(n)) != tail_word(name.data() + i, n)) return false;
-  }
-  return true;
-}
-
 // Does `slot` hold `name` (one consistent look)? On yes, `*seq_out` (if given) is the slot's
 // sequence value that look was validated against.
 Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 hash, u64* seq_out = nullptr) {
@@ -71,10 +32,7 @@ Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 
   do {
     const u64 s1 = d.seq.load(std::memory_order_acquire);
     if (s1 & 1) continue;
-    const u64 mt = d.w[dw::kMeta].load(std::memory_order_relaxed);
-    const u64 h = d.w[dw::kHash].load(std::memory_order_relaxed);
-    const bool eq = detail::meta_used(mt) && h == hash && detail::meta_name_len(mt) == name.size() &&
-                    name_words_equal(&d.w[dw::kName], name);
+    const bool eq = detail::holds_name(d, name, hash);
     std::atomic_thread_fence(std::memory_order_acquire);
     if (d.seq.load(std::memory_order_relaxed) == s1) {
       if (seq_out) *seq_out = s1;
