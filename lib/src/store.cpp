@@ -40,21 +40,21 @@ struct CrashPoint {
   int step = 0;
 };
 
-CrashPoint& crash_point() {
-  static CrashPoint cp = [] {
-    CrashPoint c;
-    if (const char* env = std::getenv("PKGCTX_CRASH_AT")) {
-      std::string_view v(env);
-      auto colon = v.find(':');
-      if (colon != std::string_view::npos && colon < sizeof c.op) {
-        std::memcpy(c.op, v.data(), colon);
-        c.step = std::atoi(env + colon + 1);
-      }
+CrashPoint crash_point_from_env() {
+  CrashPoint c;
+  if (const char* env = std::getenv("PKGCTX_CRASH_AT")) {
+    std::string_view v(env);
+    auto colon = v.find(':');
+    if (colon != std::string_view::npos && colon < sizeof c.op) {
+      std::memcpy(c.op, v.data(), colon);
+      c.step = std::atoi(env + colon + 1);
     }
-    return c;
-  }();
-  return cp;
+  }
+  return c;
 }
+
+// Read once at load time, so a hook on the write path costs one compare (no static guard).
+CrashPoint g_crash_point = crash_point_from_env();
 
 constexpr int kUpdateSteps = 10;
 constexpr int kEventSteps = 7;
@@ -63,7 +63,7 @@ constexpr int kRepairSteps = 6;  // inside Writer::repair(): a repairer killed w
 
 #if defined(PKGCTX_FAULT_INJECTION)
 inline void crash_at(const char* op, int step) {
-  const CrashPoint& cp = crash_point();
+  const CrashPoint& cp = g_crash_point;
   if (cp.step == step && std::strcmp(cp.op, op) == 0) ::kill(::getpid(), SIGKILL);
 }
 #else
@@ -81,7 +81,7 @@ int fault_steps(std::string_view op) noexcept {
 }
 
 void set_crash_point(std::string_view op, int step) noexcept {
-  CrashPoint& cp = crash_point();
+  CrashPoint& cp = g_crash_point;
   std::memset(cp.op, 0, sizeof cp.op);
   std::memcpy(cp.op, op.data(), std::min(op.size(), sizeof cp.op - 1));
   cp.step = step;
