@@ -66,6 +66,10 @@ BOOST_AUTO_TEST_CASE(null_handles_never_crash) {
   BOOST_TEST(pkgctx_daemon(nullptr, &d) == PKGCTX_IO_ERROR);
   BOOST_TEST(pkgctx_refresh(nullptr, &flag) == PKGCTX_IO_ERROR);
   BOOST_TEST(pkgctx_cancelled(nullptr) == 0);
+  pkgctx_check_t never{};
+  BOOST_TEST(pkgctx_token_check(nullptr, &never) == PKGCTX_INVALID_TOKEN);
+  BOOST_TEST(pkgctx_check_cancelled(&never) == 0);  // a check that never fires, not a crash
+  BOOST_TEST(pkgctx_token_check(nullptr, nullptr) == PKGCTX_IO_ERROR);
   BOOST_TEST(pkgctx_cause(nullptr) == std::string("none"));
   BOOST_TEST(pkgctx_cause_code(nullptr) == PKGCTX_CAUSE_NONE);
   BOOST_TEST(pkgctx_wait(nullptr, 0) == PKGCTX_INVALID_TOKEN);
@@ -100,6 +104,12 @@ BOOST_FIXTURE_TEST_CASE(tokens, Fixture) {
   BOOST_TEST_REQUIRE(pkgctx_token_parse(worker, text, &parsed) == PKGCTX_OK);
   pkgctx_token_t* copy = pkgctx_token_dup(t);
   BOOST_TEST_REQUIRE(copy != nullptr);
+  pkgctx_check_t check{}, other_key{};
+  BOOST_TEST_REQUIRE(pkgctx_token_check(t, &check) == PKGCTX_OK);
+  pkgctx_token_t* key3 = nullptr;
+  BOOST_TEST_REQUIRE(pkgctx_token(worker, "pkg", 3, &key3) == PKGCTX_OK);
+  BOOST_TEST_REQUIRE(pkgctx_token_check(key3, &other_key) == PKGCTX_OK);
+  BOOST_TEST(pkgctx_check_cancelled(&check) == 0);
 
   // Wait times out, then a reschedule cancels all three.
   const auto t0 = std::chrono::steady_clock::now();
@@ -107,6 +117,9 @@ BOOST_FIXTURE_TEST_CASE(tokens, Fixture) {
   BOOST_TEST((std::chrono::steady_clock::now() - t0 >= 30ms));
   BOOST_TEST_REQUIRE(store.handle_event(kEventSchedule, "pkg").has_value());
   BOOST_TEST(pkgctx_wait(t, -1) == PKGCTX_OK);
+  BOOST_TEST(pkgctx_check_cancelled(&check) == 1);      // the inlined check agrees
+  BOOST_TEST(pkgctx_check_cancelled(&other_key) == 0);  // another key's child lives on
+  pkgctx_token_free(key3);
   for (auto* x : {t, parsed, copy}) {
     BOOST_TEST(pkgctx_cancelled(x) == 1);
     BOOST_TEST(pkgctx_cause(x) == std::string("rescheduled"));

@@ -75,11 +75,14 @@ int main(int argc, char **argv) {
   printf("package version=%s checksum=%s settings=%s\n", pkg.version, pkg.checksum_hex, pkg.settings);
   pkgctx_package_free(&pkg);
 
-  /* Work while the context is live: the check is two loads, call it as often as you like. */
+  /* Work while the context is live: the check is one load, inlined here; call it as often as
+   * you like (pkgctx_cancelled(token) answers the same through a library call). */
+  pkgctx_check_t live;
+  pkgctx_token_check(token, &live);
   printf("working\n");
   fflush(stdout);
   int units = 0;
-  while (units < WORK_UNITS && !pkgctx_cancelled(token)) {
+  while (units < WORK_UNITS && !pkgctx_check_cancelled(&live)) {
     work_unit();
     ++units;
   }

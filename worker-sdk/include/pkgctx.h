@@ -3,7 +3,7 @@
  * A controller (the pkgctxd daemon) keeps a table of packages — name, version, pending
  * settings, settings checksum — in a shared-memory segment, with per-package generation
  * counters. A plugin process attaches read-only, takes a *token* when a task starts (a snapshot
- * of the counters), and asks it whether the task has been cancelled: two atomic loads, no
+ * of the counters), and asks it whether the task has been cancelled: one atomic load, no
  * syscall, no lock, no IPC. It can also sleep until cancellation, read the package's version and
  * settings consistently, hand tokens around in printable form, and see whether the daemon lives.
  *
@@ -37,7 +37,8 @@
  *  - Threads. Every function may be called from any thread. A worker handle may be shared by
  *    threads without locking. A token handle may be shared for reading (cancelled, cause, wait,
  *    str) but must not be freed while another thread uses it.
- *  - Signals. pkgctx_cancelled() is async-signal-safe (two atomic loads). Nothing else is.
+ *  - Signals. pkgctx_cancelled() and pkgctx_check_cancelled() are async-signal-safe (one
+ *    atomic load). Nothing else is.
  *  - fork(). The child inherits the mapping: its worker and token handles keep working. A
  *    cancellation watch (pkgctx_watch) made before fork() never fires in the child; freeing the
  *    child's copy is harmless; watch again in the child.
@@ -202,6 +203,26 @@ void pkgctx_token_free(pkgctx_token_t *token);
 
 /* 1 if cancelled, 0 if not (and for NULL). No syscall, no lock, no allocation; signal-safe. */
 int pkgctx_cancelled(const pkgctx_token_t *token);
+
+/* For hot loops in C: the one word a token watches and its snapshot, so that the check below
+ * inlines into the caller instead of calling into the library (a call costs 3-7 ns; the inline
+ * check is one load). Valid while `token`, or the worker's mapping through another handle,
+ * lives. */
+typedef struct pkgctx_check_s {
+  const uint64_t *word; /* in the read-only shared segment */
+  uint64_t snapshot;
+} pkgctx_check_t;
+
+/* Fills *out for `token`. Errors: PKGCTX_INVALID_TOKEN (NULL token: *out is then a check that
+ * never fires), PKGCTX_IO_ERROR (NULL out). */
+int pkgctx_token_check(const pkgctx_token_t *token, pkgctx_check_t *out);
+
+#if defined(__GNUC__) /* GCC, Clang and compatibles: the __atomic builtins */
+/* 1 if the token behind `check` is cancelled, 0 if not: pkgctx_cancelled() without the call. */
+static inline int pkgctx_check_cancelled(const pkgctx_check_t *check) {
+  return __atomic_load_n(check->word, __ATOMIC_ACQUIRE) != check->snapshot;
+}
+#endif
 
 /* Why it was cancelled: "none" while live (and for NULL), else "version_changed",
  * "update_event", "removed", "rescheduled", "deleted" or "segment_retired". Static string. */

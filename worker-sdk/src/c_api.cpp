@@ -5,7 +5,9 @@
 #include "pkgctx/settings.hpp"
 #include "pkgctx/worker.hpp"
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -198,6 +200,23 @@ pkgctx_token_t* pkgctx_token_dup(const pkgctx_token_t* token) {
 void pkgctx_token_free(pkgctx_token_t* token) { delete token; }
 
 int pkgctx_cancelled(const pkgctx_token_t* token) { return token && token->token.cancelled() ? 1 : 0; }
+
+// The C check loads the token's std::atomic<uint64_t> through a plain pointer with __atomic
+// builtins: that needs the same size and alignment and no hidden lock.
+static_assert(sizeof(std::atomic<std::uint64_t>) == sizeof(std::uint64_t) &&
+              alignof(std::atomic<std::uint64_t>) == alignof(std::uint64_t) &&
+              std::atomic<std::uint64_t>::is_always_lock_free);
+
+int pkgctx_token_check(const pkgctx_token_t* token, pkgctx_check_t* out) {
+  static const std::uint64_t kNeverMoves = 0;
+  if (!out) return fail(Errc::io_error, "pkgctx_token_check: out is NULL");
+  if (!token) {
+    *out = pkgctx_check_t{&kNeverMoves, 0};
+    return fail(Errc::invalid_token, "pkgctx_token_check: token is NULL");
+  }
+  *out = pkgctx_check_t{reinterpret_cast<const std::uint64_t*>(token->token.watched_word()), token->token.snapshot()};
+  return PKGCTX_OK;
+}
 
 const char* pkgctx_cause(const pkgctx_token_t* token) {
   // cause_name() returns views of static, NUL-terminated literals.

@@ -84,6 +84,12 @@ class Token {
   std::uint64_t child_generation() const noexcept { return is_root() ? 0 : snap_; }
   bool valid() const noexcept { return map_ != nullptr; }  // false for a default token
 
+  // The one word cancelled() loads and the value it compares it with, for checks inlined where
+  // this header is not available (the C SDK): cancelled() == (watched_word()->load(acquire) !=
+  // snapshot()). The word never changes for a default token. Valid while this token lives.
+  const std::atomic<std::uint64_t>* watched_word() const noexcept { return watched_; }
+  std::uint64_t snapshot() const noexcept { return snap_; }
+
   // For code that multiplexes many tokens onto one sleeper (the worker SDK's stop_token watcher):
   // the slot's futex wake word (bumped on every cancellation in the slot) and the slot's waiter
   // count on the waiters board (raise it before sleeping on the wake word, lower it after; nullptr

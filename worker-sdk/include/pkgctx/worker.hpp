@@ -31,7 +31,7 @@
 // * Threads. A Worker is safe to use from any number of threads at once (every member is const
 //   and internally synchronised). A Token is an immutable value: copy it freely, call its const
 //   members from any thread. A moved-from Worker may only be destroyed or assigned to.
-// * Signals. Token::cancelled() is async-signal-safe (two atomic loads; no lock, no allocation,
+// * Signals. Token::cancelled() is async-signal-safe (one atomic load; no lock, no allocation,
 //   no syscall). Nothing else here is: cause() is lock-free but not promised, and str(), read(),
 //   token(), wait() allocate or sleep.
 // * fork(). The child inherits the mapping: Workers and Tokens keep working in it (read-only,
