@@ -323,10 +323,7 @@ void Segment::retire_mapped() const {
   m.header->prefix.state.store(static_cast<u32>(State::kRetired), std::memory_order_seq_cst);
   auto bump = [](AU64& gen, AU64& ring) {
     const u64 g = gen.load(std::memory_order_relaxed) + 1;
-    const unsigned shift = static_cast<unsigned>(g % kCauseRing) * 8;
-    const u64 r = ring.load(std::memory_order_relaxed);
-    ring.store((r & ~(u64{0xff} << shift)) | (u64{static_cast<u8>(Cause::kSegmentRetired)} << shift),
-               std::memory_order_relaxed);
+    ring.store(with_ring_cause(ring.load(std::memory_order_relaxed), g, Cause::kSegmentRetired), std::memory_order_relaxed);
     gen.store(g, std::memory_order_release);
   };
   for (u32 i = 0; i < m.capacity; ++i) {

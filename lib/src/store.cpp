@@ -429,9 +429,7 @@ class Writer {
 
  private:
   static void put_cause(AU64& ring, u64 gen, u8 cause) {
-    const unsigned shift = static_cast<unsigned>(gen % kCauseRing) * 8;
-    const u64 r = ring.load(std::memory_order_relaxed);
-    ring.store((r & ~(u64{0xff} << shift)) | (u64{cause} << shift), std::memory_order_relaxed);
+    ring.store(with_ring_cause(ring.load(std::memory_order_relaxed), gen, static_cast<Cause>(cause)), std::memory_order_relaxed);
   }
 
   bool bit(u64 c) const { return (m_.bitmap[c / 64].load(std::memory_order_relaxed) >> (c % 64)) & 1; }

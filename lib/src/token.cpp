@@ -27,15 +27,9 @@ u32 check_digits(u64 epoch, u32 slot, u32 key, u64 root, u64 child) {
   return static_cast<u32>(XXH3_64bits(fields, sizeof fields));
 }
 
-Cause ring_cause(const AU64& ring, u64 gen) {
-  const u64 r = ring.load(std::memory_order_relaxed);
-  const u8 c = static_cast<u8>(r >> ((gen % kCauseRing) * 8));
-  return c <= kMaxCause ? static_cast<Cause>(c) : Cause::kNone;
-}
-
 // The cause that produced generation `snap + 1`, or the latest if the ring moved past it.
 Cause cause_after(const AU64& ring, u64 snap, u64 now) {
-  return ring_cause(ring, now - (snap + 1) < kCauseRing ? snap + 1 : now);
+  return ring_cause(ring.load(std::memory_order_relaxed), now - (snap + 1) < kCauseRing ? snap + 1 : now);
 }
 
 template <class T>

@@ -137,8 +137,7 @@ bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings)
     out.root_generation = s.gens.root.load(std::memory_order_acquire);
     for (u32 k = 0; k < kChildKeys; ++k) out.child_generations[k] = s.gens.child[k].load(std::memory_order_acquire);
     const u64 ring = s.causes.root.load(std::memory_order_relaxed);
-    const u8 c = static_cast<u8>(ring >> ((out.root_generation % kCauseRing) * 8));
-    out.last_cause = c <= kMaxCause ? static_cast<Cause>(c) : Cause::kNone;
+    out.last_cause = ring_cause(ring, out.root_generation);
     return true;
   } while (backoff.next());
   return false;

@@ -70,6 +70,16 @@ enum class Cause : u8 {
 };
 inline constexpr u8 kMaxCause = 6;
 
+// A cause ring (SlotCauses): byte (gen % kCauseRing) is the cause that produced generation gen.
+inline constexpr Cause ring_cause(u64 ring, u64 gen) {
+  const u8 c = static_cast<u8>(ring >> ((gen % kCauseRing) * 8));
+  return c <= kMaxCause ? static_cast<Cause>(c) : Cause::kNone;  // a corrupt byte says nothing
+}
+inline constexpr u64 with_ring_cause(u64 ring, u64 gen, Cause c) {
+  const unsigned shift = static_cast<unsigned>(gen % kCauseRing) * 8;
+  return (ring & ~(u64{0xff} << shift)) | (u64{static_cast<u8>(c)} << shift);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Prefix: frozen. Any future layout version keeps these fields at these offsets.
 struct alignas(kCacheLine) Prefix {
