@@ -83,26 +83,30 @@ Settings Settings::from_canonical(std::string canonical, std::uint64_t checksum)
   return Settings(std::move(canonical), checksum);
 }
 
-Result<void> validate_name(std::string_view name, const Limits& limits) {
+Result<void> detail::explain_bad_name(std::string_view name, std::size_t max_name) {
   if (name.empty()) return make_error(Errc::invalid_name, "name is empty");
-  if (name.size() > limits.max_name) {
+  if (name.size() > max_name) {
     return make_error(Errc::invalid_name, "name " + quoted(name) + " is " + std::to_string(name.size()) +
-                                              " bytes, over the limit of " + std::to_string(limits.max_name));
+                                              " bytes, over the limit of " + std::to_string(max_name));
   }
   for (std::size_t i = 0; i < name.size(); ++i) {
     const auto c = static_cast<unsigned char>(name[i]);
-    const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
-                    c == '_' || c == '-';
-    if (!ok) {
+    if (!kNameByte[c]) {
       return make_error(Errc::invalid_name, "name " + quoted(name) + ": byte " + show_byte(c) + " at " +
                                                 std::to_string(i) + " is not allowed (use [A-Za-z0-9._-])");
     }
   }
   // Names end up in paths and command lines, where these two mean "here" and "parent".
-  if (name == "." || name == "..") {
-    return make_error(Errc::invalid_name, "name " + quoted(name) + " is not allowed (it is confusing in paths)");
-  }
-  return {};
+  return make_error(Errc::invalid_name, "name " + quoted(name) + " is not allowed (it is confusing in paths)");
+}
+
+Result<void> validate_segment_name(std::string_view name) {
+  constexpr std::size_t kMax = 200;  // the object names stay well under NAME_MAX with ".waiters"
+  bool ok = !name.empty() && name.size() <= kMax && name.front() != '.';
+  for (const char c : name) ok = ok && detail::kNameByte[static_cast<unsigned char>(c)];
+  if (ok) return {};
+  return make_error(Errc::invalid_name, "segment name " + quoted(name) +
+                                            " is not valid (1..200 bytes of [A-Za-z0-9._-], not starting with '.')");
 }
 
 Result<void> validate_version(std::string_view version, const Limits& limits) {

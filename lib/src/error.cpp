@@ -1,53 +1,74 @@
-#include "pkgctx/error.hpp"
-
-#include <stdexcept>
+// The one error table: name, description and class of every code. The C API's pkgctx_errname /
+// pkgctx_strerror live here (exported by libpkgctx.so), so the C++ header, the C API, pkgctl's
+// exit codes and the daemon's answers all read the same rows.
+#include "pkgctx/error_class.hpp"
 
 namespace pkgctx {
 namespace {
 
-class Category final : public std::error_category {
- public:
-  const char* name() const noexcept override { return "pkgctx"; }
-  std::string message(int ev) const override { return std::string(errc_name(static_cast<Errc>(ev))); }
+struct Row {
+  Errc code;
+  const char* name;
+  const char* description;
+  ErrorClass cls;
 };
+
+constexpr Row kTable[] = {
+    {Errc::ok, "ok", "success", ErrorClass::ok},
+    {Errc::invalid_name, "invalid_name", "invalid name (1..128 bytes of [A-Za-z0-9._-])", ErrorClass::rejected},
+    {Errc::invalid_version, "invalid_version", "invalid version (1..128 printable ASCII bytes)", ErrorClass::rejected},
+    {Errc::invalid_settings, "invalid_settings", "invalid settings or checksum", ErrorClass::rejected},
+    {Errc::settings_too_large, "settings_too_large", "settings too large", ErrorClass::rejected},
+    {Errc::invalid_event, "invalid_event", "invalid event (not 0..7)", ErrorClass::rejected},
+    {Errc::invalid_token, "invalid_token", "invalid token (garbled, forged, or from another segment)", ErrorClass::rejected},
+    {Errc::no_such_package, "no_such_package", "no such package", ErrorClass::missing},
+    {Errc::table_full, "table_full", "package table full", ErrorClass::rejected},
+    {Errc::settings_full, "settings_full", "settings area full", ErrorClass::rejected},
+    {Errc::segment_missing, "segment_missing", "segment missing (is the daemon running?)", ErrorClass::unavailable},
+    {Errc::segment_foreign, "segment_foreign", "not a pkgctx segment", ErrorClass::unavailable},
+    {Errc::segment_version, "segment_version", "segment of another layout version (upgrade the SDK)", ErrorClass::unavailable},
+    {Errc::segment_truncated, "segment_truncated", "segment truncated", ErrorClass::unavailable},
+    {Errc::segment_not_ready, "segment_not_ready", "segment being created (try again)", ErrorClass::unavailable},
+    {Errc::segment_retired, "segment_retired", "segment retired (try again)", ErrorClass::unavailable},
+    {Errc::segment_exists, "segment_exists", "segment exists", ErrorClass::unavailable},
+    {Errc::permission_denied, "permission_denied", "permission denied", ErrorClass::unavailable},
+    {Errc::timed_out, "timed_out", "timed out", ErrorClass::unavailable},
+    {Errc::io_error, "io_error", "I/O or internal error", ErrorClass::unavailable},
+    {Errc::daemon_unreachable, "daemon_unreachable", "daemon unreachable", ErrorClass::unavailable},
+    {Errc::busy, "busy", "busy (a writer died mid-write; try again)", ErrorClass::unavailable},
+};
+
+const Row* row(int code) noexcept {
+  for (const Row& r : kTable)
+    if (static_cast<int>(r.code) == code) return &r;
+  return nullptr;
+}
 
 }  // namespace
 
-const std::error_category& error_category() noexcept {
-  static const Category c;
-  return c;
+ErrorClass error_class(Errc e) noexcept {
+  const Row* r = row(static_cast<int>(e));
+  return r ? r->cls : ErrorClass::unavailable;
 }
 
-std::string_view errc_name(Errc e) noexcept {
-  switch (e) {
-    case Errc::ok: return "ok";
-    case Errc::invalid_name: return "invalid_name";
-    case Errc::invalid_version: return "invalid_version";
-    case Errc::invalid_settings: return "invalid_settings";
-    case Errc::settings_too_large: return "settings_too_large";
-    case Errc::invalid_event: return "invalid_event";
-    case Errc::invalid_token: return "invalid_token";
-    case Errc::no_such_package: return "no_such_package";
-    case Errc::table_full: return "table_full";
-    case Errc::settings_full: return "settings_full";
-    case Errc::segment_missing: return "segment_missing";
-    case Errc::segment_foreign: return "segment_foreign";
-    case Errc::segment_version: return "segment_version";
-    case Errc::segment_truncated: return "segment_truncated";
-    case Errc::segment_not_ready: return "segment_not_ready";
-    case Errc::segment_retired: return "segment_retired";
-    case Errc::segment_exists: return "segment_exists";
-    case Errc::permission_denied: return "permission_denied";
-    case Errc::timed_out: return "timed_out";
-    case Errc::io_error: return "io_error";
-    case Errc::daemon_unreachable: return "daemon_unreachable";
-    case Errc::busy: return "busy";
-  }
-  return "unknown";
-}
-
-void throw_exception_from_error(const Error& e, const boost::source_location&) {
-  throw std::system_error(make_error_code(e.code), e.message);
+std::optional<Errc> errc_from_name(std::string_view name) noexcept {
+  for (const Row& r : kTable)
+    if (name == r.name) return r.code;
+  return std::nullopt;
 }
 
 }  // namespace pkgctx
+
+extern "C" {
+
+const char* pkgctx_errname(int code) {
+  const pkgctx::Row* r = pkgctx::row(code);
+  return r ? r->name : "unknown";
+}
+
+const char* pkgctx_strerror(int code) {
+  const pkgctx::Row* r = pkgctx::row(code);
+  return r ? r->description : "unknown pkgctx error code";
+}
+
+}  // extern "C"

@@ -392,16 +392,6 @@ void Segment::mark_daemon_stopped() const noexcept {
   map_->header->daemon_state.store(static_cast<u32>(DaemonState::kStopped), std::memory_order_release);
 }
 
-std::string_view liveness_name(Liveness l) noexcept {
-  switch (l) {
-    case Liveness::none: return "none";
-    case Liveness::alive: return "alive";
-    case Liveness::stale: return "stale";
-    case Liveness::stopped: return "stopped";
-  }
-  return "unknown";
-}
-
 Liveness liveness(const SegmentInfo& info) noexcept {
   switch (info.daemon_state) {
     case DaemonState::kNone: return Liveness::none;

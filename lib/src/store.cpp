@@ -100,13 +100,6 @@ std::string_view change_name(Change c) noexcept {
 // --- the writer: everything that runs under the mutex ------------------------------------------
 namespace {
 
-// validate_name / validate_version with a fast path for valid input (the hot paths); the slow
-// path produces the error message.
-Result<void> check_name(std::string_view name, const Limits& limits) {
-  if (detail::name_ok(name, limits.max_name)) return {};
-  return validate_name(name, limits);
-}
-
 Result<void> check_version(std::string_view version, const Limits& limits) {
   if (!version.empty() && version.size() <= limits.max_version) {
     bool ok = true;
@@ -511,7 +504,7 @@ Result<Store> Store::open(const std::string& name) {
 }
 
 Result<UpdateResult> Store::update(std::string_view name, std::string_view version, const Settings& settings) {
-  if (auto v = check_name(name, limits_); !v) return v.error();
+  if (auto v = validate_name(name, limits_); !v) return v.error();
   if (auto v = check_version(version, limits_); !v) return v.error();
   if (settings.canonical().size() > limits_.max_settings)
     return make_error(Errc::settings_too_large, "settings of \"" + std::string(name) + "\": " +
@@ -547,7 +540,7 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
     w.commit(s, Cause::kNone, 0, Cause::kNone);
     w.apply_commit();
     w.finish();
-    return UpdateResult{Token::snapshot(seg_.mapping(), s, kEventUpdate), Change::created};
+    return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), Change::created};
   }
 
   const u32 s = *found;
@@ -575,19 +568,18 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   if (!same_settings) w.release(old);
   crash_at("update", 10);
   if (!version_change) return UpdateResult{std::nullopt, Change::settings};
-  return UpdateResult{Token::snapshot(seg_.mapping(), s, kEventUpdate), was_removed ? Change::created : Change::version};
+  return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), was_removed ? Change::created : Change::version};
 }
 
-Result<std::optional<Token>> Store::handle_event(int event, std::string_view name) {
-  if (!is_valid_event(event))
-    return make_error(Errc::invalid_event, "event " + std::to_string(event) + " is not 0..7 (update, remove, schedule, 3..7)");
-  if (auto v = check_name(name, limits_); !v) return v.error();
+Result<std::optional<core::Token>> Store::handle_event(int event, std::string_view name) {
+  if (auto e = validate_event(event); !e) return e.error();
+  if (auto v = validate_name(name, limits_); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
   const u64 hash = name_hash(name);
   Writer w(seg_);
   crash_at("event", 1);
   const std::optional<u32> found = w.find(name, hash);
-  if (!found) return std::optional<Token>();
+  if (!found) return std::optional<core::Token>();
   const u32 s = *found;
   if (event == kEventRemove) {
     const Block old = w.block(s);
@@ -612,11 +604,11 @@ Result<std::optional<Token>> Store::handle_event(int event, std::string_view nam
     w.apply_commit("event", 3);
     w.finish();
   }
-  return std::optional<Token>(Token::snapshot(seg_.mapping(), s, static_cast<u32>(event)));
+  return std::optional<core::Token>(core::Token::snapshot(seg_.mapping(), s, static_cast<u32>(event)));
 }
 
 Result<bool> Store::erase(std::string_view name) {
-  if (auto v = check_name(name, limits_); !v) return v.error();
+  if (auto v = validate_name(name, limits_); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
   const u64 hash = name_hash(name);
   Writer w(seg_);

@@ -45,33 +45,65 @@ bool parse_number(std::string_view s, int base, std::size_t max_digits, T& out) 
 
 }  // namespace
 
-std::string_view cause_name(Cause c) noexcept {
-  switch (c) {
-    case Cause::kNone: return "none";
-    case Cause::kVersionChanged: return "version_changed";
-    case Cause::kUpdateEvent: return "update_event";
-    case Cause::kRemoved: return "removed";
-    case Cause::kRescheduled: return "rescheduled";
-    case Cause::kDeleted: return "deleted";
-    case Cause::kSegmentRetired: return "segment_retired";
-  }
-  return "none";
+namespace {
+
+Error bad_event(std::string_view shown) {
+  return make_error(Errc::invalid_event,
+                    "event " + std::string(shown) + " is not update, remove, schedule or a key 0..7");
 }
 
-Cause cause_from_name(std::string_view name) noexcept {
-  for (u8 c = 1; c <= kMaxCause; ++c) {
-    if (cause_name(static_cast<Cause>(c)) == name) return static_cast<Cause>(c);
-  }
-  return Cause::kNone;
+}  // namespace
+
+Result<int> parse_event(std::string_view text) {
+  if (text == "update") return kEventUpdate;
+  if (text == "remove") return kEventRemove;
+  if (text == "schedule") return kEventSchedule;
+  if (text.size() == 1 && text[0] >= '0' && text[0] <= '0' + kMaxEvent) return text[0] - '0';
+  std::string shown(text.substr(0, 64));
+  for (char& c : shown)
+    if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e || c == '"') c = '?';
+  return bad_event("\"" + shown + "\"");
 }
 
-int event_from_name(std::string_view name) noexcept {
-  if (name == "update") return kEventUpdate;
-  if (name == "remove") return kEventRemove;
-  if (name == "schedule") return kEventSchedule;
-  if (name.size() == 1 && name[0] >= '0' && name[0] <= '0' + kMaxEvent) return name[0] - '0';
-  return -1;
+Result<int> validate_event(std::int64_t event) {
+  if (event < 0 || event > kMaxEvent) return bad_event(std::to_string(event));
+  return static_cast<int>(event);
 }
+
+Result<TokenText> parse_token_text(std::string_view text) {
+  auto bad = [&](const std::string& why) {
+    std::string shown(text.substr(0, 64));
+    for (char& c : shown) {
+      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
+    }
+    return make_error(Errc::invalid_token, "token \"" + shown + (text.size() > 64 ? "…" : "") + "\": " + why);
+  };
+  if (text.size() > 128) return bad("longer than 128 characters");
+  std::string_view f[7];
+  std::size_t n = 0, start = 0;
+  for (std::size_t i = 0; i <= text.size(); ++i) {
+    if (i == text.size() || text[i] == ':') {
+      if (n == 7) return bad("too many fields (expected 7 separated by ':')");
+      f[n++] = text.substr(start, i - start);
+      start = i + 1;
+    }
+  }
+  if (n != 7) return bad("expected 7 fields separated by ':', found " + std::to_string(n));
+  if (f[0] != kTokenPrefix) return bad("does not start with \"pkgctx1:\"");
+  TokenText t;
+  u32 check = 0;
+  if (f[1].size() != 16 || !parse_number(f[1], 16, 16, t.epoch)) return bad("epoch is not 16 hex digits");
+  if (!parse_number(f[2], 10, 10, t.slot)) return bad("slot is not a number");
+  if (!parse_number(f[3], 10, 1, t.key) || t.key > kLastChildKey) return bad("event key is not 0..7");
+  if (!parse_number(f[4], 16, 16, t.root)) return bad("root generation is not hex");
+  if (!parse_number(f[5], 16, 16, t.child)) return bad("child generation is not hex");
+  if (f[6].size() != 8 || !parse_number(f[6], 16, 8, check)) return bad("check digits are not 8 hex digits");
+  if (check != check_digits(t.epoch, t.slot, t.key, t.root, t.child)) return bad("check digits do not match (garbled or forged)");
+  if (t.key < kFirstChildKey && t.child != 0) return bad("a root token has no child generation");
+  return t;
+}
+
+namespace core {
 
 Token::Token() noexcept : watched_(&kNeverChanges) {}
 
@@ -153,34 +185,13 @@ std::string Token::str() const {
 }
 
 Result<Token> Token::parse(std::string_view text, const Segment& segment) {
+  auto fields = parse_token_text(text);
+  if (!fields) return fields.error();
+  const auto [epoch, slot, key, root, child] = *fields;
   auto bad = [&](const std::string& why) {
-    std::string shown(text.substr(0, 64));
-    for (char& c : shown) {
-      if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) > 0x7e) c = '?';
-    }
+    std::string shown(text.substr(0, 64));  // printable: parse_token_text accepted it
     return make_error(Errc::invalid_token, "token \"" + shown + (text.size() > 64 ? "…" : "") + "\": " + why);
   };
-  if (text.size() > 128) return bad("longer than 128 characters");
-  std::string_view f[7];
-  std::size_t n = 0, start = 0;
-  for (std::size_t i = 0; i <= text.size(); ++i) {
-    if (i == text.size() || text[i] == ':') {
-      if (n == 7) return bad("too many fields (expected 7 separated by ':')");
-      f[n++] = text.substr(start, i - start);
-      start = i + 1;
-    }
-  }
-  if (n != 7) return bad("expected 7 fields separated by ':', found " + std::to_string(n));
-  if (f[0] != kTokenPrefix) return bad("does not start with \"pkgctx1:\"");
-  u64 epoch = 0, root = 0, child = 0;
-  u32 slot = 0, key = 0, check = 0;
-  if (f[1].size() != 16 || !parse_number(f[1], 16, 16, epoch)) return bad("epoch is not 16 hex digits");
-  if (!parse_number(f[2], 10, 10, slot)) return bad("slot is not a number");
-  if (!parse_number(f[3], 10, 1, key) || key > kLastChildKey) return bad("event key is not 0..7");
-  if (!parse_number(f[4], 16, 16, root)) return bad("root generation is not hex");
-  if (!parse_number(f[5], 16, 16, child)) return bad("child generation is not hex");
-  if (f[6].size() != 8 || !parse_number(f[6], 16, 8, check)) return bad("check digits are not 8 hex digits");
-  if (check != check_digits(epoch, slot, key, root, child)) return bad("check digits do not match (garbled or forged)");
   if (!segment.valid()) return bad("no segment to check it against");
   const auto& map = segment.mapping();
   if (epoch != map->header->prefix.epoch) {
@@ -191,7 +202,6 @@ Result<Token> Token::parse(std::string_view text, const Segment& segment) {
   }
   if (slot >= map->capacity) return bad("slot " + std::to_string(slot) + " is beyond the table's capacity");
   const bool is_child = key >= kFirstChildKey;
-  if (!is_child && child != 0) return bad("a root token has no child generation");
   const SlotGens& g = map->slots[slot].gens;
   if (root > g.root.load(std::memory_order_acquire)) return bad("root generation is in the future");
   if (is_child && child > g.child[key - kFirstChildKey].load(std::memory_order_acquire))
@@ -207,4 +217,5 @@ Result<Token> Token::parse(std::string_view text, const Segment& segment) {
   return t;
 }
 
+}  // namespace core
 }  // namespace pkgctx

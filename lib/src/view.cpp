@@ -42,9 +42,8 @@ Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 
   return Match::torn;
 }
 
-// validate_name against the segment's limit, with the table-driven fast path first.
+// validate_name against the segment's limit.
 Result<void> check_name(const detail::Mapping& m, std::string_view name) {
-  if (detail::name_ok(name, m.header->max_name)) return {};
   Limits lim;
   lim.max_name = m.header->max_name;
   return validate_name(name, lim);
@@ -154,21 +153,20 @@ Result<PackageRecord> View::read(std::string_view name, bool with_settings) cons
   return busy(name);
 }
 
-Result<Token> View::token(std::string_view name, int event) const {
-  if (!is_valid_event(event))
-    return make_error(Errc::invalid_event, "event " + std::to_string(event) + " is not 0..7 (update, remove, schedule, 3..7)");
+Result<core::Token> View::token(std::string_view name, int event) const {
+  if (auto e = validate_event(event); !e) return e.error();
   const auto& m = *seg_.mapping();
   if (auto v = check_name(m, name); !v) return v.error();
   const u64 hash = name_hash(name);
   const auto key = static_cast<std::uint32_t>(event);
   for (int attempt = 0; attempt < 1000; ++attempt) {
-    Token t;
+    core::Token t;
     bool mine = false;
     auto slot = probe(m, name, hash, [&](u32 s) {
       u64 seq = 0;
       const Match r = slot_holds(m, s, name, hash, &seq);
       if (r != Match::yes) return r;
-      t = Token::snapshot(seg_.mapping(), s, key);
+      t = core::Token::snapshot(seg_.mapping(), s, key);
       // The snapshot belongs to `name` only if the slot still holds it afterwards. An unchanged
       // record sequence proves it without another look (a delete or re-create rewrites the
       // record before it moves a generation); otherwise look again.

@@ -17,8 +17,10 @@
  *     pkgctx_detach(w);
  *
  * Link with `pkg-config --cflags --libs pkgctx`, or in CMake `find_package(pkgctx)` and
- * `target_link_libraries(you PRIVATE pkgctx::worker)`. The library is libpkgctx.so.<major>; a
- * segment is only shared between builds of the same layout version (attach says so otherwise).
+ * `target_link_libraries(you PRIVATE pkgctx::worker)`. The library is libpkgctx.so.1 and exports
+ * this C API only, with versioned symbols (PKGCTX_1); the C++ API (pkgctx/worker.hpp) is a
+ * header-only layer over it. A segment is only shared between builds of the same layout version
+ * (attach says so otherwise).
  *
  * Events: PKGCTX_EVENT_UPDATE (0) and PKGCTX_EVENT_REMOVE (1) take the package's *root* token,
  * cancelled by the next update/remove event, a version change or the package's deletion.
@@ -174,6 +176,24 @@ const char *pkgctx_last_error(void);
  *         PKGCTX_IO_ERROR (out NULL; anything else). */
 int pkgctx_attach(const char *segment, pkgctx_worker_t **out);
 
+/* Options of pkgctx_attach_with (zero-initialise, then set what you need). */
+typedef struct pkgctx_options_s {
+  /* How often a lookup also checks whether the segment name now refers to another shared-memory
+   * object (a segment replaced without being retired): one shm_open + fstat at most once per
+   * interval (and always after a miss). 0: the default, 1000 ms. Negative: never (only
+   * retirement, misses and pkgctx_refresh re-attach). */
+  int64_t recheck_interval_ms;
+  /* Nonzero: check on every lookup (recheck_interval_ms is then ignored). */
+  int recheck_always;
+} pkgctx_options_t;
+
+/* pkgctx_attach with options (NULL: the defaults). Errors: as pkgctx_attach. */
+int pkgctx_attach_with(const char *segment, const pkgctx_options_t *options, pkgctx_worker_t **out);
+
+/* The epoch of the segment the worker is attached to now (0 for NULL): it changes when the
+ * worker re-attaches to a replacement. */
+uint64_t pkgctx_epoch(const pkgctx_worker_t *worker);
+
 /* Releases a worker handle (NULL is ignored). Its tokens stay valid. */
 void pkgctx_detach(pkgctx_worker_t *worker);
 
@@ -224,6 +244,17 @@ static inline int pkgctx_check_cancelled(const pkgctx_check_t *check) {
 }
 #endif
 
+/* What a token refers to (the fields of its printed form). */
+typedef struct pkgctx_token_info_s {
+  uint32_t slot;             /* the package's slot in the table */
+  uint32_t key;              /* event key: 0 (update, remove: root) or 2..7 (child) */
+  uint64_t root_generation;  /* the root generation it was taken at */
+  uint64_t child_generation; /* a child token's snapshot of its key's generation; 0 for a root token */
+} pkgctx_token_info_t;
+
+/* Fills *out. Errors: PKGCTX_INVALID_TOKEN (NULL token), PKGCTX_IO_ERROR (NULL out). */
+int pkgctx_token_info(const pkgctx_token_t *token, pkgctx_token_info_t *out);
+
 /* Why it was cancelled: "none" while live (and for NULL), else "version_changed",
  * "update_event", "removed", "rescheduled", "deleted" or "segment_retired". Static string. */
 const char *pkgctx_cause(const pkgctx_token_t *token);
@@ -235,6 +266,9 @@ int pkgctx_cause_code(const pkgctx_token_t *token);
  * PKGCTX_OK once cancelled, PKGCTX_TIMED_OUT otherwise, PKGCTX_INVALID_TOKEN for NULL.
  * Costs the writer a futex wake only while someone waits. */
 int pkgctx_wait(const pkgctx_token_t *token, int64_t timeout_ms);
+
+/* pkgctx_wait with a timeout in nanoseconds. */
+int pkgctx_wait_ns(const pkgctx_token_t *token, int64_t timeout_ns);
 
 /* Writes the printable form (at most PKGCTX_TOKEN_STR_MAX characters, NUL-terminated,
  * truncated to size-1 as snprintf does) into buf, and returns its full length; 0 for NULL. */
@@ -272,6 +306,12 @@ const char *pkgctx_liveness_name(int liveness);
  * microseconds. On success release *out with pkgctx_unwatch().
  * Errors: PKGCTX_INVALID_TOKEN (NULL token), PKGCTX_IO_ERROR (NULL fn or out; no thread). */
 int pkgctx_watch(const pkgctx_token_t *token, void (*fn)(void *arg), void *arg, pkgctx_watch_t **out);
+
+/* pkgctx_watch that also tells when `arg` may be freed: release(arg) (if not NULL) is called
+ * exactly once, when fn can no longer be called: after fn ran, after pkgctx_unwatch (even one
+ * called from inside fn, once fn has returned), or before an error is returned. */
+int pkgctx_watch_ex(const pkgctx_token_t *token, void (*fn)(void *arg), void *arg,
+                    void (*release)(void *arg), pkgctx_watch_t **out);
 
 /* Unregisters (NULL is ignored). After it returns fn is not running and never will be: if fn is
  * running on the watcher thread, this waits for it — unless called from inside fn itself. */

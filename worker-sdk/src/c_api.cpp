@@ -1,71 +1,82 @@
-// pkgctx.h on top of the C++ worker SDK. Every entry point catches everything: no exception
-// crosses into C. Failures set the calling thread's last-error message.
+// pkgctx.h, implemented directly on the core's read side (segment mapping, View, core::Token,
+// futex waits) and the watcher. This is all libpkgctx.so exports; pkgctx/worker.hpp is a
+// header-only C++ layer over it. Every entry point catches everything: no exception crosses into
+// C. Failures set the calling thread's last-error message.
+//
+// Re-attachment without a lock on the lookup path: the current mapping is an atomic pointer to
+// an Attachment that is never freed before the worker handle (every Attachment ever made stays
+// in `all`), so a lookup that loaded the old pointer just before a switch still reads mapped
+// memory. A lookup checks the segment's state *after* taking its token or record: retirement
+// stores the state before bumping any generation, so a snapshot that already saw a retirement
+// bump also sees the state, and is thrown away rather than handed out as a live token of a dead
+// segment.
 #include "pkgctx.h"
 
+#include "pkgctx/error.hpp"
 #include "pkgctx/settings.hpp"
-#include "pkgctx/worker.hpp"
+#include "pkgctx/token.hpp"
+#include "pkgctx/view.hpp"
+#include "watcher.hpp"
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <exception>
+#include <fcntl.h>
+#include <memory>
+#include <mutex>
 #include <new>
 #include <string>
-
-struct pkgctx_worker_s {
-  pkgctx::Worker worker;
-};
-
-struct pkgctx_token_s {
-  pkgctx::Token token;
-};
-
-struct pkgctx_watch_s {
-  pkgctx::CancelCallback callback;
-};
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <utility>
+#include <vector>
 
 namespace {
 
 using pkgctx::Errc;
+using pkgctx::Error;
+using pkgctx::Result;
+using pkgctx::View;
+using CoreToken = pkgctx::core::Token;
 
 static_assert(PKGCTX_VERSION_MAJOR == PKGCTX_PROJECT_VERSION_MAJOR && PKGCTX_VERSION_MINOR == PKGCTX_PROJECT_VERSION_MINOR,
               "pkgctx.h's version macros must follow project() in CMakeLists.txt");
 
-// The C enums are the C++ codes: pin every value.
-static_assert(PKGCTX_OK == static_cast<int>(Errc::ok));
-static_assert(PKGCTX_INVALID_NAME == static_cast<int>(Errc::invalid_name));
-static_assert(PKGCTX_INVALID_VERSION == static_cast<int>(Errc::invalid_version));
-static_assert(PKGCTX_INVALID_SETTINGS == static_cast<int>(Errc::invalid_settings));
-static_assert(PKGCTX_SETTINGS_TOO_LARGE == static_cast<int>(Errc::settings_too_large));
-static_assert(PKGCTX_INVALID_EVENT == static_cast<int>(Errc::invalid_event));
-static_assert(PKGCTX_INVALID_TOKEN == static_cast<int>(Errc::invalid_token));
-static_assert(PKGCTX_NO_SUCH_PACKAGE == static_cast<int>(Errc::no_such_package));
-static_assert(PKGCTX_TABLE_FULL == static_cast<int>(Errc::table_full));
-static_assert(PKGCTX_SETTINGS_FULL == static_cast<int>(Errc::settings_full));
-static_assert(PKGCTX_SEGMENT_MISSING == static_cast<int>(Errc::segment_missing));
-static_assert(PKGCTX_SEGMENT_FOREIGN == static_cast<int>(Errc::segment_foreign));
-static_assert(PKGCTX_SEGMENT_VERSION == static_cast<int>(Errc::segment_version));
-static_assert(PKGCTX_SEGMENT_TRUNCATED == static_cast<int>(Errc::segment_truncated));
-static_assert(PKGCTX_SEGMENT_NOT_READY == static_cast<int>(Errc::segment_not_ready));
-static_assert(PKGCTX_SEGMENT_RETIRED == static_cast<int>(Errc::segment_retired));
-static_assert(PKGCTX_SEGMENT_EXISTS == static_cast<int>(Errc::segment_exists));
-static_assert(PKGCTX_PERMISSION_DENIED == static_cast<int>(Errc::permission_denied));
-static_assert(PKGCTX_TIMED_OUT == static_cast<int>(Errc::timed_out));
-static_assert(PKGCTX_IO_ERROR == static_cast<int>(Errc::io_error));
-static_assert(PKGCTX_DAEMON_UNREACHABLE == static_cast<int>(Errc::daemon_unreachable));
-static_assert(PKGCTX_BUSY == static_cast<int>(Errc::busy));
-static_assert(PKGCTX_CAUSE_SEGMENT_RETIRED == static_cast<int>(pkgctx::Cause::kSegmentRetired));
-static_assert(PKGCTX_CAUSE_DELETED == static_cast<int>(pkgctx::Cause::kDeleted));
-static_assert(PKGCTX_CAUSE_RESCHEDULED == static_cast<int>(pkgctx::Cause::kRescheduled));
-static_assert(PKGCTX_CAUSE_REMOVED == static_cast<int>(pkgctx::Cause::kRemoved));
-static_assert(PKGCTX_CAUSE_UPDATE_EVENT == static_cast<int>(pkgctx::Cause::kUpdateEvent));
-static_assert(PKGCTX_CAUSE_VERSION_CHANGED == static_cast<int>(pkgctx::Cause::kVersionChanged));
-static_assert(PKGCTX_DAEMON_NONE == static_cast<int>(pkgctx::Liveness::none));
-static_assert(PKGCTX_DAEMON_ALIVE == static_cast<int>(pkgctx::Liveness::alive));
-static_assert(PKGCTX_DAEMON_STALE == static_cast<int>(pkgctx::Liveness::stale));
-static_assert(PKGCTX_DAEMON_STOPPED == static_cast<int>(pkgctx::Liveness::stopped));
+// Identity of the shared-memory object a name refers to right now.
+struct ObjectId {
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool ok = false;
+  bool operator==(const ObjectId&) const = default;
+};
+
+// Boost.Interprocess names the table object "/<name>" (lib/src/mapping.hpp).
+ObjectId object_id(const std::string& name) noexcept {
+  const std::string obj = "/" + name;
+  const int fd = ::shm_open(obj.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) return {};
+  struct stat st {};
+  ObjectId id;
+  if (::fstat(fd, &st) == 0) id = ObjectId{st.st_dev, st.st_ino, true};
+  ::close(fd);
+  return id;
+}
+
+std::uint64_t coarse_now_ns() noexcept {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
+bool is_retired(const pkgctx::Segment& s) noexcept {
+  return static_cast<pkgctx::layout::State>(s.header().prefix.state.load(std::memory_order_acquire)) ==
+         pkgctx::layout::State::kRetired;
+}
 
 thread_local std::string last_error;
 
@@ -78,7 +89,7 @@ int fail(Errc code, const char* message) noexcept {
   return static_cast<int>(code);
 }
 
-int fail(const pkgctx::Error& e) noexcept { return fail(e.code, e.message.c_str()); }
+int fail(const Error& e) noexcept { return fail(e.code, e.message.c_str()); }
 
 // Runs `body` (returning an int code); anything thrown becomes PKGCTX_IO_ERROR.
 template <class F>
@@ -104,66 +115,162 @@ char* dup_string(const std::string& s) {
 
 }  // namespace
 
+struct pkgctx_worker_s {
+  struct Attachment {
+    View view;
+    std::uint64_t epoch;
+  };
+
+  std::string name;
+  std::int64_t recheck_ns = 1'000'000'000;        // negative: never
+  std::atomic<const Attachment*> current{nullptr};
+  std::atomic<std::uint64_t> next_check_ns{0};
+  std::mutex mu;                                  // guards `all`, `current_id` and switching
+  std::vector<std::unique_ptr<Attachment>> all;   // every mapping attached; never shrinks
+  ObjectId current_id;                            // the object `current` was opened from
+
+  const Attachment* cur() const noexcept { return current.load(std::memory_order_acquire); }
+
+  // Opens the segment by name, the first time (before the handle is shared). The object's
+  // identity is taken before opening: if the name is replaced in between, the recorded id is
+  // the older one and the next check re-opens (and finds the same epoch) instead of missing it.
+  Result<void> open_first() {
+    const ObjectId id = object_id(name);
+    auto seg = pkgctx::Segment::open(name, pkgctx::Access::read_only);
+    if (!seg) return seg.error();
+    const std::uint64_t epoch = seg->header().prefix.epoch;
+    all.push_back(std::make_unique<Attachment>(Attachment{View(std::move(*seg)), epoch}));
+    current_id = id;
+    current.store(all.back().get(), std::memory_order_release);
+    if (recheck_ns >= 0) next_check_ns.store(coarse_now_ns() + static_cast<std::uint64_t>(recheck_ns), std::memory_order_relaxed);
+    return {};
+  }
+
+  // Re-attaches if `seen` (the attachment a caller just used) is retired, or if the name now
+  // refers to another object with another epoch. Returns the attachment to use from now on.
+  Result<const Attachment*> reattach(const Attachment* seen) {
+    std::lock_guard lk(mu);
+    const Attachment* now = cur();
+    if (now != seen) return now;  // another thread already moved on
+    const bool retired = is_retired(seen->view.segment());
+    const ObjectId id = object_id(name);
+    if (!retired && (!id.ok || id == current_id)) return seen;
+    auto seg = pkgctx::Segment::open(name, pkgctx::Access::read_only);
+    if (!seg) {
+      Error e = seg.error();
+      e.message = "segment " + name + (retired ? " was retired" : " was replaced") + "; re-attaching failed: " + e.message;
+      return e;
+    }
+    const std::uint64_t epoch = seg->header().prefix.epoch;
+    if (epoch == seen->epoch) {  // the same segment after all (opened under another id record)
+      current_id = id;
+      return seen;
+    }
+    all.push_back(std::make_unique<Attachment>(Attachment{View(std::move(*seg)), epoch}));
+    current_id = id;
+    current.store(all.back().get(), std::memory_order_release);
+    return all.back().get();
+  }
+
+  // The time-based check for a segment replaced without retirement (pkgctx_options_t).
+  void maybe_recheck(const Attachment*& a) {
+    if (recheck_ns < 0) return;
+    const std::uint64_t now = coarse_now_ns();
+    std::uint64_t next = next_check_ns.load(std::memory_order_relaxed);
+    if (now < next) return;
+    const std::uint64_t then = now + static_cast<std::uint64_t>(recheck_ns);
+    if (!next_check_ns.compare_exchange_strong(next, then, std::memory_order_relaxed)) return;  // another thread checks
+    if (auto n = reattach(a)) a = *n;
+  }
+
+  // Runs a lookup `f(const View&) -> Result<T>` on the current mapping, re-attaching and
+  // retrying when the mapping turns out to be retired, or when a miss may mean "replaced".
+  template <class F>
+  auto lookup(F&& f) -> decltype(f(std::declval<const View&>())) {
+    const Attachment* a = cur();
+    maybe_recheck(a);
+    for (int attempt = 0;; ++attempt) {
+      auto r = f(a->view);
+      const bool retired = is_retired(a->view.segment());
+      const bool miss = !retired && !r && r.error().code == Errc::no_such_package;
+      if ((!retired && !miss) || attempt == 3) {
+        if (retired) return pkgctx::make_error(Errc::segment_retired, "segment " + name + " keeps being retired; try again");
+        return r;
+      }
+      auto n = reattach(a);
+      if (!n) return retired ? n.error() : r.error();
+      if (*n == a) return r;  // a miss on the current segment: a real miss
+      a = *n;
+    }
+  }
+
+  // A printed token, checked against the mapping of its epoch: the current one, one attached
+  // before a re-attachment (the token then reports segment_retired), or a replacement.
+  Result<CoreToken> parse(std::string_view text) {
+    const Attachment* a = cur();
+    maybe_recheck(a);
+    auto fields = pkgctx::parse_token_text(text);
+    if (!fields) return fields.error();
+    if (fields->epoch != a->epoch) {
+      {
+        std::lock_guard lk(mu);
+        for (const auto& old : all)
+          if (old->epoch == fields->epoch) return CoreToken::parse(text, old->view.segment());
+      }
+      if (auto n = reattach(a); n && *n != a && (*n)->epoch == fields->epoch) return CoreToken::parse(text, (*n)->view.segment());
+    }
+    return CoreToken::parse(text, a->view.segment());
+  }
+};
+
+struct pkgctx_token_s {
+  CoreToken token;
+};
+
+struct pkgctx_watch_s {
+  std::uint64_t id = 0;  // 0: the callback already ran, or nothing to watch
+};
+
 extern "C" {
 
 const char* pkgctx_version(void) { return PKGCTX_VERSION_STRING; }
 
-const char* pkgctx_errname(int code) {
-  const std::string_view n = pkgctx::errc_name(static_cast<Errc>(code));
-  return n.data();  // static, NUL-terminated literals
-}
-
-const char* pkgctx_strerror(int code) {
-  switch (static_cast<Errc>(code)) {
-    case Errc::ok: return "success";
-    case Errc::invalid_name: return "invalid name (1..128 bytes of [A-Za-z0-9._-])";
-    case Errc::invalid_version: return "invalid version (1..128 printable ASCII bytes)";
-    case Errc::invalid_settings: return "invalid settings or checksum";
-    case Errc::settings_too_large: return "settings too large";
-    case Errc::invalid_event: return "invalid event (not 0..7)";
-    case Errc::invalid_token: return "invalid token (garbled, forged, or from another segment)";
-    case Errc::no_such_package: return "no such package";
-    case Errc::table_full: return "package table full";
-    case Errc::settings_full: return "settings area full";
-    case Errc::segment_missing: return "segment missing (is the daemon running?)";
-    case Errc::segment_foreign: return "not a pkgctx segment";
-    case Errc::segment_version: return "segment of another layout version (upgrade the SDK)";
-    case Errc::segment_truncated: return "segment truncated";
-    case Errc::segment_not_ready: return "segment being created (try again)";
-    case Errc::segment_retired: return "segment retired (try again)";
-    case Errc::segment_exists: return "segment exists";
-    case Errc::permission_denied: return "permission denied";
-    case Errc::timed_out: return "timed out";
-    case Errc::io_error: return "I/O or internal error";
-    case Errc::daemon_unreachable: return "daemon unreachable";
-    case Errc::busy: return "busy (a writer died mid-write; try again)";
-  }
-  return "unknown pkgctx error code";
-}
-
 const char* pkgctx_last_error(void) { return last_error.c_str(); }
 
-int pkgctx_attach(const char* segment, pkgctx_worker_t** out) {
+int pkgctx_attach_with(const char* segment, const pkgctx_options_t* options, pkgctx_worker_t** out) {
   if (out) *out = nullptr;
   return guarded("pkgctx_attach", [&]() -> int {
     if (!out) return fail(Errc::io_error, "pkgctx_attach: out is NULL");
     if (!segment) return fail(Errc::invalid_name, "pkgctx_attach: segment name is NULL");
-    auto w = pkgctx::Worker::attach(segment);
-    if (!w) return fail(w.error());
-    *out = new pkgctx_worker_t{std::move(*w)};
+    if (auto v = pkgctx::validate_segment_name(segment); !v) return fail(v.error());
+    auto w = std::make_unique<pkgctx_worker_t>();
+    w->name = segment;
+    if (options && options->recheck_always) {
+      w->recheck_ns = 0;
+    } else if (options && options->recheck_interval_ms != 0) {
+      // Clamped so the deadline arithmetic cannot overflow (about 292 years of nanoseconds).
+      w->recheck_ns = options->recheck_interval_ms < 0 ? -1 : std::min<std::int64_t>(options->recheck_interval_ms, std::int64_t{1} << 40) * 1'000'000;
+    }
+    if (auto r = w->open_first(); !r) return fail(r.error());
+    *out = w.release();
     return PKGCTX_OK;
   });
 }
 
+int pkgctx_attach(const char* segment, pkgctx_worker_t** out) { return pkgctx_attach_with(segment, nullptr, out); }
+
 void pkgctx_detach(pkgctx_worker_t* worker) { delete worker; }
+
+uint64_t pkgctx_epoch(const pkgctx_worker_t* worker) { return worker ? worker->cur()->epoch : 0; }
 
 int pkgctx_refresh(pkgctx_worker_t* worker, int* reattached) {
   if (reattached) *reattached = 0;
   return guarded("pkgctx_refresh", [&]() -> int {
     if (!worker) return fail(Errc::io_error, "pkgctx_refresh: worker is NULL");
-    auto r = worker->worker.refresh();
-    if (!r) return fail(r.error());
-    if (reattached) *reattached = *r ? 1 : 0;
+    const auto* a = worker->cur();
+    auto n = worker->reattach(a);
+    if (!n) return fail(n.error());
+    if (reattached) *reattached = *n != a ? 1 : 0;
     return PKGCTX_OK;
   });
 }
@@ -173,7 +280,7 @@ int pkgctx_token(pkgctx_worker_t* worker, const char* name, int event, pkgctx_to
   return guarded("pkgctx_token", [&]() -> int {
     if (!worker || !out) return fail(Errc::io_error, "pkgctx_token: worker or out is NULL");
     if (!name) return fail(Errc::invalid_name, "pkgctx_token: name is NULL");
-    auto t = worker->worker.token(name, event);
+    auto t = worker->lookup([&](const View& v) { return v.token(name, event); });
     if (!t) return fail(t.error());
     *out = new pkgctx_token_t{std::move(*t)};
     return PKGCTX_OK;
@@ -185,7 +292,7 @@ int pkgctx_token_parse(pkgctx_worker_t* worker, const char* text, pkgctx_token_t
   return guarded("pkgctx_token_parse", [&]() -> int {
     if (!worker || !out) return fail(Errc::io_error, "pkgctx_token_parse: worker or out is NULL");
     if (!text) return fail(Errc::invalid_token, "pkgctx_token_parse: text is NULL");
-    auto t = worker->worker.parse_token(text);
+    auto t = worker->parse(text);
     if (!t) return fail(t.error());
     *out = new pkgctx_token_t{std::move(*t)};
     return PKGCTX_OK;
@@ -218,6 +325,15 @@ int pkgctx_token_check(const pkgctx_token_t* token, pkgctx_check_t* out) {
   return PKGCTX_OK;
 }
 
+int pkgctx_token_info(const pkgctx_token_t* token, pkgctx_token_info_t* out) {
+  if (!out) return fail(Errc::io_error, "pkgctx_token_info: out is NULL");
+  *out = pkgctx_token_info_t{};
+  if (!token) return fail(Errc::invalid_token, "pkgctx_token_info: token is NULL");
+  const CoreToken& t = token->token;
+  *out = pkgctx_token_info_t{t.slot(), t.key(), t.root_generation(), t.child_generation()};
+  return PKGCTX_OK;
+}
+
 const char* pkgctx_cause(const pkgctx_token_t* token) {
   // cause_name() returns views of static, NUL-terminated literals.
   return pkgctx::cause_name(token ? token->token.cause() : pkgctx::Cause::kNone).data();
@@ -227,17 +343,21 @@ int pkgctx_cause_code(const pkgctx_token_t* token) {
   return token ? static_cast<int>(token->token.cause()) : PKGCTX_CAUSE_NONE;
 }
 
-int pkgctx_wait(const pkgctx_token_t* token, int64_t timeout_ms) {
+int pkgctx_wait_ns(const pkgctx_token_t* token, int64_t timeout_ns) {
   if (!token) return fail(Errc::invalid_token, "pkgctx_wait: token is NULL");
-  const pkgctx::Token& t = token->token;
-  if (timeout_ms < 0) {
+  const CoreToken& t = token->token;
+  if (timeout_ns < 0) {
     while (!t.wait(std::chrono::hours(1))) {
     }
     return PKGCTX_OK;
   }
+  return t.wait(std::chrono::nanoseconds(timeout_ns)) ? PKGCTX_OK : static_cast<int>(Errc::timed_out);
+}
+
+int pkgctx_wait(const pkgctx_token_t* token, int64_t timeout_ms) {
   // Clamp so the deadline arithmetic cannot overflow (about 292 years of nanoseconds).
   const int64_t ms = timeout_ms > int64_t{1} << 40 ? int64_t{1} << 40 : timeout_ms;
-  return t.wait(std::chrono::milliseconds(ms)) ? PKGCTX_OK : static_cast<int>(Errc::timed_out);
+  return pkgctx_wait_ns(token, ms < 0 ? -1 : ms * 1'000'000);
 }
 
 size_t pkgctx_token_str(const pkgctx_token_t* token, char* buf, size_t size) {
@@ -262,7 +382,7 @@ int pkgctx_read(pkgctx_worker_t* worker, const char* name, pkgctx_package_t* out
   return guarded("pkgctx_read", [&]() -> int {
     if (!worker || !out) return fail(Errc::io_error, "pkgctx_read: worker or out is NULL");
     if (!name) return fail(Errc::invalid_name, "pkgctx_read: name is NULL");
-    auto r = worker->worker.read(name);
+    auto r = worker->lookup([&](const View& v) { return v.read(name, true); });
     if (!r) return fail(r.error());
     pkgctx_package_t p{};
     try {
@@ -297,7 +417,7 @@ int pkgctx_need_update(pkgctx_worker_t* worker, const char* name, const char* ve
     if (!checksum_hex) return fail(Errc::invalid_settings, "pkgctx_need_update: checksum is NULL");
     auto sum = pkgctx::parse_checksum(checksum_hex);
     if (!sum) return fail(sum.error());
-    auto r = worker->worker.need_update(name, version, *sum);
+    auto r = worker->lookup([&](const View& v) { return v.need_update(name, version, *sum); });
     if (!r) return fail(r.error());
     *out = *r ? 1 : 0;
     return PKGCTX_OK;
@@ -308,13 +428,19 @@ int pkgctx_daemon(pkgctx_worker_t* worker, pkgctx_daemon_t* out) {
   if (out) std::memset(out, 0, sizeof *out);
   return guarded("pkgctx_daemon", [&]() -> int {
     if (!worker || !out) return fail(Errc::io_error, "pkgctx_daemon: worker or out is NULL");
-    auto d = worker->worker.daemon();
+    auto d = worker->lookup([&](const View& v) -> Result<pkgctx_daemon_t> {
+      const pkgctx::SegmentInfo info = v.segment().info();
+      pkgctx_daemon_t s{};
+      s.liveness = static_cast<int>(pkgctx::liveness(info));
+      s.pid = info.daemon_pid;
+      s.start_realtime_ns = info.daemon_start_realtime_ns;
+      const std::uint64_t now = pkgctx::mono_now_ns();
+      s.heartbeat_age_ns = info.heartbeat_mono_ns && now > info.heartbeat_mono_ns ? now - info.heartbeat_mono_ns : 0;
+      s.heartbeat_interval_ns = info.heartbeat_interval_ns;
+      return s;
+    });
     if (!d) return fail(d.error());
-    out->liveness = static_cast<int>(d->liveness);
-    out->pid = d->pid;
-    out->start_realtime_ns = d->start_realtime_ns;
-    out->heartbeat_age_ns = d->heartbeat_age_ns;
-    out->heartbeat_interval_ns = d->heartbeat_interval_ns;
+    *out = *d;
     return PKGCTX_OK;
   });
 }
@@ -324,23 +450,40 @@ const char* pkgctx_liveness_name(int liveness) {
   return pkgctx::liveness_name(static_cast<pkgctx::Liveness>(liveness)).data();
 }
 
-int pkgctx_watch(const pkgctx_token_t* token, void (*fn)(void* arg), void* arg, pkgctx_watch_t** out) {
+int pkgctx_watch_ex(const pkgctx_token_t* token, void (*fn)(void* arg), void* arg, void (*release)(void* arg),
+                    pkgctx_watch_t** out) {
   if (out) *out = nullptr;
+  // Owns `arg` from here on: released when the last copy of the callback is destroyed, which the
+  // watcher does only once the callback can no longer run.
+  std::shared_ptr<void> owned;
+  try {
+    owned = std::shared_ptr<void>(arg, [release](void* a) {
+      if (release) release(a);
+    });
+  } catch (...) {
+    if (release) release(arg);
+    return fail(Errc::io_error, "pkgctx_watch: out of memory");
+  }
   return guarded("pkgctx_watch", [&]() -> int {
     if (!token) return fail(Errc::invalid_token, "pkgctx_watch: token is NULL");
     if (!fn || !out) return fail(Errc::io_error, "pkgctx_watch: fn or out is NULL");
-    auto* w = new pkgctx_watch_t{};
-    auto cb = pkgctx::CancelCallback::create(token->token, [fn, arg] { fn(arg); });
-    if (!cb) {
-      delete w;
-      return fail(cb.error());
-    }
-    w->callback = std::move(*cb);
-    *out = w;
+    auto w = std::make_unique<pkgctx_watch_t>();
+    auto id = pkgctx::detail::watch_register(token->token, [fn, a = std::move(owned)] { fn(a.get()); });
+    if (!id) return fail(id.error());
+    w->id = *id;
+    *out = w.release();
     return PKGCTX_OK;
   });
 }
 
-void pkgctx_unwatch(pkgctx_watch_t* watch) { delete watch; }
+int pkgctx_watch(const pkgctx_token_t* token, void (*fn)(void* arg), void* arg, pkgctx_watch_t** out) {
+  return pkgctx_watch_ex(token, fn, arg, nullptr, out);
+}
+
+void pkgctx_unwatch(pkgctx_watch_t* watch) {
+  if (!watch) return;
+  pkgctx::detail::watch_unregister(watch->id);
+  delete watch;
+}
 
 }  // extern "C"

@@ -10,6 +10,8 @@
 
 namespace pkgctx::detail {
 
+using Token = core::Token;
+
 // Registers `fn` to run once on the watcher thread when `token` is cancelled. Runs it inline and
 // returns 0 when the token is already cancelled; returns 0 for a token that can never be
 // cancelled. Otherwise returns a registration id (never 0). Errors: io_error (no thread).

@@ -26,6 +26,8 @@
 // before use: a corrupt segment yields errors, never wild reads.
 #pragma once
 
+#include "pkgctx/types.hpp"
+
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -58,16 +60,8 @@ static_assert(AU32::is_always_lock_free && AU64::is_always_lock_free,
 // kInitialising knows "not yet", not "never".
 enum class State : u32 { kInitialising = 0, kLive = 1, kRetired = 2 };
 
-// Why a token was cancelled. Stored in 8-entry rings, one byte per generation.
-enum class Cause : u8 {
-  kNone = 0,
-  kVersionChanged = 1,  // Update with a new version (or re-create after remove)
-  kUpdateEvent = 2,     // HandleEvent(update)
-  kRemoved = 3,         // HandleEvent(remove)
-  kRescheduled = 4,     // HandleEvent(k>=2) replaced this child
-  kDeleted = 5,         // Delete
-  kSegmentRetired = 6,  // the daemon replaced the whole segment
-};
+// Why a token was cancelled (pkgctx/types.hpp). Stored in 8-entry rings, one byte per generation.
+using Cause = ::pkgctx::Cause;
 inline constexpr u8 kMaxCause = 6;
 
 // A cause ring (SlotCauses): byte (gen % kCauseRing) is the cause that produced generation gen.

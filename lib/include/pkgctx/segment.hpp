@@ -60,13 +60,6 @@ struct SegmentInfo {
   std::uint64_t heartbeat_interval_ns = 0;
 };
 
-enum class Liveness {
-  none,     // no daemon ever attached
-  alive,    // running, heartbeat fresh
-  stale,    // running per the header, but the heartbeat is older than 3 intervals (hung or killed)
-  stopped,  // stopped cleanly
-};
-std::string_view liveness_name(Liveness l) noexcept;
 Liveness liveness(const SegmentInfo& info) noexcept;  // uses CLOCK_MONOTONIC now
 
 class Segment {

@@ -7,6 +7,7 @@
 
 #include "pkgctx/error.hpp"
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -67,7 +68,31 @@ std::uint64_t checksum_bytes(std::string_view bytes) noexcept;
 Result<std::uint64_t> parse_checksum(std::string_view hex);
 
 // Input validation of DESIGN.md §3. Messages name the offending byte and its position.
-Result<void> validate_name(std::string_view name, const Limits& limits = {});
+// A name is 1..max_name bytes of [A-Za-z0-9._-], not "." or "..". is_valid_name is the
+// allocation-free test (a 256-entry table) of the lookup hot paths; validate_name adds the message.
+namespace detail {
+inline constexpr auto kNameByte = [] {
+  std::array<bool, 256> t{};
+  for (int c = 0; c < 256; ++c)
+    t[c] = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+  return t;
+}();
+Result<void> explain_bad_name(std::string_view name, std::size_t max_name);
+}  // namespace detail
+inline bool is_valid_name(std::string_view name, std::size_t max_name) noexcept {
+  if (name.empty() || name.size() > max_name) return false;
+  bool ok = true;
+  for (const char c : name) ok &= detail::kNameByte[static_cast<unsigned char>(c)];
+  return ok && name != "." && name != "..";
+}
+inline Result<void> validate_name(std::string_view name, const Limits& limits = {}) {
+  if (is_valid_name(name, limits.max_name)) return {};
+  return detail::explain_bad_name(name, limits.max_name);
+}
+
+// A segment name (the shared-memory objects "/<name>" and "/<name>.waiters"): 1..200 bytes of
+// [A-Za-z0-9._-], not starting with '.'. Errors: invalid_name.
+Result<void> validate_segment_name(std::string_view name);
 Result<void> validate_version(std::string_view version, const Limits& limits = {});
 
 }  // namespace pkgctx

@@ -26,7 +26,7 @@ enum class Change { none, created, version, settings };
 std::string_view change_name(Change c) noexcept;  // "none", "created", "version", "settings"
 
 struct UpdateResult {
-  std::optional<Token> token;  // a new root token, or none (settings-only or no change)
+  std::optional<core::Token> token;  // a new root token, or none (settings-only or no change)
   Change change = Change::none;
 };
 
@@ -43,7 +43,7 @@ class Store {
   Result<UpdateResult> update(std::string_view name, std::string_view version, const Settings& settings);
   // HandleEvent(event, name): no token when the package is absent. Errors: invalid_event,
   // invalid_name.
-  Result<std::optional<Token>> handle_event(int event, std::string_view name);
+  Result<std::optional<core::Token>> handle_event(int event, std::string_view name);
   // Delete(name). Errors: invalid_name.
   Result<bool> erase(std::string_view name);
   // NeedUpdate(name, version, checksum). Errors: invalid_name.

@@ -16,6 +16,7 @@
 
 #include "pkgctx/error.hpp"
 #include "pkgctx/layout.hpp"
+#include "pkgctx/types.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -31,20 +32,26 @@ namespace detail {
 struct Mapping;
 }
 
-using Cause = layout::Cause;
-// "version_changed", "update_event", "removed", "rescheduled", "deleted", "segment_retired";
-// "none" for kNone.
-std::string_view cause_name(Cause c) noexcept;
-// Parses a cause name; kNone for an unknown one.
-Cause cause_from_name(std::string_view name) noexcept;
+// Events (pkgctx/types.hpp), parsed and checked in one place with one message.
+// "update" → 0, "remove" → 1, "schedule" → 2, "0".."7" → the number. Errors: invalid_event.
+Result<int> parse_event(std::string_view text);
+// Errors: invalid_event when `event` is not 0..7.
+Result<int> validate_event(std::int64_t event);
 
-// Event numbers (DESIGN.md §2). Keys 2..7 are child keys.
-enum Event : int { kEventUpdate = 0, kEventRemove = 1, kEventSchedule = 2 };
-inline constexpr int kMaxEvent = 7;
-inline bool is_root_event(int e) noexcept { return e == kEventUpdate || e == kEventRemove; }
-inline bool is_valid_event(int e) noexcept { return e >= 0 && e <= kMaxEvent; }
-// "update" → 0, "remove" → 1, "schedule" → 2, "2".."7" → the number; -1 otherwise.
-int event_from_name(std::string_view name) noexcept;
+// The fields of a printed token, syntax and check digits verified (nothing about a segment).
+struct TokenText {
+  std::uint64_t epoch = 0;
+  std::uint32_t slot = 0;
+  std::uint32_t key = 0;
+  std::uint64_t root = 0;
+  std::uint64_t child = 0;
+};
+// Errors: invalid_token naming what is wrong.
+Result<TokenText> parse_token_text(std::string_view text);
+
+// The core's token (the store's and the SDK implementation's). Plugins see the header-only
+// pkgctx::Token of pkgctx/worker.hpp, built on this one through the C API.
+namespace core {
 
 class Token {
  public:
@@ -112,4 +119,5 @@ class Token {
   std::uint32_t key_ = 0;
 };
 
+}  // namespace core
 }  // namespace pkgctx

@@ -17,24 +17,6 @@
 
 namespace pkgctx {
 
-namespace detail {
-// Internal fast path of validate_name (settings.hpp) for the store's and the view's hot paths:
-// true exactly when validate_name(name, {max_name}) succeeds. Callers fall back to
-// validate_name for the error message. A 256-entry table instead of five range tests per byte.
-inline constexpr auto kNameByte = [] {
-  std::array<bool, 256> t{};
-  for (int c = 0; c < 256; ++c)
-    t[c] = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-  return t;
-}();
-inline bool name_ok(std::string_view name, std::size_t max_name) noexcept {
-  if (name.empty() || name.size() > max_name) return false;
-  bool ok = true;
-  for (const char c : name) ok &= kNameByte[static_cast<unsigned char>(c)];
-  return ok && name != "." && name != "..";
-}
-}  // namespace detail
-
 struct PackageRecord {
   std::string name;
   std::string version;            // "" = removed
@@ -64,7 +46,7 @@ class View {
   Result<PackageRecord> read(std::string_view name, bool with_settings = true) const;
   // The token of the package's current context for `event` (0/1: root; 2..7: that child key).
   // Errors: invalid_event, invalid_name, no_such_package.
-  Result<Token> token(std::string_view name, int event) const;
+  Result<core::Token> token(std::string_view name, int event) const;
   // DESIGN.md §2 NeedUpdate. Errors: invalid_name.
   Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const;
   // Every package, in slot order.

@@ -50,27 +50,134 @@
 //   (the new version, settings, cause) is visible to the caller: read() after a cancellation
 //   returns the state that cancelled the token or a newer one.
 //
-// Errors. Worker, CancelCallback and StopBridge never throw: every call is noexcept, and an
-// unexpected failure inside (even out-of-memory) comes back as io_error.
+// ABI. This header is a header-only layer over the C API (pkgctx.h): libpkgctx.so.1 exports
+// only pkgctx_* C functions, so no std::string, std::function or Boost type crosses the library
+// boundary, and a plugin built with another standard library or Boost still works.
+//
+// Errors. Worker, Token, CancelCallback and StopBridge never throw: every call is noexcept, and
+// an unexpected failure inside (even out-of-memory) comes back as io_error.
 // Fallible calls return pkgctx::Result<T>: a value, or an Error whose `code` is a pkgctx::Errc
-// (error.hpp; the same numbers as the C API's PKGCTX_* codes) and whose `message` is one line
+// (pkgctx/error.hpp; the same numbers as the C API's PKGCTX_* codes) and whose `message` is one line
 // naming what was wrong. The codes each call can return are listed with it.
 #pragma once
 
+#include "pkgctx.h"
 #include "pkgctx/error.hpp"
-#include "pkgctx/segment.hpp"
-#include "pkgctx/token.hpp"
-#include "pkgctx/view.hpp"
+#include "pkgctx/types.hpp"
 
+#include <array>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <memory>
+#include <new>
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <thread>
+#include <utility>
 
 namespace pkgctx {
+
+namespace sdk_detail {
+// The error of the C call that just failed on this thread.
+inline Error last_error(int code) {
+  try {
+    return Error{static_cast<Errc>(code), pkgctx_last_error()};
+  } catch (...) {
+    return Error{};  // out of memory for the message: the code alone
+  }
+}
+inline Error out_of_memory(const char* what) noexcept {
+  try {
+    return Error{Errc::io_error, std::string(what) + ": out of memory"};
+  } catch (...) {
+    return Error{Errc::io_error, {}};
+  }
+}
+// The word a default token watches: never changes.
+inline constexpr std::uint64_t kNeverMoves = 0;
+// Copies a NUL-terminated C string argument (string_views are not NUL-terminated).
+inline std::string c_str(std::string_view s) { return std::string(s); }
+}  // namespace sdk_detail
+
+// A context token: a snapshot of a package's generation counters, taken by Worker::token() or
+// parsed back by Worker::parse_token(). It can only observe; the store (the daemon) holds the
+// power to cancel. A root token (events 0 update, 1 remove) is cancelled when its package's root
+// generation moves: the next root event, a version change, deletion or segment retirement. A
+// child token (key 2..7) is also cancelled by the next HandleEvent of its key. Cancellation is
+// permanent. A default-constructed token is never cancelled.
+class Token {
+ public:
+  Token() noexcept = default;
+
+  // One acquire load and one compare, inline: no call into the library, no syscall, no lock, no
+  // allocation; async-signal-safe. If it returns true, everything the writer stored before
+  // cancelling (the new version, settings, cause) is visible to the caller.
+  bool cancelled() const noexcept {
+    // Hinted "live" so the compiler lays the live path out straight (measured in bench/).
+    return __builtin_expect(__atomic_load_n(check_.word, __ATOMIC_ACQUIRE) != check_.snapshot, 0);
+  }
+
+  // Why it was cancelled: the cause of the event that cancelled it (for a child cancelled
+  // through its root, the root's cause); Cause::kNone while live. Exact while at most 8 further
+  // events that this token would have seen followed; the most recent of them after that.
+  Cause cause() const noexcept { return static_cast<Cause>(pkgctx_cause_code(handle_.get())); }
+
+  // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
+  // word; the writer wakes only when someone waits. Without a writable waiters board (no
+  // permission) it still works, re-checking every 10 ms.
+  bool wait(std::chrono::nanoseconds timeout) const noexcept {
+    if (!handle_) {  // never cancelled: sleep the timeout out
+      std::this_thread::sleep_for(timeout);
+      return false;
+    }
+    return pkgctx_wait_ns(handle_.get(), timeout.count() < 0 ? 0 : timeout.count()) == PKGCTX_OK;
+  }
+
+  // Printable form (≤ 128 chars of [A-Za-z0-9._:-]), for handing a token to another process
+  // (Worker::parse_token reads it back); "pkgctx1:none" for a default token.
+  std::string str() const {
+    if (!handle_) return "pkgctx1:none";
+    std::array<char, PKGCTX_TOKEN_STR_MAX + 1> buf{};
+    const std::size_t n = pkgctx_token_str(handle_.get(), buf.data(), buf.size());
+    return std::string(buf.data(), n < buf.size() ? n : buf.size() - 1);
+  }
+
+  bool is_root() const noexcept { return info_.key < kEventSchedule; }
+  std::uint32_t slot() const noexcept { return info_.slot; }
+  std::uint32_t key() const noexcept { return info_.key; }
+  std::uint64_t root_generation() const noexcept { return info_.root_generation; }
+  // A child token's snapshot of its key's generation (which moves with the root too); 0 for a
+  // root token.
+  std::uint64_t child_generation() const noexcept { return info_.child_generation; }
+  bool valid() const noexcept { return handle_ != nullptr; }  // false for a default token
+
+  // The C handle, for passing this token to C code (valid while this Token lives).
+  const pkgctx_token_t* c_handle() const noexcept { return handle_.get(); }
+
+ private:
+  friend class Worker;
+  // Takes ownership of `h` (freed when the last copy goes). On failure `h` is freed.
+  static Result<Token> adopt(pkgctx_token_t* h) noexcept {
+    Token t;
+    try {
+      t.handle_ = std::shared_ptr<pkgctx_token_t>(h, pkgctx_token_free);
+    } catch (...) {
+      pkgctx_token_free(h);
+      return sdk_detail::out_of_memory("taking a token");
+    }
+    pkgctx_token_check(h, &t.check_);
+    pkgctx_token_info(h, &t.info_);
+    return t;
+  }
+
+  // The hot pair first: the one word this token watches and its snapshot.
+  pkgctx_check_t check_{&sdk_detail::kNeverMoves, 0};
+  pkgctx_token_info_t info_{};
+  std::shared_ptr<pkgctx_token_t> handle_;  // immutable and shared by copies
+};
 
 struct WorkerOptions {
   // How often a lookup also checks whether the segment name now refers to another shared-memory
@@ -78,6 +185,14 @@ struct WorkerOptions {
   // lookup pays it at most once per interval (and always after a miss). Zero: on every lookup.
   // Negative: never (only retirement, misses and refresh() re-attach).
   std::chrono::milliseconds recheck_interval{1000};
+};
+
+// One consistent snapshot of a package (Worker::read).
+struct Package {
+  std::string version;        // "" once removed
+  std::string settings;       // RFC 8785 canonical JSON, "{}" when empty
+  std::uint64_t checksum = 0; // XXH3-64 of settings
+  std::string checksum_hex;   // the same, as 16 lowercase hex digits
 };
 
 // The daemon that owns the segment, as its header tells.
@@ -100,17 +215,24 @@ class Worker {
   //   segment_truncated  shorter than its header says (corrupt).
   //   segment_retired    being replaced by the daemon right now: try again.
   //   permission_denied  this process may not read it (join the daemon's group).
-  //   invalid_name       `segment` is empty, longer than 200 bytes or contains '/'.
+  //   invalid_name       `segment` is not 1..200 bytes of [A-Za-z0-9._-] or starts with '.'.
   //   io_error           anything else the kernel refused.
-  static Result<Worker> attach(std::string segment, WorkerOptions options = {}) noexcept;
-
-  Worker(Worker&&) noexcept;
-  Worker& operator=(Worker&&) noexcept;
-  ~Worker();
+  static Result<Worker> attach(std::string segment, WorkerOptions options = {}) noexcept {
+    try {
+      pkgctx_options_t o{};
+      o.recheck_always = options.recheck_interval.count() == 0;
+      o.recheck_interval_ms = options.recheck_interval.count() < 0 ? -1 : options.recheck_interval.count();
+      pkgctx_worker_t* h = nullptr;
+      if (const int rc = pkgctx_attach_with(segment.c_str(), &o, &h); rc != PKGCTX_OK) return sdk_detail::last_error(rc);
+      return Worker(std::move(segment), h);
+    } catch (...) {
+      return sdk_detail::out_of_memory("attaching");
+    }
+  }
 
   // The token of package `name`'s current context for `event` (0 update, 1 remove: the root;
-  // 2..7: that child key). Lock-free; allocation-free unless an error is returned. The token is
-  // a snapshot: take it when the task starts, not when it ends.
+  // 2..7: that child key). Lock-free. The token is a snapshot: take it when the task starts,
+  // not when it ends.
   // Errors:
   //   invalid_event    not 0..7.
   //   invalid_name     not 1..128 bytes of [A-Za-z0-9._-].
@@ -118,47 +240,100 @@ class Worker {
   //   busy             a writer died in the middle of writing this package; the daemon repairs
   //                    the table on its next heartbeat: try again.
   //   any attach() error, when the segment was retired and re-attaching failed.
-  Result<Token> token(std::string_view name, int event) const noexcept;
+  Result<Token> token(std::string_view name, int event) const noexcept {
+    try {
+      pkgctx_token_t* h = nullptr;
+      if (const int rc = pkgctx_token(handle_.get(), sdk_detail::c_str(name).c_str(), event, &h); rc != PKGCTX_OK)
+        return sdk_detail::last_error(rc);
+      return Token::adopt(h);
+    } catch (...) {
+      return sdk_detail::out_of_memory("taking a token");
+    }
+  }
 
   // One consistent snapshot of package `name`: version ("" once removed), pending settings (RFC
   // 8785 canonical JSON, "{}" when empty) and their checksum, all from the same committed write,
   // even while writers change them (validated by the slot's sequence counter and retried).
   // Errors: invalid_name, no_such_package, busy, attach() errors after a retirement (as token()).
-  Result<PackageRecord> read(std::string_view name) const noexcept;
+  Result<Package> read(std::string_view name) const noexcept {
+    pkgctx_package_t p{};
+    try {
+      if (const int rc = pkgctx_read(handle_.get(), sdk_detail::c_str(name).c_str(), &p); rc != PKGCTX_OK)
+        return sdk_detail::last_error(rc);
+      Package r{std::string(p.version), std::string(p.settings, p.settings_len), p.checksum, std::string(p.checksum_hex)};
+      pkgctx_package_free(&p);
+      return r;
+    } catch (...) {
+      pkgctx_package_free(&p);
+      return sdk_detail::out_of_memory("reading a package");
+    }
+  }
 
   // DESIGN.md §2 NeedUpdate: true when the package is absent, or its version or settings
   // checksum differs from the given ones. Errors: invalid_name, busy, attach() errors.
-  Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const noexcept;
+  Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const noexcept {
+    try {
+      char hex[17];
+      std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(checksum));
+      int out = 0;
+      if (const int rc = pkgctx_need_update(handle_.get(), sdk_detail::c_str(name).c_str(),
+                                            sdk_detail::c_str(version).c_str(), hex, &out);
+          rc != PKGCTX_OK)
+        return sdk_detail::last_error(rc);
+      return out != 0;
+    } catch (...) {
+      return sdk_detail::out_of_memory("need_update");
+    }
+  }
 
   // Parses a token's printable form (Token::str(), e.g. handed over by a controller). A token of
   // a segment this Worker attached before a re-attachment is accepted and reports
   // segment_retired. Errors:
   //   invalid_token  garbled, forged (check digits), from a segment this Worker never attached
   //                  (other epoch), slot or key out of range, generations in the future.
-  Result<Token> parse_token(std::string_view text) const noexcept;
+  Result<Token> parse_token(std::string_view text) const noexcept {
+    try {
+      pkgctx_token_t* h = nullptr;
+      if (const int rc = pkgctx_token_parse(handle_.get(), sdk_detail::c_str(text).c_str(), &h); rc != PKGCTX_OK)
+        return sdk_detail::last_error(rc);
+      return Token::adopt(h);
+    } catch (...) {
+      return sdk_detail::out_of_memory("parsing a token");
+    }
+  }
 
   // The owning daemon's liveness from the segment header (heartbeat on CLOCK_MONOTONIC; a clean
   // shutdown reads "stopped", a killed or hung daemon "stale"). Errors: attach() errors after a
   // retirement.
-  Result<DaemonStatus> daemon() const noexcept;
+  Result<DaemonStatus> daemon() const noexcept {
+    pkgctx_daemon_t d{};
+    if (const int rc = pkgctx_daemon(handle_.get(), &d); rc != PKGCTX_OK) return sdk_detail::last_error(rc);
+    return DaemonStatus{static_cast<Liveness>(d.liveness), d.pid, d.start_realtime_ns, d.heartbeat_age_ns,
+                        d.heartbeat_interval_ns};
+  }
 
   // Checks now whether the segment was retired or replaced, and re-attaches if so. Returns
   // whether it re-attached. Errors: attach() errors (the current mapping is kept).
-  Result<bool> refresh() const noexcept;
+  Result<bool> refresh() const noexcept {
+    int reattached = 0;
+    if (const int rc = pkgctx_refresh(handle_.get(), &reattached); rc != PKGCTX_OK) return sdk_detail::last_error(rc);
+    return reattached != 0;
+  }
 
-  const std::string& name() const noexcept;
-  // The current mapping (read-only) and its epoch. For tools and tests.
-  Segment segment() const noexcept;
-  std::uint64_t epoch() const noexcept;
+  const std::string& name() const noexcept { return name_; }
+  // The epoch of the segment attached now (it changes when the Worker re-attaches).
+  std::uint64_t epoch() const noexcept { return pkgctx_epoch(handle_.get()); }
+  // The C handle, for passing this worker to C code (valid while this Worker lives).
+  pkgctx_worker_t* c_handle() const noexcept { return handle_.get(); }
 
  private:
-  struct Impl;
-  explicit Worker(std::unique_ptr<Impl> impl) noexcept;
-  std::unique_ptr<Impl> impl_;
+  Worker(std::string name, pkgctx_worker_t* h) noexcept : name_(std::move(name)), handle_(h, pkgctx_detach) {}
+  std::string name_;
+  std::unique_ptr<pkgctx_worker_t, void (*)(pkgctx_worker_t*)> handle_{nullptr, pkgctx_detach};
 };
 
 // ---------------------------------------------------------------------------------------------
-// Callbacks on cancellation, and the std::stop_token bridge.
+// Callbacks on cancellation, and the std::stop_token bridge (over pkgctx_watch).
 //
 // One watcher thread per process serves every registration (it is started by the first one and
 // then lives for the process). It sleeps in futex_waitv(2) on the wake words of all watched
@@ -184,21 +359,38 @@ class Worker {
 // Errors of create(): io_error (the watcher thread could not be started).
 class CancelCallback {
  public:
-  static Result<CancelCallback> create(const Token& token, std::function<void()> fn) noexcept;
+  static Result<CancelCallback> create(const Token& token, std::function<void()> fn) noexcept {
+    if (!token.valid()) return CancelCallback();
+    using Fn = std::function<void()>;
+    Fn* arg = new (std::nothrow) Fn(std::move(fn));
+    if (!arg) return sdk_detail::out_of_memory("registering a callback");
+    // The library releases `arg` once `fn` can no longer run (also on failure).
+    pkgctx_watch_t* w = nullptr;
+    const int rc = pkgctx_watch_ex(
+        token.c_handle(), [](void* a) { (*static_cast<Fn*>(a))(); }, arg, [](void* a) { delete static_cast<Fn*>(a); }, &w);
+    if (rc != PKGCTX_OK) return sdk_detail::last_error(rc);
+    return CancelCallback(w);
+  }
 
   CancelCallback() noexcept = default;  // registers nothing
-  CancelCallback(CancelCallback&& other) noexcept;
-  CancelCallback& operator=(CancelCallback&& other) noexcept;
+  CancelCallback(CancelCallback&& other) noexcept : watch_(std::exchange(other.watch_, nullptr)) {}
+  CancelCallback& operator=(CancelCallback&& other) noexcept {
+    if (this != &other) {
+      reset();
+      watch_ = std::exchange(other.watch_, nullptr);
+    }
+    return *this;
+  }
   CancelCallback(const CancelCallback&) = delete;
   CancelCallback& operator=(const CancelCallback&) = delete;
-  ~CancelCallback();
+  ~CancelCallback() { reset(); }
 
   // Unregisters now (as the destructor does).
-  void reset() noexcept;
+  void reset() noexcept { pkgctx_unwatch(std::exchange(watch_, nullptr)); }
 
  private:
-  explicit CancelCallback(std::uint64_t id) noexcept : id_(id) {}
-  std::uint64_t id_ = 0;  // 0: nothing registered
+  explicit CancelCallback(pkgctx_watch_t* w) noexcept : watch_(w) {}
+  pkgctx_watch_t* watch_ = nullptr;  // nullptr: nothing registered
 };
 
 // A std::stop_source that is requested when a pkgctx token is cancelled, for code written
@@ -215,7 +407,16 @@ class CancelCallback {
 class StopBridge {
  public:
   // Requests `source` (a fresh one by default) when `token` is cancelled.
-  static Result<StopBridge> create(const Token& token, std::stop_source source = {}) noexcept;
+  static Result<StopBridge> create(const Token& token, std::stop_source source = {}) noexcept {
+    try {
+      if (!source.stop_possible() && !source.stop_requested()) source = std::stop_source();
+      auto cb = CancelCallback::create(token, [s = source]() mutable { s.request_stop(); });
+      if (!cb) return cb.error();
+      return StopBridge(std::move(source), std::move(*cb));
+    } catch (...) {
+      return sdk_detail::out_of_memory("creating a stop bridge");
+    }
+  }
 
   StopBridge() noexcept : source_(std::nostopstate) {}
   std::stop_token get_token() const noexcept { return source_.get_token(); }
