@@ -103,7 +103,7 @@ void min_batch(benchmark::State& st, Op op) {
 
 void floor_acquire_load_shm(benchmark::State& st) {
   Env& e = env();
-  const Token t = e.view.token(kCheckPkg, kEventSchedule).value();
+  const core::Token t = e.view.token(kCheckPkg, kEventSchedule).value();
   const std::atomic<std::uint64_t>* word = &e.view.segment().slot(t.slot()).gens.root;
   benchmark::DoNotOptimize(word);
   for (auto _ : st) {
@@ -168,7 +168,7 @@ void floor_robust_mutex(benchmark::State& st) {
 
 // --- cancelled() -------------------------------------------------------------------------------
 
-void check_loop(benchmark::State& st, const Token& t) {
+void check_loop(benchmark::State& st, const core::Token& t) {
   for (auto _ : st) {
     const bool v = t.cancelled();
     benchmark::DoNotOptimize(v);
@@ -181,10 +181,10 @@ void check_loop(benchmark::State& st, const Token& t) {
 // (the result is only pinned to a register, no memory clobber): the intrinsic cost, one load of
 // the shared word and one compare. The bare load's pointer is in a register, as it is in the
 // floor benchmark. The atomic loads themselves are never hoisted (checked in the disassembly).
-void paired_with_load(benchmark::State& st, const Token& t) {
+void paired_with_load(benchmark::State& st, const core::Token& t) {
   const std::atomic<std::uint64_t>* word = &env().view.segment().slot(t.slot()).gens.root;
   benchmark::DoNotOptimize(word);
-  const Token local = t;  // address never escapes
+  const core::Token local = t;  // address never escapes
   double load = 1e9, check = 1e9, check_reg = 1e9;
   for (int b = 0; b < 300; ++b) {
     load = std::min(load, batch_ns([&] {
@@ -207,7 +207,7 @@ void paired_with_load(benchmark::State& st, const Token& t) {
 
 void check_live(benchmark::State& st) {
   Env& e = env();
-  const Token t = e.view.token(kCheckPkg, kEventSchedule).value();
+  const core::Token t = e.view.token(kCheckPkg, kEventSchedule).value();
   if (t.cancelled()) st.SkipWithError("token cancelled");
   check_loop(st, t);
   paired_with_load(st, t);
@@ -227,7 +227,7 @@ void check_live(benchmark::State& st) {
 
 void check_cancelled(benchmark::State& st) {
   Env& e = env();
-  const Token t = e.view.token(kHotPkg, kEventSchedule).value();
+  const core::Token t = e.view.token(kHotPkg, kEventSchedule).value();
   e.store->handle_event(kEventSchedule, kHotPkg).value();
   if (!t.cancelled()) st.SkipWithError("token not cancelled");
   check_loop(st, t);
@@ -381,7 +381,7 @@ void check_live_1000procs(benchmark::State& st) {
   Env& e = env();
   if (!crowd) crowd = std::make_unique<Crowd>(e.name);
   if (!crowd->ok) st.SkipWithError("children failed to attach");
-  const Token t = e.view.token(kCheckPkg, kEventSchedule).value();
+  const core::Token t = e.view.token(kCheckPkg, kEventSchedule).value();
   st.counters["attached"] = static_cast<double>(crowd->pids.size());
   check_loop(st, t);
   paired_with_load(st, t);

@@ -346,16 +346,13 @@ void Protocol::op_event(Request& rq, std::string& out) {
   int event = -1;
   if (ev->is_string()) {
     const json::string& s = ev->get_string();
-    event = event_from_name({s.data(), s.size()});
-    if (event < 0) {
-      std::string shown(s.data(), std::min<std::size_t>(s.size(), 64));
-      reject(Error(Errc::invalid_event,
-                   "event \"" + shown + "\" is not update, remove, schedule or a key 0..7"));
-    }
+    auto parsed = parse_event({s.data(), s.size()});
+    if (!parsed) reject(parsed.error());
+    event = *parsed;
   } else if (ev->is_int64() || ev->is_uint64()) {
-    const bool in_range = ev->is_int64() ? (ev->get_int64() >= 0 && ev->get_int64() <= kMaxEvent) : false;
-    if (!in_range) reject(Error(Errc::invalid_event, "event " + json::serialize(*ev) + " is not a key 0..7"));
-    event = static_cast<int>(ev->get_int64());
+    auto checked = validate_event(ev->is_int64() ? ev->get_int64() : -1);
+    if (!checked) reject(Error(Errc::invalid_event, "event " + json::serialize(*ev) + " is not a key 0..7"));
+    event = *checked;
   } else {
     reject(code::kBadRequest, "field \"event\" must be a name or an integer 0..7, not " +
                                   std::string(ev->is_double() ? "a fractional number" : kind_name(*ev)));

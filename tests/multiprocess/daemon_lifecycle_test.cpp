@@ -123,12 +123,12 @@ BOOST_AUTO_TEST_CASE(kill9_loses_no_acknowledged_change_and_tokens_stay_live) {
   }
   auto view = View::open(env.seg);
   BOOST_TEST_REQUIRE(view.has_value());
-  std::vector<Token> tokens;
+  std::vector<core::Token> tokens;
   for (const auto& [name, text] : acked) {
     auto rec = view->read(name);
     BOOST_TEST_REQUIRE(rec.has_value(), name);
     BOOST_TEST(rec->version == "1");
-    auto t = Token::parse(text, view->segment());
+    auto t = core::Token::parse(text, view->segment());
     BOOST_TEST_REQUIRE(t.has_value());
     BOOST_TEST(!t->cancelled());
     tokens.push_back(*t);
@@ -144,14 +144,14 @@ BOOST_AUTO_TEST_CASE(kill9_loses_no_acknowledged_change_and_tokens_stay_live) {
   BOOST_TEST_REQUIRE(view2.has_value());
   BOOST_TEST(view2->segment().info().epoch == epoch);
   BOOST_TEST(view2->segment().info().daemon_pid == d2.pid());
-  for (const Token& t : tokens) BOOST_TEST(!t.cancelled());
+  for (const core::Token& t : tokens) BOOST_TEST(!t.cancelled());
   Client c = connect(env.sock);
   auto s = call(c, R"({"op":"settings","name":"p7"})");
   BOOST_TEST(s.at("version") == "1");
   BOOST_TEST(json::serialize(s.at("settings")) == R"({"i":7})");
   BOOST_TEST(call(c, R"({"op":"dump"})").at("segment").at("used").as_int64() >= 500);
   // The same segment: a version change through the new daemon cancels an old token.
-  auto t0 = Token::parse(acked.at("p0"), view2->segment());
+  auto t0 = core::Token::parse(acked.at("p0"), view2->segment());
   BOOST_TEST_REQUIRE(t0.has_value());
   BOOST_TEST(call(c, R"({"op":"update","name":"p0","version":"2"})").at("change") == "version");
   BOOST_TEST(t0->cancelled());
@@ -171,7 +171,7 @@ BOOST_AUTO_TEST_CASE(clean_restart_reattaches_without_cancelling) {
   }
   auto view = View::open(env.seg);
   BOOST_TEST_REQUIRE(view.has_value());
-  auto t = Token::parse(token_text, view->segment());
+  auto t = core::Token::parse(token_text, view->segment());
   BOOST_TEST_REQUIRE(t.has_value());
   DaemonProcess d(env.dir, env.opts({"--capacity", "99"}));
   BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
@@ -218,7 +218,7 @@ BOOST_AUTO_TEST_CASE(an_incompatible_segment_is_retired_and_its_waiters_woken) {
   BOOST_TEST_REQUIRE(old.has_value());
   auto up = old->update("w", "1", Settings{});
   BOOST_TEST_REQUIRE(up.has_value());
-  const Token token = *up->token;
+  const core::Token token = *up->token;
 
   const pid_t waiter = test::spawn([&] {
     const bool cancelled = token.wait(30s);

@@ -103,7 +103,7 @@ BOOST_AUTO_TEST_CASE(every_op_round_trips_and_pipelines_with_ids) {
 
   // The first token was cancelled by the version change, observed without the daemon.
   auto view = View::open(env.seg);
-  auto t = Token::parse(token, view->segment());
+  auto t = core::Token::parse(token, view->segment());
   BOOST_TEST_REQUIRE(t.has_value());
   BOOST_TEST(t->cancelled());
 }

@@ -33,15 +33,15 @@ BOOST_AUTO_TEST_CASE(reader_process_sees_root_and_child_cancellation) {
 
   const pid_t child = test::spawn([&] {
     View view = View::open(seg.str()).value();
-    Token root = view.token("app", kEventUpdate).value();
-    Token enable = view.token("app", kEventSchedule).value();
+    core::Token root = view.token("app", kEventUpdate).value();
+    core::Token enable = view.token("app", kEventSchedule).value();
     if (root.cancelled() || enable.cancelled()) return 10;
     ready.send('1');
     // The parent reschedules: only the child token is cancelled.
     if (!enable.wait(10s)) return 11;
     if (enable.cause() != Cause::kRescheduled) return 12;
     if (root.cancelled()) return 13;
-    Token disable = view.token("app", kEventSchedule).value();
+    core::Token disable = view.token("app", kEventSchedule).value();
     ready.send('2');
     // The parent changes the version: root and the new child are cancelled, with the root's cause.
     if (!root.wait(10s)) return 14;
@@ -160,7 +160,7 @@ BOOST_AUTO_TEST_CASE(writer_killed_inside_the_critical_section) {
         o.settings_bytes = 8192;
         Store store = Store::create(seg.str(), o).value();
         store.update("bystander", "1", S(R"({"keep":true})")).value();
-        Token bystander = store.view().token("bystander", kEventSchedule).value();
+        core::Token bystander = store.view().token("bystander", kEventSchedule).value();
         sc.prepare(store);
         const pid_t writer = test::spawn([&] {
           Store w = Store::open(seg.str()).value();

@@ -50,23 +50,28 @@ BOOST_AUTO_TEST_CASE(a_worker_cannot_write_the_table) {
   Store store = make_store(n);
   const std::uint32_t slot = store.view().find("pkg").value();
 
-  // Each child attaches as a plugin would and writes through the SDK's mapping: it must die.
+  // Each child writes through a read-only mapping: the one the SDK hands out (a token's watched
+  // word) and the core's read-only open that the SDK uses (header, settings arena). It must die.
   auto write_header = [&]() -> int {
-    auto w = Worker::attach(n);
-    if (!w) return 2;
-    w->segment().header().prefix.state.store(static_cast<std::uint32_t>(layout::State::kRetired));
+    auto v = View::open(n);
+    if (!v) return 2;
+    v->segment().header().prefix.state.store(static_cast<std::uint32_t>(layout::State::kRetired));
     return 0;  // reached only if the write went through
   };
   auto write_generation = [&]() -> int {
     auto w = Worker::attach(n);
     if (!w) return 2;
-    w->segment().slot(slot).gens.root.fetch_add(1);
+    auto t = w->token("pkg", kEventUpdate);
+    if (!t) return 2;
+    pkgctx_check_t check;
+    if (pkgctx_token_check(t->c_handle(), &check) != PKGCTX_OK) return 2;
+    __atomic_fetch_add(const_cast<std::uint64_t*>(check.word), 1, __ATOMIC_SEQ_CST);
     return 0;
   };
   auto write_settings = [&]() -> int {
-    auto w = Worker::attach(n);
-    if (!w) return 2;
-    w->segment().arena()[0].store(42);
+    auto v = View::open(n);
+    if (!v) return 2;
+    v->segment().arena()[0].store(42);
     return 0;
   };
   const int a = wait_exit(spawn(write_header));

@@ -123,7 +123,7 @@ BOOST_AUTO_TEST_CASE(daemon_killed_and_restarted_fifty_times) {
         model.update("still", "1", "{}");
         worker = test::spawn([&] {
           View v = View::open(seg.str()).value();
-          Token t = v.token("still", kEventSchedule).value();
+          core::Token t = v.token("still", kEventSchedule).value();
           return t.wait(10min) ? 1 : 0;  // woken only if cancelled: a failure
         });
       } else {
@@ -174,7 +174,7 @@ BOOST_AUTO_TEST_CASE(daemon_killed_and_restarted_fifty_times) {
           const std::string d = answer_diff(op, want, o);
           BOOST_REQUIRE_MESSAGE(d.empty(), d);
           if (!token.empty()) {
-            auto t = Token::parse(token, view->segment());
+            auto t = core::Token::parse(token, view->segment());
             BOOST_REQUIRE_MESSAGE(t, token << ": " << t.error().message);
             tracked.push_back({*t, *want.token, op.str()});
           }
@@ -200,7 +200,7 @@ BOOST_AUTO_TEST_CASE(daemon_killed_and_restarted_fifty_times) {
           const Answer want = model_apply(model, b);
           const std::string d = answer_diff(b, want, o);
           BOOST_REQUIRE_MESSAGE(d.empty(), d);
-          if (!token.empty()) tracked.push_back({Token::parse(token, view->segment()).value(), *want.token, b.str()});
+          if (!token.empty()) tracked.push_back({core::Token::parse(token, view->segment()).value(), *want.token, b.str()});
           ++acknowledged;
         }
         // The rest is decided after the restart (a write killed mid-way is repaired first).

@@ -72,7 +72,7 @@ struct Op {
 // What the store answered, in the model's vocabulary, plus the real token.
 struct Observed {
   Answer answer;
-  std::optional<Token> token;
+  std::optional<core::Token> token;
 };
 
 inline Answer model_apply(Model& m, const Op& op) {
@@ -197,7 +197,7 @@ inline std::string table_diff(const View& v, const Model& m) {
 
 // A token the store handed out and the model's idea of it.
 struct Tracked {
-  Token token;
+  core::Token token;
   Tok tok;
   std::string what;  // the op that produced it
 };

@@ -108,7 +108,7 @@ class Lock {
 
 void writer(SharedLog* log, Store& store, std::uint64_t seed, int worker, int ops) {
   std::mt19937_64 rng(seed * 1000003 + static_cast<std::uint64_t>(worker));
-  std::vector<std::pair<std::int32_t, Token>> mine;  // tokens this writer got, by log index
+  std::vector<std::pair<std::int32_t, core::Token>> mine;  // tokens this writer got, by log index
   for (int i = 0; i < ops; ++i) {
     const Op op = random_op(rng, kNames);
     const std::size_t pick = mine.empty() ? 0 : static_cast<std::size_t>(rng() % mine.size());
@@ -158,7 +158,7 @@ void reader(SharedLog* log, const View& view, std::uint64_t seed, const std::ato
   for (const auto& c : settings_pool()) canon.insert(c.canonical);
   const std::set<std::string> versions = {"", "1", "2", "3.0-rc1"};
   std::mt19937_64 rng(seed);
-  std::vector<Token> cancelled_once;
+  std::vector<core::Token> cancelled_once;
   while (!stop.load(std::memory_order_relaxed)) {
     const std::string& name = kNames[rng() % kNames.size()];
     if (auto r = view.read(name, true)) {
@@ -172,7 +172,7 @@ void reader(SharedLog* log, const View& view, std::uint64_t seed, const std::ato
     if (auto t = view.token(name, static_cast<int>(rng() % 8))) {
       if (t->cancelled() && cancelled_once.size() < 256) cancelled_once.push_back(*t);
     }
-    for (const Token& t : cancelled_once) {
+    for (const core::Token& t : cancelled_once) {
       if (!t.cancelled()) fail(log, "reader: a cancelled token came back to life");
     }
   }
@@ -256,7 +256,7 @@ BOOST_AUTO_TEST_CASE(random_operations_from_threads_and_processes_match_the_mode
     std::string d = answer_diff(op, want, got);
     if (e.born_cancelled) d += " (the token it returned was already cancelled)";
     if (e.has_token && want.token) {
-      auto t = Token::parse(e.token, view.segment());
+      auto t = core::Token::parse(e.token, view.segment());
       if (!t) {
         d += " token " + std::string(e.token) + " does not parse: " + t.error().message;
       } else {

@@ -79,8 +79,8 @@ BOOST_AUTO_TEST_CASE(waiters_killed_while_waiting) {
     const int event = i % 2 == 0 ? kEventSchedule : kEventUpdate;
     pids.push_back(test::spawn([&, event] {
       View view = View::open(seg.str()).value();
-      Token t = view.token("app", event).value();
-      Token bystander = view.token("other", kEventSchedule).value();
+      core::Token t = view.token("app", event).value();
+      core::Token bystander = view.token("other", kEventSchedule).value();
       ready.send('r');
       if (!t.wait(30s)) return 10;
       if (bystander.cancelled()) return 11;
@@ -116,7 +116,7 @@ BOOST_AUTO_TEST_CASE(waiters_killed_while_waiting) {
   Pipe ready2;
   const pid_t late = test::spawn([&] {
     View view = View::open(seg.str()).value();
-    Token t = view.token("app", kEventSchedule).value();
+    core::Token t = view.token("app", kEventSchedule).value();
     ready2.send('r');
     return t.wait(30s) && t.cause() == Cause::kRescheduled ? 0 : 20;
   });
@@ -146,7 +146,7 @@ BOOST_AUTO_TEST_CASE(readers_killed_while_reading) {
     loops[id].store(0);
     return test::spawn([&, id] {
       View view = View::open(seg.str()).value();
-      Token calm = view.token("calm", kEventSchedule).value();
+      core::Token calm = view.token("calm", kEventSchedule).value();
       for (long i = 0;; ++i) {
         loops[id].fetch_add(1, std::memory_order_relaxed);
         auto r = view.read("hot");
@@ -175,7 +175,7 @@ BOOST_AUTO_TEST_CASE(readers_killed_while_reading) {
     ids.push_back(next_id);
     readers.push_back(reader(next_id++));
   }
-  const Token calm = store.view().token("calm", kEventSchedule).value();
+  const core::Token calm = store.view().token("calm", kEventSchedule).value();
   std::chrono::nanoseconds slowest{0};
   for (int round = 0; round < 60; ++round) {
     const std::size_t victim = rng() % readers.size();

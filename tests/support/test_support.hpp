@@ -103,9 +103,5 @@ namespace pkgctx {
 inline std::ostream& operator<<(std::ostream& os, Errc e) { return os << errc_name(e); }
 inline std::ostream& operator<<(std::ostream& os, const Error& e) { return os << errc_name(e.code) << ": " << e.message; }
 inline std::ostream& operator<<(std::ostream& os, Liveness l) { return os << liveness_name(l); }
-}  // namespace pkgctx
-
-// Boost.Test finds printers by ADL: Cause (pkgctx::Cause) lives in pkgctx::layout.
-namespace pkgctx::layout {
 inline std::ostream& operator<<(std::ostream& os, Cause c) { return os << cause_name(c); }
-}  // namespace pkgctx::layout
+}  // namespace pkgctx

@@ -70,7 +70,7 @@ BOOST_AUTO_TEST_CASE(update_round_trip) {
   BOOST_TEST(a.at("name") == "pkg");
   BOOST_TEST(a.at("change") == "created");
   BOOST_TEST_REQUIRE(a.at("context").is_string());
-  auto token = Token::parse(a.at("context").as_string(), store.segment());
+  auto token = core::Token::parse(a.at("context").as_string(), store.segment());
   BOOST_TEST_REQUIRE(token.has_value());
   BOOST_TEST(!token->cancelled());
 
@@ -120,14 +120,14 @@ BOOST_AUTO_TEST_CASE(event_round_trip) {
   BOOST_TEST(a.at("context").is_null());
   ask(R"({"op":"update","name":"p","version":"1"})");
   a = ask(R"({"op":"event","event":"schedule","name":"p"})");
-  auto child = Token::parse(a.at("context").as_string(), store.segment());
+  auto child = core::Token::parse(a.at("context").as_string(), store.segment());
   BOOST_TEST_REQUIRE(child.has_value());
   BOOST_TEST(child->key() == 2u);
   a = ask(R"({"op":"event","event":2,"name":"p"})");
   BOOST_TEST(child->cancelled());
   BOOST_TEST(cause_name(child->cause()) == "rescheduled");
   a = ask(R"({"op":"event","event":"7","name":"p"})");
-  BOOST_TEST(Token::parse(a.at("context").as_string(), store.segment())->key() == 7u);
+  BOOST_TEST(core::Token::parse(a.at("context").as_string(), store.segment())->key() == 7u);
   a = ask(R"({"op":"event","event":"remove","name":"p"})");
   BOOST_TEST(a.at("context").is_string());
   auto s = ask(R"({"op":"settings","name":"p"})");

@@ -117,8 +117,8 @@ BOOST_AUTO_TEST_CASE(read_only_handle_refuses_writes) {
 BOOST_AUTO_TEST_CASE(retired_segment_cancels_every_token) {
   test::SegmentName seg;
   auto store = Store::create(seg.str()).value();
-  Token a = *store.update("a", "1", Settings())->token;
-  Token b = **store.handle_event(kEventSchedule, "a");
+  core::Token a = *store.update("a", "1", Settings())->token;
+  core::Token b = **store.handle_event(kEventSchedule, "a");
   store.retire();
   BOOST_TEST(a.cancelled());
   BOOST_TEST(b.cancelled());
@@ -132,8 +132,8 @@ BOOST_AUTO_TEST_CASE(retire_by_name_works_on_another_layout_version) {
   SegmentOptions o;
   o.capacity = 8;
   auto s = Store::create(seg.str(), o).value();
-  Token t = *s.update("a", "1", Settings())->token;
-  Token child = **s.handle_event(7, "a");
+  core::Token t = *s.update("a", "1", Settings())->token;
+  core::Token child = **s.handle_event(7, "a");
   s.segment().header().prefix.layout_version = 2;  // now foreign to this build
   BOOST_REQUIRE(Segment::retire(seg.str()).has_value());
   BOOST_TEST(t.cancelled());

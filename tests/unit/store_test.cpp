@@ -27,13 +27,13 @@ struct Fixture {
     o.settings_bytes = 4096;
     return o;
   }
-  Token update(std::string_view name, std::string_view version, std::string_view json = "{}") {
+  core::Token update(std::string_view name, std::string_view version, std::string_view json = "{}") {
     auto r = store.update(name, version, S(json));
     BOOST_REQUIRE(r);
     BOOST_REQUIRE(r->token);
     return *r->token;
   }
-  Token event(int e, std::string_view name) {
+  core::Token event(int e, std::string_view name) {
     auto r = store.handle_event(e, name);
     BOOST_REQUIRE(r);
     BOOST_REQUIRE(r->has_value());
@@ -61,8 +61,8 @@ BOOST_AUTO_TEST_CASE(absent_creates_and_returns_a_root_token) {
 
 BOOST_AUTO_TEST_CASE(removed_package_is_recreated_and_its_tree_cancelled) {
   update("app", "1.0", R"({"x":1})");
-  Token removal = event(kEventRemove, "app");
-  Token child = event(kEventSchedule, "app");
+  core::Token removal = event(kEventRemove, "app");
+  core::Token child = event(kEventSchedule, "app");
   auto r = store.update("app", "1.0", S(R"({"x":2})"));
   BOOST_REQUIRE(r);
   BOOST_TEST(r->change == Change::created);
@@ -77,14 +77,14 @@ BOOST_AUTO_TEST_CASE(removed_package_is_recreated_and_its_tree_cancelled) {
 }
 
 BOOST_AUTO_TEST_CASE(new_version_cancels_the_whole_tree) {
-  Token root = update("app", "1.0");
-  Token enable = event(kEventSchedule, "app");
-  Token other_key = event(5, "app");
+  core::Token root = update("app", "1.0");
+  core::Token enable = event(kEventSchedule, "app");
+  core::Token other_key = event(5, "app");
   auto r = store.update("app", "2.0", S(R"({"k":"v"})"));
   BOOST_REQUIRE(r);
   BOOST_TEST(r->change == Change::version);
   BOOST_REQUIRE(r->token);
-  for (const Token* t : {&root, &enable, &other_key}) {
+  for (const core::Token* t : {&root, &enable, &other_key}) {
     BOOST_TEST(t->cancelled());
     BOOST_TEST(cause_name(t->cause()) == "version_changed");
   }
@@ -93,8 +93,8 @@ BOOST_AUTO_TEST_CASE(new_version_cancels_the_whole_tree) {
 }
 
 BOOST_AUTO_TEST_CASE(same_version_new_settings_stores_them_without_a_token) {
-  Token root = update("app", "1.0", R"({"a":1})");
-  Token child = event(kEventSchedule, "app");
+  core::Token root = update("app", "1.0", R"({"a":1})");
+  core::Token child = event(kEventSchedule, "app");
   auto r = store.update("app", "1.0", S(R"({"a":2})"));
   BOOST_REQUIRE(r);
   BOOST_TEST(r->change == Change::settings);
@@ -106,7 +106,7 @@ BOOST_AUTO_TEST_CASE(same_version_new_settings_stores_them_without_a_token) {
 }
 
 BOOST_AUTO_TEST_CASE(same_version_same_settings_changes_nothing) {
-  Token root = update("app", "1.0", R"({"a":1})");
+  core::Token root = update("app", "1.0", R"({"a":1})");
   const auto before = commits();
   auto r = store.update("app", "1.0", S(R"( { "a" : 1.0 } )"));
   BOOST_REQUIRE(r);
@@ -117,7 +117,7 @@ BOOST_AUTO_TEST_CASE(same_version_same_settings_changes_nothing) {
 }
 
 BOOST_AUTO_TEST_CASE(empty_version_is_rejected_and_changes_nothing) {
-  Token root = update("app", "1.0", R"({"a":1})");
+  core::Token root = update("app", "1.0", R"({"a":1})");
   const auto before = commits();
   auto r = store.update("app", "", S("{}"));
   BOOST_REQUIRE(!r);
@@ -146,11 +146,11 @@ BOOST_AUTO_TEST_CASE(update_event_cancels_tree_and_renews_root) {
     BOOST_TEST_CONTEXT("package " << state) {
       test::SegmentName seg2{"ev"};
       Store s = Store::create(seg2.str(), small()).value();
-      Token root = *s.update("p", "1", S("{}"))->token;
+      core::Token root = *s.update("p", "1", S("{}"))->token;
       if (state == "removed") root = **s.handle_event(kEventRemove, "p");
       if (state == "differs") root = *s.update("p", "2", S("{}"))->token;
-      Token child = **s.handle_event(kEventSchedule, "p");
-      Token fresh = **s.handle_event(kEventUpdate, "p");
+      core::Token child = **s.handle_event(kEventSchedule, "p");
+      core::Token fresh = **s.handle_event(kEventUpdate, "p");
       BOOST_TEST(root.cancelled());
       BOOST_TEST(child.cancelled());
       BOOST_TEST(cause_name(root.cause()) == "update_event");
@@ -162,9 +162,9 @@ BOOST_AUTO_TEST_CASE(update_event_cancels_tree_and_renews_root) {
 }
 
 BOOST_AUTO_TEST_CASE(remove_event_clears_version_and_settings) {
-  Token root = update("app", "1.0", R"({"big":[1,2,3]})");
-  Token child = event(kEventSchedule, "app");
-  Token removal = event(kEventRemove, "app");
+  core::Token root = update("app", "1.0", R"({"big":[1,2,3]})");
+  core::Token child = event(kEventSchedule, "app");
+  core::Token removal = event(kEventRemove, "app");
   BOOST_TEST(root.cancelled());
   BOOST_TEST(child.cancelled());
   BOOST_TEST(cause_name(root.cause()) == "removed");
@@ -174,16 +174,16 @@ BOOST_AUTO_TEST_CASE(remove_event_clears_version_and_settings) {
   BOOST_TEST(settings("app") == "{}");
   BOOST_TEST(store.segment().info().settings_used == 0u);
   // Removing again (present, removed) still renews the root.
-  Token again = event(kEventRemove, "app");
+  core::Token again = event(kEventRemove, "app");
   BOOST_TEST(removal.cancelled());
   BOOST_TEST(!again.cancelled());
 }
 
 BOOST_AUTO_TEST_CASE(child_event_cancels_only_the_same_key) {
-  Token root = update("app", "1.0");
-  Token enable = event(kEventSchedule, "app");
-  Token key3 = event(3, "app");
-  Token disable = event(kEventSchedule, "app");  // disable cancels the pending enable
+  core::Token root = update("app", "1.0");
+  core::Token enable = event(kEventSchedule, "app");
+  core::Token key3 = event(3, "app");
+  core::Token disable = event(kEventSchedule, "app");  // disable cancels the pending enable
   BOOST_TEST(enable.cancelled());
   BOOST_TEST(cause_name(enable.cause()) == "rescheduled");
   BOOST_TEST(!disable.cancelled());
@@ -195,16 +195,16 @@ BOOST_AUTO_TEST_CASE(child_event_cancels_only_the_same_key) {
 BOOST_AUTO_TEST_CASE(child_event_works_on_removed_and_changed_packages) {
   update("app", "1.0");
   event(kEventRemove, "app");
-  Token a = event(7, "app");
-  Token b = event(7, "app");
+  core::Token a = event(7, "app");
+  core::Token b = event(7, "app");
   BOOST_TEST(a.cancelled());
   BOOST_TEST(!b.cancelled());
 }
 
 BOOST_AUTO_TEST_CASE(a_child_reports_the_event_that_cancelled_it) {
   update("app", "1.0");
-  Token through_root = event(5, "app");
-  Token by_its_key = event(kEventSchedule, "app");
+  core::Token through_root = event(5, "app");
+  core::Token by_its_key = event(kEventSchedule, "app");
   event(kEventSchedule, "app");  // cancels by_its_key
   event(kEventUpdate, "app");    // cancels through_root (and would cancel by_its_key)
   BOOST_TEST(cause_name(by_its_key.cause()) == "rescheduled");  // the first event, not the latest
@@ -236,10 +236,10 @@ BOOST_AUTO_TEST_CASE(invalid_event_numbers_are_rejected) {
 
 BOOST_AUTO_TEST_CASE(cause_is_exact_for_eight_events_then_most_recent) {
   update("app", "1.0");
-  Token first = event(kEventSchedule, "app");
+  core::Token first = event(kEventSchedule, "app");
   event(kEventSchedule, "app");  // cancels `first`: rescheduled
   BOOST_TEST(cause_name(first.cause()) == "rescheduled");
-  Token root = event(kEventUpdate, "app");
+  core::Token root = event(kEventUpdate, "app");
   event(kEventRemove, "app");  // cancels root with "removed"
   for (int i = 0; i < 7; ++i) event(kEventUpdate, "app");
   BOOST_TEST(cause_name(root.cause()) == "removed");  // 7 more events: still exact
@@ -296,8 +296,8 @@ BOOST_AUTO_TEST_CASE(absent_is_false) { BOOST_TEST(!store.erase("app").value());
 
 BOOST_AUTO_TEST_CASE(removed_is_deleted_and_tokens_cancelled) {
   update("app", "1.0");
-  Token removal = event(kEventRemove, "app");
-  Token child = event(kEventSchedule, "app");
+  core::Token removal = event(kEventRemove, "app");
+  core::Token child = event(kEventSchedule, "app");
   BOOST_TEST(store.erase("app").value());
   BOOST_TEST(removal.cancelled());
   BOOST_TEST(child.cancelled());
@@ -311,23 +311,23 @@ BOOST_AUTO_TEST_CASE(removed_is_deleted_and_tokens_cancelled) {
 BOOST_AUTO_TEST_CASE(recreated_in_between_is_kept) {
   update("app", "1.0");
   event(kEventRemove, "app");
-  Token recreated = update("app", "2.0");
+  core::Token recreated = update("app", "2.0");
   BOOST_TEST(!store.erase("app").value());
   BOOST_TEST(!recreated.cancelled());
   BOOST_TEST(version("app") == "2.0");
 }
 
 BOOST_AUTO_TEST_CASE(live_package_is_kept) {
-  Token root = update("app", "1.0");
+  core::Token root = update("app", "1.0");
   BOOST_TEST(!store.erase("app").value());
   BOOST_TEST(!root.cancelled());
 }
 
 BOOST_AUTO_TEST_CASE(slot_reuse_does_not_revive_old_tokens) {
   update("a", "1");
-  Token old = event(kEventRemove, "a");
+  core::Token old = event(kEventRemove, "a");
   BOOST_TEST(store.erase("a").value());
-  Token fresh = update("b", "1");  // takes the freed slot
+  core::Token fresh = update("b", "1");  // takes the freed slot
   BOOST_TEST(fresh.slot() == old.slot());
   BOOST_TEST(old.cancelled());
   BOOST_TEST(!fresh.cancelled());
@@ -354,7 +354,7 @@ BOOST_AUTO_TEST_CASE(full_table_is_refused_cleanly) {
 
 BOOST_AUTO_TEST_CASE(full_settings_area_is_refused_cleanly) {
   const std::string big = R"({"blob":")" + std::string(3000, 'x') + R"("})";
-  Token t = update("a", "1", big);
+  core::Token t = update("a", "1", big);
   const auto used = store.segment().info().settings_used;
   auto r = store.update("b", "1", S(big));
   BOOST_REQUIRE(!r);
@@ -393,7 +393,7 @@ BOOST_AUTO_TEST_CASE(too_large_settings_are_refused) {
 }
 
 BOOST_AUTO_TEST_CASE(invalid_names_and_versions_change_nothing) {
-  Token root = update("app", "1.0", R"({"a":1})");
+  core::Token root = update("app", "1.0", R"({"a":1})");
   const auto before = commits();
   for (std::string_view bad : {"", "a b", "a/b", "caf\xc3\xa9", ".", "..", "x\n"}) {
     BOOST_TEST_CONTEXT("name " << bad) {
@@ -423,59 +423,59 @@ BOOST_AUTO_TEST_SUITE_END()
 BOOST_FIXTURE_TEST_SUITE(tokens, Fixture)
 
 BOOST_AUTO_TEST_CASE(print_and_parse_round_trip) {
-  Token root = update("app", "1.0");
-  Token child = event(4, "app");
-  for (const Token* t : {&root, &child}) {
+  core::Token root = update("app", "1.0");
+  core::Token child = event(4, "app");
+  for (const core::Token* t : {&root, &child}) {
     const std::string text = t->str();
     BOOST_TEST(text.size() <= 128u);
     BOOST_TEST(text.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-") ==
                std::string::npos);
-    auto back = Token::parse(text, store.segment());
+    auto back = core::Token::parse(text, store.segment());
     BOOST_REQUIRE(back);
     BOOST_TEST(back->str() == text);
     BOOST_TEST(!back->cancelled());
   }
   event(4, "app");
-  BOOST_TEST(Token::parse(child.str(), store.segment()).value().cancelled());
-  BOOST_TEST(cause_name(Token::parse(child.str(), store.segment()).value().cause()) == "rescheduled");
+  BOOST_TEST(core::Token::parse(child.str(), store.segment()).value().cancelled());
+  BOOST_TEST(cause_name(core::Token::parse(child.str(), store.segment()).value().cause()) == "rescheduled");
 }
 
 BOOST_AUTO_TEST_CASE(garbled_and_forged_tokens_are_refused) {
-  Token root = update("app", "1.0");
+  core::Token root = update("app", "1.0");
   std::string text = root.str();
   std::string flipped = text;
   flipped[10] = flipped[10] == 'a' ? 'b' : 'a';
   for (const std::string& bad :
        {std::string(""), std::string("pkgctx1"), std::string("garbage"), flipped, text + ":1", text.substr(0, text.size() - 1),
         std::string(200, 'a'), std::string("pkgctx1:0000000000000000:0:0:0:0:00000000")}) {
-    auto r = Token::parse(bad, store.segment());
+    auto r = core::Token::parse(bad, store.segment());
     BOOST_TEST(!r);
     if (!r) BOOST_TEST(r.error().code == Errc::invalid_token);
   }
   // A token of another segment (other epoch) is refused.
   test::SegmentName other{"other"};
   Store s2 = Store::create(other.str(), small()).value();
-  auto foreign = Token::parse(text, s2.segment());
+  auto foreign = core::Token::parse(text, s2.segment());
   BOOST_REQUIRE(!foreign);
   BOOST_TEST(foreign.error().message.find("another segment") != std::string::npos);
 }
 
 BOOST_AUTO_TEST_CASE(view_token_matches_current_context) {
   update("app", "1.0");
-  Token child = event(kEventSchedule, "app");
-  Token seen = store.view().token("app", kEventSchedule).value();
+  core::Token child = event(kEventSchedule, "app");
+  core::Token seen = store.view().token("app", kEventSchedule).value();
   BOOST_TEST(seen.str() == child.str());
   BOOST_TEST(store.view().token("ghost", 0).error().code == Errc::no_such_package);
   BOOST_TEST(store.view().token("app", 9).error().code == Errc::invalid_event);
 }
 
 BOOST_AUTO_TEST_CASE(wait_times_out_on_a_live_token_and_returns_on_a_cancelled_one) {
-  Token root = update("app", "1.0");
+  core::Token root = update("app", "1.0");
   BOOST_TEST(!root.wait(std::chrono::milliseconds(20)));
   event(kEventUpdate, "app");
   BOOST_TEST(root.wait(std::chrono::seconds(5)));
-  BOOST_TEST(!Token().wait(std::chrono::milliseconds(1)));
-  BOOST_TEST(!Token().cancelled());
+  BOOST_TEST(!core::Token().wait(std::chrono::milliseconds(1)));
+  BOOST_TEST(!core::Token().cancelled());
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -11,6 +11,8 @@
 //   RESULT finished
 //   RESULT cancelled <cause> <woke_realtime_ns>
 // Exit: 0 finished, 1 cancelled, 2 usage, 4 cannot attach, 5 bad token or package.
+#include "pkgctx/segment.hpp"  // realtime_now_ns: the demo stamps its wake-up like the daemon
+#include "pkgctx/token.hpp"    // parse_event: event names as pkgctl spells them
 #include "pkgctx/worker.hpp"
 
 #include <chrono>
@@ -59,7 +61,10 @@ int main(int argc, char** argv) {
     return 4;
   }
 
-  auto token = token_text.empty() ? worker->token(name, pkgctx::event_from_name(event)) : worker->parse_token(token_text);
+  const auto ev = pkgctx::parse_event(event);
+  auto token = !token_text.empty() ? worker->parse_token(token_text)
+               : ev               ? worker->token(name, *ev)
+                                  : pkgctx::Result<pkgctx::Token>(ev.error());
   if (!token) {
     std::fprintf(stderr, "[%s] %s\n", l, token.error().message.c_str());
     return 5;

@@ -3,6 +3,7 @@
 #include "pkgctl/daemon_link.hpp"
 #include "pkgctl/render.hpp"
 
+#include "pkgctx/error_class.hpp"
 #include "pkgctx/segment.hpp"
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
@@ -130,9 +131,9 @@ std::optional<Failure> cmd_update(const Common& c, const std::string& name, cons
 }
 
 std::optional<Failure> cmd_event(const Common& c, const std::string& event, const std::string& name, Io io) {
-  const int e = pkgctx::event_from_name(event);
-  if (e < 0)
-    return Failure{kExitRejected, "event \"" + event + "\" is not update, remove, schedule or a key 0..7"};
+  const auto parsed = pkgctx::parse_event(event);
+  if (!parsed) return failure(parsed.error());
+  const int e = *parsed;
   static constexpr const char* kNames[] = {"update", "remove", "schedule"};
   json::object req{{"op", "event"}, {"name", name}};
   if (e <= pkgctx::kEventSchedule)
@@ -193,9 +194,9 @@ std::optional<Failure> cmd_checksum(const std::optional<std::string>& arg, Io io
 }
 
 std::optional<Failure> cmd_token(const Common& c, const std::string& name, const std::string& event, Io io) {
-  const int e = pkgctx::event_from_name(event);
-  if (e < 0)
-    return Failure{kExitRejected, "event \"" + event + "\" is not update, remove, schedule or a key 0..7"};
+  const auto parsed = pkgctx::parse_event(event);
+  if (!parsed) return failure(parsed.error());
+  const int e = *parsed;
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
   auto t = view.token(name, e);
@@ -204,7 +205,7 @@ std::optional<Failure> cmd_token(const Common& c, const std::string& name, const
   return std::nullopt;
 }
 
-std::string cancel_json(const pkgctx::Token& t) {
+std::string cancel_json(const pkgctx::core::Token& t) {
   json::object o{{"cancelled", t.cancelled()}};
   if (t.cancelled())
     o["cause"] = pkgctx::cause_name(t.cause());
@@ -214,9 +215,9 @@ std::string cancel_json(const pkgctx::Token& t) {
 }
 
 std::optional<Failure> parse_token(const Common& c, const std::string& text, pkgctx::View& view,
-                                   pkgctx::Token& out) {
+                                   pkgctx::core::Token& out) {
   if (auto f = open_view(c, view)) return f;
-  auto t = pkgctx::Token::parse(text, view.segment());
+  auto t = pkgctx::core::Token::parse(text, view.segment());
   if (!t) return failure(t.error());
   out = std::move(*t);
   return std::nullopt;
@@ -224,7 +225,7 @@ std::optional<Failure> parse_token(const Common& c, const std::string& text, pkg
 
 int cmd_check(const Common& c, const std::string& text, Io io) {
   pkgctx::View view;
-  pkgctx::Token t;
+  pkgctx::core::Token t;
   if (auto f = parse_token(c, text, view, t)) {
     io.err << "pkgctl: " << one_line(f->message) << '\n';
     return f->code;
@@ -237,7 +238,7 @@ int cmd_check(const Common& c, const std::string& text, Io io) {
 
 int cmd_wait(const Common& c, const std::string& text, std::optional<double> timeout_s, Io io) {
   pkgctx::View view;
-  pkgctx::Token t;
+  pkgctx::core::Token t;
   if (auto f = parse_token(c, text, view, t)) {
     io.err << "pkgctl: " << one_line(f->message) << '\n';
     return f->code;
@@ -280,12 +281,14 @@ int finish(const std::optional<Failure>& f, Io io) {
 }  // namespace
 
 int exit_code_for(std::string_view code) noexcept {
-  if (code == "no_such_package") return kExitNoSuchPackage;
-  static constexpr std::string_view kRejected[] = {
-      "invalid_name", "invalid_version", "invalid_settings", "settings_too_large", "invalid_event",
-      "invalid_token", "table_full",     "settings_full",    "bad_request"};
-  for (auto r : kRejected)
-    if (code == r) return kExitRejected;
+  if (code == "bad_request") return kExitRejected;  // the daemon protocol's own code
+  const auto errc = pkgctx::errc_from_name(code);
+  switch (errc ? pkgctx::error_class(*errc) : pkgctx::ErrorClass::unavailable) {
+    case pkgctx::ErrorClass::ok: return kExitOk;
+    case pkgctx::ErrorClass::missing: return kExitNoSuchPackage;
+    case pkgctx::ErrorClass::rejected: return kExitRejected;
+    case pkgctx::ErrorClass::unavailable: break;
+  }
   return kExitUnreachable;
 }
 
