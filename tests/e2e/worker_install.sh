@@ -2,21 +2,26 @@
 # The worker SDK as a plugin author gets it: `cmake --install` into a temporary prefix, then,
 # against that tree only, build the C example with pkg-config and a C++ consumer with
 # find_package(pkgctx), and drive both through the worker_example suite (real processes, a real
-# segment, cancellations). Also checks the library's SONAME and that it pulls in neither
-# Boost.JSON nor libsystemd, and that find_package refuses another major version.
+# segment, cancellations). Checks that the installed headers are the contract and nothing else,
+# that libpkgctx.so.1 exports nothing but versioned pkgctx_* symbols and pulls in neither
+# Boost.JSON nor libsystemd, and that find_package refuses another major version. Then installs
+# the "core" component and builds and runs a controller that embeds the store (pkgctx::core).
 # Env (set by tests/CMakeLists.txt): PKGCTX_BIN build dir, PKGCTX_SRC source dir.
 set -euo pipefail
 : "${PKGCTX_BIN:?set PKGCTX_BIN to the build directory}" "${PKGCTX_SRC:?set PKGCTX_SRC to the source directory}"
 
 fail() { echo "worker_install: $*" >&2; exit 1; }
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+segment=t-$$-install-controller
+trap 'rm -rf "$tmp"; rm -f "/dev/shm/$segment" "/dev/shm/$segment.waiters"' EXIT
 prefix=$tmp/prefix
 
 cmake --install "$PKGCTX_BIN" --prefix "$prefix" --component worker >/dev/null
-for f in include/pkgctx.h include/pkgctx/worker.hpp include/pkgctx/token.hpp include/pkgctx/error.hpp; do
-  [ -f "$prefix/$f" ] || fail "$f was not installed"
-done
+# The installed headers are the contract: the C API and the header-only C++ layer, nothing of
+# the core (layout, segment, view, settings, token, raw mappings).
+headers=$(cd "$prefix/include" && find . -type f | sort | tr '\n' ' ')
+[ "$headers" = "./pkgctx.h ./pkgctx/error.hpp ./pkgctx/types.hpp ./pkgctx/worker.hpp " ] ||
+  fail "the worker component installs other headers than the contract: $headers"
 
 pc=$(find "$prefix" -name pkgctx.pc | head -n1)
 [ -n "$pc" ] || fail "pkgctx.pc was not installed"
@@ -30,8 +35,18 @@ lib=$libdir/libpkgctx.so
 [ -L "$lib" ] || fail "$lib (the development symlink) is missing"
 # (Outputs are captured first: `cmd | grep -q` would fail under pipefail when grep exits early.)
 dynamic=$(readelf -d "$lib")
-grep -q 'SONAME.*\[libpkgctx\.so\.0\]' <<<"$dynamic" || fail "SONAME is not libpkgctx.so.0"
+grep -q 'SONAME.*\[libpkgctx\.so\.1\]' <<<"$dynamic" || fail "SONAME is not libpkgctx.so.1"
 if grep NEEDED <<<"$dynamic" | grep -Ei 'boost_json|systemd'; then fail "libpkgctx.so pulls in Boost.JSON or libsystemd"; fi
+
+# Only the C API is exported, every symbol in the PKGCTX_1 version node (nm prints the node
+# itself as an absolute symbol).
+exported=$(nm -D --defined-only "$lib")
+others=$(grep -vE '^[0-9a-f]+ A PKGCTX_1$' <<<"$exported" | grep -vE '^[0-9a-f]+ [TDBRV] pkgctx_[a-z0-9_]+@@PKGCTX_1$' || true)
+[ -z "$others" ] || fail "libpkgctx.so exports more than versioned pkgctx_* symbols:
+$others"
+for sym in pkgctx_attach pkgctx_token pkgctx_token_check pkgctx_watch pkgctx_errname; do
+  grep -q " $sym@@PKGCTX_1\$" <<<"$exported" || fail "$sym is not exported"
+done
 
 # A sanitizer build's library needs its runtime in the programs that load it.
 san=$(sed -n 's/^PKGCTX_SANITIZE:STRING=//p' "$PKGCTX_BIN/CMakeCache.txt")
@@ -41,7 +56,7 @@ sanflags=()
 # C: the example plugin, compiled from its source with nothing but pkg-config's flags.
 cc -std=c11 -Wall -Wextra -Werror "${sanflags[@]}" "$PKGCTX_SRC/worker-sdk/examples/example_plugin.c" \
   $(pkg-config --cflags --libs pkgctx) -Wl,-rpath,"$libdir" -o "$tmp/example_plugin"
-grep -qF "$libdir/libpkgctx.so.0" <<<"$(ldd "$tmp/example_plugin")" || fail "the C example does not load the installed library"
+grep -qF "$libdir/libpkgctx.so.1" <<<"$(ldd "$tmp/example_plugin")" || fail "the C example does not load the installed library"
 
 # C++: a consumer project with find_package(pkgctx).
 generator=()
@@ -49,7 +64,7 @@ command -v ninja >/dev/null && generator=(-G Ninja)
 cmake -S "$PKGCTX_SRC/worker-sdk/examples/cxx_consumer" -B "$tmp/consumer" "${generator[@]}" \
   -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_CXX_FLAGS="${sanflags[*]}" >"$tmp/consumer.log" 2>&1 || { cat "$tmp/consumer.log"; fail "configuring the C++ consumer"; }
 cmake --build "$tmp/consumer" >>"$tmp/consumer.log" 2>&1 || { cat "$tmp/consumer.log"; fail "building the C++ consumer"; }
-grep -qF "$libdir/libpkgctx.so.0" <<<"$(ldd "$tmp/consumer/cxx_consumer")" || fail "the C++ consumer does not load the installed library"
+grep -qF "$libdir/libpkgctx.so.1" <<<"$(ldd "$tmp/consumer/cxx_consumer")" || fail "the C++ consumer does not load the installed library"
 
 # Another major version is refused (a shared-memory ABI is not "any newer").
 if cmake -S "$PKGCTX_SRC/worker-sdk/examples/cxx_consumer" -B "$tmp/consumer-v1" "${generator[@]}" \
@@ -63,4 +78,12 @@ for bin in "$tmp/example_plugin" "$tmp/consumer/cxx_consumer"; do
   PKGCTX_EXAMPLE_BIN=$bin "$PKGCTX_BIN/tests/worker_example_test" --report_level=short ||
     fail "worker_example_test failed against $bin"
 done
+# A controller embedding the store: the "core" component, find_package(pkgctx COMPONENTS core).
+cmake --install "$PKGCTX_BIN" --prefix "$prefix" --component core >/dev/null
+[ -f "$prefix/include/pkgctx/store.hpp" ] || fail "the core component did not install store.hpp"
+cmake -S "$PKGCTX_SRC/lib/examples/controller" -B "$tmp/controller" "${generator[@]}" \
+  -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_CXX_FLAGS="${sanflags[*]}" >"$tmp/controller.log" 2>&1 || { cat "$tmp/controller.log"; fail "configuring the controller"; }
+cmake --build "$tmp/controller" >>"$tmp/controller.log" 2>&1 || { cat "$tmp/controller.log"; fail "building the controller"; }
+out=$("$tmp/controller/controller" "$segment") || fail "the controller failed: $out"
+grep -q '^controller: ok$' <<<"$out" || fail "the controller did not finish: $out"
 echo "worker_install: ok"

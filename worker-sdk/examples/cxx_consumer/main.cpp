@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
   auto state = worker->read(package);
   if (!state) return fail("read", state.error());
   std::printf("package version=%s checksum=%s settings=%s\n", state->version.c_str(),
-              pkgctx::Settings::format_checksum(state->checksum).c_str(), state->settings.c_str());
+              state->checksum_hex.c_str(), state->settings.c_str());
 
   auto bridge = pkgctx::StopBridge::create(*token);
   if (!bridge) return fail("stop bridge", bridge.error());
