@@ -1,5 +1,7 @@
 #include "pkgctx/daemon/config.hpp"
 
+#include "pkgctx/settings.hpp"
+
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
@@ -152,14 +154,6 @@ std::string format_mode(mode_t m) {
 
 std::string format_group(gid_t g) { return g == kNoGroup ? std::string() : std::to_string(g); }
 
-bool valid_segment_name(std::string_view v) {
-  if (v.empty() || v.size() > 200 || v.front() == '.') return false;
-  return std::all_of(v.begin(), v.end(), [](char c) {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-           c == '-';
-  });
-}
-
 struct Key {
   const char* name;
   bool reloadable;
@@ -172,9 +166,7 @@ const std::vector<Key>& keys() {
   static const std::vector<Key> table = {
       {"segment", false,
        [](Config& c, std::string_view v) -> Result<void> {
-         if (!valid_segment_name(v))
-           return make_error(Errc::invalid_settings,
-                             quote(v) + " is not a segment name (1..200 bytes of [A-Za-z0-9._-], not starting with '.')");
+         if (auto ok = validate_segment_name(v); !ok) return make_error(Errc::invalid_settings, ok.error().message);
          c.segment = std::string(v);
          return {};
        },

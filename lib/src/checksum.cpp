@@ -105,8 +105,8 @@ Result<void> validate_segment_name(std::string_view name) {
   bool ok = !name.empty() && name.size() <= kMax && name.front() != '.';
   for (const char c : name) ok = ok && detail::kNameByte[static_cast<unsigned char>(c)];
   if (ok) return {};
-  return make_error(Errc::invalid_name, "segment name " + quoted(name) +
-                                            " is not valid (1..200 bytes of [A-Za-z0-9._-], not starting with '.')");
+  return make_error(Errc::invalid_name,
+                    quoted(name) + " is not a segment name (1..200 bytes of [A-Za-z0-9._-], not starting with '.')");
 }
 
 Result<void> validate_version(std::string_view version, const Limits& limits) {

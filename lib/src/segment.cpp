@@ -169,6 +169,7 @@ std::uint64_t realtime_now_ns() noexcept {
 }
 
 Result<Segment> Segment::create(const std::string& name, const SegmentOptions& opts) {
+  if (auto ok = validate_segment_name(name); !ok) return ok.error();
   if (opts.capacity == 0 || opts.capacity > (1u << 26))
     return make_error(Errc::invalid_settings, "capacity " + std::to_string(opts.capacity) + " is out of range 1..67108864");
   if (opts.limits.max_name == 0 || opts.limits.max_name > kMaxName || opts.limits.max_version == 0 ||
@@ -255,6 +256,7 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
 }
 
 Result<Segment> Segment::open(const std::string& name, Access access) {
+  if (auto ok = validate_segment_name(name); !ok) return ok.error();
   auto m = std::make_shared<detail::Mapping>();
   m->name = name;
   m->writable = access == Access::read_write;

@@ -242,7 +242,6 @@ int pkgctx_attach_with(const char* segment, const pkgctx_options_t* options, pkg
   return guarded("pkgctx_attach", [&]() -> int {
     if (!out) return fail(Errc::io_error, "pkgctx_attach: out is NULL");
     if (!segment) return fail(Errc::invalid_name, "pkgctx_attach: segment name is NULL");
-    if (auto v = pkgctx::validate_segment_name(segment); !v) return fail(v.error());
     auto w = std::make_unique<pkgctx_worker_t>();
     w->name = segment;
     if (options && options->recheck_always) {

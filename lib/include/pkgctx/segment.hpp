@@ -64,7 +64,8 @@ Liveness liveness(const SegmentInfo& info) noexcept;  // uses CLOCK_MONOTONIC no
 
 class Segment {
  public:
-  // Creates "/<name>" and "/<name>.waiters". Errors: segment_exists, permission_denied, io_error.
+  // Creates "/<name>" and "/<name>.waiters". Errors: segment_exists, permission_denied, io_error,
+  // invalid_name (validate_segment_name, as for open).
   static Result<Segment> create(const std::string& name, const SegmentOptions& opts = {});
   // Opens and validates an existing segment. Errors: segment_missing, segment_not_ready,
   // segment_foreign, segment_version, segment_truncated, segment_retired, permission_denied.
