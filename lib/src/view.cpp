@@ -42,12 +42,6 @@ Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 
   return Match::torn;
 }
 
-// validate_name against the segment's limit.
-Result<void> check_name(const detail::Mapping& m, std::string_view name) {
-  Limits lim;
-  lim.max_name = m.header->max_name;
-  return validate_name(name, lim);
-}
 
 // Probes the index for `name` (already validated and hashed). `visit(slot)` judges each slot
 // whose index tag matches; Match::yes ends the probe with that slot.
@@ -92,7 +86,7 @@ Result<View> View::open(const std::string& name) {
 
 Result<std::uint32_t> View::find(std::string_view name) const {
   const auto& m = *seg_.mapping();
-  if (auto v = check_name(m, name); !v) return v.error();
+  if (auto v = validate_name(name, {.max_name = m.header->max_name}); !v) return v.error();
   const u64 hash = name_hash(name);
   return probe(m, name, hash, [&](u32 slot) { return slot_holds(m, slot, name, hash); });
 }
@@ -156,7 +150,7 @@ Result<PackageRecord> View::read(std::string_view name, bool with_settings) cons
 Result<core::Token> View::token(std::string_view name, int event) const {
   if (auto e = validate_event(event); !e) return e.error();
   const auto& m = *seg_.mapping();
-  if (auto v = check_name(m, name); !v) return v.error();
+  if (auto v = validate_name(name, {.max_name = m.header->max_name}); !v) return v.error();
   const u64 hash = name_hash(name);
   const auto key = static_cast<std::uint32_t>(event);
   for (int attempt = 0; attempt < 1000; ++attempt) {

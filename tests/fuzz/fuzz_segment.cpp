@@ -98,7 +98,7 @@ void exercise(const pkgctx::View& view) {
       if (auto t = view.token(n, e)) {
         (void)t->cancelled();
         (void)t->cause();
-        auto back = pkgctx::Token::parse(t->str(), view.segment());
+        auto back = pkgctx::core::Token::parse(t->str(), view.segment());
         if (!back) fail("a token of this segment does not parse back");
       }
     }

@@ -70,7 +70,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
   (void)st.erase("b");
   (void)st.update("c", "1", pkgctx::Settings());
   // The harness's check digits must be the library's.
-  const pkgctx::Token t = st.view().token("a", 3).value();
+  const pkgctx::core::Token t = st.view().token("a", 3).value();
   if (signed_token(st.segment().info().epoch, t.slot(), t.key(), t.root_generation(), t.child_generation()) != t.str())
     fail("check digits here differ from token.cpp's; update signed_token()", t.str());
   return 0;
@@ -97,7 +97,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     const std::uint64_t epoch = (f[21] & 8) ? ~seg.info().epoch : seg.info().epoch;
     text = signed_token(epoch, slot, key, root, child);
   }
-  const auto t = pkgctx::Token::parse(text, seg);
+  const auto t = pkgctx::core::Token::parse(text, seg);
   if (!t) {
     if (t.error().code != pkgctx::Errc::invalid_token) fail("refused with a code other than invalid_token", text);
     return 0;
@@ -109,7 +109,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   if (c != (cause != pkgctx::Cause::kNone)) fail("cancelled() and cause() disagree", text);
   if (t->wait(std::chrono::nanoseconds(0)) != c) fail("wait(0) disagrees with cancelled()", text);
   const std::string printed = t->str();
-  const auto again = pkgctx::Token::parse(printed, seg);
+  const auto again = pkgctx::core::Token::parse(printed, seg);
   if (!again || again->str() != printed) fail("printed token does not parse back", text + " → " + printed);
   return 0;
 }
