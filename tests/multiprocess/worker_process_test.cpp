@@ -48,7 +48,6 @@ bool faulted(int code) { return code == 128 + SIGSEGV || code == 128 + SIGBUS; }
 BOOST_AUTO_TEST_CASE(a_worker_cannot_write_the_table) {
   SegmentName n;
   Store store = make_store(n);
-  const std::uint32_t slot = store.view().find("pkg").value();
 
   // Each child writes through a read-only mapping: the one the SDK hands out (a token's watched
   // word) and the core's read-only open that the SDK uses (header, settings arena). It must die.
