@@ -52,7 +52,7 @@ BOOST_AUTO_TEST_CASE(events_parse_in_one_place_with_one_message) {
 BOOST_AUTO_TEST_CASE(segment_names_have_one_rule) {
   BOOST_TEST(!validate_segment_name("pkgctx").has_error());
   BOOST_TEST(!validate_segment_name(std::string(200, 's')).has_error());
-  for (const std::string bad : {std::string(), std::string(201, 's'), std::string("a/b"), std::string(".hidden"),
+  for (const std::string& bad : {std::string(), std::string(201, 's'), std::string("a/b"), std::string(".hidden"),
                                 std::string("a b"), std::string("a\0b", 3)}) {
     auto r = validate_segment_name(bad);
     BOOST_REQUIRE(r.has_error());

@@ -383,3 +383,21 @@ BOOST_AUTO_TEST_CASE(a_worker_is_shared_by_threads_across_a_reattachment) {
   BOOST_TEST(!t->cancelled());
   BOOST_TEST(w.read("pkg").value().version == "19");
 }
+
+// Strings cross the C ABI by pointer and length: a NUL byte inside is a bad byte, never the end.
+BOOST_AUTO_TEST_CASE(embedded_nul_bytes_are_refused_not_cut) {
+  SegmentName n;
+  Store store = make_store(n);
+  Worker w = attach(n);
+  using namespace std::string_literals;
+  BOOST_TEST(Worker::attach(n.str() + "\0x"s).error().code == Errc::invalid_name);
+  BOOST_TEST(w.token("pkg\0x"s, kEventUpdate).error().code == Errc::invalid_name);
+  BOOST_TEST(w.read("pkg\0"s).error().code == Errc::invalid_name);
+  BOOST_TEST(w.need_update("pkg\0"s, "1.0", 0).error().code == Errc::invalid_name);
+  const auto t = w.token("pkg", kEventUpdate).value();
+  BOOST_TEST(w.parse_token(t.str()).has_value());
+  BOOST_TEST(w.parse_token(t.str() + "\0"s).error().code == Errc::invalid_token);
+  // A version with a NUL byte is not the version stored (nothing is cut at the NUL).
+  BOOST_TEST(w.need_update("pkg", "1.0\0"s, w.read("pkg").value().checksum).value() == true);
+  BOOST_TEST(w.need_update("pkg", "1.0", w.read("pkg").value().checksum).value() == false);
+}

@@ -187,8 +187,10 @@ typedef struct pkgctx_options_s {
   int recheck_always;
 } pkgctx_options_t;
 
-/* pkgctx_attach with options (NULL: the defaults). Errors: as pkgctx_attach. */
-int pkgctx_attach_with(const char *segment, const pkgctx_options_t *options, pkgctx_worker_t **out);
+/* pkgctx_attach with options (NULL: the defaults), the name given by pointer and length (it need
+ * not be NUL-terminated; a NUL byte in it is refused). Errors: as pkgctx_attach. */
+int pkgctx_attach_with(const char *segment, size_t segment_len, const pkgctx_options_t *options,
+                       pkgctx_worker_t **out);
 
 /* The epoch of the segment the worker is attached to now (0 for NULL): it changes when the
  * worker re-attaches to a replacement. */
@@ -209,11 +211,16 @@ int pkgctx_refresh(pkgctx_worker_t *worker, int *reattached);
  *         PKGCTX_BUSY, PKGCTX_IO_ERROR (NULL worker or out), and the attach errors when the
  *         segment was retired and re-attaching failed. */
 int pkgctx_token(pkgctx_worker_t *worker, const char *name, int event, pkgctx_token_t **out);
+/* The *_n functions take strings by pointer and length, for callers whose strings are not
+ * NUL-terminated (Rust, Go); a NUL byte inside is refused like any other bad byte, and NULL is
+ * allowed with length 0 (an empty string). */
+int pkgctx_token_n(pkgctx_worker_t *worker, const char *name, size_t name_len, int event, pkgctx_token_t **out);
 
 /* Parses a printed token (pkgctx_token_str), validated against the worker's segment: a garbled
  * or forged token is refused, never trusted. Errors: PKGCTX_INVALID_TOKEN (also NULL text),
  * PKGCTX_IO_ERROR (NULL worker or out). */
 int pkgctx_token_parse(pkgctx_worker_t *worker, const char *text, pkgctx_token_t **out);
+int pkgctx_token_parse_n(pkgctx_worker_t *worker, const char *text, size_t text_len, pkgctx_token_t **out);
 
 /* Copies a token (for another thread to own). NULL on NULL or out of memory. */
 pkgctx_token_t *pkgctx_token_dup(const pkgctx_token_t *token);
@@ -281,6 +288,7 @@ size_t pkgctx_token_str(const pkgctx_token_t *token, char *buf, size_t size);
  * Errors: PKGCTX_INVALID_NAME, PKGCTX_NO_SUCH_PACKAGE, PKGCTX_BUSY, PKGCTX_IO_ERROR (NULL
  * worker or out; out of memory), attach errors after a retirement. */
 int pkgctx_read(pkgctx_worker_t *worker, const char *name, pkgctx_package_t *out);
+int pkgctx_read_n(pkgctx_worker_t *worker, const char *name, size_t name_len, pkgctx_package_t *out);
 
 /* Frees the strings of *package and zeroes it (NULL is ignored). */
 void pkgctx_package_free(pkgctx_package_t *package);
@@ -290,6 +298,8 @@ void pkgctx_package_free(pkgctx_package_t *package);
  * PKGCTX_BUSY, PKGCTX_IO_ERROR (NULL arguments). */
 int pkgctx_need_update(pkgctx_worker_t *worker, const char *name, const char *version,
                        const char *checksum_hex, int *out);
+int pkgctx_need_update_n(pkgctx_worker_t *worker, const char *name, size_t name_len, const char *version,
+                         size_t version_len, const char *checksum_hex, int *out);
 
 /* The owning daemon's liveness. Errors: PKGCTX_IO_ERROR (NULL arguments), attach errors
  * after a retirement. */

@@ -105,6 +105,9 @@ int guarded(const char* what, F&& body) noexcept {
   }
 }
 
+// A (pointer, length) argument: NULL is allowed with length 0 (an empty string).
+std::string_view arg(const char* p, size_t n) noexcept { return p ? std::string_view(p, n) : std::string_view(); }
+
 char* dup_string(const std::string& s) {
   char* p = static_cast<char*>(std::malloc(s.size() + 1));
   if (!p) throw std::bad_alloc();
@@ -237,13 +240,13 @@ const char* pkgctx_version(void) { return PKGCTX_VERSION_STRING; }
 
 const char* pkgctx_last_error(void) { return last_error.c_str(); }
 
-int pkgctx_attach_with(const char* segment, const pkgctx_options_t* options, pkgctx_worker_t** out) {
+int pkgctx_attach_with(const char* segment, size_t segment_len, const pkgctx_options_t* options, pkgctx_worker_t** out) {
   if (out) *out = nullptr;
   return guarded("pkgctx_attach", [&]() -> int {
     if (!out) return fail(Errc::io_error, "pkgctx_attach: out is NULL");
-    if (!segment) return fail(Errc::invalid_name, "pkgctx_attach: segment name is NULL");
+    if (!segment && segment_len) return fail(Errc::invalid_name, "pkgctx_attach: segment name is NULL");
     auto w = std::make_unique<pkgctx_worker_t>();
-    w->name = segment;
+    w->name = arg(segment, segment_len);
     if (options && options->recheck_always) {
       w->recheck_ns = 0;
     } else if (options && options->recheck_interval_ms != 0) {
@@ -256,7 +259,9 @@ int pkgctx_attach_with(const char* segment, const pkgctx_options_t* options, pkg
   });
 }
 
-int pkgctx_attach(const char* segment, pkgctx_worker_t** out) { return pkgctx_attach_with(segment, nullptr, out); }
+int pkgctx_attach(const char* segment, pkgctx_worker_t** out) {
+  return pkgctx_attach_with(segment, segment ? std::strlen(segment) : 0, nullptr, out);
+}
 
 void pkgctx_detach(pkgctx_worker_t* worker) { delete worker; }
 
@@ -275,11 +280,15 @@ int pkgctx_refresh(pkgctx_worker_t* worker, int* reattached) {
 }
 
 int pkgctx_token(pkgctx_worker_t* worker, const char* name, int event, pkgctx_token_t** out) {
+  return pkgctx_token_n(worker, name, name ? std::strlen(name) : 0, event, out);
+}
+
+int pkgctx_token_n(pkgctx_worker_t* worker, const char* name, size_t name_len, int event, pkgctx_token_t** out) {
   if (out) *out = nullptr;
   return guarded("pkgctx_token", [&]() -> int {
     if (!worker || !out) return fail(Errc::io_error, "pkgctx_token: worker or out is NULL");
-    if (!name) return fail(Errc::invalid_name, "pkgctx_token: name is NULL");
-    auto t = worker->lookup([&](const View& v) { return v.token(name, event); });
+    if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_token: name is NULL");
+    auto t = worker->lookup([&](const View& v) { return v.token(arg(name, name_len), event); });
     if (!t) return fail(t.error());
     *out = new pkgctx_token_t{std::move(*t)};
     return PKGCTX_OK;
@@ -287,11 +296,15 @@ int pkgctx_token(pkgctx_worker_t* worker, const char* name, int event, pkgctx_to
 }
 
 int pkgctx_token_parse(pkgctx_worker_t* worker, const char* text, pkgctx_token_t** out) {
+  return pkgctx_token_parse_n(worker, text, text ? std::strlen(text) : 0, out);
+}
+
+int pkgctx_token_parse_n(pkgctx_worker_t* worker, const char* text, size_t text_len, pkgctx_token_t** out) {
   if (out) *out = nullptr;
   return guarded("pkgctx_token_parse", [&]() -> int {
     if (!worker || !out) return fail(Errc::io_error, "pkgctx_token_parse: worker or out is NULL");
-    if (!text) return fail(Errc::invalid_token, "pkgctx_token_parse: text is NULL");
-    auto t = worker->parse(text);
+    if (!text && text_len) return fail(Errc::invalid_token, "pkgctx_token_parse: text is NULL");
+    auto t = worker->parse(arg(text, text_len));
     if (!t) return fail(t.error());
     *out = new pkgctx_token_t{std::move(*t)};
     return PKGCTX_OK;
@@ -345,6 +358,8 @@ int pkgctx_cause_code(const pkgctx_token_t* token) {
 int pkgctx_wait_ns(const pkgctx_token_t* token, int64_t timeout_ns) {
   if (!token) return fail(Errc::invalid_token, "pkgctx_wait: token is NULL");
   const CoreToken& t = token->token;
+  // Clamp so the deadline arithmetic cannot overflow (about 36 years is "no limit" enough).
+  timeout_ns = timeout_ns > int64_t{1} << 60 ? int64_t{1} << 60 : timeout_ns;
   if (timeout_ns < 0) {
     while (!t.wait(std::chrono::hours(1))) {
     }
@@ -377,11 +392,15 @@ size_t pkgctx_token_str(const pkgctx_token_t* token, char* buf, size_t size) {
 }
 
 int pkgctx_read(pkgctx_worker_t* worker, const char* name, pkgctx_package_t* out) {
+  return pkgctx_read_n(worker, name, name ? std::strlen(name) : 0, out);
+}
+
+int pkgctx_read_n(pkgctx_worker_t* worker, const char* name, size_t name_len, pkgctx_package_t* out) {
   if (out) std::memset(out, 0, sizeof *out);
   return guarded("pkgctx_read", [&]() -> int {
     if (!worker || !out) return fail(Errc::io_error, "pkgctx_read: worker or out is NULL");
-    if (!name) return fail(Errc::invalid_name, "pkgctx_read: name is NULL");
-    auto r = worker->lookup([&](const View& v) { return v.read(name, true); });
+    if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_read: name is NULL");
+    auto r = worker->lookup([&](const View& v) { return v.read(arg(name, name_len), true); });
     if (!r) return fail(r.error());
     pkgctx_package_t p{};
     try {
@@ -409,14 +428,23 @@ void pkgctx_package_free(pkgctx_package_t* package) {
 
 int pkgctx_need_update(pkgctx_worker_t* worker, const char* name, const char* version, const char* checksum_hex,
                        int* out) {
+  if (!version) {
+    if (out) *out = 0;
+    return fail(Errc::io_error, "pkgctx_need_update: version is NULL");
+  }
+  return pkgctx_need_update_n(worker, name, name ? std::strlen(name) : 0, version, std::strlen(version), checksum_hex, out);
+}
+
+int pkgctx_need_update_n(pkgctx_worker_t* worker, const char* name, size_t name_len, const char* version,
+                         size_t version_len, const char* checksum_hex, int* out) {
   if (out) *out = 0;
   return guarded("pkgctx_need_update", [&]() -> int {
-    if (!worker || !out || !version) return fail(Errc::io_error, "pkgctx_need_update: worker, version or out is NULL");
-    if (!name) return fail(Errc::invalid_name, "pkgctx_need_update: name is NULL");
+    if (!worker || !out || (!version && version_len)) return fail(Errc::io_error, "pkgctx_need_update: worker, version or out is NULL");
+    if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_need_update: name is NULL");
     if (!checksum_hex) return fail(Errc::invalid_settings, "pkgctx_need_update: checksum is NULL");
     auto sum = pkgctx::parse_checksum(checksum_hex);
     if (!sum) return fail(sum.error());
-    auto r = worker->lookup([&](const View& v) { return v.need_update(name, version, *sum); });
+    auto r = worker->lookup([&](const View& v) { return v.need_update(arg(name, name_len), arg(version, version_len), *sum); });
     if (!r) return fail(r.error());
     *out = *r ? 1 : 0;
     return PKGCTX_OK;

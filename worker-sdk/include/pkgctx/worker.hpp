@@ -98,8 +98,6 @@ inline Error out_of_memory(const char* what) noexcept {
 }
 // The word a default token watches: never changes.
 inline constexpr std::uint64_t kNeverMoves = 0;
-// Copies a NUL-terminated C string argument (string_views are not NUL-terminated).
-inline std::string c_str(std::string_view s) { return std::string(s); }
 }  // namespace sdk_detail
 
 // A context token: a snapshot of a package's generation counters, taken by Worker::token() or
@@ -223,7 +221,8 @@ class Worker {
       o.recheck_always = options.recheck_interval.count() == 0;
       o.recheck_interval_ms = options.recheck_interval.count() < 0 ? -1 : options.recheck_interval.count();
       pkgctx_worker_t* h = nullptr;
-      if (const int rc = pkgctx_attach_with(segment.c_str(), &o, &h); rc != PKGCTX_OK) return sdk_detail::last_error(rc);
+      if (const int rc = pkgctx_attach_with(segment.data(), segment.size(), &o, &h); rc != PKGCTX_OK)
+        return sdk_detail::last_error(rc);
       return Worker(std::move(segment), h);
     } catch (...) {
       return sdk_detail::out_of_memory("attaching");
@@ -243,7 +242,7 @@ class Worker {
   Result<Token> token(std::string_view name, int event) const noexcept {
     try {
       pkgctx_token_t* h = nullptr;
-      if (const int rc = pkgctx_token(handle_.get(), sdk_detail::c_str(name).c_str(), event, &h); rc != PKGCTX_OK)
+      if (const int rc = pkgctx_token_n(handle_.get(), name.data(), name.size(), event, &h); rc != PKGCTX_OK)
         return sdk_detail::last_error(rc);
       return Token::adopt(h);
     } catch (...) {
@@ -258,7 +257,7 @@ class Worker {
   Result<Package> read(std::string_view name) const noexcept {
     pkgctx_package_t p{};
     try {
-      if (const int rc = pkgctx_read(handle_.get(), sdk_detail::c_str(name).c_str(), &p); rc != PKGCTX_OK)
+      if (const int rc = pkgctx_read_n(handle_.get(), name.data(), name.size(), &p); rc != PKGCTX_OK)
         return sdk_detail::last_error(rc);
       Package r{std::string(p.version), std::string(p.settings, p.settings_len), p.checksum, std::string(p.checksum_hex)};
       pkgctx_package_free(&p);
@@ -276,8 +275,7 @@ class Worker {
       char hex[17];
       std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(checksum));
       int out = 0;
-      if (const int rc = pkgctx_need_update(handle_.get(), sdk_detail::c_str(name).c_str(),
-                                            sdk_detail::c_str(version).c_str(), hex, &out);
+      if (const int rc = pkgctx_need_update_n(handle_.get(), name.data(), name.size(), version.data(), version.size(), hex, &out);
           rc != PKGCTX_OK)
         return sdk_detail::last_error(rc);
       return out != 0;
@@ -294,7 +292,7 @@ class Worker {
   Result<Token> parse_token(std::string_view text) const noexcept {
     try {
       pkgctx_token_t* h = nullptr;
-      if (const int rc = pkgctx_token_parse(handle_.get(), sdk_detail::c_str(text).c_str(), &h); rc != PKGCTX_OK)
+      if (const int rc = pkgctx_token_parse_n(handle_.get(), text.data(), text.size(), &h); rc != PKGCTX_OK)
         return sdk_detail::last_error(rc);
       return Token::adopt(h);
     } catch (...) {
