@@ -327,7 +327,7 @@ class Writer {
     Slot& slot = m_.slots[s];
     bool cancelled = false;
     if (j_.root_cause != static_cast<u8>(Cause::kNone)) {
-      put_cause(slot.causes.root, j_.new_root_gen, j_.root_cause);
+      set_ring_cause(slot.causes.root, j_.new_root_gen, static_cast<Cause>(j_.root_cause));
       slot.gens.root.store(j_.new_root_gen, std::memory_order_release);
       cancelled = true;
     }
@@ -336,7 +336,7 @@ class Writer {
     for (u32 k = 0; k < kChildKeys; ++k) {
       const u64 gen = j_.new_child_gen[k];
       if (gen == 0) continue;
-      put_cause(slot.causes.child[k], gen, child_cause);
+      set_ring_cause(slot.causes.child[k], gen, static_cast<Cause>(child_cause));
       slot.gens.child[k].store(gen, std::memory_order_release);
       cancelled = true;
     }
@@ -484,9 +484,6 @@ class Writer {
   static inline thread_local u64 hint_ = 0;  // next-fit start; only a hint
 
  private:
-  static void put_cause(AU64& ring, u64 gen, u8 cause) {
-    ring.store(with_ring_cause(ring.load(std::memory_order_relaxed), gen, static_cast<Cause>(cause)), std::memory_order_relaxed);
-  }
 
   bool bit(u64 c) const { return (m_.bitmap[c / 64].load(std::memory_order_relaxed) >> (c % 64)) & 1; }
 
