@@ -265,7 +265,6 @@ BOOST_AUTO_TEST_CASE(cause_is_exact_for_eight_further_child_events_then_most_rec
   update("app", "1.0");
   Token child = event(kEventSchedule, "app");
   Token root = update("app", "2.0");  // cancels child: version_changed
-  Token removed = event(kEventRemove, "app");  // cancels root: removed
   int further = 0;  // key-2 events since the cancellation
   auto more = [&](int upto) {
     for (; further < upto; ++further) event(kEventSchedule, "app");
@@ -274,13 +273,11 @@ BOOST_AUTO_TEST_CASE(cause_is_exact_for_eight_further_child_events_then_most_rec
     more(upto);
     BOOST_TEST_CONTEXT(further << " further key-2 events") {
       BOOST_TEST(child.cause() == Cause::kVersionChanged);
-      BOOST_TEST(root.cause() == Cause::kRemoved);  // child events are not root events
-      BOOST_TEST(!removed.cancelled());
+      BOOST_TEST(!root.cancelled());  // child events are not root events
     }
   }
   more(16);
   BOOST_TEST(child.cause() == Cause::kRescheduled);
-  BOOST_TEST(root.cause() == Cause::kRemoved);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
