@@ -59,17 +59,17 @@ case "$cmd" in
     ensure_packages "${BASE_PACKAGES[@]}" ;;
   build)
     ensure_packages "${BASE_PACKAGES[@]}"
-    configure "$BUILD_DIR"
+    configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR" ;;
   test)
     ensure_packages "${BASE_PACKAGES[@]}"
-    configure "$BUILD_DIR"
+    configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=ON
     build "$BUILD_DIR"
     log "running the test suites"
     ctest --test-dir "$BUILD_DIR" -j "$JOBS" --output-on-failure "$@" ;;
   demo)
     ensure_packages "${BASE_PACKAGES[@]}"
-    configure "$BUILD_DIR"
+    configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR"
     exec bash "$ROOT/tools/demo.sh" "$BUILD_DIR" ;;
   bench)
@@ -79,14 +79,14 @@ case "$cmd" in
     exec bash "$ROOT/bench/run.sh" "$BUILD_DIR-bench" "$BUILD_DIR/bench" ;;
   fuzz)
     ensure_packages "${BASE_PACKAGES[@]}" "${CLANG_PACKAGES[@]}"
-    CC=clang-14 CXX=clang++-14 configure "$BUILD_DIR-fuzz" -DPKGCTX_FUZZ=ON -DPKGCTX_BUILD_BENCH=OFF -DPKGCTX_BUILD_TESTS=OFF
+    CC=clang-14 CXX=clang++-14 configure "$BUILD_DIR-fuzz" -DPKGCTX_FUZZ=ON -DPKGCTX_FAULT_INJECTION=ON -DPKGCTX_BUILD_BENCH=OFF -DPKGCTX_BUILD_TESTS=OFF
     build "$BUILD_DIR-fuzz" pkgctx_fuzz_all
     exec bash "$ROOT/tests/fuzz/run.sh" "$BUILD_DIR-fuzz" "${1:-60}" ;;
   sanitize)
     ensure_packages "${BASE_PACKAGES[@]}"
     # -O1 -g1 and assertions on: a third of the -O2 -g compile time under the sanitizers, still
     # fast enough to run, with file:line in every report.
-    san_flags=(-DPKGCTX_BUILD_BENCH=OFF -DCMAKE_BUILD_TYPE=RelWithDebInfo
+    san_flags=(-DPKGCTX_BUILD_BENCH=OFF -DPKGCTX_FAULT_INJECTION=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
       "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -g1" "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -g1")
     failed=()
     log "ASan+UBSan: the whole suite"
@@ -105,7 +105,7 @@ case "$cmd" in
     fi ;;
   install)
     ensure_packages "${BASE_PACKAGES[@]}"
-    configure "$BUILD_DIR"
+    configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF  # release binaries carry no crash points
     build "$BUILD_DIR"
     cmake --install "$BUILD_DIR" --prefix "${1:-/usr/local}" ;;
   clean)

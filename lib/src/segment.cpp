@@ -245,9 +245,6 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
     // Ready marker last: an opener never sees a half-built segment as live.
     pre.state.store(static_cast<u32>(State::kLive), std::memory_order_release);
     if (auto v = validate(*m, p.total); !v) return v.error();
-    // Tests make segments of another layout version to exercise retirement; written after
-    // validation so this handle still works.
-    pre.layout_version = opts.layout_version;
   } catch (const bip::interprocess_exception& e) {
     return from_interprocess(e, what);
   }
@@ -323,9 +320,9 @@ void Segment::retire_mapped() const {
   auto& m = *map_;
   detail::RobustLock lock(&m.header->prefix.mutex);
   m.header->prefix.state.store(static_cast<u32>(State::kRetired), std::memory_order_seq_cst);
-  auto bump = [](AU64& gen, AU64& ring) {
+  auto bump = [](AU64& gen, CauseRing& ring) {
     const u64 g = gen.load(std::memory_order_relaxed) + 1;
-    ring.store(with_ring_cause(ring.load(std::memory_order_relaxed), g, Cause::kSegmentRetired), std::memory_order_relaxed);
+    set_ring_cause(ring, g, Cause::kSegmentRetired);
     gen.store(g, std::memory_order_release);
   };
   for (u32 i = 0; i < m.capacity; ++i) {

@@ -23,7 +23,6 @@
 #include <algorithm>
 #include <atomic>
 #include <csignal>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <unistd.h>
@@ -32,53 +31,62 @@ namespace pkgctx {
 
 using namespace layout;
 
-// --- fault injection ---------------------------------------------------------------------------
+// --- fault injection (tests only) ----------------------------------------------------------------
+// A crash point names a step of the write protocol; in a build without PKGCTX_FAULT_INJECTION it
+// expands to nothing, so release binaries carry neither the hooks nor the code that arms them.
 namespace {
 
+// The steps of every write (Writer::publish), in order; a write that skips a step (an event
+// writes no data record) passes none of its crash points.
+enum WriteStep : int {
+  kLocked = 1,      // mutex held, nothing touched
+  kReserved,        // settings bytes stored in free chunks, a slot popped; journal idle
+  kPrepared,        // undo record journaled
+  kHalfRecord,      // half the data record written, its sequence odd
+  kWritten,         // data record and index written, not committed
+  kCommitted,       // journal COMMITTED, no generation moved yet
+  kHalfApplied,     // root generation moved, its children not yet
+  kApplied,         // every generation moved and sleepers woken, journal still COMMITTED
+  kFinished,        // journal idle, old settings not yet released
+  kReleased,        // everything done, mutex still held
+  kWriteSteps = kReleased
+};
+// The steps of a crash repair (Writer::repair).
+enum RepairStep : int {
+  kRepairStarted = 1,
+  kHalfRestored,    // half the undo record restored, sequence odd
+  kResolved,        // journal undone or redone, not yet idle
+  kJournalIdle,
+  kRecounted,       // bitmap rebuilt, counters stale
+  kIndexEmptied,    // index emptied, index_seq odd (any index rebuild while armed for repair)
+  kRepairSteps = kIndexEmptied
+};
+
+#if defined(PKGCTX_FAULT_INJECTION)
 struct CrashPoint {
   char op[16] = {};
   int step = 0;
 };
+CrashPoint g_crash_point;
 
-CrashPoint crash_point_from_env() {
-  CrashPoint c;
-  if (const char* env = std::getenv("PKGCTX_CRASH_AT")) {
-    std::string_view v(env);
-    auto colon = v.find(':');
-    if (colon != std::string_view::npos && colon < sizeof c.op) {
-      std::memcpy(c.op, v.data(), colon);
-      c.step = std::atoi(env + colon + 1);
-    }
-  }
-  return c;
+void crash_at(const char* op, int step) {
+  if (g_crash_point.step == step && std::strcmp(g_crash_point.op, op) == 0) ::kill(::getpid(), SIGKILL);
 }
-
-// Read once at load time, so a hook on the write path costs one compare (no static guard).
-CrashPoint g_crash_point = crash_point_from_env();
-
-constexpr int kUpdateSteps = 10;
-constexpr int kEventSteps = 7;
-constexpr int kEraseSteps = 8;
-constexpr int kRepairSteps = 6;  // inside Writer::repair(): a repairer killed while repairing
-
-#if defined(PKGCTX_FAULT_INJECTION)
-inline void crash_at(const char* op, int step) {
-  const CrashPoint& cp = g_crash_point;
-  if (cp.step == step && std::strcmp(cp.op, op) == 0) ::kill(::getpid(), SIGKILL);
-}
+#define PKGCTX_CRASH_POINT(op, step) crash_at(op, step)
 #else
-inline void crash_at(const char*, int) {}
+#define PKGCTX_CRASH_POINT(op, step) static_cast<void>(0)
 #endif
 
 }  // namespace
 
+#if defined(PKGCTX_FAULT_INJECTION)
 int fault_steps(std::string_view op) noexcept {
-  if (op == "update") return kUpdateSteps;
-  if (op == "event") return kEventSteps;
-  if (op == "erase") return kEraseSteps;
+  if (op == "write") return kWriteSteps;
   if (op == "repair") return kRepairSteps;
   return 0;
 }
+
+int fault_first_committed_step() noexcept { return kCommitted; }
 
 void set_crash_point(std::string_view op, int step) noexcept {
   CrashPoint& cp = g_crash_point;
@@ -86,6 +94,7 @@ void set_crash_point(std::string_view op, int step) noexcept {
   std::memcpy(cp.op, op.data(), std::min(op.size(), sizeof cp.op - 1));
   cp.step = step;
 }
+#endif
 
 std::string_view change_name(Change c) noexcept {
   switch (c) {
@@ -116,6 +125,26 @@ struct Block {
   u64 len = 0;  // bytes; 0 = "{}" (no chunks)
 };
 
+// The data record a write leaves in a slot.
+struct Record {
+  bool used = true;  // false: the slot is freed (Delete)
+  std::string_view name;
+  u64 hash = 0;
+  std::string_view version;  // "" = removed
+  Block settings;
+  u64 checksum = 0;
+};
+
+// One write, as Writer::publish carries it out. The slot comes last so every designated
+// initializer names it last (GCC warns about omitted trailing members).
+struct Write {
+  const Record* record = nullptr;  // the slot's new data record; nullptr: the record stays
+  Cause root_cause = Cause::kNone;  // kNone: no root bump
+  u32 child_key = 0;                // 0: no child event
+  Block release{};                  // settings the old record used and the new one does not
+  u32 slot = 0;
+};
+
 u64 chunks_for(u64 len) { return (len + kChunk - 1) / kChunk; }
 
 class Writer {
@@ -123,6 +152,7 @@ class Writer {
   explicit Writer(const Segment& seg)
       : seg_(seg), m_(*seg.mapping()), h_(*m_.header), j_(h_.journal), lock_(&h_.prefix.mutex) {
     if (lock_.owner_died()) repair();
+    PKGCTX_CRASH_POINT("write", kLocked);
   }
   // Takes the mutex only if it is free (or its owner died); repairs in that case.
   Writer(const Segment& seg, std::try_to_lock_t)
@@ -154,12 +184,6 @@ class Writer {
     return version_len(s) == v.size() && detail::words_equal(&m_.slots[s].data.w[dw::kVersion], v);
   }
 
-  std::string version(u32 s) const {
-    const SlotData& d = m_.slots[s].data;
-    std::string v(detail::meta_version_len(d.w[dw::kMeta].load(std::memory_order_relaxed)), '\0');
-    detail::copy_out(v.data(), &d.w[dw::kVersion], v.size());
-    return v;
-  }
   u64 checksum(u32 s) const { return m_.slots[s].data.w[dw::kChecksum].load(std::memory_order_relaxed); }
   Block block(u32 s) const {
     const SlotData& d = m_.slots[s].data;
@@ -202,21 +226,19 @@ class Writer {
     j_.state.store(static_cast<u32>(JournalState::kPrepared), std::memory_order_release);
   }
 
-  // Writes the whole data record of slot `s` under its seqlock. `crash_op` names the op for the
-  // mid-write fault point.
-  void write_data(u32 s, bool used, std::string_view name, u64 hash, std::string_view version, Block b, u64 sum,
-                  const char* crash_op, int crash_step) {
+  // Writes the whole data record of slot `s` under its seqlock.
+  void write_data(u32 s, const Record& r) {
     SlotData& d = m_.slots[s].data;
     const u64 old_meta = d.w[dw::kMeta].load(std::memory_order_relaxed);
     detail::write_begin(d.seq);
-    d.w[dw::kMeta].store(detail::meta(used, name.size(), version.size()), std::memory_order_relaxed);
-    d.w[dw::kHash].store(hash, std::memory_order_relaxed);
-    crash_at(crash_op, crash_step);  // half a record written, sequence odd
-    store_padded(&d.w[dw::kName], detail::meta_name_len(old_meta), name);
-    store_padded(&d.w[dw::kVersion], detail::meta_version_len(old_meta), version);
-    d.w[dw::kSettingsOff].store(b.off, std::memory_order_relaxed);
-    d.w[dw::kSettingsLen].store(b.len, std::memory_order_relaxed);
-    d.w[dw::kChecksum].store(sum, std::memory_order_relaxed);
+    d.w[dw::kMeta].store(detail::meta(r.used, r.name.size(), r.version.size()), std::memory_order_relaxed);
+    d.w[dw::kHash].store(r.hash, std::memory_order_relaxed);
+    PKGCTX_CRASH_POINT("write", kHalfRecord);
+    store_padded(&d.w[dw::kName], detail::meta_name_len(old_meta), r.name);
+    store_padded(&d.w[dw::kVersion], detail::meta_version_len(old_meta), r.version);
+    d.w[dw::kSettingsOff].store(r.settings.off, std::memory_order_relaxed);
+    d.w[dw::kSettingsLen].store(r.settings.len, std::memory_order_relaxed);
+    d.w[dw::kChecksum].store(r.checksum, std::memory_order_relaxed);
     detail::write_end(d.seq);
   }
 
@@ -239,15 +261,49 @@ class Writer {
     for (std::size_t k = i / 8; k < old_words; ++k) w[k].store(0, std::memory_order_relaxed);
   }
 
+  // The one publish step of every write, under the mutex: journal the undo record, write the
+  // record and the index, commit, move the generations, finish, then release what the old
+  // record held. Whatever was reserved before it (settings chunks, a popped slot) is rebuilt
+  // from the slots by a repair if the writer dies before the commit.
+  void publish(const Write& w) {
+    const u32 s = w.slot;
+    PKGCTX_CRASH_POINT("write", kReserved);
+    const SlotData& d = m_.slots[s].data;
+    const bool was_used = detail::meta_used(d.w[dw::kMeta].load(std::memory_order_relaxed));
+    const bool now_used = w.record ? w.record->used : was_used;
+    if (w.record) {
+      prepare(s);
+      PKGCTX_CRASH_POINT("write", kPrepared);
+      if (was_used && !now_used) index_erase(s, d.w[dw::kHash].load(std::memory_order_relaxed));
+      write_data(s, *w.record);
+      if (!was_used && now_used) index_insert(s, w.record->hash);
+      // Only the mutex holder writes the counter: plain stores, no locked read-modify-write.
+      if (was_used != now_used) {
+        const u32 used = h_.used_slots.load(std::memory_order_relaxed);
+        h_.used_slots.store(now_used ? used + 1 : used - 1, std::memory_order_relaxed);
+      }
+    }
+    PKGCTX_CRASH_POINT("write", kWritten);
+    commit(s, w.root_cause, w.child_key);
+    PKGCTX_CRASH_POINT("write", kCommitted);
+    apply_commit();
+    PKGCTX_CRASH_POINT("write", kApplied);
+    finish();
+    PKGCTX_CRASH_POINT("write", kFinished);
+    release(w.release);
+    if (was_used && !now_used) push_slot(s);
+    PKGCTX_CRASH_POINT("write", kReleased);
+  }
+
   // Records the cancellations of a write (the targets, so a redo is idempotent). `child_key`
   // 0 = none. A root bump moves every child generation too: a child token watches one word.
-  void commit(u32 s, Cause root_cause, u32 child_key, Cause child_cause) {
+  void commit(u32 s, Cause root_cause, u32 child_key) {
     const SlotGens& g = m_.slots[s].gens;
-    if (j_.state.load(std::memory_order_relaxed) != static_cast<u32>(JournalState::kPrepared)) j_.slot = s;
+    j_.slot = s;
     const bool root_bump = root_cause != Cause::kNone;
     j_.root_cause = static_cast<u8>(root_cause);
     j_.child_key = child_key;
-    j_.child_cause = static_cast<u8>(child_cause);
+    j_.child_cause = static_cast<u8>(child_key != 0 ? Cause::kRescheduled : Cause::kNone);
     j_.new_root_gen = g.root.load(std::memory_order_relaxed) + (root_bump ? 1 : 0);
     for (u32 k = 0; k < kChildKeys; ++k) {
       const bool bump = root_bump || child_key == k + kFirstChildKey;
@@ -257,23 +313,23 @@ class Writer {
   }
 
   // Publishes the journal's cancellations: root first, then the child words (see SlotGens).
-  // `crash_op`/`crash_step` name the fault point between the two.
-  void apply_commit(const char* crash_op = nullptr, int crash_step = 0) {
+  // Idempotent: a repair redoes it for a writer that died after the commit.
+  void apply_commit() {
     const u32 s = j_.slot;
     if (s >= m_.capacity) return;
     Slot& slot = m_.slots[s];
     bool cancelled = false;
     if (j_.root_cause != static_cast<u8>(Cause::kNone)) {
-      put_cause(slot.causes.root, j_.new_root_gen, j_.root_cause);
+      set_ring_cause(slot.causes.root, j_.new_root_gen, static_cast<Cause>(j_.root_cause));
       slot.gens.root.store(j_.new_root_gen, std::memory_order_release);
       cancelled = true;
     }
-    if (crash_op) crash_at(crash_op, crash_step);  // root moved, its children not yet
+    PKGCTX_CRASH_POINT("write", kHalfApplied);
     const u8 child_cause = j_.root_cause != static_cast<u8>(Cause::kNone) ? j_.root_cause : j_.child_cause;
     for (u32 k = 0; k < kChildKeys; ++k) {
       const u64 gen = j_.new_child_gen[k];
       if (gen == 0) continue;
-      put_cause(slot.causes.child[k], gen, child_cause);
+      set_ring_cause(slot.causes.child[k], gen, static_cast<Cause>(child_cause));
       slot.gens.child[k].store(gen, std::memory_order_release);
       cancelled = true;
     }
@@ -335,7 +391,7 @@ class Writer {
   // Rebuilds everything derivable from the slots after a writer died inside a write.
   void repair() {
     h_.repairs.fetch_add(1, std::memory_order_relaxed);
-    crash_at("repair", 1);
+    PKGCTX_CRASH_POINT("repair", kRepairStarted);
     const auto st = static_cast<JournalState>(j_.state.load(std::memory_order_acquire));
     if (st == JournalState::kPrepared && j_.slot < m_.capacity) {
       // Undo: restore the data words and leave the sequence even and new, so a reader that
@@ -345,16 +401,16 @@ class Writer {
       d.seq.store(seq | 1, std::memory_order_relaxed);
       std::atomic_thread_fence(std::memory_order_release);
       for (std::size_t i = 0; i < kDataWords; ++i) {
-        if (i == kDataWords / 2) crash_at("repair", 2);  // half the record restored, sequence odd
+        if (i == kDataWords / 2) PKGCTX_CRASH_POINT("repair", kHalfRestored);
         d.w[i].store(j_.old_data[i], std::memory_order_relaxed);
       }
       d.seq.store((seq | 1) + 1, std::memory_order_release);
     } else if (st == JournalState::kCommitted) {
       apply_commit();  // redo: idempotent stores
     }
-    crash_at("repair", 3);
+    PKGCTX_CRASH_POINT("repair", kResolved);
     j_.state.store(static_cast<u32>(JournalState::kIdle), std::memory_order_release);
-    crash_at("repair", 4);
+    PKGCTX_CRASH_POINT("repair", kJournalIdle);
 
     // A sequence left odd anywhere else (should not happen) is closed.
     for (u32 s = 0; s < m_.capacity; ++s) {
@@ -382,11 +438,11 @@ class Writer {
         settings_used += chunks_for(b.len) * kChunk;
       }
     }
-    crash_at("repair", 5);  // bitmap half rebuilt, counters stale
+    PKGCTX_CRASH_POINT("repair", kRecounted);
     h_.free_top.store(top, std::memory_order_relaxed);
     h_.used_slots.store(used, std::memory_order_relaxed);
     h_.settings_used.store(settings_used, std::memory_order_relaxed);
-    rebuild_index("repair");
+    rebuild_index();
   }
 
   void maybe_rebuild_index(u32 adding) {
@@ -396,7 +452,7 @@ class Writer {
   }
 
   // Readers retry while index_seq is odd.
-  void rebuild_index(const char* crash_op = nullptr) {
+  void rebuild_index() {
     // A rebuild cut short by a crash left the sequence odd: keep it odd (readers go on retrying)
     // rather than flip it even while the index is empty, and close it once below.
     if (h_.index_seq.load(std::memory_order_relaxed) & 1)
@@ -404,7 +460,7 @@ class Writer {
     else
       detail::write_begin(h_.index_seq);
     for (u64 i = 0; i <= m_.index_mask; ++i) m_.index[i].store(kIndexEmpty, std::memory_order_relaxed);
-    if (crash_op) crash_at(crash_op, 6);  // index emptied, index_seq odd
+    PKGCTX_CRASH_POINT("repair", kIndexEmptied);
     for (u32 s = 0; s < m_.capacity; ++s) {
       const SlotData& d = m_.slots[s].data;
       if (!detail::meta_used(d.w[dw::kMeta].load(std::memory_order_relaxed))) continue;
@@ -421,9 +477,6 @@ class Writer {
   static inline thread_local u64 hint_ = 0;  // next-fit start; only a hint
 
  private:
-  static void put_cause(AU64& ring, u64 gen, u8 cause) {
-    ring.store(with_ring_cause(ring.load(std::memory_order_relaxed), gen, static_cast<Cause>(cause)), std::memory_order_relaxed);
-  }
 
   bool bit(u64 c) const { return (m_.bitmap[c / 64].load(std::memory_order_relaxed) >> (c % 64)) & 1; }
 
@@ -514,7 +567,6 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   const u64 hash = name_hash(name);
   const u64 sum = settings.checksum();
   Writer w(seg_);
-  crash_at("update", 1);
   const std::optional<u32> found = w.find(name, hash);
   auto full = [&]() {
     return make_error(Errc::settings_full, "settings area of segment " + seg_.name() + " has no room for " +
@@ -529,44 +581,28 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
                                               std::to_string(seg_.capacity()) + " packages)");
     const auto b = w.store_settings(settings.canonical());
     if (!b) return full();
-    crash_at("update", 2);
     const u32 s = w.pop_slot();
-    w.prepare(s);
-    crash_at("update", 3);
-    w.write_data(s, true, name, hash, version, *b, sum, "update", 4);
-    w.index_insert(s, hash);
-    seg_.header().used_slots.fetch_add(1, std::memory_order_relaxed);
-    crash_at("update", 5);
-    w.commit(s, Cause::kNone, 0, Cause::kNone);
-    w.apply_commit();
-    w.finish();
+    const Record r{true, name, hash, version, *b, sum};
+    w.publish({.record = &r, .slot = s});
     return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), Change::created};
   }
 
   const u32 s = *found;
   const bool same_version = w.version_is(s, version);
   const bool was_removed = w.version_len(s) == 0;
-  if (same_version && w.checksum(s) == sum) return UpdateResult{std::nullopt, Change::none};
+  const bool same_settings = w.checksum(s) == sum;
+  if (same_version && same_settings) return UpdateResult{std::nullopt, Change::none};
 
   // Settings bytes: reuse the stored block when the checksum is unchanged.
   const Block old = w.block(s);
-  const bool same_settings = w.checksum(s) == sum;
-  std::optional<Block> nb = same_settings ? std::optional<Block>(old) : w.store_settings(settings.canonical());
+  const std::optional<Block> nb = same_settings ? std::optional<Block>(old) : w.store_settings(settings.canonical());
   if (!nb) return full();
-  crash_at("update", 2);
-  w.prepare(s);
-  crash_at("update", 3);
-  w.write_data(s, true, name, hash, version, *nb, sum, "update", 4);
-  crash_at("update", 5);
+  const Record r{true, name, hash, version, *nb, sum};
   const bool version_change = !same_version;  // includes re-creating a removed package
-  w.commit(s, version_change ? Cause::kVersionChanged : Cause::kNone, 0, Cause::kNone);
-  crash_at("update", 6);
-  w.apply_commit("update", 7);
-  crash_at("update", 8);
-  w.finish();
-  crash_at("update", 9);
-  if (!same_settings) w.release(old);
-  crash_at("update", 10);
+  w.publish({.record = &r,
+             .root_cause = version_change ? Cause::kVersionChanged : Cause::kNone,
+             .release = same_settings ? Block{} : old,
+             .slot = s});
   if (!version_change) return UpdateResult{std::nullopt, Change::settings};
   return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), was_removed ? Change::created : Change::version};
 }
@@ -577,32 +613,16 @@ Result<std::optional<core::Token>> Store::handle_event(int event, std::string_vi
   if (!seg_.writable()) return read_only_error(seg_);
   const u64 hash = name_hash(name);
   Writer w(seg_);
-  crash_at("event", 1);
   const std::optional<u32> found = w.find(name, hash);
   if (!found) return std::optional<core::Token>();
   const u32 s = *found;
   if (event == kEventRemove) {
-    const Block old = w.block(s);
-    w.prepare(s);
-    crash_at("event", 2);
-    w.write_data(s, true, name, hash, "", Block{0, kEmptyLen}, checksum_bytes("{}"), "event", 3);
-    crash_at("event", 4);
-    w.commit(s, Cause::kRemoved, 0, Cause::kNone);
-    w.apply_commit("event", 5);
-    crash_at("event", 6);
-    w.finish();
-    w.release(old);
-    crash_at("event", 7);
+    const Record r{true, name, hash, "", Block{0, kEmptyLen}, checksum_bytes("{}")};
+    w.publish({.record = &r, .root_cause = Cause::kRemoved, .release = w.block(s), .slot = s});
   } else if (event == kEventUpdate) {
-    w.commit(s, Cause::kUpdateEvent, 0, Cause::kNone);
-    crash_at("event", 2);
-    w.apply_commit("event", 3);
-    w.finish();
+    w.publish({.root_cause = Cause::kUpdateEvent, .slot = s});
   } else {
-    w.commit(s, Cause::kNone, static_cast<u32>(event), Cause::kRescheduled);
-    crash_at("event", 2);
-    w.apply_commit("event", 3);
-    w.finish();
+    w.publish({.child_key = static_cast<u32>(event), .slot = s});
   }
   return std::optional<core::Token>(core::Token::snapshot(seg_.mapping(), s, static_cast<u32>(event)));
 }
@@ -612,25 +632,11 @@ Result<bool> Store::erase(std::string_view name) {
   if (!seg_.writable()) return read_only_error(seg_);
   const u64 hash = name_hash(name);
   Writer w(seg_);
-  crash_at("erase", 1);
   const std::optional<u32> found = w.find(name, hash);
-  if (!found || !w.version(*found).empty()) return false;  // absent, or re-created since the remove
+  if (!found || w.version_len(*found) != 0) return false;  // absent, or re-created since the remove
   const u32 s = *found;
-  const Block old = w.block(s);
-  w.prepare(s);
-  crash_at("erase", 2);
-  w.index_erase(s, hash);
-  crash_at("erase", 3);
-  w.write_data(s, false, "", 0, "", Block{0, kEmptyLen}, 0, "erase", 4);
-  crash_at("erase", 5);
-  w.commit(s, Cause::kDeleted, 0, Cause::kNone);
-  w.apply_commit("erase", 6);
-  crash_at("erase", 7);
-  w.finish();
-  w.release(old);
-  w.push_slot(s);
-  seg_.header().used_slots.fetch_sub(1, std::memory_order_relaxed);
-  crash_at("erase", 8);
+  const Record r{false, "", 0, "", Block{0, kEmptyLen}, 0};
+  w.publish({.record = &r, .root_cause = Cause::kDeleted, .release = w.block(s), .slot = s});
   return true;
 }
 

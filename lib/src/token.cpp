@@ -28,8 +28,8 @@ u32 check_digits(u64 epoch, u32 slot, u32 key, u64 root, u64 child) {
 }
 
 // The cause that produced generation `snap + 1`, or the latest if the ring moved past it.
-Cause cause_after(const AU64& ring, u64 snap, u64 now) {
-  return ring_cause(ring.load(std::memory_order_relaxed), now - (snap + 1) < kCauseRing ? snap + 1 : now);
+Cause cause_after(const CauseRing& ring, u64 snap, u64 now) {
+  return ring_cause(ring, now - (snap + 1) < kCauseRing ? snap + 1 : now);
 }
 
 template <class T>
@@ -134,7 +134,7 @@ Cause Token::cause() const noexcept {
   // The ring of the watched word holds the cause of each of its moves (a child's ring gets its
   // root's causes too), so the first move after the snapshot is the event that cancelled it.
   const SlotCauses& c = map_->slots[slot_].causes;
-  const AU64& ring = is_root() ? c.root : c.child[key_ - kFirstChildKey];
+  const CauseRing& ring = is_root() ? c.root : c.child[key_ - kFirstChildKey];
   return cause_after(ring, snap_, watched_->load(std::memory_order_acquire));
 }
 

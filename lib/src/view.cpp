@@ -129,8 +129,7 @@ bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings)
     out.slot = slot;
     out.root_generation = s.gens.root.load(std::memory_order_acquire);
     for (u32 k = 0; k < kChildKeys; ++k) out.child_generations[k] = s.gens.child[k].load(std::memory_order_acquire);
-    const u64 ring = s.causes.root.load(std::memory_order_relaxed);
-    out.last_cause = ring_cause(ring, out.root_generation);
+    out.last_cause = ring_cause(s.causes.root, out.root_generation);
     return true;
   } while (backoff.next());
   return false;

@@ -213,12 +213,12 @@ BOOST_AUTO_TEST_CASE(an_incompatible_segment_is_retired_and_its_waiters_woken) {
   Env env;
   SegmentOptions o;
   o.capacity = 8;
-  o.layout_version = 2;
   auto old = Store::create(env.seg, o);
   BOOST_TEST_REQUIRE(old.has_value());
   auto up = old->update("w", "1", Settings{});
   BOOST_TEST_REQUIRE(up.has_value());
   const core::Token token = *up->token;
+  test::set_layout_version(env.seg, layout::kLayoutVersion + 1);  // as a newer pkgctx left it
 
   const pid_t waiter = test::spawn([&] {
     const bool cancelled = token.wait(30s);

@@ -5,12 +5,14 @@
 // writes; it dies there holding the robust mutex. The next writer gets EOWNERDEAD and repairs.
 // Then the whole table and every token handed out so far must equal the model either before or
 // after the write — "after" exactly when the journal had reached COMMITTED (read from the header
-// before the repair) or the step lies past the commit point in store.cpp's numbering — other
+// before the repair) or the step lies at or past the commit point (fault_first_committed_step) — other
 // packages untouched, the derived structures (index, free list, settings bitmap, counters)
 // consistent, and a further sequence of operations must keep agreeing with the model.
 //
 // The second case kills the repairer too (crash points "repair:1..N"), then a third writer
-// repairs what the second left.
+// repairs what the second left. Every write passes through one publish step, so one numbering
+// ("write:1..N") covers every write path; a step a path skips lets the write complete.
+// Registered only in builds with PKGCTX_FAULT_INJECTION=ON (tests/CMakeLists.txt).
 #define BOOST_TEST_MODULE fault_injection
 #include <boost/test/unit_test.hpp>
 
@@ -131,20 +133,6 @@ const std::vector<Op>& writes() {
   return w;
 }
 
-// The first crash step past the commit point of (write, state), from store.cpp's numbering;
-// 1000 when no crash step of that path lies past it.
-int first_committed_step(const Op& op, const std::string& state) {
-  const bool present = state != "absent" && state != "deleted";
-  switch (op.kind) {
-    case OpKind::update: return present && state != "same-everything" ? 6 : 1000;
-    case OpKind::event:
-      if (!present) return 1000;
-      return op.event == 1 ? 5 : 2;
-    case OpKind::erase: return state == "removed" ? 6 : 1000;
-    default: return 1000;
-  }
-}
-
 // Operations after recovery: every package, every kind of write, settings moving in the arena.
 std::vector<Op> afterwards() {
   return {update("victim", "3.0-rc1", 2), event(2, "victim"), event(0, "by-a"), update("by-a", "1", 3),
@@ -153,27 +141,12 @@ std::vector<Op> afterwards() {
 }
 
 // Child process body: open the store, arm the crash point, write.
-int write_and_maybe_die(const std::string& seg, const char* crash_op, int crash_step, const Op& op) {
+int write_and_maybe_die(const std::string& seg, std::string_view crash_op, int crash_step, const Op& op) {
   auto store = Store::open(seg);
   if (!store) return 3;
   set_crash_point(crash_op, crash_step);
   const Observed o = store_apply(*store, op);
   return o.answer.error.empty() ? 0 : 4;
-}
-
-// False in a build without PKGCTX_FAULT_INJECTION (the crash points are compiled out).
-bool crash_points_compiled_in() {
-  static const bool on = [] {
-    test::SegmentName seg{"probe"};
-    SegmentOptions o;
-    o.capacity = 2;
-    o.settings_bytes = 64;
-    Store s = Store::create(seg.str(), o).value();
-    const pid_t p = test::spawn([&] { return write_and_maybe_die(seg.str(), "update", 1, update("x", "1", 0)); });
-    return test::wait_exit(p) == 128 + SIGKILL;
-  }();
-  if (!on) BOOST_TEST_MESSAGE("skipped: built without PKGCTX_FAULT_INJECTION");
-  return on;
 }
 
 std::string journal_name(std::uint32_t js) {
@@ -188,21 +161,21 @@ std::string journal_name(std::uint32_t js) {
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(writer_killed_at_every_step_in_every_state) {
-  if (!crash_points_compiled_in()) return;
   std::map<std::string, int> kills;           // write family → writers killed
   std::map<std::string, int> outcomes;        // "before"/"after" counts
+  std::map<int, int> kills_at;                // write step → writers killed there
   for (const Op& write : writes()) {
     for (const VictimState& vs : victim_states()) {
       const std::string family = op_family(write);
-      for (int k = 1; k <= fault_steps(family); ++k) {
-        BOOST_TEST_CONTEXT(write.str() << " on a " << vs.name << " victim, killed at " << family << ":" << k) {
+      for (int k = 1; k <= fault_steps("write"); ++k) {
+        BOOST_TEST_CONTEXT(write.str() << " on a " << vs.name << " victim, killed at write:" << k) {
           World w;
           for (const Op& op : vs.setup) w.run(op);
           const Model before = w.model;
           Model after = w.model;
           model_apply(after, write);
 
-          const pid_t writer = test::spawn([&] { return write_and_maybe_die(w.seg.str(), family.c_str(), k, write); });
+          const pid_t writer = test::spawn([&] { return write_and_maybe_die(w.seg.str(), "write", k, write); });
           const int code = test::wait_exit(writer);
           BOOST_REQUIRE_MESSAGE(code == 0 || code == 128 + SIGKILL, "writer exited with " << code);
           const bool killed = code == 128 + SIGKILL;
@@ -221,13 +194,14 @@ BOOST_AUTO_TEST_CASE(writer_killed_at_every_step_in_every_state) {
                                                                                       << "):\n before: " << d_before
                                                                                       << "\n after: " << d_after);
           if (!is_before || !is_after) {  // the write changes something: which one it is matters
-            const bool want_after = !killed || k >= first_committed_step(write, vs.name);
+            const bool want_after = !killed || k >= fault_first_committed_step();
             BOOST_TEST(is_after == want_after);
             if (journal == static_cast<std::uint32_t>(layout::JournalState::kCommitted)) BOOST_TEST(is_after);
             if (journal == static_cast<std::uint32_t>(layout::JournalState::kPrepared)) BOOST_TEST(is_before);
           }
           if (killed) {
             ++kills[family];
+            ++kills_at[k];
             ++outcomes[is_after ? "after" : "before"];
           }
 
@@ -247,12 +221,12 @@ BOOST_AUTO_TEST_CASE(writer_killed_at_every_step_in_every_state) {
   BOOST_TEST(kills["update"] >= 30);
   BOOST_TEST(kills["event"] >= 30);
   BOOST_TEST(kills["erase"] >= 10);
+  for (int k = 1; k <= fault_steps("write"); ++k) BOOST_TEST(kills_at[k] > 0, "no writer was killed at write:" << k);
 }
 
 // A writer dies inside a write, then the writer repairing after it dies at each step of the
 // repair; a third writer repairs and the table is still exactly before or after the first write.
 BOOST_AUTO_TEST_CASE(repairer_killed_while_repairing) {
-  if (!crash_points_compiled_in()) return;
   struct Case {
     Op write;
     const char* state;
@@ -263,23 +237,23 @@ BOOST_AUTO_TEST_CASE(repairer_killed_while_repairing) {
       {erase("victim"), "removed"},
   };
   int double_kills = 0;
+  std::map<int, int> kills_at;  // repair step → repairers killed there
   for (const Case& c : cases) {
     const VictimState* vs = nullptr;
     for (const auto& s : victim_states()) {
       if (std::string(s.name) == c.state) vs = &s;
     }
     BOOST_REQUIRE(vs);
-    const std::string family = op_family(c.write);
-    for (int k = 1; k <= fault_steps(family); ++k) {
+    for (int k = 1; k <= fault_steps("write"); ++k) {
       for (int r = 1; r <= fault_steps("repair"); ++r) {
-        BOOST_TEST_CONTEXT(c.write.str() << " on a " << c.state << " victim, killed at " << family << ":" << k
+        BOOST_TEST_CONTEXT(c.write.str() << " on a " << c.state << " victim, killed at write:" << k
                                          << ", its repairer at repair:" << r) {
           World w;
           for (const Op& op : vs->setup) w.run(op);
           const Model before = w.model;
           Model after = w.model;
           model_apply(after, c.write);
-          const pid_t writer = test::spawn([&] { return write_and_maybe_die(w.seg.str(), family.c_str(), k, c.write); });
+          const pid_t writer = test::spawn([&] { return write_and_maybe_die(w.seg.str(), "write", k, c.write); });
           if (test::wait_exit(writer) != 128 + SIGKILL) continue;  // step not on this path
           const std::uint32_t journal = w.store.segment().header().journal.state.load();
 
@@ -287,7 +261,10 @@ BOOST_AUTO_TEST_CASE(repairer_killed_while_repairing) {
           const pid_t repairer = test::spawn([&] { return write_and_maybe_die(w.seg.str(), "repair", r, noop); });
           const int code = test::wait_exit(repairer);
           BOOST_REQUIRE(code == 0 || code == 128 + SIGKILL);
-          if (code == 128 + SIGKILL) ++double_kills;
+          if (code == 128 + SIGKILL) {
+            ++double_kills;
+            ++kills_at[r];
+          }
 
           BOOST_REQUIRE(store_apply(w.store, noop).answer.error.empty());
           const std::string d_before = w.diff(before), d_after = w.diff(after);
@@ -296,7 +273,7 @@ BOOST_AUTO_TEST_CASE(repairer_killed_while_repairing) {
                                                                                       << "):\n before: " << d_before
                                                                                       << "\n after: " << d_after);
           const bool is_after = d_after.empty();
-          if (d_before.empty() != d_after.empty()) BOOST_TEST(is_after == (k >= first_committed_step(c.write, c.state)));
+          if (d_before.empty() != d_after.empty()) BOOST_TEST(is_after == (k >= fault_first_committed_step()));
           w.model = is_after ? after : before;
           for (const Op& op : afterwards()) w.run(op);
           const std::string d = w.diff(w.model);
@@ -307,4 +284,5 @@ BOOST_AUTO_TEST_CASE(repairer_killed_while_repairing) {
   }
   BOOST_TEST_MESSAGE("repairers killed while repairing: " << double_kills);
   BOOST_TEST(double_kills >= 40);
+  for (int r = 1; r <= fault_steps("repair"); ++r) BOOST_TEST(kills_at[r] > 0, "no repairer was killed at repair:" << r);
 }

@@ -168,23 +168,26 @@ class Model {
     return t.key >= 2 ? p.child_gen(t.key) != t.child : p.root_gen() != t.root;
   }
 
+  // DESIGN §2: a cause is exact while at most this many events followed the cancelling one.
+  static constexpr std::size_t kExactFurther = 8;
+
   // Every cause name the store may report for `t` ({"none"} while live).
   std::set<std::string> acceptable_causes(const Tok& t) const {
     const Package& p = incs_.at(t.inc);
     if (!cancelled(t)) return {"none"};
     if (t.key < 2) {
       const std::string exact = p.root_causes[t.root + 1];
-      std::size_t further = p.root_gen() - t.root;
+      std::size_t further = p.root_gen() - t.root - 1;  // events after the cancelling one
       if (p.deleted) further += root_bumps_ - p.root_bumps_at_delete;  // the slot may be reused
-      if (further <= 8) return {exact};
+      if (further <= kExactFurther) return {exact};
       if (p.deleted) return {"version_changed", "update_event", "removed", "deleted"};  // a reuser's latest
       return {exact, p.root_causes.back()};
     }
     const auto& ring = p.child_causes[static_cast<std::size_t>(t.key - 2)];
     const std::string exact = ring[t.child + 1];
-    std::size_t further = ring.size() - 1 - t.child;
+    std::size_t further = ring.size() - 2 - t.child;  // events after the cancelling one
     if (p.deleted) further += events_ - p.events_at_delete;  // the slot may be reused
-    if (further <= 8) return {exact};
+    if (further <= kExactFurther) return {exact};
     if (p.deleted) return {"version_changed", "update_event", "removed", "deleted", "rescheduled"};
     return {exact, ring.back()};
   }

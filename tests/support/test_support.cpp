@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <fcntl.h>
 #include <filesystem>
 #include <grp.h>
 #include <poll.h>
@@ -101,6 +102,14 @@ void* shared_memory(std::size_t bytes) {
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   BOOST_TEST_REQUIRE(p != MAP_FAILED);
   return p;
+}
+
+void set_layout_version(const std::string& name, std::uint32_t version) {
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
+  BOOST_TEST_REQUIRE(fd >= 0, "shm_open /" << name);
+  const ssize_t n = ::pwrite(fd, &version, sizeof version, offsetof(layout::Prefix, layout_version));
+  ::close(fd);
+  BOOST_TEST_REQUIRE(n == static_cast<ssize_t>(sizeof version));
 }
 
 SegmentOptions segment_options(std::uint32_t capacity, std::uint64_t settings_bytes) {

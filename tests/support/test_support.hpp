@@ -84,6 +84,11 @@ T* shared_block() {
   return new (shared_memory(sizeof(T))) T();
 }
 
+// Rewrites the layout version in the frozen prefix of segment `name` (its shared-memory object,
+// not through any mapping), so tests get a segment of another layout version as a newer or
+// older pkgctx would leave it. Ends the test case if the object cannot be written.
+void set_layout_version(const std::string& name, std::uint32_t version);
+
 // SegmentOptions with `capacity` package slots and a `settings_bytes` settings arena; the rest
 // default.
 SegmentOptions segment_options(std::uint32_t capacity, std::uint64_t settings_bytes);

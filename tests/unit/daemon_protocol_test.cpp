@@ -159,7 +159,7 @@ BOOST_AUTO_TEST_CASE(dump_round_trip) {
   BOOST_TEST(a.at("ok") == true);
   const auto& seg = a.at("segment").as_object();
   BOOST_TEST(seg.at("name").as_string() == name.str());
-  BOOST_TEST(seg.at("layout_version") == 1);
+  BOOST_TEST(seg.at("layout_version") == static_cast<int>(layout::kLayoutVersion));
   BOOST_TEST(seg.at("capacity") == 4);
   BOOST_TEST(seg.at("used") == 2);
   BOOST_TEST(seg.at("state") == "live");

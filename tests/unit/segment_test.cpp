@@ -76,13 +76,14 @@ BOOST_AUTO_TEST_CASE(other_layout_version_is_refused_with_both_versions) {
   test::SegmentName seg;
   SegmentOptions o;
   o.capacity = 8;
-  o.layout_version = 2;
   { Segment::create(seg.str(), o).value(); }
+  const std::uint32_t other = layout::kLayoutVersion + 1;
+  test::set_layout_version(seg.str(), other);
   auto r = Segment::open(seg.str(), Access::read_only);
   BOOST_REQUIRE(!r);
   BOOST_TEST(r.error().code == Errc::segment_version);
-  BOOST_TEST(contains(r.error().message, "layout version 2"));
-  BOOST_TEST(contains(r.error().message, "reads version 1"));
+  BOOST_TEST(contains(r.error().message, "layout version " + std::to_string(other)));
+  BOOST_TEST(contains(r.error().message, "reads version " + std::to_string(layout::kLayoutVersion)));
 }
 
 BOOST_AUTO_TEST_CASE(corrupt_offsets_are_refused) {
@@ -134,7 +135,7 @@ BOOST_AUTO_TEST_CASE(retire_by_name_works_on_another_layout_version) {
   auto s = Store::create(seg.str(), o).value();
   core::Token t = *s.update("a", "1", Settings())->token;
   core::Token child = **s.handle_event(7, "a");
-  s.segment().header().prefix.layout_version = 2;  // now foreign to this build
+  test::set_layout_version(seg.str(), layout::kLayoutVersion + 1);  // now foreign to this build
   BOOST_REQUIRE(Segment::retire(seg.str()).has_value());
   BOOST_TEST(t.cancelled());
   BOOST_TEST(child.cancelled());  // the contract lists every generation a token may watch

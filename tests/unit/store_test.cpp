@@ -234,17 +234,50 @@ BOOST_AUTO_TEST_CASE(invalid_event_numbers_are_rejected) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(cause_is_exact_for_eight_events_then_most_recent) {
+// DESIGN §2: a cause is exact while at most 8 further events of the token's kind followed. The
+// ring holds 16 causes, so it stays exact through 15 further events; from the 16th on, a token
+// reports the most recent cause.
+BOOST_AUTO_TEST_CASE(cause_is_exact_for_eight_further_root_events_then_most_recent) {
+  core::Token root = update("app", "1.0");
+  core::Token child = event(kEventSchedule, "app");
+  update("app", "2.0");  // cancels both: version_changed
+  core::Token key3 = event(3, "app");
+  event(3, "app");  // cancels key3: rescheduled
+  int further = 0;  // root events since the cancellations
+  auto more = [&](int upto) {
+    for (; further < upto; ++further) event(kEventUpdate, "app");
+  };
+  for (int upto : {8, 15}) {
+    more(upto);
+    BOOST_TEST_CONTEXT(further << " further root events") {
+      BOOST_TEST(root.cause() == Cause::kVersionChanged);
+      BOOST_TEST(child.cause() == Cause::kVersionChanged);
+      BOOST_TEST(key3.cause() == Cause::kRescheduled);
+    }
+  }
+  more(16);  // the ring wrapped: the most recent cause
+  BOOST_TEST(root.cause() == Cause::kUpdateEvent);
+  BOOST_TEST(child.cause() == Cause::kUpdateEvent);
+  BOOST_TEST(key3.cause() == Cause::kUpdateEvent);
+}
+
+BOOST_AUTO_TEST_CASE(cause_is_exact_for_eight_further_child_events_then_most_recent) {
   update("app", "1.0");
-  core::Token first = event(kEventSchedule, "app");
-  event(kEventSchedule, "app");  // cancels `first`: rescheduled
-  BOOST_TEST(cause_name(first.cause()) == "rescheduled");
-  core::Token root = event(kEventUpdate, "app");
-  event(kEventRemove, "app");  // cancels root with "removed"
-  for (int i = 0; i < 7; ++i) event(kEventUpdate, "app");
-  BOOST_TEST(cause_name(root.cause()) == "removed");  // 7 more events: still exact
-  for (int i = 0; i < 3; ++i) event(kEventUpdate, "app");
-  BOOST_TEST(cause_name(root.cause()) == "update_event");  // ring wrapped: the most recent
+  core::Token child = event(kEventSchedule, "app");
+  core::Token root = update("app", "2.0");  // cancels child: version_changed
+  int further = 0;  // key-2 events since the cancellation
+  auto more = [&](int upto) {
+    for (; further < upto; ++further) event(kEventSchedule, "app");
+  };
+  for (int upto : {8, 15}) {
+    more(upto);
+    BOOST_TEST_CONTEXT(further << " further key-2 events") {
+      BOOST_TEST(child.cause() == Cause::kVersionChanged);
+      BOOST_TEST(!root.cancelled());  // child events are not root events
+    }
+  }
+  more(16);
+  BOOST_TEST(child.cause() == Cause::kRescheduled);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -74,10 +74,9 @@ BOOST_AUTO_TEST_CASE(attach_errors_name_the_problem) {
 
   // A pkgctx segment of another layout version.
   SegmentName other("version");
-  SegmentOptions o = small();
-  o.layout_version = layout::kLayoutVersion + 1;
-  auto seg = Segment::create(other, o);
+  auto seg = Segment::create(other, small());
   BOOST_TEST_REQUIRE(seg.has_value());
+  test::set_layout_version(other, layout::kLayoutVersion + 1);
   auto v = Worker::attach(other);
   BOOST_TEST_REQUIRE(!v.has_value());
   BOOST_TEST(static_cast<int>(v.error().code) == static_cast<int>(Errc::segment_version));

@@ -6,8 +6,8 @@
 //   [Prefix  ]  stable across every layout version: identity, state, the writers' mutex and the
 //               "retirement contract" (where each slot's generations and wake word are), so a
 //               newer daemon can retire a segment whose layout it does not otherwise know.
-//   [Header  ]  layout v1: limits, daemon liveness, occupancy counters, crash journal, offsets.
-//   [Slots   ]  capacity × Slot (448 bytes): generations, cause rings, seqlocked package data.
+//   [Header  ]  layout v2: limits, daemon liveness, occupancy counters, crash journal, offsets.
+//   [Slots   ]  capacity × Slot (512 bytes): generations, cause rings, seqlocked package data.
 //   [Index   ]  open-addressing hash of name → slot, 2^k atomic 64-bit entries.
 //   [FreeList]  capacity × u32 free slot numbers (writer-only, rebuilt on crash repair).
 //   [Bitmap  ]  one bit per 64-byte chunk of the settings arena (writer-only, rebuilt).
@@ -37,7 +37,8 @@
 namespace pkgctx::layout {
 
 inline constexpr std::uint64_t kMagic = 0x31585443474b50ULL;  // "PKGCTX1\0" little-endian
-inline constexpr std::uint32_t kLayoutVersion = 1;
+// v2: cause rings of 16 entries (v1: 8), so a token's cause stays exact for 8 further events.
+inline constexpr std::uint32_t kLayoutVersion = 2;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kMaxName = 128;
 inline constexpr std::size_t kMaxVersion = 128;
@@ -45,7 +46,7 @@ inline constexpr std::size_t kChunk = 64;          // settings arena allocation 
 inline constexpr std::uint32_t kFirstChildKey = 2;
 inline constexpr std::uint32_t kLastChildKey = 7;
 inline constexpr std::uint32_t kChildKeys = kLastChildKey - kFirstChildKey + 1;
-inline constexpr std::uint32_t kCauseRing = 8;     // causes remembered per generation counter
+inline constexpr std::uint32_t kCauseRing = 16;    // causes remembered per generation counter
 
 using u8 = std::uint8_t;
 using u32 = std::uint32_t;
@@ -60,18 +61,30 @@ static_assert(AU32::is_always_lock_free && AU64::is_always_lock_free,
 // kInitialising knows "not yet", not "never".
 enum class State : u32 { kInitialising = 0, kLive = 1, kRetired = 2 };
 
-// Why a token was cancelled (pkgctx/types.hpp). Stored in 8-entry rings, one byte per generation.
+// Why a token was cancelled (pkgctx/types.hpp). Stored in cause rings, one byte per generation.
 using Cause = ::pkgctx::Cause;
 inline constexpr u8 kMaxCause = 6;
 
-// A cause ring (SlotCauses): byte (gen % kCauseRing) is the cause that produced generation gen.
-inline constexpr Cause ring_cause(u64 ring, u64 gen) {
-  const u8 c = static_cast<u8>(ring >> ((gen % kCauseRing) * 8));
+// A cause ring: byte (gen % kCauseRing) is the cause that produced generation gen, so a token
+// cancelled by generation g reads its exact cause until generation g + kCauseRing overwrites it:
+// the cancelling event and 15 further ones (DESIGN §2 promises 8). Each byte lives in one
+// atomic word; only writers holding the mutex (or retiring the segment) store into a ring.
+struct CauseRing {
+  AU64 w[kCauseRing / 8];
+};
+static_assert(kCauseRing % 8 == 0 && (kCauseRing & (kCauseRing - 1)) == 0);
+
+inline Cause ring_cause(const CauseRing& r, u64 gen) {
+  const u64 i = gen % kCauseRing;
+  const u8 c = static_cast<u8>(r.w[i / 8].load(std::memory_order_relaxed) >> (i % 8 * 8));
   return c <= kMaxCause ? static_cast<Cause>(c) : Cause::kNone;  // a corrupt byte says nothing
 }
-inline constexpr u64 with_ring_cause(u64 ring, u64 gen, Cause c) {
-  const unsigned shift = static_cast<unsigned>(gen % kCauseRing) * 8;
-  return (ring & ~(u64{0xff} << shift)) | (u64{static_cast<u8>(c)} << shift);
+inline void set_ring_cause(CauseRing& r, u64 gen, Cause c) {
+  const u64 i = gen % kCauseRing;
+  const unsigned shift = static_cast<unsigned>(i % 8) * 8;
+  AU64& word = r.w[i / 8];
+  word.store((word.load(std::memory_order_relaxed) & ~(u64{0xff} << shift)) | (u64{static_cast<u8>(c)} << shift),
+             std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -159,8 +172,8 @@ enum class DaemonState : u32 { kNone = 0, kRunning = 1, kStopped = 2 };
 // A package slot.
 //
 // Line 0 (gens): read by every cancelled() check, written only on cancellation.
-// Line 1 (causes): read after a token sees cancellation.
-// Lines 2..6 (data): seqlocked package record.
+// Lines 1..2 (causes): read after a token sees cancellation.
+// Lines 3..7 (data): seqlocked package record.
 //
 // Every token watches exactly one word, so cancelled() is one acquire load and one compare: a
 // root token watches `root`; a child token of key k watches `child[k-2]`, which moves on every
@@ -175,8 +188,8 @@ struct alignas(kCacheLine) SlotGens {
 };
 
 struct alignas(kCacheLine) SlotCauses {
-  AU64 root;                 // byte (gen % 8) = cause that produced root generation gen
-  AU64 child[kChildKeys];    // the same for child[k-2] (root causes included)
+  CauseRing root;                 // the cause that produced each root generation
+  CauseRing child[kChildKeys];    // the same for child[k-2] (root causes included)
 };
 
 // Data word indexes (each an AU64).
@@ -223,18 +236,31 @@ inline constexpr bool index_tag_matches(u64 entry, u64 hash) {
 // --- static checks ----------------------------------------------------------------------------
 static_assert(std::is_standard_layout_v<Prefix> && std::is_standard_layout_v<Header>);
 static_assert(std::is_standard_layout_v<Slot> && std::is_trivially_destructible_v<Slot>);
-static_assert(offsetof(Prefix, magic) == 0);
-static_assert(offsetof(Prefix, layout_version) == 8);
-static_assert(offsetof(Prefix, total_bytes) == 16);
-static_assert(offsetof(Prefix, abi_fingerprint) == 24);
-static_assert(offsetof(Prefix, epoch) == 32);
-static_assert(offsetof(Prefix, state) == 40);
-static_assert(offsetof(Prefix, capacity) == 44);
-static_assert(offsetof(Prefix, slots_offset) == 48);
-static_assert(offsetof(Prefix, mutex) == 128);
+// The frozen prefix: every field at the offset and size any pkgctx, past or future, reads it
+// from to identify a segment and retire it (Segment::retire). Changing one of these breaks the
+// retirement of old segments by new daemons: do not, whatever the layout version.
+#define PKGCTX_FROZEN(field, offset, size) \
+  static_assert(offsetof(Prefix, field) == (offset) && sizeof(Prefix::field) == (size), "frozen prefix: " #field)
+PKGCTX_FROZEN(magic, 0, 8);
+PKGCTX_FROZEN(layout_version, 8, 4);
+PKGCTX_FROZEN(prefix_bytes, 12, 4);
+PKGCTX_FROZEN(total_bytes, 16, 8);
+PKGCTX_FROZEN(abi_fingerprint, 24, 8);
+PKGCTX_FROZEN(epoch, 32, 8);
+PKGCTX_FROZEN(state, 40, 4);
+PKGCTX_FROZEN(capacity, 44, 4);
+PKGCTX_FROZEN(slots_offset, 48, 8);
+PKGCTX_FROZEN(slot_stride, 56, 4);
+PKGCTX_FROZEN(root_gen_offset, 60, 4);
+PKGCTX_FROZEN(wake_offset, 64, 4);
+PKGCTX_FROZEN(gen_count, 68, 4);
+PKGCTX_FROZEN(mutex, 128, sizeof(pthread_mutex_t));  // the platform's robust mutex, own line
+#undef PKGCTX_FROZEN
+static_assert(kMagic == 0x31585443474b50ULL && static_cast<u32>(State::kLive) == 1 && static_cast<u32>(State::kRetired) == 2,
+              "frozen prefix: the magic and the state values");
 static_assert(sizeof(SlotGens) == kCacheLine, "a check touches exactly one line per slot");
-static_assert(sizeof(SlotCauses) == kCacheLine);
-static_assert(sizeof(Slot) == 448);
+static_assert(sizeof(SlotCauses) == 2 * kCacheLine);
+static_assert(sizeof(Slot) == 512);
 static_assert(offsetof(Slot, gens) == 0 && offsetof(SlotGens, root) == 0);
 static_assert(offsetof(SlotGens, child) == offsetof(SlotGens, root) + 8, "retirement: generations are consecutive");
 

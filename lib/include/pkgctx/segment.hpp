@@ -30,7 +30,6 @@ struct SegmentOptions {
   Limits limits;                                    // enforced by writers; stored in the header
   mode_t mode = 0640;                               // table; the waiters board gets mode|0060
   gid_t group = static_cast<gid_t>(-1);             // chown the objects to this group (-1: keep)
-  std::uint32_t layout_version = layout::kLayoutVersion;  // tests only: make a foreign-version one
 };
 
 enum class Access { read_only, read_write };

@@ -70,13 +70,18 @@ class Store {
   Limits limits_;
 };
 
-// Test-only fault injection (compiled in with PKGCTX_FAULT_INJECTION): when the environment
-// variable PKGCTX_CRASH_AT="<op>:<step>" names a step of a write path, the writer SIGKILLs
-// itself there, inside the critical section. Ops: update, event, erase, and repair (the crash
-// repair a writer runs after finding the previous owner dead). Returns the number of steps each
-// op has so tests can try every one.
-int fault_steps(std::string_view op) noexcept;
-// Same as the environment variable, for tests that fork: op "" disables.
+#if defined(PKGCTX_FAULT_INJECTION)
+// Test-only fault injection, present only in builds configured with PKGCTX_FAULT_INJECTION=ON
+// (the test, sanitizer and fuzz builds; release builds have no crash point at all). Arms the
+// crash point <op>:<step>: the writer SIGKILLs itself there, inside the critical section. Ops:
+// "write" (the steps every write passes through, store.cpp's WriteStep) and "repair" (the crash
+// repair a writer runs after finding the previous owner dead). Op "" disarms.
 void set_crash_point(std::string_view op, int step) noexcept;
+// The number of steps of an op, so tests can try every one.
+int fault_steps(std::string_view op) noexcept;
+// The first "write" step at which the write is committed: a writer killed there or later
+// leaves the state after the write.
+int fault_first_committed_step() noexcept;
+#endif
 
 }  // namespace pkgctx

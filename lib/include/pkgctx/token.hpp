@@ -65,9 +65,9 @@ class Token {
   }
 
   // Why it was cancelled: the cause of the event that cancelled it (for a child cancelled
-  // through its root, the root's cause); Cause::kNone while live. Exact while at most 8 further
+  // through its root, the root's cause); Cause::kNone while live. Exact while at most 15 further
   // events that this token would have seen (root events, and its own key's for a child)
-  // followed; the most recent of them after that.
+  // followed (the cause ring holds 16; DESIGN promises 8); the most recent of them after that.
   Cause cause() const noexcept;
 
   // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
