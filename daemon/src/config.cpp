@@ -342,14 +342,16 @@ bool is_reloadable(std::string_view key) noexcept {
   return k && k->reloadable;
 }
 
-void diff_config(const Config& from, const Config& to, std::vector<std::string>& applied,
-                 std::vector<std::string>& ignored) {
+ReloadReport apply_reload(Config& live, const Config& next) {
+  ReloadReport report;
   for (const Key& k : keys()) {
-    const std::string a = k.get(from), b = k.get(to);
+    const std::string a = k.get(live), b = k.get(next);
     if (a == b) continue;
     std::string line = std::string(k.name) + ": \"" + a + "\" -> \"" + b + "\"";
-    (k.reloadable ? applied : ignored).push_back(std::move(line));
+    // A value in file syntax, as get() writes it, always parses back.
+    (k.reloadable && k.set(live, b) ? report.applied : report.ignored).push_back(std::move(line));
   }
+  return report;
 }
 
 }  // namespace pkgctx::daemon

@@ -152,15 +152,21 @@ BOOST_AUTO_TEST_CASE(the_shipped_example_parses_to_the_defaults) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(reload_diff_separates_runtime_and_fixed_keys) {
-  Config a;
-  Config b = parse_ok("allow_uids = 1000\nmax_clients = 3\nsegment = other\ncapacity = 7\n");
-  std::vector<std::string> applied, ignored;
-  diff_config(a, b, applied, ignored);
-  BOOST_TEST(applied.size() == 2u);
-  BOOST_TEST(ignored.size() == 2u);
-  BOOST_TEST(contains(applied[0], "allow_uids"));
-  BOOST_TEST(contains(ignored[0], "segment"));
+BOOST_AUTO_TEST_CASE(reload_takes_runtime_keys_and_reports_fixed_ones) {
+  Config live;
+  const Config next = parse_ok("allow_uids = 1000\nmax_clients = 3\nsegment = other\ncapacity = 7\nlog_level = debug\n");
+  const ReloadReport r = apply_reload(live, next);
+  BOOST_TEST(r.applied.size() == 3u);
+  BOOST_TEST(r.ignored.size() == 2u);
+  BOOST_TEST(contains(r.applied[0], "allow_uids"));
+  BOOST_TEST(contains(r.ignored[0], "segment"));
+  // Reloadable keys now hold the new values; fixed ones keep the old.
+  BOOST_TEST((live.allow_uids == std::vector<uid_t>{1000}));
+  BOOST_TEST(live.max_clients == 3u);
+  BOOST_TEST(static_cast<int>(live.log_level) == static_cast<int>(log::Level::debug));
+  BOOST_TEST(live.segment == "pkgctx");
+  BOOST_TEST(live.capacity == Config{}.capacity);
+  BOOST_TEST(apply_reload(live, next).applied.empty());
   BOOST_TEST(is_reloadable("allow_gids"));
   BOOST_TEST(!is_reloadable("socket"));
 }

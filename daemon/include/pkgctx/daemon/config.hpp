@@ -84,9 +84,13 @@ std::string format_config(const Config& cfg);
 
 bool is_reloadable(std::string_view key) noexcept;
 
-// What a reload from `from` to `to` changes: "key: old → new" for reloadable keys in
-// `applied`, and the same for fixed keys in `ignored` (they need a restart).
-void diff_config(const Config& from, const Config& to, std::vector<std::string>& applied,
-                 std::vector<std::string>& ignored);
+// What a reload changed, as "key: \"old\" -> \"new\"": reloadable keys now in effect (applied)
+// and fixed keys left as they were (ignored: they need a restart).
+struct ReloadReport {
+  std::vector<std::string> applied, ignored;
+};
+
+// Takes the value of every reloadable key (the key table's flag decides) from `next` into `live`.
+ReloadReport apply_reload(Config& live, const Config& next);
 
 }  // namespace pkgctx::daemon
