@@ -6,6 +6,7 @@
 #include "pkgctx/daemon/test_harness.hpp"
 
 #include <fstream>
+#include <sys/stat.h>
 
 using namespace pkgctx;
 using namespace pkgctx::daemon;
@@ -111,6 +112,37 @@ BOOST_AUTO_TEST_CASE(missing_default_file_is_fine_missing_explicit_file_is_not) 
   BOOST_TEST_REQUIRE(!r.has_value());
   BOOST_TEST(contains(r.error().message, "/nonexistent/pkgctxd.conf"));
   BOOST_TEST(contains(r.error().message, "No such file"));
+}
+
+BOOST_AUTO_TEST_CASE(only_bounded_regular_files_are_read) {
+  testing::TempDir dir;
+  BOOST_TEST_REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+  {
+    std::ofstream big(dir / "big.conf");
+    big << std::string(kMaxConfigBytes, '#') << "\n";
+  }
+  {
+    std::ofstream(dir / "max.conf") << "# fits\n" << std::string(kMaxConfigBytes - 8, '#');
+  }
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {dir.path(), "a directory, not a regular file"},
+      {"/dev/zero", "a character device, not a regular file"},
+      {dir / "fifo", "a FIFO, not a regular file"},
+      {dir / "big.conf", "larger than 1048576 bytes"},
+  };
+  for (const auto& [path, why] : refused) {
+    for (const bool expl : {true, false}) {
+      ConfigSource src;
+      src.path = path;
+      src.path_explicit = expl;
+      auto r = load_config(src);
+      BOOST_TEST_REQUIRE(!r.has_value(), path);
+      BOOST_TEST(r.error().message == "cannot read config file " + path + ": " + why);
+    }
+  }
+  ConfigSource fits;
+  fits.path = dir / "max.conf";
+  BOOST_TEST(load_config(fits).has_value());
 }
 
 BOOST_AUTO_TEST_CASE(flags_override_the_file) {

@@ -29,6 +29,7 @@ namespace pkgctx::daemon {
 
 inline constexpr const char* kDefaultConfigPath = "/etc/pkgctx/pkgctxd.conf";
 inline constexpr gid_t kNoGroup = static_cast<gid_t>(-1);
+inline constexpr std::size_t kMaxConfigBytes = 1u << 20;  // a longer config file is refused
 
 struct Config {
   // --- fixed for the daemon's life -----------------------------------------------------------
@@ -71,7 +72,8 @@ struct ConfigSource {
 };
 
 // Defaults, then the file, then the overrides. Errors (message names file:line or the flag):
-// io_error (file unreadable, or an explicit file missing), invalid_settings (bad key or value).
+// io_error (file unreadable, an explicit file missing, not a regular file, or larger than
+// kMaxConfigBytes), invalid_settings (bad key or value).
 Result<Config> load_config(const ConfigSource& source);
 
 // Applies `key = value` lines to `cfg`. `origin` names the text in errors ("FILE").
