@@ -12,6 +12,7 @@
 #include <cmath>
 #include <initializer_list>
 #include <new>
+#include <optional>
 #include <unordered_set>
 
 namespace pkgctx::daemon {
@@ -72,8 +73,9 @@ struct Member {
 // The Boost.JSON handler for a request line: keeps the top-level members and nothing nested.
 // The settings canonicaliser needs a member's text as the client wrote it (I-JSON checks such as
 // duplicate keys and number range apply to the original, and its error offsets refer to it), so
-// the reader also records where each member's value ends: parse() feeds the line in pieces that
-// end just after each '"', '}' and ']', so every string, object and array ends at a piece end.
+// the reader also records where each member's value ends: parse_request() feeds the line in
+// pieces that end just after each '"', '}' and ']', so every string, object and array ends at a
+// piece end (numbers and literals end where they began plus their length).
 class RequestReader {
  public:
   static constexpr std::size_t max_object_size = std::size_t(-1);
@@ -86,7 +88,6 @@ class RequestReader {
   std::size_t piece_end = 0;       // where the input handed to the parser so far ends
   json::kind top = json::kind::null;
   std::vector<Member> members;
-  const Member* duplicate = nullptr;  // the first member whose key appeared before
 
   const Member* member(std::string_view key) const {
     for (const Member& m : members) {
@@ -94,6 +95,8 @@ class RequestReader {
     }
     return nullptr;
   }
+  // The first member whose key appeared before, if any.
+  const Member* duplicate() const { return duplicate_ ? &members[*duplicate_] : nullptr; }
   // The member's value as written (valid once the whole line parsed).
   std::string_view raw(const Member& m) const {
     const std::size_t start = value_start(m);
@@ -113,7 +116,7 @@ class RequestReader {
   bool on_key(json::string_view s, std::size_t, json::error_code&) {
     if (!in_member()) return true;
     text_.append(s.data(), s.size());
-    if (!seen_.insert(text_).second && !duplicate_at_) duplicate_at_ = members.size() + 1;
+    if (!seen_.insert(text_).second && !duplicate_) duplicate_ = members.size();
     members.push_back({std::exchange(text_, {}), {}, piece_end, 0});
     return true;
   }
@@ -130,18 +133,14 @@ class RequestReader {
     number_size_ += s.size();
     return true;
   }
-  bool on_int64(std::int64_t v, json::string_view s, json::error_code&) { return number(v, s); }
-  bool on_uint64(std::uint64_t v, json::string_view s, json::error_code&) { return number(v, s); }
-  bool on_double(double v, json::string_view s, json::error_code&) { return number(v, s); }
-  bool on_bool(bool b, json::error_code&) { return literal(b, b ? 4 : 5); }
-  bool on_null(json::error_code&) { return literal(nullptr, 4); }
+  bool on_int64(std::int64_t v, json::string_view s, json::error_code&) { return sized(v, number(s)); }
+  bool on_uint64(std::uint64_t v, json::string_view s, json::error_code&) { return sized(v, number(s)); }
+  bool on_double(double v, json::string_view s, json::error_code&) { return sized(v, number(s)); }
+  bool on_bool(bool b, json::error_code&) { return sized(b, b ? 4 : 5); }
+  bool on_null(json::error_code&) { return sized(nullptr, 4); }
   // Comments are off in parse_options; these exist only to satisfy the handler concept.
   bool on_comment_part(json::string_view, json::error_code&) { return true; }
   bool on_comment(json::string_view, json::error_code&) { return true; }
-
-  void finish() {
-    if (duplicate_at_) duplicate = &members[duplicate_at_ - 1];
-  }
 
  private:
   // Whether events are about a top-level member (or its key).
@@ -168,13 +167,10 @@ class RequestReader {
     }
     return true;
   }
-  template <class T>
-  bool number(T v, json::string_view last) {
-    const std::size_t size = std::exchange(number_size_, 0) + last.size();
-    return in_member() ? scalar(v, value_start(members.back()) + size) : scalar(v, 0);
-  }
-  bool literal(json::value v, std::size_t size) {
-    return in_member() ? scalar(std::move(v), value_start(members.back()) + size) : scalar(std::move(v), 0);
+  std::size_t number(json::string_view last) { return std::exchange(number_size_, 0) + last.size(); }
+  // A number or literal: it ends `size` bytes after it starts.
+  bool sized(json::value v, std::size_t size) {
+    return scalar(std::move(v), in_member() ? value_start(members.back()) + size : 0);
   }
 
   std::string_view line_;
@@ -182,7 +178,7 @@ class RequestReader {
   std::string text_;              // the key or top-level string being read
   std::size_t number_size_ = 0;   // bytes of the number being read, before its last part
   std::unordered_set<std::string> seen_;
-  std::size_t duplicate_at_ = 0;  // 1 + index of `duplicate`
+  std::optional<std::size_t> duplicate_;
 };
 
 // Feeds `line` to `p` in one piece from `pos` up to `end`, `last` or not; returns bytes used.
@@ -205,10 +201,7 @@ Checked<> parse_request(std::string_view line, const json::parse_options& opt, j
     used = feed(p, line, pos, end, end == line.size(), ec);
     pos = end;
   }
-  if (!ec) {
-    p.handler().finish();
-    return {};
-  }
+  if (!ec) return {};
   // Malformed. Boost may name a neighbouring byte when a bad token spans two pieces, so the
   // message comes from the line parsed in one piece (as answers always named it).
   json::basic_parser<RequestReader> whole(opt, line);
@@ -273,7 +266,7 @@ Checked<> check_envelope(Request& rq) {
   const RequestReader& f = rq.fields;
   if (f.top != json::kind::object)
     return refusal(code::kBadRequest, "a request must be a JSON object, not " + std::string(kind_name(f.top)));
-  if (f.duplicate) return refusal(code::kBadRequest, "field \"" + f.duplicate->key + "\" appears twice");
+  if (const Member* dup = f.duplicate()) return refusal(code::kBadRequest, "field \"" + dup->key + "\" appears twice");
   if (const Member* m = f.member("id")) {
     const json::value& id = m->value;
     if (!id.is_string() && !id.is_number())
