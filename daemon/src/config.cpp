@@ -12,6 +12,7 @@
 #include <pwd.h>
 #include <set>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 namespace pkgctx::daemon {
@@ -320,9 +321,10 @@ std::string_view file_kind(mode_t m) {
   return "not a regular file";
 }
 
-// The file's text, or nullopt when it is absent and may be. Regular files only, read through the
-// opened descriptor and at most kMaxConfigBytes of them: a directory, a device such as /dev/zero
-// or a FIFO is refused at once instead of taken as empty, read forever or waited on.
+// The file's text, or nullopt when it is absent and may be. Regular files only (and /dev/null, the
+// usual way to say "no config file"), read through the opened descriptor and at most
+// kMaxConfigBytes of them: a directory, another device such as /dev/zero or a FIFO is refused at
+// once instead of taken as empty, read forever or waited on.
 Result<std::optional<std::string>> read_config_file(const std::string& path, bool required) {
   const auto fail = [&](const std::string& why) {
     return make_error(Errc::io_error, "cannot read config file " + path + ": " + why);
@@ -339,6 +341,7 @@ Result<std::optional<std::string>> read_config_file(const std::string& path, boo
   } closer{fd};
   struct stat st {};
   if (::fstat(fd, &st) != 0) return fail(std::strerror(errno));
+  if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)) return std::optional<std::string>(std::string());
   if (!S_ISREG(st.st_mode)) return fail(std::string(file_kind(st.st_mode)) + ", not a regular file");
   std::string text;
   char buf[16384];

@@ -143,6 +143,13 @@ BOOST_AUTO_TEST_CASE(only_bounded_regular_files_are_read) {
   ConfigSource fits;
   fits.path = dir / "max.conf";
   BOOST_TEST(load_config(fits).has_value());
+  // /dev/null is the usual "no config file" and reads as empty.
+  ConfigSource none;
+  none.path = "/dev/null";
+  none.path_explicit = true;
+  auto defaults = load_config(none);
+  BOOST_TEST_REQUIRE(defaults.has_value());
+  BOOST_TEST(format_config(*defaults) == format_config(Config{}));
 }
 
 BOOST_AUTO_TEST_CASE(flags_override_the_file) {
