@@ -196,8 +196,8 @@ Checked<> parse_request(std::string_view line, const json::parse_options& opt, j
   json::error_code ec;
   std::size_t used = 0;
   for (std::size_t pos = 0; pos < line.size() && !ec;) {
-    const std::size_t brk = line.find_first_of("\"}]", pos);
-    const std::size_t end = brk == std::string_view::npos ? line.size() : brk + 1;
+    const auto brk = std::find_if(line.begin() + pos, line.end(), [](char c) { return c == '"' || c == '}' || c == ']'; });
+    const std::size_t end = brk == line.end() ? line.size() : static_cast<std::size_t>(brk - line.begin()) + 1;
     used = feed(p, line, pos, end, end == line.size(), ec);
     pos = end;
   }
