@@ -74,8 +74,8 @@ struct Member {
 // The settings canonicaliser needs a member's text as the client wrote it (I-JSON checks such as
 // duplicate keys and number range apply to the original, and its error offsets refer to it), so
 // the reader also records where each member's value ends: parse_request() feeds the line in
-// pieces that end just after each '"', '}' and ']', so every string, object and array ends at a
-// piece end (numbers and literals end where they began plus their length).
+// pieces that end just after each closing '"', '}' and ']', so every string, object and array
+// ends at a piece end (numbers and literals end where they began plus their length).
 class RequestReader {
  public:
   static constexpr std::size_t max_object_size = std::size_t(-1);
@@ -86,6 +86,7 @@ class RequestReader {
   explicit RequestReader(std::string_view line) : line_(line) {}
 
   std::size_t piece_end = 0;       // where the input handed to the parser so far ends
+  bool in_string = false;          // the input so far ends inside a key or string
   json::kind top = json::kind::null;
   std::vector<Member> members;
 
@@ -110,10 +111,12 @@ class RequestReader {
   bool on_array_begin(json::error_code&) { return open(json::array()); }
   bool on_array_end(std::size_t, json::error_code&) { return close(); }
   bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    in_string = true;  // Boost reports a part when a piece ends inside a string (never empty here)
     if (in_member()) text_.append(s.data(), s.size());
     return true;
   }
   bool on_key(json::string_view s, std::size_t, json::error_code&) {
+    in_string = false;
     if (!in_member()) return true;
     text_.append(s.data(), s.size());
     if (!seen_.insert(text_).second && !duplicate_) duplicate_ = members.size();
@@ -121,10 +124,12 @@ class RequestReader {
     return true;
   }
   bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+    in_string = true;
     if (in_member()) text_.append(s.data(), s.size());
     return true;
   }
   bool on_string(json::string_view s, std::size_t, json::error_code&) {
+    in_string = false;
     if (!in_member()) return scalar(json::string(), 0);
     text_.append(s.data(), s.size());
     return scalar(json::string(std::exchange(text_, {})), piece_end);
@@ -191,12 +196,16 @@ std::size_t feed(json::basic_parser<RequestReader>& p, std::string_view line, st
 }
 
 // Parses `line` with `p`, Boost.JSON doing all the lexing (see RequestReader): the line goes in
-// pieces that end just after each '"', '}' and ']'.
+// pieces that end just after each closing '"', each '}' and each ']' (and after any '"', '}' or
+// ']' inside a string: harmless).
 Checked<> parse_request(std::string_view line, const json::parse_options& opt, json::basic_parser<RequestReader>& p) {
   json::error_code ec;
   std::size_t used = 0;
   for (std::size_t pos = 0; pos < line.size() && !ec;) {
-    const auto brk = std::find_if(line.begin() + pos, line.end(), [](char c) { return c == '"' || c == '}' || c == ']'; });
+    const auto breaks = [](char c) { return c == '"' || c == '}' || c == ']'; };
+    auto brk = std::find_if(line.begin() + pos, line.end(), breaks);
+    // Outside a string the next quote opens one: only where it closes matters.
+    if (brk != line.end() && *brk == '"' && !p.handler().in_string) brk = std::find_if(brk + 1, line.end(), breaks);
     const std::size_t end = brk == line.end() ? line.size() : static_cast<std::size_t>(brk - line.begin()) + 1;
     used = feed(p, line, pos, end, end == line.size(), ec);
     pos = end;
