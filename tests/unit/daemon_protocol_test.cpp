@@ -332,7 +332,8 @@ BOOST_AUTO_TEST_CASE(settings_are_checked_as_the_client_wrote_them) {
     for (const std::string& line :
          {R"({"op":"update","name":"p","version":"1","settings":)" + raw + "}",
           R"({ "settings" :  )" + raw + R"(  , "op":"update","name":"p","version":"1","id":"}"})",
-          R"({"op":"update","name":"p","sett\u0069ngs":)" + raw + R"(,"version":"1"})"}) {
+          R"({"op":"update","name":"p","sett\u0069ngs":)" + raw + R"(,"version":"1"})",
+          R"({"id":"q\"}]\\", "op":"update","name":"p","version":"1","settings":)" + raw + "}"}) {
       auto a = ask(line);
       BOOST_TEST(a.at("error").at("code") == "invalid_settings", line);
       BOOST_TEST(a.at("error").at("message").as_string() == expected, line);
