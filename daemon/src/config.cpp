@@ -6,13 +6,15 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <fstream>
+#include <fcntl.h>
 #include <functional>
 #include <grp.h>
 #include <limits>
+#include <optional>
 #include <pwd.h>
 #include <set>
-#include <sstream>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 namespace pkgctx::daemon {
@@ -148,8 +150,9 @@ std::string format_ids(const std::vector<Id>& ids) {
 
 std::string format_mode(mode_t m) {
   char buf[8];
-  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(m));
-  return buf;
+  const auto end = std::to_chars(buf, buf + sizeof buf, static_cast<unsigned>(m), 8).ptr;
+  std::string digits(buf, end);
+  return std::string(digits.size() < 4 ? 4 - digits.size() : 0, '0') + digits;
 }
 
 std::string format_group(gid_t g) { return g == kNoGroup ? std::string() : std::to_string(g); }
@@ -299,18 +302,62 @@ Result<void> parse_config_text(std::string_view text, const std::string& origin,
   return {};
 }
 
+namespace {
+
+std::string_view file_kind(mode_t m) {
+  if (S_ISDIR(m)) return "a directory";
+  if (S_ISCHR(m)) return "a character device";
+  if (S_ISBLK(m)) return "a block device";
+  if (S_ISFIFO(m)) return "a FIFO";
+  if (S_ISSOCK(m)) return "a socket";
+  return "not a regular file";
+}
+
+// The file's text, or nullopt when it is absent and may be. Regular files only (and /dev/null, the
+// usual way to say "no config file"), read through the opened descriptor and at most
+// kMaxConfigBytes of them: a directory, another device such as /dev/zero or a FIFO is refused at
+// once instead of taken as empty, read forever or waited on.
+Result<std::optional<std::string>> read_config_file(const std::string& path, bool required) {
+  const auto fail = [&](const std::string& why) {
+    return make_error(Errc::io_error, "cannot read config file " + path + ": " + why);
+  };
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) {
+    const int err = errno;
+    if (!required && err == ENOENT) return std::optional<std::string>();
+    return fail(std::strerror(err));
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(std::strerror(errno));
+  if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)) return std::optional<std::string>(std::string());
+  if (!S_ISREG(st.st_mode)) return fail(std::string(file_kind(st.st_mode)) + ", not a regular file");
+  std::string text;
+  char buf[16384];
+  while (true) {
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n == 0) return std::optional<std::string>(std::move(text));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return fail(std::strerror(errno));
+    }
+    if (text.size() + static_cast<std::size_t>(n) > kMaxConfigBytes)
+      return fail("larger than " + std::to_string(kMaxConfigBytes) + " bytes");
+    text.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+}  // namespace
+
 Result<Config> load_config(const ConfigSource& source) {
   Config cfg;
-  std::ifstream in(source.path, std::ios::binary);
-  if (!in) {
-    const int err = errno;
-    if (source.path_explicit || err != ENOENT)
-      return make_error(Errc::io_error, "cannot read config file " + source.path + ": " + std::strerror(err));
-  } else {
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    if (in.bad()) return make_error(Errc::io_error, "cannot read config file " + source.path + ": read error");
-    if (auto r = parse_config_text(ss.str(), source.path, cfg); !r) return r.error();
+  auto text = read_config_file(source.path, source.path_explicit);
+  if (!text) return text.error();
+  if (*text) {
+    if (auto r = parse_config_text(**text, source.path, cfg); !r) return r.error();
   }
   for (const auto& o : source.overrides) {
     if (auto r = set_config_value(cfg, o.key, o.value, o.origin); !r) return r.error();
@@ -334,14 +381,16 @@ bool is_reloadable(std::string_view key) noexcept {
   return k && k->reloadable;
 }
 
-void diff_config(const Config& from, const Config& to, std::vector<std::string>& applied,
-                 std::vector<std::string>& ignored) {
+ReloadReport apply_reload(Config& live, const Config& next) {
+  ReloadReport report;
   for (const Key& k : keys()) {
-    const std::string a = k.get(from), b = k.get(to);
+    const std::string a = k.get(live), b = k.get(next);
     if (a == b) continue;
     std::string line = std::string(k.name) + ": \"" + a + "\" -> \"" + b + "\"";
-    (k.reloadable ? applied : ignored).push_back(std::move(line));
+    // A value in file syntax, as get() writes it, always parses back.
+    (k.reloadable && k.set(live, b) ? report.applied : report.ignored).push_back(std::move(line));
   }
+  return report;
 }
 
 }  // namespace pkgctx::daemon

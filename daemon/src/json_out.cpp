@@ -1,5 +1,9 @@
 #include "json_out.hpp"
 
+#include <boost/json/serializer.hpp>
+
+#include <optional>
+
 namespace pkgctx::daemon::detail {
 
 namespace {
@@ -28,51 +32,37 @@ std::size_t utf8_sequence(std::string_view s, std::size_t i) {
   return 0;
 }
 
+// `s` with each byte that is not part of valid UTF-8 replaced by U+FFFD, or nullopt if it is
+// valid already (the common case: no copy).
+std::optional<std::string> repair_utf8(std::string_view s) {
+  std::optional<std::string> fixed;
+  std::size_t i = 0, copied = 0;
+  while (i < s.size()) {
+    const std::size_t n = utf8_sequence(s, i);
+    if (n > 0) {
+      i += n;
+      continue;
+    }
+    if (!fixed) fixed.emplace();
+    fixed->append(s.substr(copied, i - copied)).append("\xEF\xBF\xBD");
+    copied = ++i;
+  }
+  if (fixed) fixed->append(s.substr(copied));
+  return fixed;
+}
+
 }  // namespace
 
 void append_json_string(std::string& out, std::string_view s) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  out += '"';
-  std::size_t i = 0;
-  while (i < s.size()) {
-    const unsigned char c = static_cast<unsigned char>(s[i]);
-    if (c >= 0x20 && c < 0x80 && c != '"' && c != '\\') {
-      // Fast path: a run of plain ASCII.
-      std::size_t j = i + 1;
-      while (j < s.size()) {
-        const unsigned char d = static_cast<unsigned char>(s[j]);
-        if (d < 0x20 || d >= 0x80 || d == '"' || d == '\\') break;
-        ++j;
-      }
-      out.append(s.data() + i, j - i);
-      i = j;
-      continue;
-    }
-    switch (c) {
-      case '"': out += "\\\""; ++i; continue;
-      case '\\': out += "\\\\"; ++i; continue;
-      case '\n': out += "\\n"; ++i; continue;
-      case '\r': out += "\\r"; ++i; continue;
-      case '\t': out += "\\t"; ++i; continue;
-      default: break;
-    }
-    if (c < 0x20) {
-      out += "\\u00";
-      out += kHex[c >> 4];
-      out += kHex[c & 15];
-      ++i;
-      continue;
-    }
-    const std::size_t n = utf8_sequence(s, i);
-    if (n == 0) {
-      out += "\xEF\xBF\xBD";  // U+FFFD for one bad byte
-      ++i;
-    } else {
-      out.append(s.data() + i, n);
-      i += n;
-    }
+  // Boost's serializer escapes but copies bytes >= 0x80 as they are, so bad UTF-8 is repaired first.
+  const std::optional<std::string> fixed = repair_utf8(s);
+  boost::json::serializer sr;
+  sr.reset(fixed ? boost::json::string_view(*fixed) : boost::json::string_view(s.data(), s.size()));
+  char buf[1024];
+  while (!sr.done()) {
+    const boost::json::string_view part = sr.read(buf, sizeof buf);
+    out.append(part.data(), part.size());
   }
-  out += '"';
 }
 
 }  // namespace pkgctx::daemon::detail

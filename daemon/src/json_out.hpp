@@ -1,7 +1,7 @@
 // Internal: a minimal streaming JSON writer for the daemon's answers.
 //
 // Answers are built straight into the client's output buffer: no DOM, no allocation per field.
-// Strings are always valid JSON: control characters are escaped and invalid UTF-8 (which can
+// Strings are always valid JSON (escaped by Boost.JSON's serializer), and invalid UTF-8 (which can
 // appear in an error message quoting a hostile request) becomes U+FFFD, so every answer is
 // parseable by a strict reader. Output never contains a raw newline.
 #pragma once

@@ -3,15 +3,17 @@
 #include "json_out.hpp"
 #include "pkgctx/dump.hpp"
 
-#include <cmath>
-#include <boost/json/monotonic_resource.hpp>
-#include <boost/json/parse.hpp>
+#include <boost/json/basic_parser_impl.hpp>
 #include <boost/json/serialize.hpp>
 #include <boost/json/value.hpp>
+#include <boost/system/result.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <initializer_list>
 #include <new>
+#include <optional>
+#include <unordered_set>
 
 namespace pkgctx::daemon {
 
@@ -33,17 +35,21 @@ bool AllowList::allows(const Peer& peer) const noexcept {
 
 namespace {
 
-// A refusal: becomes {"ok":false,"error":{…}}. Thrown only inside handle().
-struct Reject {
+// A refused request: becomes {"ok":false,"error":{…}}.
+struct Refusal {
+  Refusal() = default;
+  Refusal(std::string_view c, std::string m) : code(c), message(std::move(m)) {}
   std::string_view code;
   std::string message;
 };
+template <class T = void>
+using Checked = boost::system::result<T, Refusal>;
 
-[[noreturn]] void reject(std::string_view code, std::string message) { throw Reject{code, std::move(message)}; }
-[[noreturn]] void reject(const Error& e) { throw Reject{errc_name(e.code), e.message}; }
+Refusal refusal(std::string_view code, std::string message) { return {code, std::move(message)}; }
+Refusal refusal(const Error& e) { return {errc_name(e.code), e.message}; }
 
-std::string_view kind_name(const json::value& v) {
-  switch (v.kind()) {
+std::string_view kind_name(json::kind k) {
+  switch (k) {
     case json::kind::null: return "null";
     case json::kind::bool_: return "a boolean";
     case json::kind::int64:
@@ -56,94 +62,33 @@ std::string_view kind_name(const json::value& v) {
   return "a value";
 }
 
-// --- raw member spans --------------------------------------------------------------------------
-// Boost.JSON has already validated the line, so this scanner may assume well-formed JSON. It
-// finds each top-level member's raw text: "settings" is handed to the core's canonicaliser as
-// the client wrote it (so I-JSON checks such as duplicate keys and number range apply to the
-// original text), and duplicate top-level keys are refused instead of silently resolved.
+// One member of the request object.
 struct Member {
   std::string key;
-  std::string_view raw;
+  json::value value;        // a scalar as parsed; an empty array or object stands for a container
+  std::size_t key_end = 0;  // offset just past the key's closing quote
+  std::size_t end = 0;      // offset just past the value
 };
 
-bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+// The Boost.JSON handler for a request line: keeps the top-level members and nothing nested.
+// The settings canonicaliser needs a member's text as the client wrote it (I-JSON checks such as
+// duplicate keys and number range apply to the original, and its error offsets refer to it), so
+// the reader also records where each member's value ends: parse_request() feeds the line in
+// pieces that end just after each closing '"', '}' and ']', so every string, object and array
+// ends at a piece end (numbers and literals end where they began plus their length).
+class RequestReader {
+ public:
+  static constexpr std::size_t max_object_size = std::size_t(-1);
+  static constexpr std::size_t max_array_size = std::size_t(-1);
+  static constexpr std::size_t max_key_size = std::size_t(-1);
+  static constexpr std::size_t max_string_size = std::size_t(-1);
 
-std::size_t skip_ws(std::string_view s, std::size_t i) {
-  while (i < s.size() && is_ws(s[i])) ++i;
-  return i;
-}
+  explicit RequestReader(std::string_view line) : line_(line) {}
 
-std::size_t skip_string(std::string_view s, std::size_t i) {  // s[i] == '"'
-  ++i;
-  while (i < s.size() && s[i] != '"') i += s[i] == '\\' ? 2 : 1;
-  return i + 1;
-}
-
-std::size_t skip_value(std::string_view s, std::size_t i) {
-  if (s[i] == '"') return skip_string(s, i);
-  if (s[i] == '{' || s[i] == '[') {
-    std::size_t depth = 0;
-    while (i < s.size()) {
-      const char c = s[i];
-      if (c == '"') {
-        i = skip_string(s, i);
-        continue;
-      }
-      if (c == '{' || c == '[') ++depth;
-      if (c == '}' || c == ']') {
-        if (--depth == 0) return i + 1;
-      }
-      ++i;
-    }
-    return i;
-  }
-  while (i < s.size() && !is_ws(s[i]) && s[i] != ',' && s[i] != '}' && s[i] != ']') ++i;
-  return i;
-}
-
-std::vector<Member> top_level_members(std::string_view s) {
-  std::vector<Member> out;
-  std::size_t i = skip_ws(s, 0) + 1;  // past '{'
-  i = skip_ws(s, i);
-  if (i < s.size() && s[i] == '}') return out;
-  while (i < s.size()) {
-    const std::size_t ks = i;
-    const std::size_t ke = skip_string(s, i);
-    std::string_view key_raw = s.substr(ks + 1, ke - ks - 2);
-    std::string key;
-    if (key_raw.find('\\') == std::string_view::npos) {
-      key = std::string(key_raw);
-    } else {
-      json::error_code ec;
-      json::value k = json::parse(s.substr(ks, ke - ks), ec);
-      key = ec ? std::string(key_raw) : std::string(k.as_string());
-    }
-    i = skip_ws(s, ke) + 1;  // past ':'
-    i = skip_ws(s, i);
-    const std::size_t vs = i;
-    i = skip_value(s, i);
-    out.push_back({std::move(key), s.substr(vs, i - vs)});
-    i = skip_ws(s, i);
-    if (i < s.size() && s[i] == ',') {
-      i = skip_ws(s, i + 1);
-      continue;
-    }
-    break;
-  }
-  return out;
-}
-
-constexpr std::size_t kMaxIdBytes = 256;
-
-}  // namespace
-
-struct Protocol::Request {
-  const json::object* obj = nullptr;
+  std::size_t piece_end = 0;       // where the input handed to the parser so far ends
+  bool in_string = false;          // the input so far ends inside a key or string
+  json::kind top = json::kind::null;
   std::vector<Member> members;
-  std::string id;  // serialized "id", or empty
-  std::string op;
-  const Peer* peer = nullptr;
-  bool may_write = false;
 
   const Member* member(std::string_view key) const {
     for (const Member& m : members) {
@@ -151,152 +96,205 @@ struct Protocol::Request {
     }
     return nullptr;
   }
+  // The first member whose key appeared before, if any.
+  const Member* duplicate() const { return duplicate_ ? &members[*duplicate_] : nullptr; }
+  // The member's value as written (valid once the whole line parsed).
+  std::string_view raw(const Member& m) const {
+    const std::size_t start = value_start(m);
+    return line_.substr(start, m.end - start);
+  }
+
+  bool on_document_begin(json::error_code&) { return true; }
+  bool on_document_end(json::error_code&) { return true; }
+  bool on_object_begin(json::error_code&) { return open(json::object()); }
+  bool on_object_end(std::size_t, json::error_code&) { return close(); }
+  bool on_array_begin(json::error_code&) { return open(json::array()); }
+  bool on_array_end(std::size_t, json::error_code&) { return close(); }
+  bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
+    in_string = true;  // Boost reports a part when a piece ends inside a string (never empty here)
+    if (in_member()) text_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_key(json::string_view s, std::size_t, json::error_code&) {
+    in_string = false;
+    if (!in_member()) return true;
+    text_.append(s.data(), s.size());
+    if (!seen_.insert(text_).second && !duplicate_) duplicate_ = members.size();
+    members.push_back({std::exchange(text_, {}), {}, piece_end, 0});
+    return true;
+  }
+  bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
+    in_string = true;
+    if (in_member()) text_.append(s.data(), s.size());
+    return true;
+  }
+  bool on_string(json::string_view s, std::size_t, json::error_code&) {
+    in_string = false;
+    if (!in_member()) return scalar(json::string(), 0);
+    text_.append(s.data(), s.size());
+    return scalar(json::string(std::exchange(text_, {})), piece_end);
+  }
+  bool on_number_part(json::string_view s, json::error_code&) {
+    number_size_ += s.size();
+    return true;
+  }
+  bool on_int64(std::int64_t v, json::string_view s, json::error_code&) { return sized(v, number(s)); }
+  bool on_uint64(std::uint64_t v, json::string_view s, json::error_code&) { return sized(v, number(s)); }
+  bool on_double(double v, json::string_view s, json::error_code&) { return sized(v, number(s)); }
+  bool on_bool(bool b, json::error_code&) { return sized(b, b ? 4 : 5); }
+  bool on_null(json::error_code&) { return sized(nullptr, 4); }
+  // Comments are off in parse_options; these exist only to satisfy the handler concept.
+  bool on_comment_part(json::string_view, json::error_code&) { return true; }
+  bool on_comment(json::string_view, json::error_code&) { return true; }
+
+ private:
+  // Whether events are about a top-level member (or its key).
+  bool in_member() const noexcept { return depth_ == 1 && top == json::kind::object; }
+  std::size_t value_start(const Member& m) const {
+    return line_.find_first_not_of(" \t\n\r", line_.find(':', m.key_end) + 1);
+  }
+  bool open(json::value empty) {
+    if (depth_ == 0) top = empty.kind();
+    if (in_member()) members.back().value = std::move(empty);
+    ++depth_;
+    return true;
+  }
+  bool close() {
+    --depth_;
+    if (in_member()) members.back().end = piece_end;
+    return true;
+  }
+  bool scalar(json::value v, std::size_t end) {
+    if (depth_ == 0) top = v.kind();
+    if (in_member()) {
+      members.back().value = std::move(v);
+      members.back().end = end;
+    }
+    return true;
+  }
+  std::size_t number(json::string_view last) { return std::exchange(number_size_, 0) + last.size(); }
+  // A number or literal: it ends `size` bytes after it starts.
+  bool sized(json::value v, std::size_t size) {
+    return scalar(std::move(v), in_member() ? value_start(members.back()) + size : 0);
+  }
+
+  std::string_view line_;
+  std::size_t depth_ = 0;
+  std::string text_;              // the key or top-level string being read
+  std::size_t number_size_ = 0;   // bytes of the number being read, before its last part
+  std::unordered_set<std::string> seen_;
+  std::optional<std::size_t> duplicate_;
+};
+
+// Feeds `line` to `p` in one piece from `pos` up to `end`, `last` or not; returns bytes used.
+std::size_t feed(json::basic_parser<RequestReader>& p, std::string_view line, std::size_t pos, std::size_t end,
+                 bool last, json::error_code& ec) {
+  p.handler().piece_end = end;
+  const std::size_t used = p.write_some(!last, line.data() + pos, end - pos, ec);
+  if (!ec && used < end - pos) ec = json::make_error_code(json::error::extra_data);
+  return pos + used;
+}
+
+// Parses `line` with `p`, Boost.JSON doing all the lexing (see RequestReader): the line goes in
+// pieces that end just after each closing '"', each '}' and each ']' (and after any '"', '}' or
+// ']' inside a string: harmless).
+Checked<> parse_request(std::string_view line, const json::parse_options& opt, json::basic_parser<RequestReader>& p) {
+  json::error_code ec;
+  std::size_t used = 0;
+  for (std::size_t pos = 0; pos < line.size() && !ec;) {
+    const auto breaks = [](char c) { return c == '"' || c == '}' || c == ']'; };
+    auto brk = std::find_if(line.begin() + pos, line.end(), breaks);
+    // Outside a string the next quote opens one: only where it closes matters.
+    if (brk != line.end() && *brk == '"' && !p.handler().in_string) brk = std::find_if(brk + 1, line.end(), breaks);
+    const std::size_t end = brk == line.end() ? line.size() : static_cast<std::size_t>(brk - line.begin()) + 1;
+    used = feed(p, line, pos, end, end == line.size(), ec);
+    pos = end;
+  }
+  if (!ec) return {};
+  // Malformed. Boost may name a neighbouring byte when a bad token spans two pieces, so the
+  // message comes from the line parsed in one piece (as answers always named it).
+  json::basic_parser<RequestReader> whole(opt, line);
+  json::error_code whole_ec;
+  if (const std::size_t at = feed(whole, line, 0, line.size(), true, whole_ec); whole_ec) {
+    ec = whole_ec;
+    used = at;
+  }
+  const std::size_t max_depth = opt.max_depth - 1;
+  if (ec == json::error::too_deep)
+    return refusal(code::kBadRequest, "request nested deeper than " + std::to_string(max_depth + 1) +
+                                          " levels (settings may nest " + std::to_string(max_depth) + ")");
+  if (ec == json::error::incomplete) return refusal(code::kBadRequest, "malformed JSON: the line ends inside a value");
+  return refusal(code::kBadRequest, "malformed JSON at byte " + std::to_string(used) + ": " + ec.message());
+}
+
+constexpr std::size_t kMaxIdBytes = 256;
+
+// A request that parsed, with its top-level fields checked.
+struct Request {
+  const RequestReader& fields;
+  const Peer& peer;
+  const AllowList& allow;
+  std::string id;  // serialized "id", or empty
+  std::string op;
 
   // Refuses any field not in `allowed` (besides "op" and "id"): a typo must not pass silently.
-  void only(std::initializer_list<std::string_view> allowed) const {
-    for (const Member& m : members) {
+  Checked<> only(std::initializer_list<std::string_view> allowed) const {
+    for (const Member& m : fields.members) {
       if (m.key == "op" || m.key == "id") continue;
       if (std::find(allowed.begin(), allowed.end(), m.key) == allowed.end()) {
         std::string list;
         for (std::string_view a : allowed) list += (list.empty() ? "\"" : ", \"") + std::string(a) + "\"";
-        reject(code::kBadRequest, "unknown field \"" + m.key + "\" in \"" + op + "\" request (fields: " +
-                                      (list.empty() ? std::string("none") : list) + ")");
+        return refusal(code::kBadRequest, "unknown field \"" + m.key + "\" in \"" + op + "\" request (fields: " +
+                                              (list.empty() ? std::string("none") : list) + ")");
       }
     }
+    return {};
   }
 
-  std::string_view string_field(std::string_view key) const {
-    const json::value* v = obj->if_contains(key);
-    if (!v) reject(code::kBadRequest, "missing field \"" + std::string(key) + "\" in \"" + op + "\" request");
-    if (!v->is_string())
-      reject(code::kBadRequest,
-             "field \"" + std::string(key) + "\" must be a string, not " + std::string(kind_name(*v)));
-    const json::string& s = v->get_string();
-    return {s.data(), s.size()};
+  Checked<std::string_view> string_field(std::string_view key) const {
+    const Member* m = fields.member(key);
+    if (!m) return refusal(code::kBadRequest, "missing field \"" + std::string(key) + "\" in \"" + op + "\" request");
+    if (!m->value.is_string())
+      return refusal(code::kBadRequest, "field \"" + std::string(key) + "\" must be a string, not " +
+                                            std::string(kind_name(m->value.kind())));
+    const json::string& s = m->value.get_string();
+    return std::string_view(s.data(), s.size());
   }
 
-  void require_write() const {
-    if (!may_write)
-      reject(code::kForbidden, "peer " + peer->describe() + " may not \"" + op +
-                                   "\": writes need uid 0, the daemon's uid, or a uid or group on the "
-                                   "allow-list (allow_uids, allow_gids)");
+  // The one place where a write is authorised.
+  Checked<> require_write() const {
+    if (allow.allows(peer)) return {};
+    return refusal(code::kForbidden, "peer " + peer.describe() + " may not \"" + op +
+                                         "\": writes need uid 0, the daemon's uid, or a uid or group on the "
+                                         "allow-list (allow_uids, allow_gids)");
   }
 };
 
-Protocol::Protocol(Store& store) : store_(store) { set_max_depth(max_depth_); }
-
-void Protocol::set_max_depth(std::size_t depth) {
-  max_depth_ = depth;
-  json::parse_options opt;
-  opt.max_depth = depth + 1;  // the request object wraps "settings"
-  parser_.emplace(json::storage_ptr(), opt);
-}
-
-void Protocol::append_error(std::string& out, std::string_view c, std::string_view message) noexcept {
-  try {
-    ++stats_.errors;
-    JsonWriter w(out);
-    w.begin_object().key("ok").boolean(false);
-    w.key("error").begin_object().key("code").str(c).key("message").str(message).end_object();
-    w.end_object();
-    out += '\n';
-  } catch (...) {
+// The checks every request passes before its op: one object, no repeated field, a sane id, an op.
+Checked<> check_envelope(Request& rq) {
+  const RequestReader& f = rq.fields;
+  if (f.top != json::kind::object)
+    return refusal(code::kBadRequest, "a request must be a JSON object, not " + std::string(kind_name(f.top)));
+  if (const Member* dup = f.duplicate()) return refusal(code::kBadRequest, "field \"" + dup->key + "\" appears twice");
+  if (const Member* m = f.member("id")) {
+    const json::value& id = m->value;
+    if (!id.is_string() && !id.is_number())
+      return refusal(code::kBadRequest,
+                     "field \"id\" must be a string or a number, not " + std::string(kind_name(id.kind())));
+    // 1e400 parses to infinity, which has no JSON spelling: it could not be echoed back.
+    if (id.is_double() && !std::isfinite(id.get_double()))
+      return refusal(code::kBadRequest, "field \"id\" is not a finite number");
+    if (f.raw(*m).size() > kMaxIdBytes)
+      return refusal(code::kBadRequest, "field \"id\" is longer than " + std::to_string(kMaxIdBytes) + " bytes");
+    rq.id = json::serialize(id);
   }
+  const Member* op = f.member("op");
+  if (!op) return refusal(code::kBadRequest, "missing field \"op\"");
+  if (!op->value.is_string())
+    return refusal(code::kBadRequest, "field \"op\" must be a string, not " + std::string(kind_name(op->value.kind())));
+  rq.op = std::string(op->value.get_string());
+  return {};
 }
-
-void Protocol::handle(std::string_view line, const Peer& peer, bool may_write, std::string& out) noexcept {
-  ++stats_.requests;
-  const std::size_t mark = out.size();
-  Request rq;
-  rq.peer = &peer;
-  rq.may_write = may_write;
-  try {
-    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-    if (skip_ws(line, 0) == line.size()) reject(code::kBadRequest, "empty request line (expected one JSON object)");
-
-    // Small requests parse without touching the heap.
-    alignas(std::max_align_t) unsigned char buffer[4096];
-    json::monotonic_resource mr(buffer, sizeof buffer);
-    json::parser& p = *parser_;
-    p.reset(&mr);
-    json::error_code ec;
-    const std::size_t used = p.write_some(line.data(), line.size(), ec);
-    if (!ec && used != line.size()) ec = json::make_error_code(json::error::extra_data);
-    if (ec) {
-      if (ec == json::error::too_deep)
-        reject(code::kBadRequest, "request nested deeper than " + std::to_string(max_depth_ + 1) +
-                                      " levels (settings may nest " + std::to_string(max_depth_) + ")");
-      if (ec == json::error::incomplete) reject(code::kBadRequest, "malformed JSON: the line ends inside a value");
-      reject(code::kBadRequest, "malformed JSON at byte " + std::to_string(used) + ": " + ec.message());
-    }
-    const json::value v = p.release();
-    if (!v.is_object())
-      reject(code::kBadRequest, "a request must be a JSON object, not " + std::string(kind_name(v)));
-    rq.obj = &v.get_object();
-    rq.members = top_level_members(line);
-    for (std::size_t i = 0; i < rq.members.size(); ++i) {
-      for (std::size_t j = 0; j < i; ++j) {
-        if (rq.members[i].key == rq.members[j].key)
-          reject(code::kBadRequest, "field \"" + rq.members[i].key + "\" appears twice");
-      }
-    }
-    if (const json::value* id = rq.obj->if_contains("id")) {
-      if (!id->is_string() && !id->is_number())
-        reject(code::kBadRequest, "field \"id\" must be a string or a number, not " + std::string(kind_name(*id)));
-      // 1e400 parses to infinity, which has no JSON spelling: it could not be echoed back.
-      if (id->is_double() && !std::isfinite(id->get_double()))
-        reject(code::kBadRequest, "field \"id\" is not a finite number");
-      if (const Member* m = rq.member("id"); m && m->raw.size() <= kMaxIdBytes) {
-        rq.id = json::serialize(*id);
-      } else {
-        reject(code::kBadRequest, "field \"id\" is longer than " + std::to_string(kMaxIdBytes) + " bytes");
-      }
-    }
-    const json::value* op = rq.obj->if_contains("op");
-    if (!op) reject(code::kBadRequest, "missing field \"op\"");
-    if (!op->is_string()) reject(code::kBadRequest, "field \"op\" must be a string, not " + std::string(kind_name(*op)));
-    rq.op = std::string(op->get_string());
-    dispatch(rq, out);
-  } catch (const Reject& r) {
-    out.resize(mark);
-    ++stats_.errors;
-    try {
-      JsonWriter w(out);
-      w.begin_object().key("ok").boolean(false);
-      if (!rq.id.empty()) w.key("id").raw(rq.id);
-      w.key("error").begin_object().key("code").str(r.code).key("message").str(r.message).end_object();
-      w.end_object();
-      out += '\n';
-    } catch (...) {
-      out.resize(mark);
-      append_error(out, code::kInternalError, "out of memory while answering");
-    }
-  } catch (const std::bad_alloc&) {
-    out.resize(mark);
-    append_error(out, code::kInternalError, "out of memory while handling the request; nothing changed");
-  } catch (const std::exception& e) {
-    out.resize(mark);
-    append_error(out, code::kInternalError, std::string("unexpected failure: ") + e.what());
-  } catch (...) {
-    out.resize(mark);
-    append_error(out, code::kInternalError, "unexpected failure");
-  }
-}
-
-void Protocol::dispatch(Request& rq, std::string& out) {
-  const std::string& op = rq.op;
-  if (op == "update") return op_update(rq, out);
-  if (op == "event") return op_event(rq, out);
-  if (op == "need_update") return op_need_update(rq, out);
-  if (op == "settings") return op_settings(rq, out);
-  if (op == "delete") return op_delete(rq, out);
-  if (op == "dump") return op_dump(rq, out);
-  std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
-  reject(code::kBadRequest,
-         "unknown op \"" + shown + "\" (ops: update, event, need_update, settings, delete, dump)");
-}
-
-namespace {
 
 JsonWriter& begin_ok(JsonWriter& w, const std::string& id) {
   w.begin_object().key("ok").boolean(true);
@@ -309,25 +307,25 @@ void end_ok(JsonWriter& w, std::string& out) {
   out += '\n';
 }
 
-}  // namespace
-
-void Protocol::op_update(Request& rq, std::string& out) {
-  rq.require_write();
-  rq.only({"name", "version", "settings"});
-  const std::string_view name = rq.string_field("name");
-  const std::string_view version = rq.string_field("version");
+Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std::string& out) {
+  if (auto ok = rq.require_write(); !ok) return ok;
+  if (auto ok = rq.only({"name", "version", "settings"}); !ok) return ok;
+  const auto name = rq.string_field("name");
+  if (!name) return name.error();
+  const auto version = rq.string_field("version");
+  if (!version) return version.error();
   Settings settings;
-  if (const Member* m = rq.member("settings")) {
-    Limits limits = store_.limits();
-    limits.max_depth = max_depth_;
-    auto parsed = Settings::parse(m->raw, limits);
-    if (!parsed) reject(parsed.error());
+  if (const Member* m = rq.fields.member("settings")) {
+    Limits limits = store.limits();
+    limits.max_depth = max_depth;
+    auto parsed = Settings::parse(rq.fields.raw(*m), limits);
+    if (!parsed) return refusal(parsed.error());
     settings = std::move(*parsed);
   }
-  auto r = store_.update(name, version, settings);
-  if (!r) reject(r.error());
+  auto r = store.update(*name, *version, settings);
+  if (!r) return refusal(r.error());
   JsonWriter w(out);
-  begin_ok(w, rq.id).key("name").str(name).key("context");
+  begin_ok(w, rq.id).key("name").str(*name).key("context");
   if (r->token) {
     w.str(r->token->str());
   } else {
@@ -335,81 +333,99 @@ void Protocol::op_update(Request& rq, std::string& out) {
   }
   w.key("change").str(change_name(r->change));
   end_ok(w, out);
+  return {};
 }
 
-void Protocol::op_event(Request& rq, std::string& out) {
-  rq.require_write();
-  rq.only({"name", "event"});
-  const std::string_view name = rq.string_field("name");
-  const json::value* ev = rq.obj->if_contains("event");
-  if (!ev) reject(code::kBadRequest, "missing field \"event\" in \"event\" request");
-  int event = -1;
-  if (ev->is_string()) {
-    const json::string& s = ev->get_string();
+Checked<int> event_field(const Request& rq) {
+  const Member* m = rq.fields.member("event");
+  if (!m) return refusal(code::kBadRequest, "missing field \"event\" in \"event\" request");
+  const json::value& ev = m->value;
+  if (ev.is_string()) {
+    const json::string& s = ev.get_string();
     auto parsed = parse_event({s.data(), s.size()});
-    if (!parsed) reject(parsed.error());
-    event = *parsed;
-  } else if (ev->is_int64() || ev->is_uint64()) {
-    auto checked = validate_event(ev->is_int64() ? ev->get_int64() : -1);
-    if (!checked) reject(Error(Errc::invalid_event, "event " + json::serialize(*ev) + " is not a key 0..7"));
-    event = *checked;
-  } else {
-    reject(code::kBadRequest, "field \"event\" must be a name or an integer 0..7, not " +
-                                  std::string(ev->is_double() ? "a fractional number" : kind_name(*ev)));
+    if (!parsed) return refusal(parsed.error());
+    return *parsed;
   }
-  auto r = store_.handle_event(event, name);
-  if (!r) reject(r.error());
+  if (ev.is_int64() || ev.is_uint64()) {
+    auto checked = validate_event(ev.is_int64() ? ev.get_int64() : -1);
+    if (!checked) return refusal(Error(Errc::invalid_event, "event " + json::serialize(ev) + " is not a key 0..7"));
+    return *checked;
+  }
+  return refusal(code::kBadRequest, "field \"event\" must be a name or an integer 0..7, not " +
+                                        std::string(ev.is_double() ? "a fractional number" : kind_name(ev.kind())));
+}
+
+Checked<> op_event(Store& store, const Request& rq, std::string& out) {
+  if (auto ok = rq.require_write(); !ok) return ok;
+  if (auto ok = rq.only({"name", "event"}); !ok) return ok;
+  const auto name = rq.string_field("name");
+  if (!name) return name.error();
+  const auto event = event_field(rq);
+  if (!event) return event.error();
+  auto r = store.handle_event(*event, *name);
+  if (!r) return refusal(r.error());
   JsonWriter w(out);
-  begin_ok(w, rq.id).key("name").str(name).key("context");
+  begin_ok(w, rq.id).key("name").str(*name).key("context");
   if (*r) {
     w.str((*r)->str());
   } else {
     w.null();
   }
   end_ok(w, out);
+  return {};
 }
 
-void Protocol::op_need_update(Request& rq, std::string& out) {
-  rq.only({"name", "version", "checksum"});
-  const std::string_view name = rq.string_field("name");
-  const std::string_view version = rq.string_field("version");
-  auto sum = parse_checksum(rq.string_field("checksum"));
-  if (!sum) reject(sum.error());
-  auto r = store_.need_update(name, version, *sum);
-  if (!r) reject(r.error());
+Checked<> op_need_update(Store& store, const Request& rq, std::string& out) {
+  if (auto ok = rq.only({"name", "version", "checksum"}); !ok) return ok;
+  const auto name = rq.string_field("name");
+  if (!name) return name.error();
+  const auto version = rq.string_field("version");
+  if (!version) return version.error();
+  const auto checksum = rq.string_field("checksum");
+  if (!checksum) return checksum.error();
+  auto sum = parse_checksum(*checksum);
+  if (!sum) return refusal(sum.error());
+  auto r = store.need_update(*name, *version, *sum);
+  if (!r) return refusal(r.error());
   JsonWriter w(out);
   begin_ok(w, rq.id).key("need_update").boolean(*r);
   end_ok(w, out);
+  return {};
 }
 
-void Protocol::op_settings(Request& rq, std::string& out) {
-  rq.only({"name"});
-  const std::string_view name = rq.string_field("name");
-  auto rec = store_.view().read(name, true);
-  if (!rec) reject(rec.error());
+Checked<> op_settings(Store& store, const Request& rq, std::string& out) {
+  if (auto ok = rq.only({"name"}); !ok) return ok;
+  const auto name = rq.string_field("name");
+  if (!name) return name.error();
+  auto rec = store.view().read(*name, true);
+  if (!rec) return refusal(rec.error());
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(rec->name).key("version").str(rec->version);
   // Canonical JSON: one line, valid UTF-8; spliced as stored so the checksum matches byte for byte.
   w.key("settings").raw(rec->settings.empty() ? std::string_view("{}") : std::string_view(rec->settings));
   w.key("checksum").str(hex16(rec->checksum));
   end_ok(w, out);
+  return {};
 }
 
-void Protocol::op_delete(Request& rq, std::string& out) {
-  rq.require_write();
-  rq.only({"name"});
-  const std::string_view name = rq.string_field("name");
-  auto r = store_.erase(name);
-  if (!r) reject(r.error());
+Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
+  if (auto ok = rq.require_write(); !ok) return ok;
+  if (auto ok = rq.only({"name"}); !ok) return ok;
+  const auto name = rq.string_field("name");
+  if (!name) return name.error();
+  auto r = store.erase(*name);
+  if (!r) return refusal(r.error());
   JsonWriter w(out);
-  begin_ok(w, rq.id).key("name").str(name).key("deleted").boolean(*r);
+  begin_ok(w, rq.id).key("name").str(*name).key("deleted").boolean(*r);
   end_ok(w, out);
+  return {};
 }
 
-void Protocol::op_dump(Request& rq, std::string& out) {
-  rq.only({});
-  const SegmentInfo i = store_.segment().info();
-  const std::vector<PackageRecord> packages = store_.view().list(false);
+Checked<> op_dump(Store& store, const ConnectionStats& conns, const RequestStats& stats, const Request& rq,
+                  std::string& out) {
+  if (auto ok = rq.only({}); !ok) return ok;
+  const SegmentInfo i = store.segment().info();
+  const std::vector<PackageRecord> packages = store.view().list(false);
   JsonWriter w(out);
   begin_ok(w, rq.id);
   w.key("segment").begin_object();
@@ -440,12 +456,12 @@ void Protocol::op_dump(Request& rq, std::string& out) {
 #ifdef PKGCTX_VERSION
   w.key("version").str(PKGCTX_VERSION);
 #endif
-  w.key("socket").str(stats_.socket);
-  w.key("clients").num(stats_.clients);
-  w.key("accepted").num(stats_.accepted);
-  w.key("dropped").num(stats_.dropped);
-  w.key("requests").num(stats_.requests);
-  w.key("errors").num(stats_.errors);
+  w.key("socket").str(conns.socket);
+  w.key("clients").num(conns.clients);
+  w.key("accepted").num(conns.accepted);
+  w.key("dropped").num(conns.dropped);
+  w.key("requests").num(stats.requests);
+  w.key("errors").num(stats.errors);
   w.end_object();
   w.key("packages").begin_array();
   for (const PackageRecord& p : packages) {
@@ -464,6 +480,82 @@ void Protocol::op_dump(Request& rq, std::string& out) {
   }
   w.end_array();
   end_ok(w, out);
+  return {};
+}
+
+}  // namespace
+
+Protocol::Protocol(Store& store, ProtocolOptions options, const ConnectionStats* connections)
+    : store_(store), options_(std::move(options)), connections_(connections) {}
+
+void Protocol::append_error(std::string& out, std::string_view id, std::string_view c,
+                            std::string_view message) noexcept {
+  const std::size_t mark = out.size();
+  try {
+    ++stats_.errors;
+    JsonWriter w(out);
+    w.begin_object().key("ok").boolean(false);
+    if (!id.empty()) w.key("id").raw(id);
+    w.key("error").begin_object().key("code").str(c).key("message").str(message).end_object();
+    w.end_object();
+    out += '\n';
+  } catch (...) {
+    out.resize(mark);
+  }
+}
+
+void Protocol::refuse_line(std::string& out, std::string_view message) noexcept {
+  ++stats_.requests;
+  append_error(out, {}, code::kLineTooLong, message);
+}
+
+void Protocol::refuse_client(std::string& out, std::string_view message) noexcept {
+  append_error(out, {}, code::kTooManyClients, message);
+}
+
+void Protocol::handle(std::string_view line, const Peer& peer, std::string& out) noexcept {
+  ++stats_.requests;
+  const std::size_t mark = out.size();
+  std::string id;
+  try {
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    const auto answer = [&]() -> Checked<> {
+      if (line.find_first_not_of(" \t\n\r") == std::string_view::npos)
+        return refusal(code::kBadRequest, "empty request line (expected one JSON object)");
+      json::parse_options opt;
+      opt.max_depth = options_.max_depth + 1;  // the request object wraps "settings"
+      json::basic_parser<RequestReader> parser(opt, line);
+      if (auto ok = parse_request(line, opt, parser); !ok) return ok;
+      Request rq{parser.handler(), peer, options_.allow, {}, {}};
+      auto ok = check_envelope(rq);
+      id = rq.id;
+      if (!ok) return ok;
+      const std::string& op = rq.op;
+      if (op == "update") return op_update(store_, options_.max_depth, rq, out);
+      if (op == "event") return op_event(store_, rq, out);
+      if (op == "need_update") return op_need_update(store_, rq, out);
+      if (op == "settings") return op_settings(store_, rq, out);
+      if (op == "delete") return op_delete(store_, rq, out);
+      if (op == "dump") return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out);
+      std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
+      return refusal(code::kBadRequest,
+                     "unknown op \"" + shown + "\" (ops: update, event, need_update, settings, delete, dump)");
+    }();
+    if (!answer) {
+      out.resize(mark);
+      append_error(out, id, answer.error().code, answer.error().message);
+      if (out.size() == mark) append_error(out, {}, code::kInternalError, "out of memory while answering");
+    }
+  } catch (const std::bad_alloc&) {
+    out.resize(mark);
+    append_error(out, {}, code::kInternalError, "out of memory while handling the request; nothing changed");
+  } catch (const std::exception& e) {
+    out.resize(mark);
+    append_error(out, {}, code::kInternalError, std::string("unexpected failure: ") + e.what());
+  } catch (...) {
+    out.resize(mark);
+    append_error(out, {}, code::kInternalError, "unexpected failure");
+  }
 }
 
 }  // namespace pkgctx::daemon

@@ -110,10 +110,11 @@ ServerLimits server_limits(const Config& cfg) {
   l.max_output_bytes = cfg.max_output_bytes;
   l.max_clients = cfg.max_clients;
   l.send_timeout = std::chrono::milliseconds(cfg.send_timeout_ms);
-  l.allow.self = ::getuid();
-  l.allow.uids = cfg.allow_uids;
-  l.allow.gids = cfg.allow_gids;
   return l;
+}
+
+ProtocolOptions protocol_options(const Config& cfg) {
+  return {cfg.max_depth, AllowList{::getuid(), cfg.allow_uids, cfg.allow_gids}};
 }
 
 SegmentOptions segment_options(const Config& cfg) {
@@ -129,11 +130,10 @@ SegmentOptions segment_options(const Config& cfg) {
   return o;
 }
 
-std::string status_line(const Store& store, const Protocol& protocol) {
+std::string status_line(const Store& store, const ConnectionStats& c) {
   const SegmentInfo i = store.segment().info();
-  const DaemonStats& s = protocol.stats();
   return "Serving segment " + i.name + " (" + std::to_string(i.used) + "/" + std::to_string(i.capacity) +
-         " packages) on " + s.socket + "; " + std::to_string(s.clients) + " clients";
+         " packages) on " + c.socket + "; " + std::to_string(c.clients) + " clients";
 }
 
 // Blocks the signals the loop handles and returns a signalfd for them.
@@ -155,22 +155,24 @@ Result<int> take_signals() {
 // status) and SIGHUP reloads.
 class Housekeeper {
  public:
-  Housekeeper(Config& cfg, const ConfigSource& source, Store& store, Protocol& protocol)
-      : cfg_(cfg), source_(source), store_(store), protocol_(protocol), watchdog_(notify::watchdog_interval()) {
+  Housekeeper(Config& cfg, const ConfigSource& source, Store& store, Protocol& protocol,
+              const ConnectionStats& connections)
+      : cfg_(cfg),
+        source_(source),
+        store_(store),
+        protocol_(protocol),
+        connections_(connections),
+        watchdog_(notify::watchdog_interval()) {
     tick_ = std::chrono::milliseconds(cfg.heartbeat_ms);
     if (watchdog_.count() > 0) tick_ = std::min<std::chrono::nanoseconds>(tick_, watchdog_ / 2);
   }
 
   std::chrono::nanoseconds tick() const noexcept { return tick_; }
   Server::Hooks hooks() {
-    return {[this] { on_tick(); }, [this] { on_reload(); }};
-  }
-  void attach(Server& server) {
-    server_ = &server;
-    server.set_limits(server_limits(cfg_));
+    return {[this] { on_tick(); }, [this] { return on_reload(); }};
   }
   void ready() {
-    last_status_ = status_line(store_, protocol_);
+    last_status_ = status_line(store_, connections_);
     notify::ready(last_status_);
     last_watchdog_ns_ = last_status_ns_ = mono_now_ns();
   }
@@ -188,7 +190,7 @@ class Housekeeper {
       last_watchdog_ns_ = now;
     }
     if (now - last_status_ns_ >= kStatusEveryNs) {
-      std::string st = status_line(store_, protocol_);
+      std::string st = status_line(store_, connections_);
       if (st != last_status_) {
         notify::status(st);
         last_status_ = std::move(st);
@@ -197,32 +199,25 @@ class Housekeeper {
     }
   }
 
-  void on_reload() {
+  // Returns the server's new limits, or nothing when the configuration could not be read.
+  std::optional<ServerLimits> on_reload() {
     notify::reloading();
+    std::optional<ServerLimits> limits;
     auto next = load_config(source_);
     if (!next) {
       log::error("Failed to reload configuration: " + next.error().message + "; keeping the current one");
     } else {
-      std::vector<std::string> applied, ignored;
-      diff_config(cfg_, *next, applied, ignored);
-      for (const std::string& change : ignored) log::warning("Ignored change of " + change + ": needs a restart");
-      // Take what may change at run time; keep the rest.
-      cfg_.allow_uids = next->allow_uids;
-      cfg_.allow_gids = next->allow_gids;
-      cfg_.max_line_bytes = next->max_line_bytes;
-      cfg_.max_depth = next->max_depth;
-      cfg_.max_clients = next->max_clients;
-      cfg_.max_output_bytes = next->max_output_bytes;
-      cfg_.send_timeout_ms = next->send_timeout_ms;
-      cfg_.log_level = next->log_level;
+      const ReloadReport changes = apply_reload(cfg_, *next);
+      for (const std::string& change : changes.ignored) log::warning("Ignored change of " + change + ": needs a restart");
       log::set_max_level(cfg_.log_level);
-      protocol_.set_max_depth(cfg_.max_depth);
-      server_->set_limits(server_limits(cfg_));
+      protocol_.configure(protocol_options(cfg_));
+      limits = server_limits(cfg_);
       std::string what;
-      for (const std::string& change : applied) what += (what.empty() ? "" : "; ") + change;
+      for (const std::string& change : changes.applied) what += (what.empty() ? "" : "; ") + change;
       log::info("Reloaded configuration from " + source_.path + ": " + (what.empty() ? "no changes" : what));
     }
-    notify::ready(status_line(store_, protocol_));
+    notify::ready(status_line(store_, connections_));
+    return limits;
   }
 
   static constexpr std::uint64_t kStatusEveryNs = 5'000'000'000ull;
@@ -230,7 +225,7 @@ class Housekeeper {
   const ConfigSource& source_;
   Store& store_;
   Protocol& protocol_;
-  Server* server_ = nullptr;
+  const ConnectionStats& connections_;
   std::chrono::nanoseconds watchdog_;
   std::chrono::nanoseconds tick_;
   std::string last_status_;
@@ -293,15 +288,13 @@ int run(int argc, char** argv) {
     return kExitFailure;
   }
 
-  Protocol protocol(store);
-  protocol.set_max_depth(cfg.max_depth);
-  protocol.stats().socket = cfg.socket;
-
-  Housekeeper keeper(cfg, args.source, store, protocol);
-  Server server(protocol, *listener, *signal_fd, keeper.tick(), keeper.hooks());
-  keeper.attach(server);
-  if (auto ok = server.init(); !ok) {
-    log::error("Failed to start the event loop: " + ok.error().message);
+  ConnectionStats connections{cfg.socket};
+  Protocol protocol(store, protocol_options(cfg), &connections);
+  Housekeeper keeper(cfg, args.source, store, protocol, connections);
+  auto server = Server::create(protocol, *listener, connections, *signal_fd, keeper.tick(), server_limits(cfg),
+                               keeper.hooks());
+  if (!server) {
+    log::error("Failed to start the event loop: " + server.error().message);
     return kExitFailure;
   }
 
@@ -312,7 +305,7 @@ int run(int argc, char** argv) {
             cfg.socket + ", pid " + std::to_string(::getpid()));
 
   // Loop.
-  auto stopped_by = server.run();
+  auto stopped_by = (*server)->run();
 
   // STOPPING.
   notify::stopping();

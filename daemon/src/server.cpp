@@ -155,8 +155,22 @@ struct Server::Conn {
   std::size_t pending() const noexcept { return out.size() - out_off; }
 };
 
-Server::Server(Protocol& protocol, Listener& listener, int signal_fd, std::chrono::nanoseconds tick, Hooks hooks)
-    : protocol_(protocol), listener_(listener), signal_fd_(signal_fd), tick_(tick), hooks_(std::move(hooks)) {}
+Server::Server(Protocol& protocol, Listener& listener, ConnectionStats& connections, int signal_fd,
+               const ServerLimits& limits, Hooks hooks)
+    : protocol_(protocol),
+      listener_(listener),
+      connections_(connections),
+      signal_fd_(signal_fd),
+      hooks_(std::move(hooks)),
+      limits_(limits) {}
+
+Result<std::unique_ptr<Server>> Server::create(Protocol& protocol, Listener& listener, ConnectionStats& connections,
+                                               int signal_fd, std::chrono::nanoseconds tick,
+                                               const ServerLimits& limits, Hooks hooks) {
+  std::unique_ptr<Server> server(new Server(protocol, listener, connections, signal_fd, limits, std::move(hooks)));
+  if (auto ok = server->watch(tick); !ok) return ok.error();
+  return server;
+}
 
 Server::~Server() {
   for (auto& [id, c] : conns_) {
@@ -167,13 +181,13 @@ Server::~Server() {
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
 }
 
-Result<void> Server::init() {
+Result<void> Server::watch(std::chrono::nanoseconds tick) {
   epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
   if (epoll_fd_ < 0) return make_error(Errc::io_error, "cannot create epoll set: " + errno_text(errno));
   timer_fd_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
   if (timer_fd_ < 0) return make_error(Errc::io_error, "cannot create timer: " + errno_text(errno));
   itimerspec its{};
-  const auto ns = std::max<std::int64_t>(tick_.count(), 1'000'000);
+  const auto ns = std::max<std::int64_t>(tick.count(), 1'000'000);
   its.it_interval.tv_sec = static_cast<time_t>(ns / 1'000'000'000);
   its.it_interval.tv_nsec = static_cast<long>(ns % 1'000'000'000);
   its.it_value = its.it_interval;
@@ -215,7 +229,9 @@ Result<int> Server::run() {
         while (::read(signal_fd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
           const int sig = static_cast<int>(si.ssi_signo);
           if (sig == SIGTERM || sig == SIGINT) return sig;
-          if (sig == SIGHUP && hooks_.on_reload) hooks_.on_reload();
+          if (sig == SIGHUP && hooks_.on_reload) {
+            if (auto limits = hooks_.on_reload()) set_limits(*limits);
+          }
         }
       } else if (id == kTimerId) {
         std::uint64_t expirations = 0;
@@ -247,16 +263,15 @@ void Server::accept_all() {
       log::warning("Failed to accept a client: " + errno_text(errno));
       return;
     }
-    ++protocol_.stats().accepted;
+    ++connections_.accepted;
     if (conns_.size() >= limits_.max_clients) {
       std::string answer;
-      protocol_.append_error(answer, code::kTooManyClients,
-                             "the daemon serves at most " + std::to_string(limits_.max_clients) +
-                                 " clients at once (max_clients); try again later");
+      protocol_.refuse_client(answer, "the daemon serves at most " + std::to_string(limits_.max_clients) +
+                                          " clients at once (max_clients); try again later");
       [[maybe_unused]] const ssize_t w = ::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
       const Peer p = peer_of(fd);
       ::close(fd);
-      ++protocol_.stats().dropped;
+      ++connections_.dropped;
       ++refused_since_log_;
       const std::uint64_t now = mono_now_ns();
       if (now - last_refusal_log_ns_ > 10'000'000'000ull) {
@@ -283,7 +298,7 @@ void Server::accept_all() {
     c->interest = EPOLLIN;
     log::debug("Accepted client " + c->peer.describe());
     conns_.emplace(c->id, std::move(c));
-    protocol_.stats().clients = conns_.size();
+    connections_.clients = conns_.size();
   }
 }
 
@@ -312,7 +327,7 @@ void Server::on_client(std::uint64_t id, std::uint32_t events) {
   if (c.pending() > limits_.max_output_bytes) {
     log::notice("Dropped client " + c.peer.describe() + ": " + std::to_string(c.pending()) +
                 " bytes of answers unsent (max_output_bytes " + std::to_string(limits_.max_output_bytes) + ")");
-    ++protocol_.stats().dropped;
+    ++connections_.dropped;
     return close_conn(id);
   }
   // A paused connection whose answers drained outside an EPOLLOUT event (e.g. flushed on a
@@ -365,7 +380,6 @@ void Server::read_input(Conn& c) {
 
 void Server::process_lines(Conn& c) {
   std::size_t start = 0;
-  const bool may_write = limits_.allow.allows(c.peer);
   while (true) {
     if (c.pending() > high_water()) {
       c.paused = true;  // resume when the client has taken its answers
@@ -374,10 +388,8 @@ void Server::process_lines(Conn& c) {
     const std::size_t nl = c.in.find('\n', std::max(start, c.scanned));
     if (nl == std::string::npos) {
       if (c.in.size() - start > limits_.max_line_bytes) {
-        protocol_.append_error(c.out, code::kLineTooLong,
-                               "request line longer than " + std::to_string(limits_.max_line_bytes) +
-                                   " bytes (max_line_bytes); the rest of it is skipped");
-        ++protocol_.stats().requests;
+        protocol_.refuse_line(c.out, "request line longer than " + std::to_string(limits_.max_line_bytes) +
+                                         " bytes (max_line_bytes); the rest of it is skipped");
         c.discarding = true;
         start = c.in.size();
       }
@@ -386,12 +398,10 @@ void Server::process_lines(Conn& c) {
     }
     const std::string_view line(c.in.data() + start, nl - start);
     if (line.size() > limits_.max_line_bytes) {
-      ++protocol_.stats().requests;
-      protocol_.append_error(c.out, code::kLineTooLong,
-                             "request line of " + std::to_string(line.size()) + " bytes is longer than " +
-                                 std::to_string(limits_.max_line_bytes) + " (max_line_bytes)");
+      protocol_.refuse_line(c.out, "request line of " + std::to_string(line.size()) + " bytes is longer than " +
+                                       std::to_string(limits_.max_line_bytes) + " (max_line_bytes)");
     } else {
-      protocol_.handle(line, c.peer, may_write, c.out);
+      protocol_.handle(line, c.peer, c.out);
     }
     start = nl + 1;
   }
@@ -449,7 +459,7 @@ void Server::close_conn(std::uint64_t id, const char* why) {
     ::close(c.fd);
   }
   conns_.erase(it);
-  protocol_.stats().clients = conns_.size();
+  connections_.clients = conns_.size();
   resume_listener();
 }
 
@@ -474,7 +484,7 @@ void Server::on_tick() {
     Conn& c = *conns_.at(id);
     log::notice("Dropped client " + c.peer.describe() + ": took none of its " + std::to_string(c.pending()) +
                 " bytes of answers for " + std::to_string(limits_.send_timeout.count()) + " ms (send_timeout_ms)");
-    ++protocol_.stats().dropped;
+    ++connections_.dropped;
     close_conn(id);
   }
   resume_listener();  // paused accepts are retried at least once a tick

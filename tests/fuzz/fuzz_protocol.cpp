@@ -48,10 +48,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   o.limits.max_settings = 512;
   auto store = pkgctx::Store::create(g_name, o);
   if (!store) fail("cannot create the segment", "", store.error().message);
-  pkgctx::daemon::Protocol protocol(*store);
-  protocol.set_max_depth(16);
-  const pkgctx::daemon::Peer peer{1, 0, 0, {}};
+  pkgctx::daemon::Protocol protocol(*store, {.max_depth = 16, .allow = {}});
+  // Root may write; uid 65534 is not on the (default) allow-list.
   const bool may_write = data[0] & 1;
+  const pkgctx::daemon::Peer peer{1, may_write ? 0u : 65534u, 0, {}};
 
   std::string_view rest(reinterpret_cast<const char*>(data + 1), size - 1);
   for (int n = 0; n < 16 && !rest.empty(); ++n) {
@@ -61,7 +61,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
 
     const std::uint64_t commits = store->segment().info().commits;
     std::string out;
-    protocol.handle(line, peer, may_write, out);
+    protocol.handle(line, peer, out);
     if (out.empty() || out.back() != '\n') fail("answer is not one line ending in \\n", line, out);
     if (out.find('\n') != out.size() - 1) fail("answer spans several lines", line, out);
     boost::json::error_code ec;

@@ -315,6 +315,16 @@ BOOST_AUTO_TEST_CASE(peers_off_the_allow_list_cannot_write_and_sighup_reloads_it
   BOOST_TEST(contains(d.stderr_text(), "<3>pkgctxd: Failed to reload configuration"), d.stderr_text());
   BOOST_TEST(try_update_as_nobody(env.sock, "", {4242}) == 0);
   BOOST_TEST(d.running());
+
+  // An endless file in its place is refused at once, not read forever.
+  BOOST_TEST_REQUIRE(::unlink(conf.c_str()) == 0);
+  BOOST_TEST_REQUIRE(::symlink("/dev/zero", conf.c_str()) == 0);
+  d.signal(SIGHUP);
+  BOOST_TEST_REQUIRE(d.notify().wait_for("READY=1", 5000ms).has_value());
+  BOOST_TEST(contains(d.stderr_text(), "Failed to reload configuration: cannot read config file " + conf +
+                                           ": a character device, not a regular file; keeping the current one"),
+             d.stderr_text());
+  BOOST_TEST(try_update_as_nobody(env.sock, "", {4242}) == 0);
 }
 
 BOOST_AUTO_TEST_CASE(environment_names_segment_and_socket) {
@@ -335,6 +345,13 @@ BOOST_AUTO_TEST_CASE(configuration_errors_exit_2_with_one_line) {
   BOOST_TEST(contains(missing.stderr_text(), "<3>pkgctxd: Failed to load configuration: cannot read config file " +
                                                  env.dir / "absent.conf" + ": No such file or directory"),
              missing.stderr_text());
+  for (const auto& [path, why] : {std::pair{env.dir.path(), "a directory"}, std::pair{std::string("/dev/zero"),
+                                                                                      "a character device"}}) {
+    DaemonProcess special(env.dir, env.opts({"--config", path}));
+    BOOST_TEST(special.wait() == 2);
+    BOOST_TEST(contains(special.stderr_text(), "cannot read config file " + path + ": " + why + ", not a regular file"),
+               special.stderr_text());
+  }
   DaemonProcess bad_flag(env.dir, env.opts({"--capacity", "lots"}));
   BOOST_TEST(bad_flag.wait() == 2);
   BOOST_TEST(contains(bad_flag.stderr_text(), "--capacity: capacity: \"lots\" is not a non-negative integer"),

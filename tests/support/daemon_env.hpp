@@ -1,6 +1,6 @@
 // Shared set-up for tests that run a real pkgctxd through the daemon's test harness
 // (pkgctx/daemon/test_harness.hpp). Header-only: include it only from test binaries that link
-// pkgctxd_lib, which brings the harness's include path and the built daemon's path.
+// pkgctxd_test_harness, which brings the harness's include path and the built daemon's path.
 #pragma once
 
 #include "pkgctx/client.hpp"

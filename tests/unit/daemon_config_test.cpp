@@ -6,6 +6,7 @@
 #include "pkgctx/daemon/test_harness.hpp"
 
 #include <fstream>
+#include <sys/stat.h>
 
 using namespace pkgctx;
 using namespace pkgctx::daemon;
@@ -113,6 +114,44 @@ BOOST_AUTO_TEST_CASE(missing_default_file_is_fine_missing_explicit_file_is_not) 
   BOOST_TEST(contains(r.error().message, "No such file"));
 }
 
+BOOST_AUTO_TEST_CASE(only_bounded_regular_files_are_read) {
+  testing::TempDir dir;
+  BOOST_TEST_REQUIRE(::mkfifo((dir / "fifo").c_str(), 0600) == 0);
+  {
+    std::ofstream big(dir / "big.conf");
+    big << std::string(kMaxConfigBytes, '#') << "\n";
+  }
+  {
+    std::ofstream(dir / "max.conf") << "# fits\n" << std::string(kMaxConfigBytes - 8, '#');
+  }
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {dir.path(), "a directory, not a regular file"},
+      {"/dev/zero", "a character device, not a regular file"},
+      {dir / "fifo", "a FIFO, not a regular file"},
+      {dir / "big.conf", "larger than 1048576 bytes"},
+  };
+  for (const auto& [path, why] : refused) {
+    for (const bool expl : {true, false}) {
+      ConfigSource src;
+      src.path = path;
+      src.path_explicit = expl;
+      auto r = load_config(src);
+      BOOST_TEST_REQUIRE(!r.has_value(), path);
+      BOOST_TEST(r.error().message == "cannot read config file " + path + ": " + why);
+    }
+  }
+  ConfigSource fits;
+  fits.path = dir / "max.conf";
+  BOOST_TEST(load_config(fits).has_value());
+  // /dev/null is the usual "no config file" and reads as empty.
+  ConfigSource none;
+  none.path = "/dev/null";
+  none.path_explicit = true;
+  auto defaults = load_config(none);
+  BOOST_TEST_REQUIRE(defaults.has_value());
+  BOOST_TEST(format_config(*defaults) == format_config(Config{}));
+}
+
 BOOST_AUTO_TEST_CASE(flags_override_the_file) {
   testing::TempDir dir;
   {
@@ -152,15 +191,21 @@ BOOST_AUTO_TEST_CASE(the_shipped_example_parses_to_the_defaults) {
   }
 }
 
-BOOST_AUTO_TEST_CASE(reload_diff_separates_runtime_and_fixed_keys) {
-  Config a;
-  Config b = parse_ok("allow_uids = 1000\nmax_clients = 3\nsegment = other\ncapacity = 7\n");
-  std::vector<std::string> applied, ignored;
-  diff_config(a, b, applied, ignored);
-  BOOST_TEST(applied.size() == 2u);
-  BOOST_TEST(ignored.size() == 2u);
-  BOOST_TEST(contains(applied[0], "allow_uids"));
-  BOOST_TEST(contains(ignored[0], "segment"));
+BOOST_AUTO_TEST_CASE(reload_takes_runtime_keys_and_reports_fixed_ones) {
+  Config live;
+  const Config next = parse_ok("allow_uids = 1000\nmax_clients = 3\nsegment = other\ncapacity = 7\nlog_level = debug\n");
+  const ReloadReport r = apply_reload(live, next);
+  BOOST_TEST(r.applied.size() == 3u);
+  BOOST_TEST(r.ignored.size() == 2u);
+  BOOST_TEST(contains(r.applied[0], "allow_uids"));
+  BOOST_TEST(contains(r.ignored[0], "segment"));
+  // Reloadable keys now hold the new values; fixed ones keep the old.
+  BOOST_TEST((live.allow_uids == std::vector<uid_t>{1000}));
+  BOOST_TEST(live.max_clients == 3u);
+  BOOST_TEST(static_cast<int>(live.log_level) == static_cast<int>(log::Level::debug));
+  BOOST_TEST(live.segment == "pkgctx");
+  BOOST_TEST(live.capacity == Config{}.capacity);
+  BOOST_TEST(apply_reload(live, next).applied.empty());
   BOOST_TEST(is_reloadable("allow_gids"));
   BOOST_TEST(!is_reloadable("socket"));
 }

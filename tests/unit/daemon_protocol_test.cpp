@@ -18,8 +18,10 @@ namespace {
 struct Fixture {
   test::SegmentName name{"proto"};
   Store store = make_store(name, 4, 512, 256);
-  Protocol protocol{store};
+  ConnectionStats connections;
+  Protocol protocol{store, {}, &connections};
   Peer root{1, 0, 0, {}};
+  Peer nobody{1, 65534, 65534, {}};  // not on the default allow-list
 
   static Store make_store(const std::string& n, std::uint32_t capacity, std::uint64_t arena, std::uint64_t max_settings) {
     SegmentOptions o;
@@ -33,7 +35,7 @@ struct Fixture {
 
   std::string ask_raw(std::string_view line, bool may_write = true) {
     std::string out;
-    protocol.handle(line, root, may_write, out);
+    protocol.handle(line, may_write ? root : nobody, out);
     return out;
   }
 
@@ -154,7 +156,7 @@ BOOST_AUTO_TEST_CASE(dump_round_trip) {
   ask(R"({"op":"update","name":"a","version":"1","settings":{"k":"v"}})");
   ask(R"({"op":"update","name":"b","version":"2"})");
   ask(R"({"op":"event","event":"schedule","name":"b"})");
-  protocol.stats().socket = "/x.sock";
+  connections.socket = "/x.sock";
   auto a = ask(R"({"op":"dump"})");
   BOOST_TEST(a.at("ok") == true);
   const auto& seg = a.at("segment").as_object();
@@ -259,7 +261,7 @@ BOOST_AUTO_TEST_CASE(bad_requests) {
 }
 
 BOOST_AUTO_TEST_CASE(nesting_limits) {
-  protocol.set_max_depth(8);
+  protocol.configure({.max_depth = 8, .allow = {}});
   auto nested = [](int depth) {
     std::string s;
     for (int i = 0; i < depth - 1; ++i) s += "{\"a\":";
@@ -318,6 +320,40 @@ BOOST_AUTO_TEST_CASE(random_garbage_always_gets_one_answer) {
   }
   BOOST_TEST_MESSAGE("random lines answered ok: " << ok);
   BOOST_TEST(commits() >= before);
+}
+
+BOOST_AUTO_TEST_CASE(settings_are_checked_as_the_client_wrote_them) {
+  // The settings member reaches the canonicaliser verbatim, wherever it sits and however it is
+  // spelled, so its errors (and their byte offsets) are those of the client's text.
+  const std::vector<std::string> raws = {R"({ "a":1,  "a":2 })", R"([1, {"x":1e400}])", R"("s\"}]")", "-1.5e3", "null",
+                                         R"({"k":{"}":"]"},"k":0})"};
+  for (const std::string& raw : raws) {
+    const std::string expected = Settings::parse(raw).error().message;
+    for (const std::string& line :
+         {R"({"op":"update","name":"p","version":"1","settings":)" + raw + "}",
+          R"({ "settings" :  )" + raw + R"(  , "op":"update","name":"p","version":"1","id":"}"})",
+          R"({"op":"update","name":"p","sett\u0069ngs":)" + raw + R"(,"version":"1"})",
+          R"({"id":"q\"}]\\", "op":"update","name":"p","version":"1","settings":)" + raw + "}"}) {
+      auto a = ask(line);
+      BOOST_TEST(a.at("error").at("code") == "invalid_settings", line);
+      BOOST_TEST(a.at("error").at("message").as_string() == expected, line);
+    }
+  }
+  BOOST_TEST(ask(R"({"settings" : {"b" : [1, "]"], "a":{}} ,"op":"update","name":"p","version":"1"})").at("ok") == true);
+  BOOST_TEST(ask(R"({"op":"settings","name":"p"})").at("settings") == json::parse(R"({"a":{},"b":[1,"]"]})"));
+}
+
+BOOST_AUTO_TEST_CASE(the_allow_list_decides_writes) {
+  const Peer worker{7, 1000, 1000, {}};
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"1"})", false) == "forbidden");
+  std::string out;
+  protocol.handle(R"({"op":"update","name":"p","version":"1"})", worker, out);
+  BOOST_TEST(json::parse(out).at("error").at("code") == "forbidden");
+  protocol.configure({.max_depth = 64, .allow = {.self = 998, .uids = {1000}, .gids = {}}});
+  out.clear();
+  protocol.handle(R"({"op":"update","name":"p","version":"1"})", worker, out);
+  BOOST_TEST(json::parse(out).at("ok") == true);
+  BOOST_TEST(commits() == 1u);
 }
 
 BOOST_AUTO_TEST_CASE(counters_count) {

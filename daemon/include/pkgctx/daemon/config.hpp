@@ -29,6 +29,7 @@ namespace pkgctx::daemon {
 
 inline constexpr const char* kDefaultConfigPath = "/etc/pkgctx/pkgctxd.conf";
 inline constexpr gid_t kNoGroup = static_cast<gid_t>(-1);
+inline constexpr std::size_t kMaxConfigBytes = 1u << 20;  // a longer config file is refused
 
 struct Config {
   // --- fixed for the daemon's life -----------------------------------------------------------
@@ -71,7 +72,8 @@ struct ConfigSource {
 };
 
 // Defaults, then the file, then the overrides. Errors (message names file:line or the flag):
-// io_error (file unreadable, or an explicit file missing), invalid_settings (bad key or value).
+// io_error (file unreadable, an explicit file missing, not a regular file, or larger than
+// kMaxConfigBytes), invalid_settings (bad key or value).
 Result<Config> load_config(const ConfigSource& source);
 
 // Applies `key = value` lines to `cfg`. `origin` names the text in errors ("FILE").
@@ -84,9 +86,13 @@ std::string format_config(const Config& cfg);
 
 bool is_reloadable(std::string_view key) noexcept;
 
-// What a reload from `from` to `to` changes: "key: old → new" for reloadable keys in
-// `applied`, and the same for fixed keys in `ignored` (they need a restart).
-void diff_config(const Config& from, const Config& to, std::vector<std::string>& applied,
-                 std::vector<std::string>& ignored);
+// What a reload changed, as "key: \"old\" -> \"new\"": reloadable keys now in effect (applied)
+// and fixed keys left as they were (ignored: they need a restart).
+struct ReloadReport {
+  std::vector<std::string> applied, ignored;
+};
+
+// Takes the value of every reloadable key (the key table's flag decides) from `next` into `live`.
+ReloadReport apply_reload(Config& live, const Config& next);
 
 }  // namespace pkgctx::daemon

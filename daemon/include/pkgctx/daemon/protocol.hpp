@@ -17,15 +17,13 @@
 // no_such_package, table_full, settings_full, …) or a protocol code below.
 //
 // Writes (update, event, delete) need a peer on the allow-list; reads are open to anyone who
-// can connect. A refused or malformed request changes nothing. handle() never throws.
+// can connect. The protocol both decides and enforces this (the server only reports the peer).
+// A refused or malformed request changes nothing. handle() never throws.
 #pragma once
 
 #include "pkgctx/store.hpp"
 
-#include <boost/json/parser.hpp>
-
 #include <cstdint>
-#include <optional>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -62,51 +60,55 @@ struct AllowList {
   bool allows(const Peer& peer) const noexcept;
 };
 
-// Counters reported by dump under "daemon".
-struct DaemonStats {
+// Connection counters, reported by dump under "daemon": written by the server only.
+struct ConnectionStats {
   std::string socket;
   std::uint64_t clients = 0;          // connected now
   std::uint64_t accepted = 0;         // connections accepted since start
   std::uint64_t dropped = 0;          // clients dropped (not reading, over limits)
+};
+
+// Request counters, reported by dump under "daemon": written by the protocol only.
+struct RequestStats {
   std::uint64_t requests = 0;         // requests answered
   std::uint64_t errors = 0;           // … of which answered with an error
 };
 
+// What may change on SIGHUP.
+struct ProtocolOptions {
+  std::size_t max_depth = 64;  // JSON nesting allowed inside "settings" (the request nests one more)
+  AllowList allow;             // who may write
+};
+
 class Protocol {
  public:
-  explicit Protocol(Store& store);
+  // `connections` (may be null) is read by dump; it must outlive the protocol.
+  explicit Protocol(Store& store, ProtocolOptions options = {}, const ConnectionStats* connections = nullptr);
   Protocol(const Protocol&) = delete;
   Protocol& operator=(const Protocol&) = delete;
 
-  // JSON nesting allowed inside "settings" (the request itself may nest one level more).
-  void set_max_depth(std::size_t depth);
-  std::size_t max_depth() const noexcept { return max_depth_; }
+  void configure(ProtocolOptions options) noexcept { options_ = std::move(options); }
+  const ProtocolOptions& options() const noexcept { return options_; }
 
-  // Handles one request line (without its '\n'; a trailing '\r' is ignored) from `peer`, whose
-  // right to write is `may_write`. Appends exactly one answer line, ending in '\n', to `out`.
-  void handle(std::string_view line, const Peer& peer, bool may_write, std::string& out) noexcept;
+  // Handles one request line (without its '\n'; a trailing '\r' is ignored) from `peer`; a write
+  // is done only if the allow-list admits the peer. Appends exactly one answer line, ending in
+  // '\n', to `out`.
+  void handle(std::string_view line, const Peer& peer, std::string& out) noexcept;
 
-  // Appends an error answer line (for errors found before a line is complete: line_too_long,
-  // too_many_clients).
-  void append_error(std::string& out, std::string_view code, std::string_view message) noexcept;
+  // Answers a line refused before it was complete (line_too_long): a request and an error.
+  void refuse_line(std::string& out, std::string_view message) noexcept;
+  // Answers a connection refused before its first request (too_many_clients): an error only.
+  void refuse_client(std::string& out, std::string_view message) noexcept;
 
-  DaemonStats& stats() noexcept { return stats_; }
-  const DaemonStats& stats() const noexcept { return stats_; }
+  const RequestStats& stats() const noexcept { return stats_; }
 
  private:
-  struct Request;
-  void dispatch(Request& rq, std::string& out);
-  void op_update(Request& rq, std::string& out);
-  void op_event(Request& rq, std::string& out);
-  void op_need_update(Request& rq, std::string& out);
-  void op_settings(Request& rq, std::string& out);
-  void op_delete(Request& rq, std::string& out);
-  void op_dump(Request& rq, std::string& out);
+  void append_error(std::string& out, std::string_view id, std::string_view code, std::string_view message) noexcept;
 
   Store& store_;
-  std::size_t max_depth_ = 64;
-  DaemonStats stats_;
-  std::optional<boost::json::parser> parser_;  // reused: its stack is allocated once
+  ProtocolOptions options_;
+  const ConnectionStats* connections_;
+  RequestStats stats_;
 };
 
 }  // namespace pkgctx::daemon

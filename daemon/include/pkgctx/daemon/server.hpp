@@ -24,6 +24,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <sys/types.h>
 #include <unordered_map>
@@ -58,25 +59,25 @@ struct ServerLimits {
   std::size_t max_output_bytes = 64u << 20;
   std::uint32_t max_clients = 256;
   std::chrono::milliseconds send_timeout{30000};
-  AllowList allow;
 };
 
 class Server {
  public:
   struct Hooks {
-    std::function<void()> on_tick;    // every tick: heartbeat, repair, watchdog
-    std::function<void()> on_reload;  // SIGHUP
+    std::function<void()> on_tick;                        // every tick: heartbeat, repair, watchdog
+    std::function<std::optional<ServerLimits>()> on_reload;  // SIGHUP; returns new limits, if any
   };
 
-  // `signal_fd`: a signalfd for SIGTERM, SIGINT and SIGHUP (owned by the caller).
-  Server(Protocol& protocol, Listener& listener, int signal_fd, std::chrono::nanoseconds tick, Hooks hooks);
+  // A server ready to run: its epoll set watches `listener`, `signal_fd` (a signalfd for SIGTERM,
+  // SIGINT and SIGHUP, owned by the caller) and a timer firing every `tick`. It answers requests
+  // with `protocol` and counts connections in `connections`. Errors: io_error.
+  static Result<std::unique_ptr<Server>> create(Protocol& protocol, Listener& listener, ConnectionStats& connections,
+                                                int signal_fd, std::chrono::nanoseconds tick,
+                                                const ServerLimits& limits, Hooks hooks);
   ~Server();
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;
 
-  // Creates the epoll set and the timer. Errors: io_error.
-  Result<void> init();
-  void set_limits(const ServerLimits& limits);
   const ServerLimits& limits() const noexcept { return limits_; }
 
   // Serves until SIGTERM or SIGINT; returns that signal's number. Errors: io_error (epoll).
@@ -84,6 +85,10 @@ class Server {
 
  private:
   struct Conn;
+  Server(Protocol& protocol, Listener& listener, ConnectionStats& connections, int signal_fd,
+         const ServerLimits& limits, Hooks hooks);
+  Result<void> watch(std::chrono::nanoseconds tick);
+  void set_limits(const ServerLimits& limits);
   void accept_all();
   void on_client(std::uint64_t id, std::uint32_t events);
   void read_input(Conn& c);
@@ -97,10 +102,10 @@ class Server {
 
   Protocol& protocol_;
   Listener& listener_;
+  ConnectionStats& connections_;
   int signal_fd_;
   int epoll_fd_ = -1;
   int timer_fd_ = -1;
-  std::chrono::nanoseconds tick_;
   Hooks hooks_;
   ServerLimits limits_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Conn>> conns_;

@@ -3,7 +3,7 @@
 // DaemonProcess forks and execs the built pkgctxd with a fake $NOTIFY_SOCKET (a datagram socket
 // the test binds) and waits for READY=1 on it — or for the process to exit — so tests sequence
 // on the daemon's own word rather than on sleeps. stderr goes to a file the test can read.
-// Tests that link pkgctxd_lib get PKGCTXD_PATH (the built binary) and this include path.
+// Tests that link pkgctxd_test_harness get PKGCTXD_PATH (the built binary) and this include path.
 #pragma once
 
 #include <algorithm>
