@@ -25,7 +25,7 @@ struct Run {
   std::string out, err;
 };
 
-Run pkgctl(std::vector<std::string> args) {
+Run run_pkgctl(std::vector<std::string> args) {
   args.insert(args.begin(), "pkgctl");
   std::vector<const char*> argv;
   for (const auto& a : args) argv.push_back(a.c_str());
@@ -68,7 +68,7 @@ BOOST_AUTO_TEST_CASE(pkgctl_and_socket_updates_store_the_vectors_exactly) {
   Client c = test::connect(env.sock);
   for (const auto& v : vectors) {
     BOOST_TEST_CONTEXT("vector \"" << v.name << "\"") {
-      const Run u = pkgctl({"update", "cli", "1", "--settings", v.input});
+      const Run u = run_pkgctl({"update", "cli", "1", "--settings", v.input});
       // The raw text goes to the daemon as the settings member, as any controller may send it.
       // A raw line break can only be whitespace between tokens; the protocol is one request a line.
       std::string one_line = v.input;
@@ -81,7 +81,7 @@ BOOST_AUTO_TEST_CASE(pkgctl_and_socket_updates_store_the_vectors_exactly) {
         continue;
       }
       BOOST_TEST_REQUIRE(u.code == 0, u.err);
-      const Run s = pkgctl({"settings", "cli"});
+      const Run s = run_pkgctl({"settings", "cli"});
       BOOST_TEST(s.out == R"({"name":"cli","version":"1","settings":)" + v.canonical + R"(,"checksum":")" + v.checksum +
                               "\"}\n");
       BOOST_TEST(a.at("ok") == true, boost::json::serialize(a));
