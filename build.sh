@@ -40,6 +40,13 @@ ensure_packages() {
   DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 }
 
+# Node.js and the npm modules of the JavaScript checksum interop test (tests/interop/node).
+ensure_node_modules() {
+  command -v npm >/dev/null || ensure_packages nodejs npm
+  [ -d "$ROOT/tests/interop/node/node_modules/canonicalize" ] ||
+    npm ci --prefix "$ROOT/tests/interop/node" --no-audit --no-fund --loglevel=error
+}
+
 configure() {  # configure DIR [extra cmake args…]
   local dir=$1; shift
   local werror=OFF
@@ -56,13 +63,15 @@ cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   deps)
-    ensure_packages "${BASE_PACKAGES[@]}" ;;
+    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_node_modules ;;
   build)
     ensure_packages "${BASE_PACKAGES[@]}"
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR" ;;
   test)
     ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_node_modules
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=ON
     build "$BUILD_DIR"
     log "running the test suites"
@@ -84,6 +93,7 @@ case "$cmd" in
     exec bash "$ROOT/tests/fuzz/run.sh" "$BUILD_DIR-fuzz" "${1:-60}" ;;
   sanitize)
     ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_node_modules
     # -O1 -g1 and assertions on: a third of the -O2 -g compile time under the sanitizers, still
     # fast enough to run, with file:line in every report.
     san_flags=(-DPKGCTX_BUILD_BENCH=OFF -DPKGCTX_FAULT_INJECTION=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo

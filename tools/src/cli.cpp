@@ -76,7 +76,8 @@ std::string json_string(std::string_view s) { return json::serialize(json::strin
 
 // --- writes (through the daemon) ---------------------------------------------------------------
 
-std::optional<Failure> call(const Common& c, const json::object& req, json::object& answer, Io io) {
+// Sends a request already serialised as one line.
+std::optional<Failure> call_line(const Common& c, const std::string& req, json::object& answer, Io io) {
   CallTiming t;
   auto r = call_daemon(c.socket, req, &t);
   if (c.timing && t.sent_realtime_ns) {
@@ -86,6 +87,10 @@ std::optional<Failure> call(const Common& c, const json::object& req, json::obje
   if (!r) return failure(r.error());
   answer = std::move(*r);
   return std::nullopt;
+}
+
+std::optional<Failure> call(const Common& c, const json::object& req, json::object& answer, Io io) {
+  return call_line(c, json::serialize(req), answer, io);
 }
 
 // Copies `key` from the answer (null when absent).
@@ -120,10 +125,15 @@ std::optional<Failure> cmd_update(const Common& c, const std::string& name, cons
     if (auto f = read_text_file(*settings_file, io.in, text)) return f;
   auto settings = pkgctx::Settings::parse(text, unlimited_settings());
   if (!settings) return Failure{kExitRejected, "settings: " + settings.error().message};
-  json::object req{{"op", "update"}, {"name", name}, {"version", version}};
-  req["settings"] = json::parse(settings->canonical());
+  // The canonical text goes into the request verbatim: parsed into a json::value, its numbers would
+  // pass through Boost's decimal-to-double conversion, which is not correctly rounded (e.g.
+  // 123456789012345680000 came back as 1.2345678901234567E20), and the daemon would store and
+  // checksum a different number.
+  std::string req = json::serialize(json::object{{"op", "update"}, {"name", name}, {"version", version}});
+  req.pop_back();  // the closing '}'
+  req += ",\"settings\":" + settings->canonical() + '}';
   json::object a;
-  if (auto f = call(c, req, a, io)) return f;
+  if (auto f = call_line(c, req, a, io)) return f;
   io.out << json::serialize(json::object{
                 {"name", field(a, "name")}, {"context", field(a, "context")}, {"change", field(a, "change")}})
          << '\n';

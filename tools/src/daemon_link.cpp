@@ -8,12 +8,15 @@
 namespace pkgctl {
 
 boost::system::result<boost::json::object, CallError> call_daemon(const std::string& socket_path,
-                                                                  const boost::json::object& request,
+                                                                  std::string_view request_line,
                                                                   CallTiming* timing) {
   auto client = pkgctx::Client::connect(socket_path);
   if (!client) return CallError{"daemon_unreachable", client.error().message};
   if (timing) timing->sent_realtime_ns = pkgctx::realtime_now_ns();
-  auto answer = client->call(request);
+  auto answer = [&]() -> pkgctx::Result<boost::json::object> {
+    if (auto sent = client->send_line(request_line); !sent) return sent.error();
+    return client->receive();
+  }();
   if (timing) timing->answered_realtime_ns = pkgctx::realtime_now_ns();
   if (!answer) {
     const auto& e = answer.error();

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 namespace pkgctl {
 
@@ -22,9 +23,12 @@ struct CallError {
   std::string message;
 };
 
-// Sends `request` to the daemon at `socket_path`; returns the fields of an {"ok":true,…} answer.
+// Sends `request_line` (one serialised JSON request, no '\n') to the daemon at `socket_path`;
+// returns the fields of an {"ok":true,…} answer. A line, not a json::object, so that JSON text
+// such as canonical settings can travel verbatim: a Boost.JSON DOM would turn its numbers into
+// doubles with Boost's own conversion, which is not correctly rounded.
 boost::system::result<boost::json::object, CallError> call_daemon(const std::string& socket_path,
-                                                                  const boost::json::object& request,
+                                                                  std::string_view request_line,
                                                                   CallTiming* timing = nullptr);
 
 }  // namespace pkgctl
