@@ -42,7 +42,7 @@ Result<std::string> read_bounded_file(const std::string& path, std::size_t max, 
   // The size a regular file reports is known without reading it; /proc files report 0 and are
   // bounded by the read loop instead.
   if (static_cast<unsigned long long>(st.st_size) > max)
-    return fail(over(max) + " (" + std::to_string(st.st_size) + " bytes)");
+    return fail(over(max));
   std::string text;
   char buf[16384];
   while (true) {
