@@ -302,10 +302,11 @@ Result<void> parse_config_text(std::string_view text, const std::string& origin,
 
 Result<Config> load_config(const ConfigSource& source) {
   Config cfg;
-  // The default path may be absent; any file that is there is read like any other file
-  // argument: regular files (or /dev/null) only, at most kMaxConfigBytes.
+  // An absent default config is no config. Anything at the path is read like any file argument:
+  // a regular file (or /dev/null) only, at most kMaxConfigBytes.
   struct stat st {};
-  if (source.path_explicit || ::stat(source.path.c_str(), &st) == 0 || errno != ENOENT) {
+  const bool absent = !source.path_explicit && ::stat(source.path.c_str(), &st) != 0 && errno == ENOENT;
+  if (!absent) {
     auto text = read_bounded_file(source.path, kMaxConfigBytes, "config file");
     if (!text) return text.error();
     if (auto r = parse_config_text(*text, source.path, cfg); !r) return r.error();

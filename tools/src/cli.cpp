@@ -17,7 +17,6 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
 #include <istream>
 #include <ostream>
 #include <limits>

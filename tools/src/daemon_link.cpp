@@ -54,7 +54,7 @@ boost::system::result<boost::json::object, CallError> call_daemon(const std::str
     return std::move(a);
   }
   CallError e{std::string(pkgctx::wire::kOutcomeUnknown),
-              "outcome unknown: pkgctxd at " + socket_path + " answered without \"ok\": " +
+              "outcome unknown: pkgctxd at " + socket_path + " answered neither success nor an error: " +
                   boost::json::serialize(a).substr(0, 200)};
   if (const auto* err = a.if_contains("error"); err && err->is_object()) {
     const auto& eo = err->get_object();
