@@ -1,12 +1,12 @@
 #include "pkgctx/daemon/config.hpp"
 
+#include "pkgctx/bounded_file.hpp"
 #include "pkgctx/settings.hpp"
 
 #include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <fcntl.h>
 #include <functional>
 #include <grp.h>
 #include <limits>
@@ -14,8 +14,6 @@
 #include <pwd.h>
 #include <set>
 #include <sys/stat.h>
-#include <sys/sysmacros.h>
-#include <unistd.h>
 
 namespace pkgctx::daemon {
 namespace {
@@ -302,62 +300,16 @@ Result<void> parse_config_text(std::string_view text, const std::string& origin,
   return {};
 }
 
-namespace {
-
-std::string_view file_kind(mode_t m) {
-  if (S_ISDIR(m)) return "a directory";
-  if (S_ISCHR(m)) return "a character device";
-  if (S_ISBLK(m)) return "a block device";
-  if (S_ISFIFO(m)) return "a FIFO";
-  if (S_ISSOCK(m)) return "a socket";
-  return "not a regular file";
-}
-
-// The file's text, or nullopt when it is absent and may be. Regular files only (and /dev/null, the
-// usual way to say "no config file"), read through the opened descriptor and at most
-// kMaxConfigBytes of them: a directory, another device such as /dev/zero or a FIFO is refused at
-// once instead of taken as empty, read forever or waited on.
-Result<std::optional<std::string>> read_config_file(const std::string& path, bool required) {
-  const auto fail = [&](const std::string& why) {
-    return make_error(Errc::io_error, "cannot read config file " + path + ": " + why);
-  };
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
-  if (fd < 0) {
-    const int err = errno;
-    if (!required && err == ENOENT) return std::optional<std::string>();
-    return fail(std::strerror(err));
-  }
-  struct Closer {
-    int fd;
-    ~Closer() { ::close(fd); }
-  } closer{fd};
-  struct stat st {};
-  if (::fstat(fd, &st) != 0) return fail(std::strerror(errno));
-  if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3)) return std::optional<std::string>(std::string());
-  if (!S_ISREG(st.st_mode)) return fail(std::string(file_kind(st.st_mode)) + ", not a regular file");
-  std::string text;
-  char buf[16384];
-  while (true) {
-    const ssize_t n = ::read(fd, buf, sizeof buf);
-    if (n == 0) return std::optional<std::string>(std::move(text));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return fail(std::strerror(errno));
-    }
-    if (text.size() + static_cast<std::size_t>(n) > kMaxConfigBytes)
-      return fail("larger than " + std::to_string(kMaxConfigBytes) + " bytes");
-    text.append(buf, static_cast<std::size_t>(n));
-  }
-}
-
-}  // namespace
-
 Result<Config> load_config(const ConfigSource& source) {
   Config cfg;
-  auto text = read_config_file(source.path, source.path_explicit);
-  if (!text) return text.error();
-  if (*text) {
-    if (auto r = parse_config_text(**text, source.path, cfg); !r) return r.error();
+  // An absent default config is no config. Anything at the path is read like any file argument:
+  // a regular file (or /dev/null) only, at most kMaxConfigBytes.
+  struct stat st {};
+  const bool absent = !source.path_explicit && ::stat(source.path.c_str(), &st) != 0 && errno == ENOENT;
+  if (!absent) {
+    auto text = read_bounded_file(source.path, kMaxConfigBytes, "config file");
+    if (!text) return text.error();
+    if (auto r = parse_config_text(*text, source.path, cfg); !r) return r.error();
   }
   for (const auto& o : source.overrides) {
     if (auto r = set_config_value(cfg, o.key, o.value, o.origin); !r) return r.error();

@@ -237,10 +237,11 @@ struct Request {
   std::string id;  // serialized "id", or empty
   std::string op;
 
-  // Refuses any field not in `allowed` (besides "op" and "id"): a typo must not pass silently.
+  // Refuses any field not in `allowed` (besides the envelope's "op", "id" and "segment"): a typo
+  // must not pass silently.
   Checked<> only(std::initializer_list<std::string_view> allowed) const {
     for (const Member& m : fields.members) {
-      if (m.key == "op" || m.key == "id") continue;
+      if (m.key == "op" || m.key == "id" || m.key == "segment") continue;
       if (std::find(allowed.begin(), allowed.end(), m.key) == allowed.end()) {
         std::string list;
         for (std::string_view a : allowed) list += (list.empty() ? "\"" : ", \"") + std::string(a) + "\"";
@@ -270,8 +271,9 @@ struct Request {
   }
 };
 
-// The checks every request passes before its op: one object, no repeated field, a sane id, an op.
-Checked<> check_envelope(Request& rq) {
+// The checks every request passes before its op: one object, no repeated field, a sane id, an op,
+// and the segment the client meant (optional "segment") being the one this daemon serves.
+Checked<> check_envelope(Request& rq, std::string_view served) {
   const RequestReader& f = rq.fields;
   if (f.top != json::kind::object)
     return refusal(code::kBadRequest, "a request must be a JSON object, not " + std::string(kind_name(f.top)));
@@ -293,6 +295,16 @@ Checked<> check_envelope(Request& rq) {
   if (!op->value.is_string())
     return refusal(code::kBadRequest, "field \"op\" must be a string, not " + std::string(kind_name(op->value.kind())));
   rq.op = std::string(op->value.get_string());
+  if (const Member* m = f.member("segment")) {
+    if (!m->value.is_string())
+      return refusal(code::kBadRequest,
+                     "field \"segment\" must be a string, not " + std::string(kind_name(m->value.kind())));
+    const json::string& want = m->value.get_string();
+    if (std::string_view(want.data(), want.size()) != served)
+      return refusal(code::kWrongSegment, "request for segment " + json::serialize(want) +
+                                              " sent to the daemon serving segment \"" + std::string(served) +
+                                              "\"; nothing changed");
+  }
   return {};
 }
 
@@ -527,7 +539,7 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out)
       json::basic_parser<RequestReader> parser(opt, line);
       if (auto ok = parse_request(line, opt, parser); !ok) return ok;
       Request rq{parser.handler(), peer, options_.allow, {}, {}};
-      auto ok = check_envelope(rq);
+      auto ok = check_envelope(rq, store_.segment().name());
       id = rq.id;
       if (!ok) return ok;
       const std::string& op = rq.op;

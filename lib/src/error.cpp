@@ -1,6 +1,6 @@
-// The one error table: name, description and class of every code. The C API's pkgctx_errname /
-// pkgctx_strerror live here (exported by libpkgctx.so), so the C++ header, the C API, pkgctl's
-// exit codes and the daemon's answers all read the same rows.
+// The one error table: name, description, class and suggested fix of every code. The C API's
+// pkgctx_errname / pkgctx_strerror live here (exported by libpkgctx.so), so the C++ header, the C
+// API, pkgctl's exit codes and messages and the daemon's answers all read the same rows.
 #include "pkgctx/error_class.hpp"
 
 namespace pkgctx {
@@ -11,6 +11,37 @@ struct Row {
   const char* name;
   const char* description;
   ErrorClass cls;
+};
+
+// The codes that only travel on the wire (no Errc, no C API number), and the fix each suggests.
+// {segment} and {socket} in a hint stand for the caller's segment name and socket path.
+struct WireRow {
+  std::string_view name;
+  ErrorClass cls;
+};
+
+constexpr WireRow kWire[] = {
+    {"bad_request", ErrorClass::rejected},      // the daemon's: malformed or mistyped request
+    {"line_too_long", ErrorClass::rejected},    // the daemon's: request line over its limit
+    {"forbidden", ErrorClass::forbidden},       // the daemon's: write by a peer off the allow-list
+    {"too_many_clients", ErrorClass::unavailable},
+    {"internal_error", ErrorClass::unavailable},  // nothing changed
+    {wire::kWrongSegment, ErrorClass::rejected},
+    {wire::kOutcomeUnknown, ErrorClass::outcome_unknown},
+};
+
+struct Hint {
+  std::string_view code;
+  std::string_view text;
+};
+
+constexpr Hint kHints[] = {
+    {"segment_missing", "is pkgctxd running with --segment {segment}?"},
+    {"permission_denied", "reading the segment needs its group: ask for membership or run as its user"},
+    {"daemon_unreachable", "is pkgctxd running? try --socket"},
+    {"too_many_clients", "try again later, or raise max_clients in pkgctxd's config"},
+    {"wrong_segment", "use --socket of the daemon that serves {segment}, or --segment of the daemon at {socket}"},
+    {"outcome_unknown", "check with pkgctl settings or pkgctl dump before retrying"},
 };
 
 constexpr Row kTable[] = {
@@ -55,6 +86,33 @@ std::optional<Errc> errc_from_name(std::string_view name) noexcept {
   for (const Row& r : kTable)
     if (name == r.name) return r.code;
   return std::nullopt;
+}
+
+ErrorClass error_class(std::string_view code) noexcept {
+  if (const auto e = errc_from_name(code)) return error_class(*e);
+  for (const WireRow& r : kWire)
+    if (code == r.name) return r.cls;
+  return ErrorClass::unavailable;
+}
+
+std::string error_hint(std::string_view code, const HintContext& where) {
+  for (const Hint& h : kHints) {
+    if (code != h.code) continue;
+    std::string out;
+    for (std::size_t i = 0; i < h.text.size();) {
+      if (h.text.substr(i).starts_with("{segment}")) {
+        out += where.segment;
+        i += 9;
+      } else if (h.text.substr(i).starts_with("{socket}")) {
+        out += where.socket;
+        i += 8;
+      } else {
+        out += h.text[i++];
+      }
+    }
+    return out;
+  }
+  return {};
 }
 
 }  // namespace pkgctx

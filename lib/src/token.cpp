@@ -174,7 +174,7 @@ std::atomic<std::uint32_t>* Token::waiter_count() const noexcept {
 }
 
 std::string Token::str() const {
-  if (!map_) return "pkgctx1:none";
+  if (!map_) return std::string(kNoneText);
   char buf[128];
   const int n = std::snprintf(buf, sizeof buf, "%s:%016llx:%u:%u:%llx:%llx:%08x", kTokenPrefix.data(),
                               static_cast<unsigned long long>(epoch_), slot_, key_,

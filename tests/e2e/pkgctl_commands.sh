@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every pkgctl command of DESIGN.md §7 and every exit code, against a real pkgctxd on a private
 # segment and socket: output shapes (exact JSON), 0/1/2/3/4/5/124, env and flag selection of
-# the segment and socket, dump and watch with the daemon up and down.
+# the segment and socket, dump and watch with the daemon up and down; bad file arguments, bad
+# timeouts and the fix each error message suggests.
 # Env (set by tests/CMakeLists.txt): PKGCTX_BIN build dir, PKGCTX_SRC source dir.
 set -euo pipefail
 : "${PKGCTX_BIN:?set PKGCTX_BIN to the build directory}"
@@ -47,10 +48,10 @@ has() { [[ $1 == *"$2"* ]] || fail "${3:-output} lacks '$2': $1"; }
 tok() { sed -n 's/.*"context":"\([^"]*\)".*/\1/p' <<<"$1"; }
 
 # --- before the daemon: unreachable segment and socket -> 4 ---------------------------------
-t 4 dump;                             has "$ERR" "$SEG"
+t 4 dump;                             has "$ERR" "$SEG"; has "$ERR" "is pkgctxd running with --segment $SEG?"
 t 4 settings web
 t 4 token web
-t 4 update web 1.0;                   has "$ERR" "$SOCK"
+t 4 update web 1.0;                   has "$ERR" "$SOCK"; has "$ERR" "(is pkgctxd running? try --socket)"
 t 4 event schedule web
 t 4 delete web
 
@@ -72,6 +73,15 @@ t 2 frobnicate;                       has "$ERR" "frobnicate"
 t 2 update web;                       has "$ERR" "VERSION"
 t 2 need-update web 1.0
 t 2 wait x --timeout -3
+# Timeouts: finite seconds from 0 to a year, or a usage error that repeats what was given (never
+# a 309-digit bound).
+for bad in nan inf -inf -1 1e400 abc 1s ""; do
+  t 2 wait pkgctx1:none --timeout "$bad"; has "$ERR" "\"$bad\" is not a number of seconds"
+  [[ $ERR =~ [0-9]{20} ]] && fail "absurd number in: $ERR"
+done
+t 2 update web 1.0 --timeout 0;       has "$ERR" "--timeout"
+t 2 event update web --timeout nan
+t 2 delete web --timeout -1
 t 2 dump --bogus
 t 0 --help;                           has "$OUT" "need-update"
 
@@ -93,6 +103,18 @@ t 5 update web 1.2 --settings '{"a":';  has "$ERR" "settings"
 t 5 update web 1.2 --settings '[1]'
 t 5 update web 1.2 --settings "{\"big\":\"$(head -c 2000 /dev/zero | tr '\0' x)\"}"; has "$ERR" "1024"
 t 5 update web 1.2 --settings-file "$TMP/missing.json"; has "$ERR" "missing.json"
+# Bad files are input too: refused at once (no endless read, no wait on a FIFO), exit 5, nothing sent.
+mkfifo "$TMP/fifo"
+head -c $((5 * 1024 * 1024)) /dev/zero | tr '\0' ' ' >"$TMP/huge.json"   # over 4 x the 1 MiB bound
+for bad in "/tmp:a directory, not a regular file" "/dev/zero:a character device, not a regular file" \
+           "/proc/self/mem:Input/output error" "$TMP/fifo:a FIFO, not a regular file" \
+           "$TMP/huge.json:larger than 4194304 bytes"; do
+  t 5 update web 9.9 --settings-file "${bad%%:*}"; eq "$ERR" "pkgctl: cannot read settings file ${bad%%:*}: ${bad#*:}"
+done
+rc=0; "$PKGCTL" update web 9.9 --settings-file - <"$TMP/huge.json" >/dev/null 2>"$TMP/err" || rc=$?
+eq "$rc" 5 "huge settings on stdin"; has "$(cat "$TMP/err")" "larger than 4194304 bytes"
+rc=0; "$PKGCTL" checksum <"$TMP/huge.json" >/dev/null 2>"$TMP/err" || rc=$?
+eq "$rc" 5 "huge JSON for checksum on stdin"
 t 0 settings web; has "$OUT" '"version":"1.1"' "refused updates changed nothing"
 
 # --- settings, checksum, need-update ----------------------------------------------------------
@@ -133,6 +155,9 @@ t 0 token web;                        R=$OUT
 t 3 token nosuch
 t 5 token web --event 12
 t 5 check garbage;                    has "$ERR" "token"
+# The printed form of a default token: a token that never cancels.
+t 0 check pkgctx1:none;               eq "$OUT" '{"cancelled":false,"cause":null}' "check of the none token"
+t 124 wait pkgctx1:none --timeout 0.1; eq "$OUT" '{"cancelled":false,"cause":null}' "wait on the none token"
 t 5 check "${R%:*}:00000000";         # forged check digits
 t 124 wait "$R" --timeout 0.2;        eq "$OUT" '{"cancelled":false,"cause":null}' "wait timed out"
 "$PKGCTL" wait "$R" --timeout 20 >"$TMP/wait.out" 2>&1 &

@@ -129,6 +129,7 @@ BOOST_AUTO_TEST_CASE(only_bounded_regular_files_are_read) {
       {"/dev/zero", "a character device, not a regular file"},
       {dir / "fifo", "a FIFO, not a regular file"},
       {dir / "big.conf", "larger than 1048576 bytes"},
+      {"/proc/self/mem", "Input/output error"},  // a regular file whose read fails
   };
   for (const auto& [path, why] : refused) {
     for (const bool expl : {true, false}) {

@@ -228,6 +228,34 @@ BOOST_AUTO_TEST_CASE(forbidden_writes_change_nothing_reads_are_open) {
   BOOST_TEST(ask(R"({"op":"need_update","name":"p","version":"1","checksum":"0000000000000000"})", false).at("ok") == true);
 }
 
+// A client that names the segment it means is refused by a daemon serving another one, before
+// any op runs (pkgctl sends "segment" when --segment or PKGCTX_SEGMENT was given).
+BOOST_AUTO_TEST_CASE(a_request_for_another_segment_changes_nothing) {
+  const std::string mine = "\"segment\":\"" + name.str() + "\"";
+  BOOST_TEST(ask(R"({"op":"update","name":"p","version":"1",)" + mine + "}").at("change") == "created");
+  const auto before = commits();
+  for (const std::string line : {
+           std::string(R"({"op":"update","name":"p","version":"2","segment":"other"})"),
+           std::string(R"({"op":"event","event":"update","name":"p","segment":"other"})"),
+           std::string(R"({"op":"delete","segment":"other","name":"p"})"),
+           std::string(R"({"op":"dump","segment":"other"})"),
+           // Checked before the op's own fields: a wrong segment is the first thing to report.
+           std::string(R"({"op":"update","segment":"other","name":"bad name"})"),
+       }) {
+    json::object a = ask(line);
+    BOOST_TEST_REQUIRE(a.at("ok") == false, line);
+    BOOST_TEST(a.at("error").at("code") == "wrong_segment", line);
+    const std::string message(a.at("error").at("message").as_string());
+    BOOST_TEST(message.find("\"other\"") != std::string::npos, message);
+    BOOST_TEST(message.find("\"" + name.str() + "\"") != std::string::npos, message);
+  }
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"2","segment":7})") == "bad_request");
+  BOOST_TEST(error_code(R"({"op":"dump","segment":"other","segment":"other"})") == "bad_request");
+  BOOST_TEST(commits() == before);
+  BOOST_TEST(ask(R"({"op":"settings","name":"p",)" + mine + "}").at("version") == "1");
+  BOOST_TEST(ask(R"({"op":"dump",)" + mine + "}").at("ok") == true);
+}
+
 BOOST_AUTO_TEST_CASE(bad_requests) {
   ask(R"({"op":"update","name":"p","version":"1"})");
   const auto before = commits();

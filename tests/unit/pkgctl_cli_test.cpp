@@ -12,7 +12,11 @@
 #include <boost/json/parse.hpp>
 
 #include <algorithm>
+#include <cstdio>
 #include <cstdlib>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -222,9 +226,106 @@ BOOST_FIXTURE_TEST_CASE(writes_validate_before_calling_the_daemon, Fixture) {
 BOOST_AUTO_TEST_CASE(exit_code_mapping) {
   BOOST_TEST(pkgctl::exit_code_for("no_such_package") == 3);
   for (const char* c : {"invalid_name", "invalid_version", "invalid_settings", "settings_too_large", "invalid_event",
-                        "invalid_token", "table_full", "settings_full", "bad_request"})
+                        "invalid_token", "table_full", "settings_full", "bad_request", "line_too_long",
+                        "wrong_segment"})
     BOOST_TEST(pkgctl::exit_code_for(c) == 5, c);
-  for (const char* c : {"daemon_unreachable", "segment_missing", "segment_version", "permission_denied", "forbidden",
-                        "io_error", "busy"})
+  for (const char* c : {"daemon_unreachable", "segment_missing", "segment_version", "permission_denied",
+                        "too_many_clients", "internal_error", "io_error", "busy", "no_such_code"})
     BOOST_TEST(pkgctl::exit_code_for(c) == 4, c);
+  BOOST_TEST(pkgctl::exit_code_for("outcome_unknown") == 6);
+  BOOST_TEST(pkgctl::exit_code_for("forbidden") == 7);
+}
+
+// A stand-in for pkgctxd that misbehaves on purpose: it accepts one connection, then does what
+// the test says with it. Lets the transport outcomes be driven exactly, without signals.
+class FakeDaemon {
+ public:
+  enum class Mode { hold, half_answer, refuse_first };
+  explicit FakeDaemon(Mode mode) {
+    char tmpl[] = "/tmp/pkgctl-fake-XXXXXX";
+    BOOST_TEST_REQUIRE(::mkdtemp(tmpl) != nullptr);
+    dir_ = tmpl;
+    path_ = dir_ + "/s.sock";
+    listen_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path_.c_str());
+    BOOST_TEST_REQUIRE(::bind(listen_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    BOOST_TEST_REQUIRE(::listen(listen_, 4) == 0);
+    thread_ = std::thread([this, mode] {
+      const int fd = ::accept(listen_, nullptr, nullptr);
+      if (fd < 0) return;
+      if (mode == Mode::refuse_first) {
+        const std::string no = R"J({"ok":false,"error":{"code":"too_many_clients","message":"too many clients (3)"}})J" "\n";
+        (void)!::write(fd, no.data(), no.size());
+        ::shutdown(fd, SHUT_WR);
+      } else {
+        char buf[4096];
+        std::string in;
+        while (in.find('\n') == std::string::npos) {  // the whole request, so it "could be applied"
+          const ssize_t n = ::read(fd, buf, sizeof buf);
+          if (n <= 0) break;
+          in.append(buf, static_cast<std::size_t>(n));
+        }
+        request = in;
+        if (mode == Mode::half_answer) (void)!::write(fd, R"({"ok":tr)", 8);
+        else done_.recv();  // hold: never answer until the test is over
+      }
+      ::close(fd);
+    });
+  }
+  ~FakeDaemon() {
+    done_.signal();
+    thread_.join();
+    ::close(listen_);
+    ::unlink(path_.c_str());
+    ::rmdir(dir_.c_str());
+  }
+  const std::string& path() const { return path_; }
+  std::string request;  // what the client sent (valid once the client's call returned)
+
+ private:
+  std::string dir_, path_;
+  int listen_ = -1;
+  test::Pipe done_;
+  std::thread thread_;
+};
+
+BOOST_AUTO_TEST_CASE(a_write_sent_without_an_answer_has_an_unknown_outcome) {
+  {
+    FakeDaemon d(FakeDaemon::Mode::hold);
+    const Run r = cli({"--socket", d.path(), "update", "web", "2", "--timeout", "0.2"});
+    expect_error(r, 6, "outcome unknown: the request was sent, but no answer from pkgctxd at " + d.path() +
+                           " within 200 ms; it may or may not have been applied");
+    BOOST_TEST(r.err.find("check with pkgctl settings") != std::string::npos, r.err);
+  }
+  {
+    FakeDaemon d(FakeDaemon::Mode::half_answer);
+    expect_error(cli({"--socket", d.path(), "delete", "web"}), 6, "closed the connection in the middle of an answer");
+  }
+  {
+    // Refused before the request was taken: the daemon's reason, not "closed the connection".
+    FakeDaemon d(FakeDaemon::Mode::refuse_first);
+    expect_error(cli({"--socket", d.path(), "event", "update", "web"}), 4, "too many clients (3)");
+  }
+}
+
+BOOST_AUTO_TEST_CASE(writes_name_the_segment_only_when_it_was_given) {
+  {
+    FakeDaemon d(FakeDaemon::Mode::half_answer);
+    (void)cli({"--socket", d.path(), "update", "web", "2"});
+    BOOST_TEST(d.request.find("\"segment\"") == std::string::npos, d.request);
+  }
+  {
+    FakeDaemon d(FakeDaemon::Mode::half_answer);
+    (void)cli({"--socket", d.path(), "--segment", "blue", "delete", "web"});
+    BOOST_TEST(d.request == R"({"op":"delete","segment":"blue","name":"web"})" "\n");
+  }
+  {
+    FakeDaemon d(FakeDaemon::Mode::half_answer);
+    ::setenv("PKGCTX_SEGMENT", "green", 1);
+    (void)cli({"--socket", d.path(), "update", "web", "2"});
+    ::unsetenv("PKGCTX_SEGMENT");
+    BOOST_TEST(d.request == R"({"op":"update","segment":"green","name":"web","version":"2","settings":{}})" "\n");
+  }
 }

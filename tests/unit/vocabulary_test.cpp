@@ -82,3 +82,22 @@ BOOST_AUTO_TEST_CASE(token_text_is_parsed_in_one_place) {
   BOOST_TEST(parse_token_text(forged).error().message.find("check digits do not match") != std::string::npos);
   BOOST_TEST(parse_token_text("pkgctx1:none").has_error());
 }
+
+// The wire-only codes have a class in the same table, and the fixes it suggests name what the
+// caller used.
+BOOST_AUTO_TEST_CASE(wire_codes_and_hints_come_from_the_one_table) {
+  BOOST_TEST((error_class(std::string_view("no_such_package")) == ErrorClass::missing));
+  BOOST_TEST((error_class(std::string_view("bad_request")) == ErrorClass::rejected));
+  BOOST_TEST((error_class(std::string_view("line_too_long")) == ErrorClass::rejected));
+  BOOST_TEST((error_class(std::string_view("wrong_segment")) == ErrorClass::rejected));
+  BOOST_TEST((error_class(std::string_view("forbidden")) == ErrorClass::forbidden));
+  BOOST_TEST((error_class(std::string_view("outcome_unknown")) == ErrorClass::outcome_unknown));
+  BOOST_TEST((error_class(std::string_view("too_many_clients")) == ErrorClass::unavailable));
+  BOOST_TEST((error_class(std::string_view("made_up")) == ErrorClass::unavailable));
+  const HintContext where{"web", "/run/x.sock"};
+  BOOST_TEST(error_hint("segment_missing", where) == "is pkgctxd running with --segment web?");
+  BOOST_TEST(error_hint("daemon_unreachable", where) == "is pkgctxd running? try --socket");
+  BOOST_TEST(error_hint("wrong_segment", where) ==
+             "use --socket of the daemon that serves web, or --segment of the daemon at /run/x.sock");
+  BOOST_TEST(error_hint("invalid_name", where).empty());
+}

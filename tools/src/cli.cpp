@@ -3,6 +3,7 @@
 #include "pkgctl/daemon_link.hpp"
 #include "pkgctl/render.hpp"
 
+#include "pkgctx/bounded_file.hpp"
 #include "pkgctx/error_class.hpp"
 #include "pkgctx/segment.hpp"
 #include "pkgctx/settings.hpp"
@@ -13,13 +14,11 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
-#include <cerrno>
+#include <charconv>
 #include <chrono>
-#include <cstring>
-#include <fstream>
+#include <cmath>
 #include <istream>
 #include <ostream>
-#include <iterator>
 #include <limits>
 #include <optional>
 #include <thread>
@@ -48,14 +47,22 @@ std::string one_line(std::string s) {
   return s;
 }
 
-Failure failure(const pkgctx::Error& e) { return {exit_code_for(pkgctx::errc_name(e.code)), e.message}; }
-Failure failure(const CallError& e) { return {exit_code_for(e.code), e.message}; }
-
 struct Common {
   std::string segment = "pkgctx";
   std::string socket = "/run/pkgctx/pkgctxd.sock";
+  bool segment_explicit = false;  // given by --segment or PKGCTX_SEGMENT: writes name it too
+  std::chrono::milliseconds timeout = std::chrono::seconds(10);  // each step of a daemon call
   bool timing = false;
 };
+
+// The message of an error, with the fix the one error table suggests for its code.
+Failure failure(std::string_view code, std::string message, const Common& c) {
+  const std::string hint = pkgctx::error_hint(code, {c.segment, c.socket});
+  if (!hint.empty()) message += " (" + hint + ")";
+  return {exit_code_for(code), std::move(message)};
+}
+Failure failure(const pkgctx::Error& e, const Common& c) { return failure(pkgctx::errc_name(e.code), e.message, c); }
+Failure failure(const CallError& e, const Common& c) { return failure(e.code, e.message, c); }
 
 // Opens the segment read-only; waits out "being created" for up to 2 s.
 std::optional<Failure> open_view(const Common& c, pkgctx::View& out) {
@@ -66,8 +73,11 @@ std::optional<Failure> open_view(const Common& c, pkgctx::View& out) {
       out = std::move(*v);
       return std::nullopt;
     }
-    if (v.error().code != Errc::segment_not_ready || std::chrono::steady_clock::now() >= deadline)
-      return Failure{kExitUnreachable, v.error().message};
+    if (v.error().code != Errc::segment_not_ready || std::chrono::steady_clock::now() >= deadline) {
+      Failure f = failure(v.error(), c);
+      f.code = kExitUnreachable;  // whatever is wrong with the segment, it cannot be read
+      return f;
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }
@@ -79,14 +89,22 @@ std::string json_string(std::string_view s) { return json::serialize(json::strin
 // Sends a request already serialised as one line.
 std::optional<Failure> call_line(const Common& c, const std::string& req, json::object& answer, Io io) {
   CallTiming t;
-  auto r = call_daemon(c.socket, req, &t);
+  auto r = call_daemon(c.socket, req, c.timeout, &t);
   if (c.timing && t.sent_realtime_ns) {
     io.err << "pkgctl: timing sent_realtime_ns=" << t.sent_realtime_ns
            << " answered_realtime_ns=" << t.answered_realtime_ns << '\n';
   }
-  if (!r) return failure(r.error());
+  if (!r) return failure(r.error(), c);
   answer = std::move(*r);
   return std::nullopt;
+}
+
+// A request with the envelope every write carries: "segment" when the user named one, so that the
+// daemon refuses (wrong_segment) a write meant for another segment than the one it serves.
+json::object request(const Common& c, std::string_view op) {
+  json::object req{{"op", op}};
+  if (c.segment_explicit) req["segment"] = c.segment;
+  return req;
 }
 
 std::optional<Failure> call(const Common& c, const json::object& req, json::object& answer, Io io) {
@@ -99,14 +117,23 @@ json::value field(const json::object& a, std::string_view key) {
   return v ? *v : json::value(nullptr);
 }
 
-std::optional<Failure> read_text_file(const std::string& path, std::istream& in, std::string& out) {
-  if (path == "-") {
-    out.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-    return std::nullopt;
-  }
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return Failure{kExitRejected, "settings file " + path + ": " + std::strerror(errno)};
-  out.assign(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+// The most settings text pkgctl reads (a file, stdin): 4 times the settings limit of the segment
+// (its header says; the default limit if it cannot be read), room for pretty-printed JSON. A
+// larger input could never be accepted, so it is refused before it is read whole.
+std::size_t settings_input_bound(const Common& c) {
+  std::size_t limit = pkgctx::Limits{}.max_settings;
+  if (auto v = pkgctx::View::open(c.segment)) limit = std::max<std::size_t>(limit, v->segment().info().max_settings);
+  return 4 * limit;
+}
+
+// A settings file argument ("-" for stdin), bounded: directories, devices, FIFOs and oversized
+// files are input errors (exit 5), refused before anything is sent.
+std::optional<Failure> read_settings_input(const Common& c, const std::string& path, std::istream& in,
+                                           std::string& out) {
+  auto text = path == "-" ? pkgctx::read_bounded_stream(in, settings_input_bound(c), "settings from stdin")
+                          : pkgctx::read_bounded_file(path, settings_input_bound(c), "settings file");
+  if (!text) return Failure{kExitRejected, text.error().message};
+  out = std::move(*text);
   return std::nullopt;
 }
 
@@ -122,14 +149,17 @@ std::optional<Failure> cmd_update(const Common& c, const std::string& name, cons
   std::string text = "{}";
   if (settings_json) text = *settings_json;
   if (settings_file)
-    if (auto f = read_text_file(*settings_file, io.in, text)) return f;
+    if (auto f = read_settings_input(c, *settings_file, io.in, text)) return f;
   auto settings = pkgctx::Settings::parse(text, unlimited_settings());
   if (!settings) return Failure{kExitRejected, "settings: " + settings.error().message};
   // The canonical text goes into the request verbatim: parsed into a json::value, its numbers would
   // pass through Boost's decimal-to-double conversion, which is not correctly rounded (e.g.
   // 123456789012345680000 came back as 1.2345678901234567E20), and the daemon would store and
   // checksum a different number.
-  std::string req = json::serialize(json::object{{"op", "update"}, {"name", name}, {"version", version}});
+  json::object head = request(c, "update");
+  head["name"] = name;
+  head["version"] = version;
+  std::string req = json::serialize(head);
   req.pop_back();  // the closing '}'
   req += ",\"settings\":" + settings->canonical() + '}';
   json::object a;
@@ -142,10 +172,11 @@ std::optional<Failure> cmd_update(const Common& c, const std::string& name, cons
 
 std::optional<Failure> cmd_event(const Common& c, const std::string& event, const std::string& name, Io io) {
   const auto parsed = pkgctx::parse_event(event);
-  if (!parsed) return failure(parsed.error());
+  if (!parsed) return failure(parsed.error(), c);
   const int e = *parsed;
   static constexpr const char* kNames[] = {"update", "remove", "schedule"};
-  json::object req{{"op", "event"}, {"name", name}};
+  json::object req = request(c, "event");
+  req["name"] = name;
   if (e <= pkgctx::kEventSchedule)
     req["event"] = kNames[e];
   else
@@ -158,7 +189,9 @@ std::optional<Failure> cmd_event(const Common& c, const std::string& event, cons
 
 std::optional<Failure> cmd_delete(const Common& c, const std::string& name, Io io) {
   json::object a;
-  if (auto f = call(c, {{"op", "delete"}, {"name", name}}, a, io)) return f;
+  json::object req = request(c, "delete");
+  req["name"] = name;
+  if (auto f = call(c, req, a, io)) return f;
   io.out << json::serialize(json::object{{"name", field(a, "name")}, {"deleted", field(a, "deleted")}}) << '\n';
   return std::nullopt;
 }
@@ -172,7 +205,7 @@ std::optional<Failure> cmd_need_update(const Common& c, const std::string& name,
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
   auto r = view.need_update(name, version, *sum);
-  if (!r) return failure(r.error());
+  if (!r) return failure(r.error(), c);
   io.out << (*r ? "true" : "false") << '\n';
   return std::nullopt;
 }
@@ -181,19 +214,21 @@ std::optional<Failure> cmd_settings(const Common& c, const std::string& name, Io
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
   auto r = view.read(name, true);
-  if (!r) return failure(r.error());
+  if (!r) return failure(r.error(), c);
   // The settings are spliced in as stored: their canonical (RFC 8785) form.
   io.out << "{\"name\":" << json_string(r->name) << ",\"version\":" << json_string(r->version) << ",\"settings\":"
          << r->settings << ",\"checksum\":" << json_string(pkgctx::Settings::format_checksum(r->checksum)) << "}\n";
   return std::nullopt;
 }
 
-std::optional<Failure> cmd_checksum(const std::optional<std::string>& arg, Io io) {
+std::optional<Failure> cmd_checksum(const Common& c, const std::optional<std::string>& arg, Io io) {
   std::string text;
   if (arg) {
     text = *arg;
   } else {
-    text.assign(std::istreambuf_iterator<char>(io.in), std::istreambuf_iterator<char>());
+    auto in = pkgctx::read_bounded_stream(io.in, settings_input_bound(c), "JSON from stdin");
+    if (!in) return Failure{kExitRejected, "checksum: " + in.error().message};
+    text = std::move(*in);
     if (text.find_first_not_of(" \t\r\n") == std::string::npos)
       return Failure{kExitRejected, "checksum: no JSON given (argument or stdin)"};
   }
@@ -205,12 +240,12 @@ std::optional<Failure> cmd_checksum(const std::optional<std::string>& arg, Io io
 
 std::optional<Failure> cmd_token(const Common& c, const std::string& name, const std::string& event, Io io) {
   const auto parsed = pkgctx::parse_event(event);
-  if (!parsed) return failure(parsed.error());
+  if (!parsed) return failure(parsed.error(), c);
   const int e = *parsed;
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
   auto t = view.token(name, e);
-  if (!t) return failure(t.error());
+  if (!t) return failure(t.error(), c);
   io.out << t->str() << '\n';
   return std::nullopt;
 }
@@ -226,9 +261,14 @@ std::string cancel_json(const pkgctx::core::Token& t) {
 
 std::optional<Failure> parse_token(const Common& c, const std::string& text, pkgctx::View& view,
                                    pkgctx::core::Token& out) {
+  // The printed form of a default token: it belongs to no segment and is never cancelled.
+  if (text == pkgctx::core::Token::kNoneText) {
+    out = pkgctx::core::Token();
+    return std::nullopt;
+  }
   if (auto f = open_view(c, view)) return f;
   auto t = pkgctx::core::Token::parse(text, view.segment());
-  if (!t) return failure(t.error());
+  if (!t) return failure(t.error(), c);
   out = std::move(*t);
   return std::nullopt;
 }
@@ -282,6 +322,24 @@ std::optional<Failure> cmd_dump(const Common& c, bool as_json, Io io) {
   return std::nullopt;
 }
 
+// --timeout SEC: a plain decimal number of seconds from `min` to a year. nan, inf, negative, out
+// of range (1e400) and non-numbers are usage errors: a wait must not become endless or absurd.
+constexpr double kMaxTimeoutSeconds = 365.0 * 24 * 3600;
+
+CLI::Validator seconds(double min) {
+  return CLI::Validator(
+      [min](std::string& text) -> std::string {
+        double v = 0;
+        const char* end = text.data() + text.size();
+        const auto [ptr, ec] = std::from_chars(text.data(), end, v, std::chars_format::general);
+        if (ec == std::errc() && ptr == end && std::isfinite(v) && v >= min && v <= kMaxTimeoutSeconds) return {};
+        std::string shown = text.size() > 40 ? text.substr(0, 40) + "..." : text;
+        return "\"" + one_line(shown) + "\" is not a number of seconds from " + (min > 0 ? "0.001" : "0") + " to " +
+               std::to_string(static_cast<long>(kMaxTimeoutSeconds)) + " (a year)";
+      },
+      "SEC");
+}
+
 int finish(const std::optional<Failure>& f, Io io) {
   if (!f) return kExitOk;
   io.err << "pkgctl: " << one_line(f->message) << '\n';
@@ -291,12 +349,12 @@ int finish(const std::optional<Failure>& f, Io io) {
 }  // namespace
 
 int exit_code_for(std::string_view code) noexcept {
-  if (code == "bad_request") return kExitRejected;  // the daemon protocol's own code
-  const auto errc = pkgctx::errc_from_name(code);
-  switch (errc ? pkgctx::error_class(*errc) : pkgctx::ErrorClass::unavailable) {
+  switch (pkgctx::error_class(code)) {
     case pkgctx::ErrorClass::ok: return kExitOk;
     case pkgctx::ErrorClass::missing: return kExitNoSuchPackage;
     case pkgctx::ErrorClass::rejected: return kExitRejected;
+    case pkgctx::ErrorClass::outcome_unknown: return kExitOutcomeUnknown;
+    case pkgctx::ErrorClass::forbidden: return kExitForbidden;
     case pkgctx::ErrorClass::unavailable: break;
   }
   return kExitUnreachable;
@@ -312,12 +370,15 @@ int run(int argc, const char* const* argv, Io io) {
   app.fallthrough();
   app.footer(
       "Exit codes: 0 ok, 1 check: cancelled, 2 bad usage, 3 no such package, 4 segment or daemon\n"
-      "unreachable, 5 input rejected, 124 wait timed out.\n");
+      "unreachable, 5 input rejected, 6 outcome unknown (a write was sent, no answer came),\n"
+      "7 forbidden (the daemon refused this user's write), 124 wait timed out.\n");
 
   Common c;
-  app.add_option("--segment", c.segment, "segment name (env PKGCTX_SEGMENT)")
-      ->envname("PKGCTX_SEGMENT")
-      ->capture_default_str();
+  auto* segment_opt = app.add_option("--segment", c.segment,
+                                     "segment name (env PKGCTX_SEGMENT); when given, writes are refused by a "
+                                     "daemon serving another segment")
+                          ->envname("PKGCTX_SEGMENT")
+                          ->capture_default_str();
   app.add_option("--socket", c.socket, "daemon control socket (env PKGCTX_SOCKET)")
       ->envname("PKGCTX_SOCKET")
       ->capture_default_str();
@@ -327,6 +388,14 @@ int run(int argc, const char* const* argv, Io io) {
   std::string name, version, event_name, checksum, token_text, event_opt = "update";
   std::optional<std::string> settings_json, settings_file, checksum_json;
   std::optional<double> timeout_s;
+  double call_timeout_s = 10;
+  // Writes: how long each step of the daemon call (connect, send, answer) may take.
+  const auto add_call_timeout = [&](CLI::App* sub) {
+    sub->add_option("--timeout", call_timeout_s,
+                    "seconds to wait for the daemon's answer; past it the outcome is unknown (exit 6)")
+        ->capture_default_str()
+        ->check(seconds(0.001));
+  };
   bool as_json = false;
   double interval_s = 0.2;
   long count = 0;
@@ -336,13 +405,16 @@ int run(int argc, const char* const* argv, Io io) {
   update->add_option("VERSION", version)->required();
   auto* so = update->add_option("--settings", settings_json, "settings JSON object (default {})");
   update->add_option("--settings-file", settings_file, "read the settings JSON from F (- for stdin)")->excludes(so);
+  add_call_timeout(update);
 
   auto* event = app.add_subcommand("event", "HandleEvent(EVENT, NAME) through the daemon");
   event->add_option("EVENT", event_name, "update, remove, schedule or a child key 2..7")->required();
   event->add_option("NAME", name)->required();
+  add_call_timeout(event);
 
   auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon");
   del->add_option("NAME", name)->required();
+  add_call_timeout(del);
 
   auto* need = app.add_subcommand("need-update", "NeedUpdate(NAME, VERSION, CHECKSUM): prints true or false");
   need->add_option("NAME", name)->required();
@@ -365,7 +437,7 @@ int run(int argc, const char* const* argv, Io io) {
 
   auto* wait = app.add_subcommand("wait", "sleep until TOKEN is cancelled (exit 0; 124 on timeout)");
   wait->add_option("TOKEN", token_text)->required();
-  wait->add_option("--timeout", timeout_s, "seconds (default: no limit)")->check(CLI::NonNegativeNumber);
+  wait->add_option("--timeout", timeout_s, "seconds (default: no limit)")->check(seconds(0));
 
   auto* dump = app.add_subcommand("dump", "the segment header, daemon liveness and every package");
   dump->add_flag("--json", as_json, "one JSON object instead of the table");
@@ -402,13 +474,15 @@ int run(int argc, const char* const* argv, Io io) {
     io.err << "pkgctl: " << one_line(e.what()) << " (see pkgctl --help)\n";
     return kExitUsage;
   }
+  c.segment_explicit = segment_opt->count() > 0;
+  c.timeout = std::chrono::milliseconds(static_cast<long long>(std::ceil(call_timeout_s * 1000)));
 
   if (*update) return finish(cmd_update(c, name, version, settings_json, settings_file, io), io);
   if (*event) return finish(cmd_event(c, event_name, name, io), io);
   if (*del) return finish(cmd_delete(c, name, io), io);
   if (*need) return finish(cmd_need_update(c, name, version, checksum, io), io);
   if (*settings) return finish(cmd_settings(c, name, io), io);
-  if (*sum) return finish(cmd_checksum(checksum_json, io), io);
+  if (*sum) return finish(cmd_checksum(c, checksum_json, io), io);
   if (*token) return finish(cmd_token(c, name, event_opt, io), io);
   if (*check) return cmd_check(c, token_text, io);
   if (*wait) return cmd_wait(c, token_text, timeout_s, io);

@@ -77,7 +77,9 @@ class Token {
 
   // Printable form (≤ 128 chars of [A-Za-z0-9._:-]):
   //   pkgctx1:<epoch:16 hex>:<slot>:<key>:<root gen hex>:<child gen hex>:<check:8 hex>
+  // or kNoneText for a default token (parse() refuses it: it belongs to no segment).
   std::string str() const;
+  static constexpr std::string_view kNoneText = "pkgctx1:none";
   // Parses and validates a printed token against `segment`: well-formed, check digits match,
   // same epoch, slot and key in range, generations not in the future. Errors: invalid_token.
   static Result<Token> parse(std::string_view text, const Segment& segment);

@@ -17,15 +17,20 @@ enum Exit : int {
   kExitCancelled = 1,      // check: the token is cancelled
   kExitUsage = 2,          // bad command line
   kExitNoSuchPackage = 3,  // settings, token
-  kExitUnreachable = 4,    // segment or daemon unreachable (missing, foreign, no permission, down)
-  kExitRejected = 5,       // input rejected (name, version, settings, event, token, checksum, full)
+  kExitUnreachable = 4,    // segment or daemon unreachable (missing, foreign, no permission, down):
+                           // nothing was sent
+  kExitRejected = 5,       // input rejected (name, version, settings, event, token, checksum, full,
+                           // a bad file argument, wrong_segment)
+  kExitOutcomeUnknown = 6, // a write was sent and no answer came: it may or may not have been applied
+  kExitForbidden = 7,      // the daemon refused the write for this user (allow-list)
   kExitTimedOut = 124,     // wait --timeout passed
 };
 
-// The exit code for an error code name, as pkgctx::errc_name() or the daemon spells it:
-// no_such_package → 3; input rejections (invalid_*, settings_too_large, table_full,
-// settings_full, bad_request) → 5; everything else (segment_*, permission_denied,
-// daemon_unreachable, forbidden, busy, io_error, …) → 4.
+// The exit code for an error code name, as pkgctx::errc_name() or the daemon spells it, from its
+// class in the one error table (pkgctx/error_class.hpp): no_such_package → 3; input rejections
+// (invalid_*, settings_too_large, table_full, settings_full, bad_request, wrong_segment) → 5;
+// outcome_unknown → 6; forbidden → 7; everything else (segment_*, permission_denied,
+// daemon_unreachable, busy, io_error, …) → 4.
 int exit_code_for(std::string_view error_code) noexcept;
 
 struct Io {

@@ -5,6 +5,7 @@
 
 #include <boost/json/object.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -17,18 +18,23 @@ struct CallTiming {
 };
 
 // A refusal or failure, with the daemon's error code as it was sent ("invalid_name",
-// "forbidden", …; "daemon_unreachable" when no answer came).
+// "forbidden", "wrong_segment", …), or "daemon_unreachable" when the request did not reach the
+// daemon (nothing changed), or "outcome_unknown" when it was sent and no answer came (the write
+// may or may not have been applied: daemon stopped, connection closed mid-answer, timeout,
+// garbled answer).
 struct CallError {
   std::string code;
   std::string message;
 };
 
 // Sends `request_line` (one serialised JSON request, no '\n') to the daemon at `socket_path`;
-// returns the fields of an {"ok":true,…} answer. A line, not a json::object, so that JSON text
+// returns the fields of an {"ok":true,…} answer. `timeout` bounds the connect, the send and the
+// wait for the answer, each. A line, not a json::object, so that JSON text
 // such as canonical settings can travel verbatim: a Boost.JSON DOM would turn its numbers into
 // doubles with Boost's own conversion, which is not correctly rounded.
 boost::system::result<boost::json::object, CallError> call_daemon(const std::string& socket_path,
                                                                   std::string_view request_line,
+                                                                  std::chrono::milliseconds timeout,
                                                                   CallTiming* timing = nullptr);
 
 }  // namespace pkgctl

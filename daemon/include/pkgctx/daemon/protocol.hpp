@@ -3,7 +3,9 @@
 // This is the transport-free half of the daemon: it turns a request line into an answer line
 // against a Store. The server (server.hpp) feeds it lines from sockets; tests feed it directly.
 //
-// Requests (one JSON object per line; an optional "id" — string or number — is echoed back):
+// Requests (one JSON object per line; an optional "id" — string or number — is echoed back; an
+// optional "segment" — the segment the client means — is refused with wrong_segment, before the op
+// runs, unless it is the segment this daemon serves):
 //   {"op":"update","name":N,"version":V,"settings":{…}}   settings optional, default {}
 //       → {"ok":true,"name":N,"context":TOKEN|null,"change":"created"|"version"|"settings"|"none"}
 //   {"op":"event","event":"update"|"remove"|"schedule"|K,"name":N}   K a string or integer 0..7
@@ -21,6 +23,7 @@
 // A refused or malformed request changes nothing. handle() never throws.
 #pragma once
 
+#include "pkgctx/error_class.hpp"
 #include "pkgctx/store.hpp"
 
 #include <cstdint>
@@ -40,6 +43,7 @@ inline constexpr std::string_view kLineTooLong = "line_too_long";     // request
 inline constexpr std::string_view kForbidden = "forbidden";           // write by a peer off the allow-list
 inline constexpr std::string_view kTooManyClients = "too_many_clients";  // sent, then the connection closes
 inline constexpr std::string_view kInternalError = "internal_error";  // out of memory or a bug; nothing changed
+inline constexpr std::string_view kWrongSegment = wire::kWrongSegment;  // "segment" names another segment
 }  // namespace code
 
 // Who is on the other end of a connection (SO_PEERCRED, SO_PEERGROUPS).
