@@ -255,7 +255,7 @@ static inline int pkgctx_check_cancelled(const pkgctx_check_t *check) {
 /* What a token refers to (the fields of its printed form). */
 typedef struct pkgctx_token_info_s {
   uint32_t slot;             /* the package's slot in the table */
-  uint32_t key;              /* event key: 0 (update, remove: root) or 2..7 (child) */
+  uint32_t key;              /* event key: 0 update, 1 remove (root), 2..7 (child) */
   uint64_t root_generation;  /* the root generation it was taken at */
   uint64_t child_generation; /* a child token's snapshot of its key's generation; 0 for a root token */
 } pkgctx_token_info_t;
