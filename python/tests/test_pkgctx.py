@@ -12,6 +12,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -25,8 +26,8 @@ class Child(subprocess.Popen):
     """A process whose stdout lines are read by a thread, so that waiting for the next line can
     time out (select() on a buffered pipe would miss lines already read ahead)."""
 
-    def __init__(self, argv: list[str]) -> None:
-        super().__init__(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    def __init__(self, argv: list[str], env: Optional[dict[str, str]] = None) -> None:
+        super().__init__(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -161,7 +162,9 @@ def test_asyncio_wait_wakes_on_a_cancel_from_another_process(daemon, worker):
         assert await ctl.wait() == 0
         assert await asyncio.wait_for(asyncio.gather(*waits), 30) == [True, True]
         assert not other.done()
-        other.cancel()
+        other.cancel()  # a cancelled wait_async removes its reader and closes its watch
+        with pytest.raises(asyncio.CancelledError):
+            await other
 
     asyncio.run(scenario())
     assert str(token.cause) == "update_event" and not bystander.cancelled
@@ -270,6 +273,21 @@ def test_example_plugin_session(daemon):
     missing = subprocess.run([sys.executable, str(HERE.parent / "examples/plugin.py"), "--segment", daemon.segment, "absent"],
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and missing.stderr.startswith("plugin: no_such_package: ")
+
+
+@pytest.mark.parametrize("block", [0, 1], ids=["plugin", "asyncio"])
+def test_readme_examples_run_as_written(daemon, block):
+    """python/README.md's Python blocks, run as they are against the daemon."""
+    text = (HERE.parent / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    assert len(blocks) == 2
+    daemon.ctl("update", "web", "1", "--settings", '{"port":80}')
+    env = dict(os.environ, PKGCTX_SEGMENT=daemon.segment)
+    example = Child([sys.executable, "-c", blocks[block]], env=env)
+    assert example.expect_line() == "deploying 1 {'port': 80}"
+    daemon.ctl("update", "web", "2")
+    assert example.expect_line() == "stopping: version_changed"
+    assert example.wait(30) == 0
 
 
 def test_installed_module_finds_its_library(tmp_path):
