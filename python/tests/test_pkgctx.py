@@ -1,5 +1,6 @@
 """The pkgctx Python module against a real pkgctxd (conftest.py): cancellation and causes, waits
 (timeout, Ctrl-C, asyncio), reads, errors, tokens as text, the installed layout, the example."""
+import ast
 import asyncio
 import json
 import os
@@ -236,6 +237,15 @@ def test_errors_map_to_exceptions(daemon, worker):
             assert cls.name == name and cls.code == code and issubclass(cls, pkgctx.PkgctxError)
             assert getattr(pkgctx, cls.__name__) is cls and cls.__name__ in pkgctx.__all__
     assert issubclass(pkgctx.TimedOut, TimeoutError) and issubclass(pkgctx.PermissionDenied, PermissionError)
+
+
+def test_type_checking_stubs_match_the_generated_classes():
+    tree = ast.parse(Path(pkgctx.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    stubs = {c.name: [b.id for b in c.bases] for c in block.body if isinstance(c, ast.ClassDef)}
+    generated = {cls.__name__: [b.__name__ for b in cls.__bases__]
+                 for cls in map(pkgctx.error_class, range(1, 64)) if cls is not pkgctx.PkgctxError}
+    assert stubs == generated
 
 
 def test_token_text_round_trips_with_pkgctl(daemon, worker):
