@@ -53,10 +53,16 @@ def child(code: str, *args: str) -> Child:
 
 
 def wait_until_sleeping_in_poll(pid: int, timeout: float = 30) -> None:
-    """Until the kernel shows process `pid`'s main thread asleep in poll()."""
+    """Until the kernel shows process `pid`'s main thread asleep in poll() (where /proc hides
+    kernel symbols, wchan reads "0": then asleep at all, after the child said it waits)."""
     deadline = time.monotonic() + timeout
-    while not Path(f"/proc/{pid}/wchan").read_text().startswith("poll_schedule"):
-        assert time.monotonic() < deadline, f"process {pid} never slept in poll()"
+    while True:
+        wchan = Path(f"/proc/{pid}/wchan").read_text()
+        if wchan.startswith("poll_schedule"):
+            return
+        if wchan == "0" and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "S":
+            return
+        assert time.monotonic() < deadline, f"process {pid} never slept in poll() (wchan {wchan})"
         time.sleep(0.01)
 
 
