@@ -7,8 +7,11 @@
 #include "test_support.hpp"
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fcntl.h>
+#include <poll.h>
 #include <string>
 
 using namespace pkgctx;
@@ -83,6 +86,10 @@ BOOST_AUTO_TEST_CASE(null_handles_never_crash) {
   pkgctx_detach(nullptr);
   pkgctx_package_free(nullptr);
   pkgctx_unwatch(nullptr);
+  int fd = 7;
+  BOOST_TEST(pkgctx_watch_fd(nullptr, &fd, &watch) == PKGCTX_INVALID_TOKEN);
+  BOOST_TEST(fd == -1);
+  BOOST_TEST(watch == nullptr);
   BOOST_TEST(pkgctx_liveness_name(99) == std::string("unknown"));
 }
 
@@ -202,5 +209,76 @@ BOOST_FIXTURE_TEST_CASE(watches, Fixture) {
   BOOST_TEST(pkgctx_watch(t, bump, &fired, &late) == PKGCTX_OK);
   BOOST_TEST(fired.load() == 2);
   pkgctx_unwatch(late);
+  pkgctx_token_free(t);
+}
+
+namespace {
+
+// poll() for POLLIN on `fd` for at most `timeout_ms`: 1 readable, 0 not, -1 error.
+int readable(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  const int rc = ::poll(&p, 1, timeout_ms);
+  return rc < 0 ? -1 : (rc == 1 && (p.revents & POLLIN) ? 1 : 0);
+}
+
+}  // namespace
+
+// The pollable wait: another process cancels, poll() in this one wakes; the fd is the watch's.
+BOOST_FIXTURE_TEST_CASE(watch_fd_wakes_poll_on_a_cancel_from_another_process, Fixture) {
+  pkgctx_token_t* t = nullptr;
+  BOOST_TEST_REQUIRE(pkgctx_token(worker, "pkg", PKGCTX_EVENT_UPDATE, &t) == PKGCTX_OK);
+  pkgctx_watch_t* watch = nullptr;
+  int fd = -1;
+  BOOST_TEST_REQUIRE(pkgctx_watch_fd(t, &fd, &watch) == PKGCTX_OK);
+  BOOST_TEST_REQUIRE(fd >= 0);
+  BOOST_TEST((::fcntl(fd, F_GETFD) & FD_CLOEXEC) != 0);
+  BOOST_TEST((::fcntl(fd, F_GETFL) & O_NONBLOCK) != 0);
+  BOOST_TEST(readable(fd, 0) == 0);  // live token: not readable
+
+  test::Pipe go;
+  const pid_t child = test::spawn([&] {
+    if (!go.await()) return 3;
+    return store.handle_event(kEventUpdate, "pkg") ? 0 : 4;
+  });
+  BOOST_TEST(readable(fd, 50) == 0);  // still live while the child waits for the go
+  go.signal();
+  BOOST_TEST(readable(fd, 10'000) == 1);
+  BOOST_TEST(pkgctx_cancelled(t) == 1);
+  BOOST_TEST(std::string(pkgctx_cause(t)) == "update_event");
+  BOOST_TEST(test::wait_exit(child) == 0);
+  BOOST_TEST(readable(fd, 0) == 1);  // level-triggered: stays readable
+
+  // Already cancelled: readable at once.
+  pkgctx_watch_t* late = nullptr;
+  int late_fd = -1;
+  BOOST_TEST_REQUIRE(pkgctx_watch_fd(t, &late_fd, &late) == PKGCTX_OK);
+  BOOST_TEST(late_fd != fd);
+  BOOST_TEST(readable(late_fd, 0) == 1);
+
+  // pkgctx_unwatch closes the fd (nothing else opens descriptors in this test meanwhile).
+  pkgctx_unwatch(watch);
+  errno = 0;
+  BOOST_TEST(::fcntl(fd, F_GETFD) == -1);
+  BOOST_TEST(errno == EBADF);
+  pkgctx_unwatch(late);
+  pkgctx_token_free(t);
+}
+
+// A watch dropped before the cancellation never signals, and its fd is closed.
+BOOST_FIXTURE_TEST_CASE(watch_fd_unwatched_before_cancel, Fixture) {
+  pkgctx_token_t* t = nullptr;
+  BOOST_TEST_REQUIRE(pkgctx_token(worker, "pkg", PKGCTX_EVENT_SCHEDULE, &t) == PKGCTX_OK);
+  pkgctx_watch_t* dropped = nullptr;
+  pkgctx_watch_t* kept = nullptr;
+  int dropped_fd = -1;
+  int kept_fd = -1;
+  BOOST_TEST_REQUIRE(pkgctx_watch_fd(t, &dropped_fd, &dropped) == PKGCTX_OK);
+  BOOST_TEST_REQUIRE(pkgctx_watch_fd(t, &kept_fd, &kept) == PKGCTX_OK);
+  pkgctx_unwatch(dropped);
+  BOOST_TEST(::fcntl(dropped_fd, F_GETFD) == -1);
+  BOOST_TEST_REQUIRE(store.handle_event(kEventSchedule, "pkg").has_value());
+  BOOST_TEST(readable(kept_fd, 10'000) == 1);
+  BOOST_TEST(std::string(pkgctx_cause(t)) == "rescheduled");
+  pkgctx_unwatch(kept);
   pkgctx_token_free(t);
 }

@@ -8,7 +8,11 @@
 #include "test_support.hpp"
 
 #include <algorithm>
+#include <csignal>
 #include <dirent.h>
+#include <fcntl.h>
+#include <fstream>
+#include <poll.h>
 #include <future>
 #include <optional>
 #include <semaphore>
@@ -314,4 +318,66 @@ BOOST_AUTO_TEST_CASE(cancellation_from_another_process_reaches_the_bridge) {
   BOOST_TEST(pkgctx::test::wait_exit(pid) == 0);
   BOOST_TEST(sem.try_acquire_for(10s));
   BOOST_TEST(bridge->stop_requested());
+}
+
+namespace {
+
+// poll() for POLLIN on `fd` for at most `timeout_ms`.
+bool readable(int fd, int timeout_ms) {
+  pollfd p{fd, POLLIN, 0};
+  return ::poll(&p, 1, timeout_ms) == 1 && (p.revents & POLLIN);
+}
+
+// The SigBlk mask of thread `tid` of this process.
+std::uint64_t blocked_signals(const std::string& tid) {
+  std::ifstream in("/proc/self/task/" + tid + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("SigBlk:", 0) == 0) return std::stoull(line.substr(7), nullptr, 16);
+  return 0;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(cancel_fd_becomes_readable_on_cancellation) {
+  Fixture f;
+  const Token t = f.token();
+  auto cfd = CancelFd::create(t);
+  BOOST_TEST_REQUIRE(cfd.has_value());
+  BOOST_TEST_REQUIRE(cfd->fd() >= 0);
+  BOOST_TEST(!readable(cfd->fd(), 0));
+  CancelFd moved = std::move(*cfd);
+  BOOST_TEST(cfd->fd() == -1);
+  f.cancel();
+  BOOST_TEST(readable(moved.fd(), 10'000));
+  const int fd = moved.fd();
+  moved.reset();
+  BOOST_TEST(moved.fd() == -1);
+  BOOST_TEST(::fcntl(fd, F_GETFD) == -1);  // closed
+
+  auto def = CancelFd::create(Token{});
+  BOOST_TEST_REQUIRE(!def.has_value());
+  BOOST_TEST(def.error().code == Errc::invalid_token);
+}
+
+// The watcher thread takes none of the process's signals: a SIGINT meant for the application
+// (Python's KeyboardInterrupt in a poll()) must reach the application's threads.
+BOOST_AUTO_TEST_CASE(watcher_thread_blocks_every_signal) {
+  Fixture f;
+  auto cb = CancelCallback::create(f.token(), [] {});  // the watcher thread exists from here on
+  BOOST_TEST_REQUIRE(cb.has_value());
+  const std::string main_tid = std::to_string(::getpid());
+  const std::uint64_t want = (std::uint64_t{1} << (SIGINT - 1)) | (std::uint64_t{1} << (SIGTERM - 1)) |
+                             (std::uint64_t{1} << (SIGHUP - 1)) | (std::uint64_t{1} << (SIGUSR1 - 1));
+  int others = 0;
+  DIR* d = ::opendir("/proc/self/task");
+  BOOST_TEST_REQUIRE(d != nullptr);
+  while (dirent* e = ::readdir(d)) {
+    const std::string tid = e->d_name;
+    if (tid[0] == '.' || tid == main_tid) continue;
+    ++others;
+    BOOST_TEST((blocked_signals(tid) & want) == want, "thread " << tid << " takes process signals");
+  }
+  ::closedir(d);
+  BOOST_TEST(others >= 1);
+  BOOST_TEST((blocked_signals(main_tid) & want) == 0);  // the caller's own mask is restored
 }

@@ -40,7 +40,8 @@
  *    threads without locking. A token handle may be shared for reading (cancelled, cause, wait,
  *    str) but must not be freed while another thread uses it.
  *  - Signals. pkgctx_cancelled() and pkgctx_check_cancelled() are async-signal-safe (one
- *    atomic load). Nothing else is.
+ *    atomic load). Nothing else is. The SDK's watcher thread blocks every signal, so the
+ *    process's signals reach your threads (a poll() on pkgctx_watch_fd gets its EINTR).
  *  - fork(). The child inherits the mapping: its worker and token handles keep working. A
  *    cancellation watch (pkgctx_watch) made before fork() never fires in the child; freeing the
  *    child's copy is harmless; watch again in the child.
@@ -254,7 +255,7 @@ static inline int pkgctx_check_cancelled(const pkgctx_check_t *check) {
 /* What a token refers to (the fields of its printed form). */
 typedef struct pkgctx_token_info_s {
   uint32_t slot;             /* the package's slot in the table */
-  uint32_t key;              /* event key: 0 (update, remove: root) or 2..7 (child) */
+  uint32_t key;              /* event key: 0 update, 1 remove (root), 2..7 (child) */
   uint64_t root_generation;  /* the root generation it was taken at */
   uint64_t child_generation; /* a child token's snapshot of its key's generation; 0 for a root token */
 } pkgctx_token_info_t;
@@ -323,7 +324,19 @@ int pkgctx_watch(const pkgctx_token_t *token, void (*fn)(void *arg), void *arg, 
 int pkgctx_watch_ex(const pkgctx_token_t *token, void (*fn)(void *arg), void *arg,
                     void (*release)(void *arg), pkgctx_watch_t **out);
 
-/* Unregisters (NULL is ignored). After it returns fn is not running and never will be: if fn is
+/* A pollable cancellation, for event loops (epoll, poll, select, asyncio's add_reader, …):
+ * *fd_out is an eventfd (close-on-exec, non-blocking) that becomes readable (POLLIN) when
+ * `token` is cancelled, or at once if it already is. It then stays readable; do not read it
+ * unless you want to consume that readiness (pkgctx_cancelled() stays the truth either way).
+ * The fd belongs to the watch: do not close it; pkgctx_unwatch() closes it. Served by the same
+ * watcher thread as pkgctx_watch, with the same latency. After fork() the child's copy still
+ * refers to the parent's eventfd, which only the parent's watcher signals: watch again in the
+ * child. On failure *fd_out is -1 and *out NULL.
+ * Errors: PKGCTX_INVALID_TOKEN (NULL token), PKGCTX_IO_ERROR (NULL fd_out or out; eventfd()
+ *         failed, e.g. out of file descriptors; no thread). */
+int pkgctx_watch_fd(const pkgctx_token_t *token, int *fd_out, pkgctx_watch_t **out);
+
+/* Unregisters (NULL is ignored); closes the fd of a pkgctx_watch_fd watch. After it returns fn is not running and never will be: if fn is
  * running on the watcher thread, this waits for it — unless called from inside fn itself. */
 void pkgctx_unwatch(pkgctx_watch_t *watch);
 

@@ -22,6 +22,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <cerrno>
 #include <cstring>
 #include <ctime>
 #include <exception>
@@ -30,6 +31,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -232,6 +234,7 @@ struct pkgctx_token_s {
 
 struct pkgctx_watch_s {
   std::uint64_t id = 0;  // 0: the callback already ran, or nothing to watch
+  int fd = -1;           // pkgctx_watch_fd's eventfd, closed by pkgctx_unwatch
 };
 
 extern "C" {
@@ -507,9 +510,37 @@ int pkgctx_watch(const pkgctx_token_t* token, void (*fn)(void* arg), void* arg, 
   return pkgctx_watch_ex(token, fn, arg, nullptr, out);
 }
 
+int pkgctx_watch_fd(const pkgctx_token_t* token, int* fd_out, pkgctx_watch_t** out) {
+  if (fd_out) *fd_out = -1;
+  if (out) *out = nullptr;
+  return guarded("pkgctx_watch_fd", [&]() -> int {
+    if (!token) return fail(Errc::invalid_token, "pkgctx_watch_fd: token is NULL");
+    if (!fd_out || !out) return fail(Errc::io_error, "pkgctx_watch_fd: fd_out or out is NULL");
+    auto w = std::make_unique<pkgctx_watch_t>();
+    w->fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (w->fd < 0) return fail(Errc::io_error, (std::string("pkgctx_watch_fd: eventfd: ") + std::strerror(errno)).c_str());
+    // The fd outlives every run of the callback: pkgctx_unwatch unregisters before closing it.
+    // A write to an eventfd only fails when its counter would overflow, which one write cannot.
+    const int fd = w->fd;
+    auto id = pkgctx::detail::watch_register(token->token, [fd] {
+      const std::uint64_t one = 1;
+      [[maybe_unused]] const ssize_t n = ::write(fd, &one, sizeof one);
+    });
+    if (!id) {
+      ::close(w->fd);
+      return fail(id.error());
+    }
+    w->id = *id;
+    *fd_out = w->fd;
+    *out = w.release();
+    return PKGCTX_OK;
+  });
+}
+
 void pkgctx_unwatch(pkgctx_watch_t* watch) {
   if (!watch) return;
   pkgctx::detail::watch_unregister(watch->id);
+  if (watch->fd >= 0) ::close(watch->fd);
   delete watch;
 }
 

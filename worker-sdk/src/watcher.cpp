@@ -37,6 +37,7 @@
 #include <memory>
 #include <mutex>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/syscall.h>
 #include <system_error>
 #include <thread>
@@ -141,11 +142,19 @@ Result<std::uint64_t> Watcher::add(const Token& token, std::function<void()>& fn
     return std::uint64_t{0};
   }
   if (thread_pid_ != pid_) {
+    // The thread is born with every signal blocked, so the process's signals (SIGINT, SIGTERM,
+    // …) go to the application's threads: a Python main thread sleeping in poll() then gets its
+    // EINTR and raises KeyboardInterrupt, instead of the watcher silently taking the signal.
+    sigset_t all{}, old{};
+    ::sigfillset(&all);
+    ::pthread_sigmask(SIG_SETMASK, &all, &old);
     try {
       std::thread(&Watcher::run, this).detach();
     } catch (const std::system_error& e) {
+      ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
       return make_error(Errc::io_error, std::string("cannot start the pkgctx watcher thread: ") + e.what());
     }
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     thread_pid_ = pid_;
   }
   const std::uint64_t id = next_id_++;

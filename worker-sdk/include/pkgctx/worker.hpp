@@ -391,6 +391,52 @@ class CancelCallback {
   pkgctx_watch_t* watch_ = nullptr;  // nullptr: nothing registered
 };
 
+// A pollable cancellation (over pkgctx_watch_fd), for event loops (epoll, poll, Boost.Asio's
+// posix::stream_descriptor, …): fd() is an eventfd that becomes readable (POLLIN) when `token` is
+// cancelled, or at once if it already is, and then stays readable. The fd belongs to this
+// object (do not close it); destruction unregisters and closes it. Served by the watcher thread
+// above, with the same latency.
+// Errors of create(): invalid_token (a default token), io_error (no fd or no watcher thread).
+class CancelFd {
+ public:
+  static Result<CancelFd> create(const Token& token) noexcept {
+    int fd = -1;
+    pkgctx_watch_t* w = nullptr;
+    const int rc = pkgctx_watch_fd(token.c_handle(), &fd, &w);
+    if (rc != PKGCTX_OK) return sdk_detail::last_error(rc);
+    return CancelFd(w, fd);
+  }
+
+  CancelFd() noexcept = default;  // no fd
+  CancelFd(CancelFd&& other) noexcept
+      : watch_(std::exchange(other.watch_, nullptr)), fd_(std::exchange(other.fd_, -1)) {}
+  CancelFd& operator=(CancelFd&& other) noexcept {
+    if (this != &other) {
+      reset();
+      watch_ = std::exchange(other.watch_, nullptr);
+      fd_ = std::exchange(other.fd_, -1);
+    }
+    return *this;
+  }
+  CancelFd(const CancelFd&) = delete;
+  CancelFd& operator=(const CancelFd&) = delete;
+  ~CancelFd() { reset(); }
+
+  // The eventfd; -1 for a default-constructed or reset object.
+  int fd() const noexcept { return fd_; }
+
+  // Unregisters and closes the fd now (as the destructor does).
+  void reset() noexcept {
+    pkgctx_unwatch(std::exchange(watch_, nullptr));
+    fd_ = -1;
+  }
+
+ private:
+  CancelFd(pkgctx_watch_t* w, int fd) noexcept : watch_(w), fd_(fd) {}
+  pkgctx_watch_t* watch_ = nullptr;
+  int fd_ = -1;
+};
+
 // A std::stop_source that is requested when a pkgctx token is cancelled, for code written
 // against std::stop_token (std::jthread, std::stop_callback, std::condition_variable_any::wait).
 //
