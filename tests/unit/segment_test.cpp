@@ -15,9 +15,9 @@ using namespace pkgctx;
 
 namespace {
 
-// Writes raw bytes as the shared-memory object "/<name>".
+// Writes raw bytes as the segment object "<runtime dir>/<name>".
 void write_object(const std::string& name, const std::string& bytes) {
-  int fd = ::shm_open(("/" + name).c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+  int fd = ::open(test::segment_path(name).c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
   BOOST_REQUIRE(fd >= 0);
   BOOST_REQUIRE(::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
   ::close(fd);
@@ -62,7 +62,7 @@ BOOST_AUTO_TEST_CASE(short_object_is_truncated) {
 BOOST_AUTO_TEST_CASE(truncated_segment_is_refused) {
   test::SegmentName seg;
   { Store::create(seg.str()).value(); }
-  int fd = ::shm_open(("/" + seg.str()).c_str(), O_RDWR, 0);
+  int fd = ::open(test::segment_path(seg.str()).c_str(), O_RDWR, 0);
   BOOST_REQUIRE(fd >= 0);
   BOOST_REQUIRE(::ftruncate(fd, 64 * 1024) == 0);
   ::close(fd);

@@ -95,6 +95,10 @@ enum pkgctx_errc {
   PKGCTX_SEGMENT_RETIRED = 25,    /* being replaced right now: try again */
   PKGCTX_SEGMENT_EXISTS = 26,     /* (writers only) */
   PKGCTX_PERMISSION_DENIED = 27,  /* this process may not read the segment: join the daemon's group */
+  PKGCTX_UNTRUSTED_SEGMENT = 28,  /* the segment, a companion or the runtime directory could be written
+                                     by someone other than the directory's owner, or is a symlink */
+  PKGCTX_CORRUPT = 29,            /* the segment holds bytes that fail validation (sizes, names,
+                                     settings against their checksum) */
   /* Other. */
   PKGCTX_TIMED_OUT = 30,          /* pkgctx_wait(): the timeout passed before cancellation */
   PKGCTX_IO_ERROR = 31,           /* the kernel refused something else; out of memory; NULL handle */
