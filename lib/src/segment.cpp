@@ -206,7 +206,7 @@ Result<uid_t> check_runtime_dir(const std::string& dir_in) {
   const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
-    if (err == ENOENT) return make_error(Errc::segment_missing, "runtime directory " + dir + " does not exist (is pkgctxd running? set PKGCTX_RUNTIME_DIR to its --runtime-dir)");
+    if (err == ENOENT) return make_error(Errc::segment_missing, "runtime directory " + dir + " does not exist");
     return sys_error(err, "runtime directory " + dir);
   }
   struct stat st {};
@@ -227,7 +227,9 @@ Result<int> open_trusted(const std::string& dir_in, const std::string& object, i
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd < 0) {
     const int err = errno;
-    if (err == ENOENT) return make_error(Errc::segment_missing, "runtime directory " + dir + " does not exist (is pkgctxd running? set PKGCTX_RUNTIME_DIR to its --runtime-dir)");
+    if (err == ENOENT)
+      return make_error(Errc::segment_missing, what + ": no such segment (the runtime directory does not exist: is "
+                                                      "pkgctxd running? PKGCTX_RUNTIME_DIR must name its --runtime-dir)");
     return sys_error(err, "runtime directory " + dir);
   }
   Fd d(dfd);

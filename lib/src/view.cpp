@@ -77,7 +77,7 @@ Result<u32> probe(const detail::Mapping& m, std::string_view name, u64 hash, Vis
 }
 
 Error corrupt(const detail::Mapping& m, u32 slot, const std::string& why) {
-  return make_error(Errc::corrupt, "segment " + m.name + ", slot " + std::to_string(slot) + ": " + why);
+  return make_error(Errc::corrupt, "segment " + m.name + " is corrupt: slot " + std::to_string(slot) + ": " + why);
 }
 
 // Checks a record copied out of a stable slot before anyone prints or trusts it.
@@ -94,7 +94,7 @@ Result<void> check_record(const detail::Mapping& m, u32 slot, const PackageRecor
     // of the core (check_canonical_settings), which the worker SDK does not link.
     const std::string_view b = r.settings;
     bool clean = b.size() >= 2 && b.front() == '{' && b.back() == '}';
-    for (const char c : b) clean &= static_cast<unsigned char>(c) >= 0x20 && c != 0x7f;
+    for (const char c : b) clean &= static_cast<unsigned char>(c) >= 0x20;
     if (!clean) return corrupt(m, slot, "the settings of \"" + r.name + "\" are not canonical JSON");
   }
   return {};

@@ -32,7 +32,7 @@
  *
  *  - Read-only map. The table is mapped PROT_READ. A plugin cannot change it; a stray write
  *    into it kills the process with SIGSEGV. The process needs read access to
- *    /dev/shm/<segment> and read-write access to /dev/shm/<segment>.waiters (membership of the
+ *    <runtime dir>/<segment> and read-write access to <runtime dir>/<segment>.waiters (membership of the
  *    daemon's group); without the latter pkgctx_wait() still works but polls every 10 ms.
  *  - Handles. A token stays valid after the worker that made it is detached, and after the
  *    segment is retired (it then reports "segment_retired"). Free each handle exactly once.
