@@ -277,12 +277,15 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
   if (opts.limits.max_name == 0 || opts.limits.max_name > kMaxName || opts.limits.max_version == 0 ||
       opts.limits.max_version > kMaxVersion)
     return make_error(Errc::invalid_settings, "name and version limits must be 1..128 bytes");
+  if (opts.mode & 022)
+    return make_error(Errc::invalid_settings, "segment mode " + octal(opts.mode) +
+                                                  " lets others write the table; readers would refuse it");
   const Plan p = plan(opts.capacity, opts.settings_bytes);
   auto m = std::make_shared<detail::Mapping>();
   m->name = name;
   m->dir = opts.dir.empty() ? runtime_dir() : opts.dir;
   m->writable = true;
-  auto table = create_object(m->dir, detail::table_object(name), opts.mode & ~mode_t{022}, opts.group, p.total, false);
+  auto table = create_object(m->dir, detail::table_object(name), opts.mode, opts.group, p.total, false);
   if (!table) return table.error();
   m->table = std::move(*table);
   m->base = static_cast<std::byte*>(m->table.get());
@@ -360,12 +363,14 @@ Result<Segment> Segment::open(const std::string& name, Access access, const std:
   if (::fstat(f.fd, &st) != 0) return make_error(Errc::io_error, "segment " + name + ": cannot read its size");
   const u64 size = static_cast<u64>(st.st_size);
   if (size == 0) return make_error(Errc::segment_not_ready, "segment " + name + " is being created (empty)");
-  if (size < sizeof(Header)) return validate(*m, size).error();  // names what is missing, without mapping
   // Map what the header says, never more than the object: a huge sparse object costs nothing.
-  Prefix pre{};
-  if (::pread(f.fd, &pre, sizeof pre, 0) != static_cast<ssize_t>(sizeof pre))
-    return make_error(Errc::io_error, "segment " + name + ": cannot read its header");
-  const u64 want = pre.total_bytes >= sizeof(Header) && pre.total_bytes <= size ? pre.total_bytes : size;
+  u64 want = size;
+  if (size >= sizeof(Prefix)) {
+    Prefix pre{};
+    if (::pread(f.fd, &pre, sizeof pre, 0) != static_cast<ssize_t>(sizeof pre))
+      return make_error(Errc::io_error, "segment " + name + ": cannot read its header");
+    if (pre.total_bytes >= sizeof(Header) && pre.total_bytes <= size) want = pre.total_bytes;
+  }
   auto r = map_fd(f.fd, want, m->writable, "segment " + name);
   if (!r) return r.error();
   m->table = std::move(*r);

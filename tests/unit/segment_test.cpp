@@ -59,6 +59,18 @@ BOOST_AUTO_TEST_CASE(short_object_is_truncated) {
   BOOST_TEST(Segment::open(seg.str(), Access::read_only).error().code == Errc::segment_truncated);
 }
 
+// A whole prefix but not a whole header: refused from the prefix alone (nothing past the object
+// is read).
+BOOST_AUTO_TEST_CASE(object_with_a_prefix_but_no_header_is_truncated) {
+  test::SegmentName seg;
+  { Store::create(seg.str()).value(); }
+  const std::string path = test::segment_path(seg.str());
+  BOOST_REQUIRE(::truncate(path.c_str(), sizeof(layout::Prefix) + 8) == 0);
+  auto r = Segment::open(seg.str(), Access::read_only);
+  BOOST_REQUIRE(!r);
+  BOOST_TEST(r.error().code == Errc::segment_truncated, r.error().message);
+}
+
 BOOST_AUTO_TEST_CASE(truncated_segment_is_refused) {
   test::SegmentName seg;
   { Store::create(seg.str()).value(); }

@@ -48,7 +48,8 @@ struct SegmentOptions {
   std::uint32_t capacity = 4096;                    // package slots
   std::uint64_t settings_bytes = 16ull << 20;       // settings arena (rounded up to 64 bytes)
   Limits limits;                                    // enforced by writers; stored in the header
-  mode_t mode = 0640;                               // table; the waiters board gets mode|0060
+  mode_t mode = 0640;                               // table (no group/other write: refused); the
+                                                    // waiters board gets mode|0060 without o+w
   gid_t group = static_cast<gid_t>(-1);             // chown the objects to this group (-1: keep)
   std::string dir;                                  // runtime directory ("": runtime_dir())
   std::uint64_t predecessor_epoch = 0;              // the retired segment this one replaces (0: none)
