@@ -357,7 +357,7 @@ struct Daemon {
       bench::reap(pid);
     }
     Segment::remove(seg);
-    ::shm_unlink(("/" + seg + ".lock").c_str());  // the daemon's ownership lock, if it made one
+    ::unlink(pkgctx::object_path(seg + ".lock").c_str());  // the daemon's ownership lock, if it made one
     ::unlink(path.c_str());
   }
 };

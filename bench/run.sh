@@ -20,6 +20,14 @@ for exe in "$micro" "$ipc"; do
 done
 command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the report" >&2; exit 1; }
 
+# The segments live in a runtime directory only we can write (DESIGN §4.1); a private one here.
+if [ -z "${PKGCTX_RUNTIME_DIR:-}" ]; then
+  PKGCTX_RUNTIME_DIR=$(mktemp -d /dev/shm/pkgctx-bench.XXXXXX)
+  chmod 0755 "$PKGCTX_RUNTIME_DIR"
+  export PKGCTX_RUNTIME_DIR
+  trap 'rm -rf "$PKGCTX_RUNTIME_DIR"' EXIT
+fi
+
 load=$(cat /proc/loadavg)
 echo "==> load average before: $load ($(nproc) CPUs)" >&2
 

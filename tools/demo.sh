@@ -23,7 +23,8 @@ done
 SEG=${PKGCTX_DEMO_SEGMENT:-pkgctx-demo-$$}
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/pkgctx-demo.XXXXXX")
 SOCK=$DIR/pkgctxd.sock
-export PKGCTX_SEGMENT=$SEG PKGCTX_SOCKET=$SOCK
+# The segment's runtime directory (DESIGN §4.1): a private one, made by pkgctxd.
+export PKGCTX_SEGMENT=$SEG PKGCTX_SOCKET=$SOCK PKGCTX_RUNTIME_DIR=$DIR/run
 
 if [ -t 1 ]; then B=$'\e[1m' D=$'\e[2m' G=$'\e[32m' Y=$'\e[33m' R=$'\e[0m'; else B='' D='' G='' Y='' R=''; fi
 
@@ -41,12 +42,11 @@ cleanup() {
     kill -TERM "$DAEMON_PID" 2>/dev/null || true
     wait "$DAEMON_PID" 2>/dev/null || true
   fi
-  # pkgctxd leaves its segment for workers and the next daemon; this one was private.
-  rm -f "/dev/shm/$SEG" "/dev/shm/$SEG.waiters" "/dev/shm/$SEG.lock"
+  # pkgctxd leaves its segment for workers and the next daemon; this one was private (in $DIR).
   rm -rf "$DIR"
   local left=()
   for p in "$DAEMON_PID" "${WPID[@]}"; do [ -n "$p" ] && kill -0 "$p" 2>/dev/null && left+=("process $p"); done
-  for p in "/dev/shm/$SEG" "/dev/shm/$SEG.waiters" "/dev/shm/$SEG.lock" "$SOCK"; do [ -e "$p" ] && left+=("$p"); done
+  for p in "$PKGCTX_RUNTIME_DIR" "$SOCK"; do [ -e "$p" ] && left+=("$p"); done
   if [ ${#left[@]} -gt 0 ]; then
     echo "demo: left behind: ${left[*]}" >&2
     [ "$rc" -eq 0 ] && rc=1

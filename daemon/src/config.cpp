@@ -182,6 +182,14 @@ const std::vector<Key>& keys() {
          return {};
        },
        [](const Config& c) { return c.socket; }},
+      {"runtime_dir", false,
+       [](Config& c, std::string_view v) -> Result<void> {
+         if (v.empty() || v.front() != '/') return make_error(Errc::invalid_settings, quote(v) + " is not an absolute path");
+         if (v.size() > 3000) return make_error(Errc::invalid_settings, "runtime_dir is longer than 3000 bytes");
+         c.runtime_dir = std::string(v);
+         return {};
+       },
+       [](const Config& c) { return c.runtime_dir; }},
       {"capacity", false, [](Config& c, std::string_view v) { return set_number(c.capacity, v, 1, 1u << 26, true); },
        [](const Config& c) { return std::to_string(c.capacity); }},
       {"settings_bytes", false,
@@ -193,7 +201,16 @@ const std::vector<Key>& keys() {
        [](const Config& c) { return std::to_string(c.max_version); }},
       {"max_settings", false, [](Config& c, std::string_view v) { return set_number(c.max_settings, v, 2, k1G, true); },
        [](const Config& c) { return std::to_string(c.max_settings); }},
-      {"segment_mode", false, [](Config& c, std::string_view v) { return set_mode(c.segment_mode, v); },
+      {"segment_mode", false,
+       [](Config& c, std::string_view v) -> Result<void> {
+         mode_t m = 0;
+         if (auto ok = set_mode(m, v); !ok) return ok;
+         if (m & 022)
+           return make_error(Errc::invalid_settings, quote(v) + " lets others write the segment: readers refuse such a "
+                                                                "segment (DESIGN §4.1); use 0640 or 0600");
+         c.segment_mode = m;
+         return {};
+       },
        [](const Config& c) { return format_mode(c.segment_mode); }},
       {"segment_group", false,
        [](Config& c, std::string_view v) -> Result<void> {

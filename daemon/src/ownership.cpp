@@ -7,7 +7,6 @@
 #include <cstring>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/mman.h>
 #include <thread>
 #include <unistd.h>
 
@@ -17,18 +16,23 @@ SegmentLock::~SegmentLock() {
   if (fd_ >= 0) ::close(fd_);  // releases the flock
 }
 
-Result<SegmentLock> SegmentLock::acquire(const std::string& segment) {
-  const std::string object = "/" + segment + ".lock";
-  const std::string path = "/dev/shm" + object;
+Result<SegmentLock> SegmentLock::acquire(const std::string& segment, const std::string& dir) {
+  const std::string object = segment + ".lock";
+  const std::string path = object_path(object, dir);
   // 0644: another user's daemon can still open it read-only, take the lock and be refused
   // with a clear message instead of a permission error.
-  int fd = ::shm_open(object.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0 && errno == EACCES) fd = ::shm_open(object.c_str(), O_RDONLY | O_CLOEXEC, 0);
-  if (fd < 0) {
-    const int err = errno;
-    return make_error(err == EACCES ? Errc::permission_denied : Errc::io_error,
-                      "cannot open lock " + path + ": " + std::strerror(err));
+  auto opened = open_trusted(dir, object, O_RDWR | O_CREAT, 0644);
+  if (!opened && opened.error().code == Errc::untrusted_segment) {
+    // Only the directory's owner could have put it there (open_trusted checked the directory):
+    // replace it without writing through it. A symlink is unlinked, never followed.
+    log::warning("Replacing lock " + path + ": " + opened.error().message);
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT)
+      return make_error(Errc::untrusted_segment, opened.error().message + "; cannot remove it: " + std::strerror(errno));
+    opened = open_trusted(dir, object, O_RDWR | O_CREAT | O_EXCL, 0644);
   }
+  if (!opened && opened.error().code == Errc::permission_denied) opened = open_trusted(dir, object, O_RDONLY);
+  if (!opened) return make_error(opened.error().code, "cannot open lock: " + opened.error().message);
+  const int fd = *opened;
   while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     if (errno == EINTR) continue;
     const int err = errno;
@@ -66,8 +70,11 @@ std::string_view takeover_name(Takeover t) noexcept {
 
 namespace {
 
-Result<OwnedSegment> create(const std::string& name, const SegmentOptions& opts, Takeover how) {
-  auto store = Store::create(name, opts);
+Result<OwnedSegment> create(const std::string& name, const SegmentOptions& opts, Takeover how,
+                            std::uint64_t predecessor = 0) {
+  SegmentOptions o = opts;
+  o.predecessor_epoch = predecessor;
+  auto store = Store::create(name, o);
   if (!store) return store.error();
   log::info("Created segment " + name + ": " + std::to_string(opts.capacity) + " package slots, " +
             std::to_string(store->segment().info().settings_bytes) + " settings bytes");
@@ -83,7 +90,7 @@ Result<OwnedSegment> take_segment(const std::string& name, const SegmentOptions&
   using namespace std::chrono_literals;
   const auto not_ready_deadline = std::chrono::steady_clock::now() + 200ms;
   for (int attempt = 0;; ++attempt) {
-    auto store = Store::open(name);
+    auto store = Store::open(name, opts.dir);
     if (store) {
       const SegmentInfo info = store->segment().info();
       if (info.capacity != opts.capacity || info.settings_bytes < opts.settings_bytes)
@@ -100,6 +107,13 @@ Result<OwnedSegment> take_segment(const std::string& name, const SegmentOptions&
     const Error& e = store.error();
     if (attempt >= 3) return e;  // the name keeps changing under us: someone else is writing it
     switch (e.code) {
+      case Errc::untrusted_segment: {
+        // The directory is trusted (the lock was taken in it), so an untrusted table or a symlink
+        // there was left by its owner or root: replace it, never writing through it.
+        log::warning("Replacing segment " + name + " without using it: " + e.message);
+        Segment::remove(name, opts.dir);
+        return create(name, opts, Takeover::replaced);
+      }
       case Errc::segment_missing: {
         auto created = create(name, opts, Takeover::created);
         if (!created && created.error().code == Errc::segment_exists) continue;  // appeared meanwhile
@@ -108,21 +122,21 @@ Result<OwnedSegment> take_segment(const std::string& name, const SegmentOptions&
       case Errc::segment_version:
       case Errc::segment_foreign:
       case Errc::segment_truncated: {
-        auto retired = Segment::retire(name);
+        auto retired = Segment::retire(name, opts.dir);
         if (retired) {
           log::notice("Retired incompatible segment " + name + " (" + e.message +
                       "); its tokens report segment_retired");
-        } else if (retired.error().code == Errc::segment_missing) {
-          continue;
-        } else if (retired.error().code == Errc::segment_foreign) {
-          // Not a pkgctx segment at all (or too damaged to retire): nothing can be attached to
-          // it, and this daemon owns the name.
-          log::warning("Removing shared-memory object /dev/shm/" + name + ": " + retired.error().message);
-          Segment::remove(name);
-        } else {
-          return retired.error();
+          return create(name, opts, Takeover::replaced, *retired);
         }
-        return create(name, opts, Takeover::replaced);
+        if (retired.error().code == Errc::segment_missing) continue;
+        if (retired.error().code == Errc::segment_foreign || retired.error().code == Errc::untrusted_segment) {
+          // Not a pkgctx segment at all, too damaged to retire, or not to be written: nothing can
+          // be attached to it, and this daemon owns the name.
+          log::warning("Removing " + object_path(name, opts.dir) + ": " + retired.error().message);
+          Segment::remove(name, opts.dir);
+          return create(name, opts, Takeover::replaced);
+        }
+        return retired.error();
       }
       case Errc::segment_not_ready:
         // A creator is writing it, or died doing so. Holding the lock, no daemon is; give an
@@ -133,11 +147,11 @@ Result<OwnedSegment> take_segment(const std::string& name, const SegmentOptions&
           continue;
         }
         log::notice("Replacing segment " + name + ", left half-created by a creator that died (" + e.message + ")");
-        Segment::remove(name);
+        Segment::remove(name, opts.dir);
         return create(name, opts, Takeover::replaced);
       case Errc::segment_retired:
         log::notice("Replacing segment " + name + ", retired but not yet removed");
-        Segment::remove(name);
+        Segment::remove(name, opts.dir);
         return create(name, opts, Takeover::replaced);
       default:
         return e;

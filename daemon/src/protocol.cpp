@@ -411,9 +411,12 @@ Checked<> op_settings(Store& store, const Request& rq, std::string& out) {
   if (!name) return name.error();
   auto rec = store.view().read(*name, true);
   if (!rec) return refusal(rec.error());
+  if (auto ok = check_canonical_settings(rec->settings, "segment " + store.segment().name() + ", package " + rec->name); !ok)
+    return refusal(ok.error());
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(rec->name).key("version").str(rec->version);
-  // Canonical JSON: one line, valid UTF-8; spliced as stored so the checksum matches byte for byte.
+  // Canonical JSON (View::read checked it against its checksum and re-canonicalised it): one
+  // line, valid UTF-8; spliced as stored so the checksum matches byte for byte.
   w.key("settings").raw(rec->settings.empty() ? std::string_view("{}") : std::string_view(rec->settings));
   w.key("checksum").str(hex16(rec->checksum));
   end_ok(w, out);
@@ -437,7 +440,9 @@ Checked<> op_dump(Store& store, const ConnectionStats& conns, const RequestStats
                   std::string& out) {
   if (auto ok = rq.only({}); !ok) return ok;
   const SegmentInfo i = store.segment().info();
-  const std::vector<PackageRecord> packages = store.view().list(false);
+  auto listed = store.view().list(false);
+  if (!listed) return refusal(listed.error());
+  const std::vector<PackageRecord>& packages = *listed;
   JsonWriter w(out);
   begin_ok(w, rq.id);
   w.key("segment").begin_object();

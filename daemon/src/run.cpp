@@ -19,6 +19,7 @@
 #include <iostream>
 #include <optional>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <variant>
 
@@ -39,7 +40,7 @@ struct Args {
 std::variant<Args, int> parse_args(int argc, char** argv) {
   Args args;
   CLI::App app{"pkgctxd: owns a pkgctx shared-memory segment and serves its control socket.\n"
-               "Precedence: defaults < config file < PKGCTX_SEGMENT/PKGCTX_SOCKET < flags.",
+               "Precedence: defaults < config file < PKGCTX_SEGMENT/PKGCTX_SOCKET/PKGCTX_RUNTIME_DIR < flags.",
                "pkgctxd"};
   app.set_version_flag("--version", PKGCTX_VERSION);
   std::vector<ConfigSource::Override> flags;
@@ -58,6 +59,9 @@ std::variant<Args, int> parse_args(int argc, char** argv) {
       ->type_name("FILE");
   flag("--segment", "segment", "segment name (config: segment; env PKGCTX_SEGMENT; default pkgctx)");
   flag("--socket", "socket", "control socket path (config: socket; env PKGCTX_SOCKET)");
+  flag("--runtime-dir", "runtime_dir",
+       "directory of the segment and its lock, writable only by the daemon's user (config: runtime_dir; env "
+       "PKGCTX_RUNTIME_DIR; default /run/pkgctx)");
   flag("--capacity", "capacity", "package slots when creating the segment (config: capacity)");
   flag("--settings-bytes", "settings_bytes", "settings arena when creating the segment, K/M/G suffixes");
   flag("--socket-mode", "socket_mode", "control socket file mode, octal (default 0660)");
@@ -89,7 +93,8 @@ std::variant<Args, int> parse_args(int argc, char** argv) {
     return kExitUsage;
   }
   // Environment (as pkgctl reads it) sits between the file and the flags.
-  for (const auto& [env, key] : {std::pair{"PKGCTX_SEGMENT", "segment"}, std::pair{"PKGCTX_SOCKET", "socket"}}) {
+  for (const auto& [env, key] : {std::pair{"PKGCTX_SEGMENT", "segment"}, std::pair{"PKGCTX_SOCKET", "socket"},
+                                 std::pair{"PKGCTX_RUNTIME_DIR", "runtime_dir"}}) {
     if (const char* v = std::getenv(env); v && *v) args.source.overrides.push_back({key, v, env});
   }
   for (auto& f : flags) args.source.overrides.push_back(std::move(f));
@@ -127,6 +132,7 @@ SegmentOptions segment_options(const Config& cfg) {
   o.limits.max_depth = cfg.max_depth;
   o.mode = cfg.segment_mode;
   o.group = cfg.segment_group;
+  o.dir = cfg.runtime_dir;
   return o;
 }
 
@@ -267,8 +273,24 @@ int run(int argc, char** argv) {
     return kExitFailure;
   }
 
+  // Runtime directory: made if missing (outside systemd and tmpfiles), and only used when no one
+  // else may write it, owned by this daemon's user, since readers trust objects owned by it.
+  if (::mkdir(cfg.runtime_dir.c_str(), 0755) != 0 && errno != EEXIST) {
+    log::error("Failed to create runtime directory " + cfg.runtime_dir + ": " + std::strerror(errno));
+    return kExitFailure;
+  }
+  if (auto owner = check_runtime_dir(cfg.runtime_dir); !owner) {
+    log::error("Refusing runtime directory: " + owner.error().message);
+    return kExitFailure;
+  } else if (*owner != ::geteuid()) {
+    log::error("Refusing runtime directory " + cfg.runtime_dir + ": owned by uid " + std::to_string(*owner) +
+               ", but pkgctxd runs as uid " + std::to_string(::geteuid()) +
+               " (readers trust only objects owned by the directory's owner)");
+    return kExitFailure;
+  }
+
   // Segment: one owner at a time, then create, re-attach or replace.
-  auto lock = SegmentLock::acquire(cfg.segment);
+  auto lock = SegmentLock::acquire(cfg.segment, cfg.runtime_dir);
   if (!lock) {
     log::error("Failed to lock segment " + cfg.segment + ": " + lock.error().message);
     return kExitFailure;

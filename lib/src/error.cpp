@@ -67,6 +67,9 @@ constexpr Row kTable[] = {
     {Errc::io_error, "io_error", "I/O or internal error", ErrorClass::unavailable},
     {Errc::daemon_unreachable, "daemon_unreachable", "daemon unreachable", ErrorClass::unavailable},
     {Errc::busy, "busy", "busy (a writer died mid-write; try again)", ErrorClass::unavailable},
+    {Errc::untrusted_segment, "untrusted_segment", "untrusted segment (writable by another user, or a symlink)",
+     ErrorClass::unavailable},
+    {Errc::corrupt, "corrupt", "corrupt segment contents", ErrorClass::unavailable},
 };
 
 const Row* row(int code) noexcept {

@@ -3,18 +3,48 @@
 
 #include "pkgctx/layout.hpp"
 
-#include <boost/interprocess/mapped_region.hpp>
-
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <sys/mman.h>
+#include <utility>
 
 namespace pkgctx::detail {
 
+// One mmap(2)ed range, unmapped on destruction. (Boost.Interprocess maps only objects it opened
+// by name, following symlinks; the segment is opened by descriptor after checking it.)
+class Region {
+ public:
+  Region() = default;
+  Region(void* addr, std::size_t size) noexcept : addr_(addr), size_(size) {}
+  Region(Region&& o) noexcept : addr_(std::exchange(o.addr_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+  Region& operator=(Region&& o) noexcept {
+    if (this != &o) {
+      reset();
+      addr_ = std::exchange(o.addr_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+  ~Region() { reset(); }
+  void* get() const noexcept { return addr_; }
+
+ private:
+  void reset() noexcept {
+    if (addr_) ::munmap(addr_, size_);
+    addr_ = nullptr;
+  }
+  void* addr_ = nullptr;
+  std::size_t size_ = 0;
+};
+
 struct Mapping {
   std::string name;
-  boost::interprocess::mapped_region table;
-  boost::interprocess::mapped_region waiters;  // empty when the board is not writable
+  std::string dir;  // the runtime directory it was opened in
+  Region table;
+  Region waiters;  // empty when the board is not writable
   bool writable = false;
 
   // Validated views into `table` (set once by the opener, never changed).

@@ -4,14 +4,15 @@
 #include "pkgctx/futex.hpp"
 #include "robust_mutex.hpp"
 
-#include <boost/interprocess/shared_memory_object.hpp>
-
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
 #include <random>
+#include <utility>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -19,7 +20,6 @@
 
 namespace pkgctx {
 
-namespace bip = boost::interprocess;
 using namespace layout;
 
 namespace {
@@ -38,13 +38,38 @@ u64 next_pow2(u64 v) {
   return p;
 }
 
-Error from_interprocess(const bip::interprocess_exception& e, const std::string& what) {
-  switch (e.get_error_code()) {
-    case bip::not_found_error: return {Errc::segment_missing, what + ": no such segment"};
-    case bip::security_error: return {Errc::permission_denied, what + ": permission denied"};
-    case bip::already_exists_error: return {Errc::segment_exists, what + ": already exists"};
-    default: return {Errc::io_error, what + ": " + e.what()};
+std::string octal(mode_t m) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(m & 07777));
+  return buf;
+}
+
+Error sys_error(int err, const std::string& what) {
+  switch (err) {
+    case ENOENT: return {Errc::segment_missing, what + ": no such segment"};
+    case EACCES:
+    case EPERM: return {Errc::permission_denied, what + ": permission denied"};
+    case EEXIST: return {Errc::segment_exists, what + ": already exists"};
+    case ELOOP: return {Errc::untrusted_segment, what + " is a symbolic link: refused"};
+    default: return {Errc::io_error, what + ": " + std::strerror(err)};
   }
+}
+
+// A descriptor closed on scope exit.
+struct Fd {
+  int fd = -1;
+  explicit Fd(int f) noexcept : fd(f) {}
+  Fd(const Fd&) = delete;
+  Fd& operator=(const Fd&) = delete;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+Result<detail::Region> map_fd(int fd, u64 size, bool writable, const std::string& what) {
+  void* p = ::mmap(nullptr, size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return sys_error(errno, what);
+  return detail::Region(p, size);
 }
 
 // Sizes of the regions for a capacity and arena size, in layout order.
@@ -128,31 +153,108 @@ Result<void> validate(detail::Mapping& m, u64 object_size) {
   return {};
 }
 
-// Maps the waiters board if this process may write it (workers are in the group). Best effort:
-// without it, waits poll.
+// Maps the waiters board if this process may write it (workers are in the group) and it is
+// trusted. Best effort: without it, waits poll.
 void map_waiters(detail::Mapping& m) {
-  try {
-    bip::shared_memory_object obj(bip::open_only, detail::waiters_object(m.name).c_str(), bip::read_write);
-    bip::offset_t size = 0;
-    if (!obj.get_size(size) || static_cast<u64>(size) < sizeof(WaitersHeader) + u64{m.capacity} * 4) return;
-    bip::mapped_region r(obj, bip::read_write);
-    auto* wh = static_cast<const WaitersHeader*>(r.get_address());
-    if (wh->magic != kWaitersMagic || wh->epoch != m.header->prefix.epoch || wh->capacity != m.capacity) return;
-    m.waiter_counts = reinterpret_cast<AU32*>(static_cast<std::byte*>(r.get_address()) + sizeof(WaitersHeader));
-    m.waiters = std::move(r);
-  } catch (const bip::interprocess_exception&) {
-  }
+  auto fd = open_trusted(m.dir, detail::waiters_object(m.name), O_RDWR, 0, true);
+  if (!fd) return;
+  Fd f(*fd);
+  struct stat st {};
+  const u64 want = sizeof(WaitersHeader) + u64{m.capacity} * 4;
+  if (::fstat(f.fd, &st) != 0 || static_cast<u64>(st.st_size) < want) return;
+  auto r = map_fd(f.fd, want, true, "waiters");
+  if (!r) return;
+  auto* wh = static_cast<const WaitersHeader*>(r->get());
+  if (wh->magic != kWaitersMagic || wh->epoch != m.header->prefix.epoch || wh->capacity != m.capacity) return;
+  m.waiter_counts = reinterpret_cast<AU32*>(static_cast<std::byte*>(r->get()) + sizeof(WaitersHeader));
+  m.waiters = std::move(*r);
 }
 
-void chown_group(bip::shared_memory_object& obj, gid_t group) {
-  if (group != static_cast<gid_t>(-1)) {
-    if (::fchown(obj.get_mapping_handle().handle, static_cast<uid_t>(-1), group) != 0) {
-      throw bip::interprocess_exception(bip::error_info(bip::security_error));
-    }
-  }
+// Makes a freshly created object's mode exact (whatever the umask) and its group `group`.
+Result<void> set_owner_mode(int fd, mode_t mode, gid_t group, const std::string& what) {
+  if (group != static_cast<gid_t>(-1) && ::fchown(fd, static_cast<uid_t>(-1), group) != 0)
+    return sys_error(errno, what + ": chown to group " + std::to_string(group));
+  if (::fchmod(fd, mode) != 0) return sys_error(errno, what + ": chmod " + octal(mode));
+  return {};
+}
+
+// Creates `object` in `dir` (exclusive, never through a symlink), sized `size`, and maps it.
+Result<detail::Region> create_object(const std::string& dir, const std::string& object, mode_t mode, gid_t group,
+                                     u64 size, bool group_write_ok) {
+  const std::string what = object_path(object, dir);
+  auto fd = open_trusted(dir, object, O_RDWR | O_CREAT | O_EXCL, 0600, group_write_ok);
+  if (!fd) return fd.error();
+  Fd f(*fd);
+  if (auto ok = set_owner_mode(f.fd, mode, group, what); !ok) return ok.error();
+  if (::ftruncate(f.fd, static_cast<off_t>(size)) != 0) return sys_error(errno, what + ": truncate");
+  return map_fd(f.fd, size, true, what);
 }
 
 }  // namespace
+
+std::string runtime_dir() {
+  const char* env = std::getenv("PKGCTX_RUNTIME_DIR");
+  return env && *env ? std::string(env) : std::string(kDefaultRuntimeDir);
+}
+
+std::string object_path(const std::string& object, const std::string& dir) {
+  return (dir.empty() ? runtime_dir() : dir) + "/" + object;
+}
+
+Result<uid_t> check_runtime_dir(const std::string& dir_in) {
+  const std::string dir = dir_in.empty() ? runtime_dir() : dir_in;
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) {
+    const int err = errno;
+    if (err == ENOENT) return make_error(Errc::segment_missing, "runtime directory " + dir + " does not exist");
+    return sys_error(err, "runtime directory " + dir);
+  }
+  struct stat st {};
+  const int rc = ::fstat(fd, &st);
+  ::close(fd);
+  if (rc != 0) return sys_error(errno, "runtime directory " + dir);
+  if (st.st_mode & (S_IWGRP | S_IWOTH))
+    return make_error(Errc::untrusted_segment, "runtime directory " + dir + " (owner uid " + std::to_string(st.st_uid) +
+                                                   ", mode " + octal(st.st_mode) +
+                                                   ") is writable by others: anyone could plant the segment there");
+  return st.st_uid;
+}
+
+Result<int> open_trusted(const std::string& dir_in, const std::string& object, int flags, mode_t create_mode,
+                         bool group_write_ok) {
+  const std::string dir = dir_in.empty() ? runtime_dir() : dir_in;
+  const std::string what = dir + "/" + object;
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) {
+    const int err = errno;
+    if (err == ENOENT)
+      return make_error(Errc::segment_missing, what + ": no such segment (the runtime directory does not exist: is "
+                                                      "pkgctxd running? PKGCTX_RUNTIME_DIR must name its --runtime-dir)");
+    return sys_error(err, "runtime directory " + dir);
+  }
+  Fd d(dfd);
+  struct stat dst {};
+  if (::fstat(d.fd, &dst) != 0) return sys_error(errno, "runtime directory " + dir);
+  if (dst.st_mode & (S_IWGRP | S_IWOTH))
+    return make_error(Errc::untrusted_segment, "runtime directory " + dir + " (owner uid " + std::to_string(dst.st_uid) +
+                                                   ", mode " + octal(dst.st_mode) +
+                                                   ") is writable by others: anyone could plant the segment there");
+  const int fd = ::openat(d.fd, object.c_str(), flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, create_mode);
+  if (fd < 0) return sys_error(errno, what);
+  Fd f(fd);
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) return sys_error(errno, what);
+  const mode_t forbidden = group_write_ok ? S_IWOTH : (S_IWGRP | S_IWOTH);
+  if (!S_ISREG(st.st_mode) || st.st_uid != dst.st_uid || (st.st_mode & forbidden))
+    return make_error(Errc::untrusted_segment,
+                      what + " is not to be trusted: " + (S_ISREG(st.st_mode) ? "a file" : "not a regular file") +
+                          " owned by uid " + std::to_string(st.st_uid) + " with mode " + octal(st.st_mode) +
+                          "; expected the runtime directory's owner (uid " + std::to_string(dst.st_uid) +
+                          ") and no write access for " + (group_write_ok ? "others" : "group or others"));
+  // O_NONBLOCK only kept a planted FIFO from blocking the open; it means nothing for a file.
+  if (::fcntl(f.fd, F_SETFL, ::fcntl(f.fd, F_GETFL) & ~O_NONBLOCK) != 0) return sys_error(errno, what);
+  return std::exchange(f.fd, -1);
+}
 
 std::uint64_t name_hash(std::string_view name) noexcept { return XXH3_64bits(name.data(), name.size()); }
 
@@ -175,144 +277,173 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
   if (opts.limits.max_name == 0 || opts.limits.max_name > kMaxName || opts.limits.max_version == 0 ||
       opts.limits.max_version > kMaxVersion)
     return make_error(Errc::invalid_settings, "name and version limits must be 1..128 bytes");
+  if (opts.mode & 022)
+    return make_error(Errc::invalid_settings, "segment mode " + octal(opts.mode) +
+                                                  " lets others write the table; readers would refuse it");
   const Plan p = plan(opts.capacity, opts.settings_bytes);
   auto m = std::make_shared<detail::Mapping>();
   m->name = name;
+  m->dir = opts.dir.empty() ? runtime_dir() : opts.dir;
   m->writable = true;
-  const std::string what = "segment " + name;
-  try {
-    bip::permissions perm(static_cast<unsigned>(opts.mode));
-    bip::shared_memory_object obj(bip::create_only, detail::table_object(name).c_str(), bip::read_write, perm);
-    chown_group(obj, opts.group);
-    obj.truncate(static_cast<bip::offset_t>(p.total));
-    m->table = bip::mapped_region(obj, bip::read_write);
-    m->base = static_cast<std::byte*>(m->table.get_address());
+  auto table = create_object(m->dir, detail::table_object(name), opts.mode, opts.group, p.total, false);
+  if (!table) return table.error();
+  m->table = std::move(*table);
+  m->base = static_cast<std::byte*>(m->table.get());
 
-    auto* h = reinterpret_cast<Header*>(m->base);
-    Prefix& pre = h->prefix;
-    pre.magic = kMagic;
-    pre.layout_version = kLayoutVersion;
-    pre.prefix_bytes = sizeof(Prefix);
-    pre.total_bytes = p.total;
-    pre.abi_fingerprint = abi_fingerprint();
-    std::random_device rd;
-    pre.epoch = (u64{rd()} << 32 | rd()) ^ realtime_now_ns();
-    pre.capacity = opts.capacity;
-    pre.slots_offset = p.slots_offset;
-    pre.slot_stride = sizeof(Slot);
-    pre.root_gen_offset = kRootGenOffset;
-    pre.wake_offset = kWakeOffset;
-    pre.gen_count = kGenCount;
-    detail::init_robust_mutex(&pre.mutex);
+  auto* h = reinterpret_cast<Header*>(m->base);
+  Prefix& pre = h->prefix;
+  pre.magic = kMagic;
+  pre.layout_version = kLayoutVersion;
+  pre.prefix_bytes = sizeof(Prefix);
+  pre.total_bytes = p.total;
+  pre.abi_fingerprint = abi_fingerprint();
+  std::random_device rd;
+  pre.epoch = (u64{rd()} << 32 | rd()) ^ realtime_now_ns();
+  pre.capacity = opts.capacity;
+  pre.slots_offset = p.slots_offset;
+  pre.slot_stride = sizeof(Slot);
+  pre.root_gen_offset = kRootGenOffset;
+  pre.wake_offset = kWakeOffset;
+  pre.gen_count = kGenCount;
+  detail::init_robust_mutex(&pre.mutex);
 
-    h->max_name = static_cast<u32>(opts.limits.max_name);
-    h->max_version = static_cast<u32>(opts.limits.max_version);
-    h->max_settings = opts.limits.max_settings;
-    h->index_offset = p.index_offset;
-    h->index_slots = p.index_slots;
-    h->freelist_offset = p.freelist_offset;
-    h->bitmap_offset = p.bitmap_offset;
-    h->bitmap_words = p.bitmap_words;
-    h->arena_offset = p.arena_offset;
-    h->arena_bytes = p.arena_bytes;
-    h->created_realtime_ns.store(realtime_now_ns(), std::memory_order_relaxed);
+  h->max_name = static_cast<u32>(opts.limits.max_name);
+  h->max_version = static_cast<u32>(opts.limits.max_version);
+  h->max_settings = opts.limits.max_settings;
+  h->index_offset = p.index_offset;
+  h->index_slots = p.index_slots;
+  h->freelist_offset = p.freelist_offset;
+  h->bitmap_offset = p.bitmap_offset;
+  h->bitmap_words = p.bitmap_words;
+  h->arena_offset = p.arena_offset;
+  h->arena_bytes = p.arena_bytes;
+  h->predecessor_epoch = opts.predecessor_epoch;
+  h->created_realtime_ns.store(realtime_now_ns(), std::memory_order_relaxed);
 
-    // Free list: popping from the top hands out slot 0 first.
-    auto* fl = reinterpret_cast<u32*>(m->base + p.freelist_offset);
-    for (u32 i = 0; i < opts.capacity; ++i) fl[i] = opts.capacity - 1 - i;
-    h->free_top.store(opts.capacity, std::memory_order_relaxed);
-    // The bitmap's tail bits beyond the arena are marked used so the allocator never hands them out.
-    const u64 chunks = p.arena_bytes / kChunk;
-    if (chunks % 64 != 0) {
-      auto* bm = reinterpret_cast<AU64*>(m->base + p.bitmap_offset);
-      bm[p.bitmap_words - 1].store(~u64{0} << (chunks % 64), std::memory_order_relaxed);
-    }
-
-    // The waiters board: group-writable so workers may announce that they sleep.
-    {
-      bip::permissions wperm(static_cast<unsigned>(opts.mode | 0060));
-      bip::shared_memory_object::remove(detail::waiters_object(name).c_str());
-      bip::shared_memory_object wobj(bip::create_only, detail::waiters_object(name).c_str(), bip::read_write, wperm);
-      chown_group(wobj, opts.group);
-      wobj.truncate(static_cast<bip::offset_t>(sizeof(WaitersHeader) + u64{opts.capacity} * 4));
-      bip::mapped_region wr(wobj, bip::read_write);
-      auto* wh = static_cast<WaitersHeader*>(wr.get_address());
-      wh->magic = kWaitersMagic;
-      wh->epoch = pre.epoch;
-      wh->capacity = opts.capacity;
-    }
-
-    // Ready marker last: an opener never sees a half-built segment as live.
-    pre.state.store(static_cast<u32>(State::kLive), std::memory_order_release);
-    if (auto v = validate(*m, p.total); !v) return v.error();
-  } catch (const bip::interprocess_exception& e) {
-    return from_interprocess(e, what);
+  // Free list: popping from the top hands out slot 0 first.
+  auto* fl = reinterpret_cast<u32*>(m->base + p.freelist_offset);
+  for (u32 i = 0; i < opts.capacity; ++i) fl[i] = opts.capacity - 1 - i;
+  h->free_top.store(opts.capacity, std::memory_order_relaxed);
+  // The bitmap's tail bits beyond the arena are marked used so the allocator never hands them out.
+  const u64 chunks = p.arena_bytes / kChunk;
+  if (chunks % 64 != 0) {
+    auto* bm = reinterpret_cast<AU64*>(m->base + p.bitmap_offset);
+    bm[p.bitmap_words - 1].store(~u64{0} << (chunks % 64), std::memory_order_relaxed);
   }
+
+  // The waiters board: group-writable so workers may announce that they sleep.
+  {
+    ::unlink(object_path(detail::waiters_object(name), m->dir).c_str());
+    auto board = create_object(m->dir, detail::waiters_object(name), (opts.mode | 0060) & ~mode_t{002}, opts.group,
+                               sizeof(WaitersHeader) + u64{opts.capacity} * 4, true);
+    if (!board) return board.error();
+    auto* wh = static_cast<WaitersHeader*>(board->get());
+    wh->magic = kWaitersMagic;
+    wh->epoch = pre.epoch;
+    wh->capacity = opts.capacity;
+  }
+
+  // Ready marker last: an opener never sees a half-built segment as live.
+  pre.state.store(static_cast<u32>(State::kLive), std::memory_order_release);
+  if (auto v = validate(*m, p.total); !v) return v.error();
   map_waiters(*m);
   return Segment(std::move(m));
 }
 
-Result<Segment> Segment::open(const std::string& name, Access access) {
+Result<Segment> Segment::open(const std::string& name, Access access, const std::string& dir) {
   if (auto ok = validate_segment_name(name); !ok) return ok.error();
   auto m = std::make_shared<detail::Mapping>();
   m->name = name;
+  m->dir = dir.empty() ? runtime_dir() : dir;
   m->writable = access == Access::read_write;
-  const auto mode = m->writable ? bip::read_write : bip::read_only;
-  try {
-    bip::shared_memory_object obj(bip::open_only, detail::table_object(name).c_str(), mode);
-    bip::offset_t size = 0;
-    if (!obj.get_size(size)) return make_error(Errc::io_error, "segment " + name + ": cannot read its size");
-    if (size == 0) return make_error(Errc::segment_not_ready, "segment " + name + " is being created (empty)");
-    m->table = bip::mapped_region(obj, mode);
-    m->base = static_cast<std::byte*>(m->table.get_address());
-    if (auto v = validate(*m, static_cast<u64>(size)); !v) return v.error();
-  } catch (const bip::interprocess_exception& e) {
-    return from_interprocess(e, "segment " + name);
+  auto fd = open_trusted(m->dir, detail::table_object(name), m->writable ? O_RDWR : O_RDONLY);
+  if (!fd) return fd.error();
+  Fd f(*fd);
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) return make_error(Errc::io_error, "segment " + name + ": cannot read its size");
+  const u64 size = static_cast<u64>(st.st_size);
+  if (size == 0) return make_error(Errc::segment_not_ready, "segment " + name + " is being created (empty)");
+  // Map what the header says, never more than the object: a huge sparse object costs nothing.
+  u64 want = size;
+  if (size >= sizeof(Prefix)) {
+    Prefix pre{};
+    if (::pread(f.fd, &pre, sizeof pre, 0) != static_cast<ssize_t>(sizeof pre))
+      return make_error(Errc::io_error, "segment " + name + ": cannot read its header");
+    if (pre.total_bytes >= sizeof(Header) && pre.total_bytes <= size) want = pre.total_bytes;
   }
+  auto r = map_fd(f.fd, want, m->writable, "segment " + name);
+  if (!r) return r.error();
+  m->table = std::move(*r);
+  m->base = static_cast<std::byte*>(m->table.get());
+  if (auto v = validate(*m, size); !v) return v.error();
   map_waiters(*m);
   return Segment(std::move(m));
 }
 
-void Segment::remove(const std::string& name) noexcept {
-  bip::shared_memory_object::remove(detail::table_object(name).c_str());
-  bip::shared_memory_object::remove(detail::waiters_object(name).c_str());
+void Segment::remove(const std::string& name, const std::string& dir) noexcept {
+  try {
+    ::unlink(object_path(detail::table_object(name), dir).c_str());  // unlink(2) never follows the last link
+    ::unlink(object_path(detail::waiters_object(name), dir).c_str());
+  } catch (...) {
+  }
 }
 
-Result<void> Segment::retire(const std::string& name) {
-  // Uses only the frozen prefix: the segment may be of a layout this build does not know.
-  try {
-    bip::shared_memory_object obj(bip::open_only, detail::table_object(name).c_str(), bip::read_write);
-    bip::offset_t size = 0;
-    if (!obj.get_size(size) || static_cast<u64>(size) < sizeof(Prefix))
-      return make_error(Errc::segment_foreign, "segment " + name + ": too short to be a pkgctx segment");
-    bip::mapped_region r(obj, bip::read_write);
-    auto* base = static_cast<std::byte*>(r.get_address());
-    auto* pre = reinterpret_cast<Prefix*>(base);
-    if (pre->magic != kMagic)
-      return make_error(Errc::segment_foreign, "segment " + name + " is not a pkgctx segment: magic " + hex(pre->magic));
-    const u64 end = pre->slots_offset + u64{pre->capacity} * pre->slot_stride;
-    const u64 gens = std::max<u32>(pre->gen_count, 1);
-    if (pre->slot_stride < 8 || pre->root_gen_offset + 8 * gens > pre->slot_stride || pre->wake_offset + 4 > pre->slot_stride ||
-        pre->root_gen_offset % 8 != 0 || pre->wake_offset % 4 != 0 || pre->slots_offset % 8 != 0 ||
-        end > static_cast<u64>(size))
-      return make_error(Errc::segment_foreign, "segment " + name + ": retirement fields are out of bounds");
-    {
-      detail::RobustLock lock(&pre->mutex);  // a dead owner is fine: the segment is going away
-      pre->state.store(static_cast<u32>(State::kRetired), std::memory_order_seq_cst);
-      for (u32 i = 0; i < pre->capacity; ++i) {
-        std::byte* s = base + pre->slots_offset + u64{i} * pre->slot_stride;
-        auto* gen = reinterpret_cast<AU64*>(s + pre->root_gen_offset);
-        auto* wake = reinterpret_cast<AU32*>(s + pre->wake_offset);
+Result<std::uint64_t> Segment::retire(const std::string& name, const std::string& dir) {
+  // Uses only the frozen prefix: the segment may be of a layout this build does not know. The
+  // object is written only if trusted, and only where it already holds data.
+  auto fd = open_trusted(dir, detail::table_object(name), O_RDWR);
+  if (!fd) return fd.error();
+  Fd f(*fd);
+  struct stat st {};
+  if (::fstat(f.fd, &st) != 0) return sys_error(errno, "segment " + name);
+  const u64 size = static_cast<u64>(st.st_size);
+  Prefix pre{};
+  if (size < sizeof(Prefix) || ::pread(f.fd, &pre, sizeof pre, 0) != static_cast<ssize_t>(sizeof pre))
+    return make_error(Errc::segment_foreign, "segment " + name + ": too short to be a pkgctx segment");
+  if (pre.magic != kMagic)
+    return make_error(Errc::segment_foreign, "segment " + name + " is not a pkgctx segment: magic " + hex(pre.magic));
+  const u64 end = pre.slots_offset + u64{pre.capacity} * pre.slot_stride;
+  const u64 gens = std::max<u32>(pre.gen_count, 1);
+  if (pre.slot_stride < 8 || pre.root_gen_offset + 8 * gens > pre.slot_stride || pre.wake_offset + 4 > pre.slot_stride ||
+      pre.root_gen_offset % 8 != 0 || pre.wake_offset % 4 != 0 || pre.slots_offset % 8 != 0 ||
+      pre.slots_offset < sizeof(Prefix) || end > size)
+    return make_error(Errc::segment_foreign, "segment " + name + ": retirement fields are out of bounds");
+  auto r = map_fd(f.fd, end, true, "segment " + name);
+  if (!r) return r.error();
+  auto* base = static_cast<std::byte*>(r->get());
+  auto* mp = reinterpret_cast<Prefix*>(base);
+  const u64 epoch = mp->epoch;
+  {
+    detail::RobustLock lock(&mp->mutex);  // a dead owner is fine: the segment is going away
+    mp->state.store(static_cast<u32>(State::kRetired), std::memory_order_seq_cst);
+    // Only slots whose generation words lie in data extents: a hole was never written, so no
+    // token watches it, and writing it would allocate a page (a planted sparse object could
+    // otherwise make this write its whole apparent size).
+    off_t pos = static_cast<off_t>(pre.slots_offset);
+    while (static_cast<u64>(pos) < end) {
+      const off_t data = ::lseek(f.fd, pos, SEEK_DATA);
+      if (data < 0) break;  // ENXIO: no more data
+      off_t hole = ::lseek(f.fd, data, SEEK_HOLE);
+      if (hole < 0) hole = static_cast<off_t>(end);
+      const u64 d = static_cast<u64>(data), h = std::min<u64>(static_cast<u64>(hole), end);
+      if (d >= end) break;
+      u64 i = d > pre.slots_offset + pre.root_gen_offset
+                  ? (d - pre.slots_offset - pre.root_gen_offset + pre.slot_stride - 1) / pre.slot_stride
+                  : 0;
+      for (; i < pre.capacity; ++i) {
+        const u64 at = pre.slots_offset + i * pre.slot_stride;
+        if (at + pre.root_gen_offset >= h) break;
+        auto* gen = reinterpret_cast<AU64*>(base + at + pre.root_gen_offset);
+        auto* wake = reinterpret_cast<AU32*>(base + at + pre.wake_offset);
         for (u64 g = 0; g < gens; ++g) gen[g].fetch_add(1, std::memory_order_seq_cst);  // root first
         wake->fetch_add(1, std::memory_order_seq_cst);
         futex::wake(wake);
       }
+      pos = hole > data ? hole : data + 1;
     }
-  } catch (const bip::interprocess_exception& e) {
-    return from_interprocess(e, "segment " + name);
   }
-  remove(name);
-  return {};
+  remove(name, dir);
+  return epoch;
 }
 
 void Segment::retire_mapped() const {
@@ -332,7 +463,7 @@ void Segment::retire_mapped() const {
     s.gens.wake.fetch_add(1, std::memory_order_seq_cst);
     futex::wake(&s.gens.wake);
   }
-  remove(m.name);
+  remove(m.name, m.dir);
 }
 
 const std::string& Segment::name() const noexcept { return map_->name; }

@@ -466,6 +466,15 @@ Result<std::string> canonicalize_json(std::string_view input, const Limits& limi
   }
 }
 
+Result<void> check_canonical_settings(std::string_view bytes, const std::string& what) {
+  // The stored size is bounded by the mapping; the depth by the largest max_depth a daemon takes.
+  const Limits lim{.max_settings = bytes.size(), .max_depth = 1001};
+  auto canon = canonicalize_json(bytes, lim);
+  if (!canon || *canon != bytes || bytes.front() != '{')
+    return make_error(Errc::corrupt, what + ": the stored settings are not canonical JSON");
+  return {};
+}
+
 Result<Settings> Settings::parse(std::string_view json_text, const Limits& limits) {
   Result<std::string> canonical = canonicalize_json(json_text, limits);
   if (!canonical) return canonical.error();

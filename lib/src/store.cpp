@@ -550,8 +550,8 @@ Result<Store> Store::create(const std::string& name, const SegmentOptions& opts)
   return Store(std::move(*seg));
 }
 
-Result<Store> Store::open(const std::string& name) {
-  auto seg = Segment::open(name, Access::read_write);
+Result<Store> Store::open(const std::string& name, const std::string& dir) {
+  auto seg = Segment::open(name, Access::read_write, dir);
   if (!seg) return seg.error();
   return Store(std::move(*seg));
 }

@@ -18,6 +18,9 @@ namespace {
 
 // The word a default token watches: never changes.
 const AU64 kNeverChanges{0};
+// The word a token of a retired predecessor segment watches (a generation never
+// reaches this value): always moved.
+const AU64 kPredecessorRetired{~u64{0}};
 
 constexpr std::string_view kTokenPrefix = "pkgctx1";
 constexpr auto kPollSlice = std::chrono::milliseconds(10);
@@ -129,6 +132,7 @@ Token Token::snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t
 
 Cause Token::cause() const noexcept {
   if (!cancelled()) return Cause::kNone;
+  if (watched_ == &kPredecessorRetired) return Cause::kSegmentRetired;
   if (static_cast<State>(map_->header->prefix.state.load(std::memory_order_acquire)) == State::kRetired)
     return Cause::kSegmentRetired;
   // The ring of the watched word holds the cause of each of its moves (a child's ring gets its
@@ -165,12 +169,13 @@ bool Token::wait(std::chrono::nanoseconds timeout) const noexcept {
   return cancelled();
 }
 
+// A predecessor's token has no slot in this mapping (and is cancelled already).
 const std::atomic<std::uint32_t>* Token::wake_word() const noexcept {
-  return map_ ? &map_->slots[slot_].gens.wake : nullptr;
+  return map_ && watched_ != &kPredecessorRetired ? &map_->slots[slot_].gens.wake : nullptr;
 }
 
 std::atomic<std::uint32_t>* Token::waiter_count() const noexcept {
-  return map_ && map_->waiter_counts ? &map_->waiter_counts[slot_] : nullptr;
+  return map_ && map_->waiter_counts && watched_ != &kPredecessorRetired ? &map_->waiter_counts[slot_] : nullptr;
 }
 
 std::string Token::str() const {
@@ -194,6 +199,20 @@ Result<Token> Token::parse(std::string_view text, const Segment& segment) {
   };
   if (!segment.valid()) return bad("no segment to check it against");
   const auto& map = segment.mapping();
+  const u64 predecessor = map->header->predecessor_epoch;
+  if (epoch != map->header->prefix.epoch && predecessor != 0 && epoch == predecessor) {
+    // Printed from the segment this one replaced: that segment was retired, so the token is
+    // cancelled (its mapping is gone; the word it watches is a constant that has moved).
+    Token t;
+    t.map_ = map;
+    t.watched_ = &kPredecessorRetired;
+    t.snap_ = key >= kFirstChildKey ? child : root;
+    t.root_snap_ = root;
+    t.epoch_ = epoch;
+    t.slot_ = slot;
+    t.key_ = key;
+    return t;
+  }
   if (epoch != map->header->prefix.epoch) {
     char buf[80];
     std::snprintf(buf, sizeof buf, "from another segment (epoch %016llx, this one is %016llx)",

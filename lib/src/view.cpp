@@ -76,10 +76,34 @@ Result<u32> probe(const detail::Mapping& m, std::string_view name, u64 hash, Vis
   return busy(name);
 }
 
+Error corrupt(const detail::Mapping& m, u32 slot, const std::string& why) {
+  return make_error(Errc::corrupt, "segment " + m.name + " is corrupt: slot " + std::to_string(slot) + ": " + why);
+}
+
+// Checks a record copied out of a stable slot before anyone prints or trusts it.
+Result<void> check_record(const detail::Mapping& m, u32 slot, const PackageRecord& r, bool with_settings) {
+  const Header& h = *m.header;
+  if (!is_valid_name(r.name, h.max_name)) return corrupt(m, slot, "the package name is not a valid name");
+  if (!r.version.empty() && !validate_version(r.version, {.max_version = h.max_version}))
+    return corrupt(m, slot, "the version of \"" + r.name + "\" is not printable ASCII within the limit");
+  if (with_settings) {
+    if (checksum_bytes(r.settings) != r.checksum)
+      return corrupt(m, slot, "the settings of \"" + r.name + "\" do not match their checksum");
+    // Canonical JSON is one object without a raw control byte (strings escape them), so bytes
+    // that pass cannot split an answer line. The full canonical-form check needs the JSON parser
+    // of the core (check_canonical_settings), which the worker SDK does not link.
+    const std::string_view b = r.settings;
+    bool clean = b.size() >= 2 && b.front() == '{' && b.back() == '}';
+    for (const char c : b) clean &= static_cast<unsigned char>(c) >= 0x20;
+    if (!clean) return corrupt(m, slot, "the settings of \"" + r.name + "\" are not canonical JSON");
+  }
+  return {};
+}
+
 }  // namespace
 
-Result<View> View::open(const std::string& name) {
-  auto seg = Segment::open(name, Access::read_only);
+Result<View> View::open(const std::string& name, const std::string& dir) {
+  auto seg = Segment::open(name, Access::read_only, dir);
   if (!seg) return seg.error();
   return View(std::move(*seg));
 }
@@ -91,7 +115,7 @@ Result<std::uint32_t> View::find(std::string_view name) const {
   return probe(m, name, hash, [&](u32 slot) { return slot_holds(m, slot, name, hash); });
 }
 
-bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings) const {
+Result<bool> View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings) const {
   const auto& m = *seg_.mapping();
   if (slot >= m.capacity) return false;
   const Slot& s = m.slots[slot];
@@ -125,7 +149,9 @@ bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings)
     }
     std::atomic_thread_fence(std::memory_order_acquire);
     if (d.seq.load(std::memory_order_relaxed) != s1) continue;
-    if (!detail::meta_used(mt) || !sane) return false;  // free, or corrupt: not a package
+    if (!detail::meta_used(mt)) return false;
+    if (!sane) return corrupt(m, slot, "its sizes or offsets do not fit the segment");
+    if (auto ok = check_record(m, slot, out, with_settings); !ok) return ok.error();
     out.slot = slot;
     out.root_generation = s.gens.root.load(std::memory_order_acquire);
     for (u32 k = 0; k < kChildKeys; ++k) out.child_generations[k] = s.gens.child[k].load(std::memory_order_acquire);
@@ -141,7 +167,9 @@ Result<PackageRecord> View::read(std::string_view name, bool with_settings) cons
     auto slot = find(name);
     if (!slot) return slot.error();
     PackageRecord r;
-    if (read_slot(*slot, r, with_settings) && r.name == name) return r;
+    auto got = read_slot(*slot, r, with_settings);
+    if (!got) return got.error();
+    if (*got && r.name == name) return r;
   }
   return busy(name);
 }
@@ -182,12 +210,14 @@ Result<bool> View::need_update(std::string_view name, std::string_view version, 
   return r->version != version || r->checksum != checksum;
 }
 
-std::vector<PackageRecord> View::list(bool with_settings) const {
+Result<std::vector<PackageRecord>> View::list(bool with_settings) const {
   std::vector<PackageRecord> out;
   const u32 cap = seg_.capacity();
   for (u32 i = 0; i < cap; ++i) {
     PackageRecord r;
-    if (read_slot(i, r, with_settings)) out.push_back(std::move(r));
+    auto got = read_slot(i, r, with_settings);
+    if (!got) return got.error();
+    if (*got) out.push_back(std::move(r));
   }
   return out;
 }

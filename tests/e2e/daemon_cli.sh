@@ -6,12 +6,12 @@ D=${PKGCTX_BIN:?}/daemon/pkgctxd
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
 work=$(mktemp -d)
+export PKGCTX_RUNTIME_DIR=$work/run  # the segment's directory (DESIGN §4.1), made by pkgctxd
 seg="e2e-daemon-$$"
 pid=
 cleanup() {
   [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
   rm -rf "$work"
-  rm -f "/dev/shm/$seg" "/dev/shm/$seg.waiters" "/dev/shm/$seg.lock"
 }
 trap cleanup EXIT
 
@@ -68,7 +68,7 @@ a = json.loads(f.readline())
 assert a == {"ok": False, "error": a["error"]} and a["error"]["code"] == "bad_request", a
 PY
 [ "$(stat -c '%a' "$sock")" = 660 ] || fail "socket mode $(stat -c '%a' "$sock")"
-[ "$(stat -c '%a' "/dev/shm/$seg")" = 640 ] || fail "segment mode $(stat -c '%a' "/dev/shm/$seg")"
+[ "$(stat -c '%a' "$PKGCTX_RUNTIME_DIR/$seg")" = 640 ] || fail "segment mode $(stat -c '%a' "$PKGCTX_RUNTIME_DIR/$seg")"
 kill -TERM "$pid"
 set +e
 wait "$pid"; rc=$?
@@ -78,6 +78,6 @@ pid=
 [ ! -e "$sock" ] || fail "socket left behind"
 grep -q '^<6>pkgctxd: Ready' "$work/log" || fail "no Ready line: $(cat "$work/log")"
 grep -q '^<6>pkgctxd: Stopping on SIGTERM' "$work/log" || fail "no Stopping line"
-[ -e "/dev/shm/$seg" ] || fail "the segment must outlive the daemon"
+[ -e "$PKGCTX_RUNTIME_DIR/$seg" ] || fail "the segment must outlive the daemon"
 echo "ok: foreground session and clean stop"
 echo "PASS"

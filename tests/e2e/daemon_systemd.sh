@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The systemd integration files: the unit verifies, its hardening keeps /dev/shm shared and
-# IPC alive, sysusers.d and tmpfiles.d entries apply to a scratch root.
+# The systemd integration files: the unit verifies, its runtime directory (the segment's home)
+# survives restarts, sysusers.d and tmpfiles.d entries apply to a scratch root.
 # Env: PKGCTX_BIN (build dir), PKGCTX_SRC (source dir).
 set -euo pipefail
 SRC=${PKGCTX_SRC:?}
@@ -31,15 +31,16 @@ fi
 echo "ok: systemd-analyze verify"
 
 # The settings the contract relies on.
-for want in Type=notify User=pkgctx Group=pkgctx RuntimeDirectory=pkgctx NoNewPrivileges=yes ProtectSystem=strict \
+for want in Type=notify User=pkgctx Group=pkgctx RuntimeDirectory=pkgctx RuntimeDirectoryMode=0755 \
+            RuntimeDirectoryPreserve=yes NoNewPrivileges=yes ProtectSystem=strict \
             ProtectHome=yes PrivateTmp=yes WatchdogSec= ExecReload= RemoveIPC=no; do
   grep -q "^$want" "$UNIT" || fail "unit lacks $want"
 done
-# Nothing that would hide /dev/shm from workers or delete the segment on stop.
-for bad in DynamicUser=yes PrivateIPC=yes RemoveIPC=yes 'TemporaryFileSystem=/dev' 'InaccessiblePaths=.*/dev/shm'; do
+# Nothing that would hide the runtime directory from workers or delete the segment on stop.
+for bad in DynamicUser=yes PrivateIPC=yes RemoveIPC=yes 'TemporaryFileSystem=/run' 'InaccessiblePaths=.*/run'; do
   if grep -Eq "^$bad" "$UNIT"; then fail "unit sets $bad"; fi
 done
-echo "ok: hardening keeps /dev/shm shared"
+echo "ok: hardening keeps the runtime directory shared and preserved"
 
 # Exposure score (lower is better; 10 = no hardening).
 if systemd-analyze security --help 2>/dev/null | grep -q -- '--offline'; then

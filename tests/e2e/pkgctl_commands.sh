@@ -12,13 +12,12 @@ PKGCTXD=$PKGCTX_BIN/daemon/pkgctxd
 SEG=pkgctl-e2e-$$
 TMP=$(mktemp -d)
 SOCK=$TMP/s.sock
-export PKGCTX_SEGMENT=$SEG PKGCTX_SOCKET=$SOCK
+export PKGCTX_SEGMENT=$SEG PKGCTX_SOCKET=$SOCK PKGCTX_RUNTIME_DIR=$TMP/run  # made by pkgctxd
 DAEMON=
 BG=()
 cleanup() {
   for p in "${BG[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -n "$DAEMON" ] && { kill -TERM "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; }
-  rm -f "/dev/shm/$SEG" "/dev/shm/$SEG.waiters" "/dev/shm/$SEG.lock"
   rm -rf "$TMP"
 }
 trap cleanup EXIT

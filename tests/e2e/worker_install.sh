@@ -13,7 +13,9 @@ set -euo pipefail
 fail() { echo "worker_install: $*" >&2; exit 1; }
 tmp=$(mktemp -d)
 segment=t-$$-install-controller
-trap 'rm -rf "$tmp"; rm -f "/dev/shm/$segment" "/dev/shm/$segment.waiters"' EXIT
+trap 'rm -rf "$tmp"' EXIT
+export PKGCTX_RUNTIME_DIR=$tmp/run  # the segment's directory (DESIGN §4.1)
+mkdir -m 0755 "$PKGCTX_RUNTIME_DIR"
 prefix=$tmp/prefix
 
 cmake --install "$PKGCTX_BIN" --prefix "$prefix" --component worker >/dev/null

@@ -41,7 +41,23 @@ std::uint64_t g_slots_offset = 0;
   std::abort();
 }
 
-void cleanup() { ::shm_unlink(("/" + g_name).c_str()); }
+std::string g_dir;  // the runtime directory this run made (removed at exit)
+
+void cleanup() {
+  ::unlink(pkgctx::object_path(g_name).c_str());
+  if (!g_dir.empty()) ::rmdir(g_dir.c_str());
+}
+
+// What View promises of every record it returns (DESIGN §4.1: no trust in bytes): valid name
+// and version, and settings that match their checksum and cannot split a line.
+void check_record(const pkgctx::PackageRecord& r, bool with_settings) {
+  if (!pkgctx::is_valid_name(r.name, layout::kMaxName)) fail("a record with an invalid name got through");
+  if (!r.version.empty() && !pkgctx::validate_version(r.version)) fail("a record with an invalid version got through");
+  if (!with_settings) return;
+  if (pkgctx::checksum_bytes(r.settings) != r.checksum) fail("settings that do not match their checksum got through");
+  for (const char c : r.settings)
+    if (static_cast<unsigned char>(c) < 0x20) fail("settings with a control byte got through");
+}
 
 void build_image() {
   const std::string tmpl = g_name + "-tmpl";
@@ -82,7 +98,10 @@ void exercise(const pkgctx::View& view) {
   const pkgctx::SegmentInfo info = view.segment().info();
   (void)pkgctx::liveness(info);
   std::vector<std::string> names = {"alpha", "b", "c-3", "gone", "zz"};
-  for (const pkgctx::PackageRecord& r : view.list(true)) {
+  auto listed = view.list(true);
+  if (!listed && listed.error().code != pkgctx::Errc::corrupt) fail("list() failed with another code than corrupt");
+  for (const pkgctx::PackageRecord& r : listed ? *listed : std::vector<pkgctx::PackageRecord>{}) {
+    check_record(r, true);
     if (r.slot >= view.segment().capacity()) fail("list() returned a slot beyond the capacity");
     if (r.name.empty() || r.name.size() > layout::kMaxName || r.version.size() > layout::kMaxVersion)
       fail("list() returned an impossible record");
@@ -92,6 +111,7 @@ void exercise(const pkgctx::View& view) {
   for (const std::string& n : names) {
     (void)view.find(n);
     if (auto r = view.read(n, true)) {
+      check_record(*r, true);
       (void)view.need_update(n, r->version, r->checksum);
     }
     for (int e = 0; e <= 7; e += 3) {
@@ -109,9 +129,15 @@ void exercise(const pkgctx::View& view) {
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
   g_name = "pkgctx-fuzz-seg-" + std::to_string(::getpid());
+  if (const char* env = std::getenv("PKGCTX_RUNTIME_DIR"); !env || !*env) {
+    char tmpl[] = "/dev/shm/pkgctx-fuzz-XXXXXX";
+    if (!::mkdtemp(tmpl)) fail("mkdtemp");
+    g_dir = tmpl;
+    ::setenv("PKGCTX_RUNTIME_DIR", tmpl, 1);
+  }
   build_image();
-  g_fd = ::shm_open(("/" + g_name).c_str(), O_RDWR | O_CREAT | O_TRUNC, 0600);
-  if (g_fd < 0) fail("shm_open");
+  g_fd = ::open(pkgctx::object_path(g_name).c_str(), O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+  if (g_fd < 0) fail("open the fuzzed segment");
   std::atexit(cleanup);
   return 0;
 }

@@ -175,7 +175,7 @@ BOOST_AUTO_TEST_CASE(writer_killed_inside_the_critical_section) {
         // The next writer recovers and can write.
         store.update("after", "1", Settings()).value();
         BOOST_TEST(store.segment().info().repairs == (code == 0 ? 0u : 1u));
-        const auto after = store.view().list(true);
+        const auto after = store.view().list(true).value();
         // Bystander untouched.
         BOOST_TEST(!bystander.cancelled());
         BOOST_TEST(store.view().read("bystander").value().settings == R"({"keep":true})");

@@ -101,7 +101,7 @@ struct World {
     d += tokens_diff(tracked, m);
     const SegmentInfo info = store.segment().info();
     std::uint64_t used = 0;
-    for (const auto& r : store.view().list(false)) used += r.settings_size <= 2 ? 0 : (r.settings_size + 63) / 64 * 64;
+    for (const auto& r : store.view().list(false).value()) used += r.settings_size <= 2 ? 0 : (r.settings_size + 63) / 64 * 64;
     if (info.used != m.size()) d += "used_slots " + std::to_string(info.used) + " != " + std::to_string(m.size()) + "; ";
     if (info.settings_used != used)
       d += "settings_used " + std::to_string(info.settings_used) + " != " + std::to_string(used) + "; ";

@@ -170,7 +170,7 @@ using Table = std::map<std::string, std::pair<std::string, std::string>>;
 // The table as a View sees it, with a consistency check of each record.
 inline Table store_table(const View& v, std::string* problems = nullptr) {
   Table t;
-  for (const PackageRecord& r : v.list(true)) {
+  for (const PackageRecord& r : v.list(true).value()) {
     if (problems && checksum_bytes(r.settings) != r.checksum) *problems += "checksum of " + r.name + " is wrong; ";
     if (problems && t.count(r.name)) *problems += r.name + " is listed twice; ";
     t[r.name] = {r.version, r.settings};

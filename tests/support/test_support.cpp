@@ -12,6 +12,7 @@
 #include <grp.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -19,7 +20,31 @@ namespace pkgctx::test {
 
 namespace {
 std::atomic<int> counter{0};
-}
+
+// See test_support.hpp: one runtime directory per test binary. A static object (not a Boost.Test
+// global fixture) so it is set before any test's static state; forked children never remove it.
+struct RuntimeDir {
+  std::string made;
+  pid_t owner = ::getpid();
+  RuntimeDir() {
+    if (const char* env = std::getenv("PKGCTX_RUNTIME_DIR"); env && *env) return;
+    char tmpl[] = "/dev/shm/pkgctx-test-XXXXXX";
+    if (!::mkdtemp(tmpl) || ::chmod(tmpl, 0755) != 0) {
+      std::perror("pkgctx tests: mkdtemp /dev/shm/pkgctx-test-XXXXXX");
+      std::abort();
+    }
+    made = tmpl;
+    ::setenv("PKGCTX_RUNTIME_DIR", tmpl, 1);
+  }
+  ~RuntimeDir() {
+    if (made.empty() || ::getpid() != owner) return;
+    std::error_code ec;
+    std::filesystem::remove_all(made, ec);
+  }
+} g_runtime_dir;
+}  // namespace
+
+std::string segment_path(const std::string& object) { return pkgctx::object_path(object); }
 
 SegmentName::SegmentName(const std::string& tag)
     : name_("t-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" + tag) {
@@ -29,10 +54,7 @@ SegmentName::SegmentName(const std::string& tag)
 SegmentName::~SegmentName() { remove_segment(name_); }
 
 void remove_segment(const std::string& name) {
-  for (const char* suffix : {"", ".waiters", ".lock"}) {
-    std::string obj = "/" + name + suffix;
-    ::shm_unlink(obj.c_str());
-  }
+  for (const char* suffix : {"", ".waiters", ".lock"}) ::unlink(segment_path(name + suffix).c_str());
 }
 
 pid_t spawn(const std::function<int()>& body) {
@@ -105,8 +127,8 @@ void* shared_memory(std::size_t bytes) {
 }
 
 void set_layout_version(const std::string& name, std::uint32_t version) {
-  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR, 0);
-  BOOST_TEST_REQUIRE(fd >= 0, "shm_open /" << name);
+  const int fd = ::open(segment_path(name).c_str(), O_RDWR | O_NOFOLLOW);
+  BOOST_TEST_REQUIRE(fd >= 0, "open " << segment_path(name));
   const ssize_t n = ::pwrite(fd, &version, sizeof version, offsetof(layout::Prefix, layout_version));
   ::close(fd);
   BOOST_TEST_REQUIRE(n == static_cast<ssize_t>(sizeof version));

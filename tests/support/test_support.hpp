@@ -34,8 +34,14 @@ class SegmentName {
   std::string name_;
 };
 
-// Removes every pkgctx shared-memory object that belongs to `name` (the table and its
-// companions).
+// Every test binary linking this support library runs in its own runtime directory: a global
+// fixture makes a mkdtemp directory under /dev/shm (mode 0755, so `nobody` may traverse it),
+// sets PKGCTX_RUNTIME_DIR to it (forked daemons, pkgctl and workers inherit it) and removes it
+// at the end. A PKGCTX_RUNTIME_DIR set by the caller is kept.
+// The path of segment object `object` ("<name>", "<name>.waiters", "<name>.lock") there.
+std::string segment_path(const std::string& object);
+
+// Removes every pkgctx object that belongs to `name` (the table and its companions).
 void remove_segment(const std::string& name);
 
 // Forks; the child resets signal handlers to their defaults, runs `body` and _exit()s with its

@@ -15,9 +15,9 @@ using namespace pkgctx;
 
 namespace {
 
-// Writes raw bytes as the shared-memory object "/<name>".
+// Writes raw bytes as the segment object "<runtime dir>/<name>".
 void write_object(const std::string& name, const std::string& bytes) {
-  int fd = ::shm_open(("/" + name).c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
+  int fd = ::open(test::segment_path(name).c_str(), O_CREAT | O_RDWR | O_TRUNC, 0600);
   BOOST_REQUIRE(fd >= 0);
   BOOST_REQUIRE(::write(fd, bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size()));
   ::close(fd);
@@ -59,10 +59,22 @@ BOOST_AUTO_TEST_CASE(short_object_is_truncated) {
   BOOST_TEST(Segment::open(seg.str(), Access::read_only).error().code == Errc::segment_truncated);
 }
 
+// A whole prefix but not a whole header: refused from the prefix alone (nothing past the object
+// is read).
+BOOST_AUTO_TEST_CASE(object_with_a_prefix_but_no_header_is_truncated) {
+  test::SegmentName seg;
+  { Store::create(seg.str()).value(); }
+  const std::string path = test::segment_path(seg.str());
+  BOOST_REQUIRE(::truncate(path.c_str(), sizeof(layout::Prefix) + 8) == 0);
+  auto r = Segment::open(seg.str(), Access::read_only);
+  BOOST_REQUIRE(!r);
+  BOOST_TEST(r.error().code == Errc::segment_truncated, r.error().message);
+}
+
 BOOST_AUTO_TEST_CASE(truncated_segment_is_refused) {
   test::SegmentName seg;
   { Store::create(seg.str()).value(); }
-  int fd = ::shm_open(("/" + seg.str()).c_str(), O_RDWR, 0);
+  int fd = ::open(test::segment_path(seg.str()).c_str(), O_RDWR, 0);
   BOOST_REQUIRE(fd >= 0);
   BOOST_REQUIRE(::ftruncate(fd, 64 * 1024) == 0);
   ::close(fd);

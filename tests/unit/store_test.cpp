@@ -535,5 +535,5 @@ BOOST_AUTO_TEST_CASE(many_packages_and_index_churn) {
     BOOST_REQUIRE(r);
     BOOST_TEST(r->settings == R"({"i":)" + std::to_string(i) + "}");
   }
-  BOOST_TEST(s.view().list().size() == 200u);
+  BOOST_TEST(s.view().list().value().size() == 200u);
 }

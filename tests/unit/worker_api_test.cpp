@@ -61,8 +61,7 @@ BOOST_AUTO_TEST_CASE(attach_errors_name_the_problem) {
   // A shared-memory object that is not a pkgctx segment.
   SegmentName foreign("foreign");
   {
-    const std::string obj = "/" + foreign.str();
-    int fd = ::shm_open(obj.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
+    int fd = ::open(test::segment_path(foreign.str()).c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
     BOOST_TEST_REQUIRE(fd >= 0);
     std::string junk(8192, 'x');
     BOOST_TEST_REQUIRE(::write(fd, junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));

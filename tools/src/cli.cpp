@@ -215,6 +215,8 @@ std::optional<Failure> cmd_settings(const Common& c, const std::string& name, Io
   if (auto f = open_view(c, view)) return f;
   auto r = view.read(name, true);
   if (!r) return failure(r.error(), c);
+  if (auto ok = pkgctx::check_canonical_settings(r->settings, "segment " + c.segment + ", package " + name); !ok)
+    return failure(ok.error(), c);
   // The settings are spliced in as stored: their canonical (RFC 8785) form.
   io.out << "{\"name\":" << json_string(r->name) << ",\"version\":" << json_string(r->version) << ",\"settings\":"
          << r->settings << ",\"checksum\":" << json_string(pkgctx::Settings::format_checksum(r->checksum)) << "}\n";
@@ -314,11 +316,12 @@ int cmd_wait(const Common& c, const std::string& text, std::optional<double> tim
 std::optional<Failure> cmd_dump(const Common& c, bool as_json, Io io) {
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
-  const Snapshot s = take_snapshot(view);
+  const auto s = take_snapshot(view);
+  if (!s) return failure(s.error());
   if (as_json)
-    io.out << json::serialize(dump_json(s)) << '\n';
+    io.out << json::serialize(dump_json(*s)) << '\n';
   else
-    io.out << render_dump_text(s);
+    io.out << render_dump_text(*s);
   return std::nullopt;
 }
 

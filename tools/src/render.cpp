@@ -33,7 +33,7 @@ std::string cut(const std::string& s, int cols) {
 
 }  // namespace
 
-Snapshot take_snapshot(const pkgctx::View& view) {
+pkgctx::Result<Snapshot> take_snapshot(const pkgctx::View& view) {
   Snapshot s;
   s.info = view.segment().info();
   s.liveness = pkgctx::liveness(s.info);
@@ -41,7 +41,9 @@ Snapshot take_snapshot(const pkgctx::View& view) {
   if (s.info.daemon_state != pkgctx::layout::DaemonState::kNone && now > s.info.heartbeat_mono_ns)
     s.heartbeat_age_ns = now - s.info.heartbeat_mono_ns;
   s.taken_realtime_ns = pkgctx::realtime_now_ns();
-  s.packages = view.list(false);
+  auto packages = view.list(false);
+  if (!packages) return packages.error();
+  s.packages = std::move(*packages);
   std::sort(s.packages.begin(), s.packages.end(),
             [](const PackageRecord& a, const PackageRecord& b) { return a.name < b.name; });
   return s;

@@ -163,8 +163,11 @@ int watch_terminal(Attachment& att, std::uint64_t interval_ns, long count) {
     const std::uint64_t now = pkgctx::mono_now_ns();
     std::string status = term.keys() ? " q quit" : " Ctrl-C quits";
     status += " | refresh " + std::to_string(interval_ns / 1'000'000) + " ms | reverse video: changed in the last 2 s";
-    if (const pkgctx::View* v = att.get(why)) {
-      const Snapshot s = take_snapshot(*v);
+    const pkgctx::View* v = att.get(why);
+    auto snap = v ? take_snapshot(*v) : pkgctx::Result<Snapshot>(pkgctx::make_error(pkgctx::Errc::segment_missing, why));
+    if (!snap) why = snap.error().message;
+    if (snap) {
+      const Snapshot& s = *snap;
       tracker.observe(s, now);
       status += " | " + std::to_string(tracker.changes()) + " changes seen";
       write_all(STDOUT_FILENO, render_watch_frame(s, tracker, now, rows, cols, status));
@@ -181,9 +184,12 @@ int watch_plain(Attachment& att, std::uint64_t interval_ns, long count, Io io) {
   std::string last, why;
   bool missing_reported = false;
   for (long printed = 0; !g_quit && (count <= 0 || printed < count);) {
-    if (const pkgctx::View* v = att.get(why)) {
+    const pkgctx::View* v = att.get(why);
+    auto snap = v ? take_snapshot(*v) : pkgctx::Result<Snapshot>(pkgctx::make_error(pkgctx::Errc::segment_missing, why));
+    if (!snap) why = snap.error().message;
+    if (snap) {
       missing_reported = false;
-      const Snapshot s = take_snapshot(*v);
+      const Snapshot& s = *snap;
       // Print when the table or the daemon's liveness changed (not for heartbeat ticks).
       std::string key = std::string(pkgctx::liveness_name(s.liveness)) + "\n";
       for (const auto& l : render_table(s.packages)) key += l + "\n";

@@ -32,7 +32,7 @@
  *
  *  - Read-only map. The table is mapped PROT_READ. A plugin cannot change it; a stray write
  *    into it kills the process with SIGSEGV. The process needs read access to
- *    /dev/shm/<segment> and read-write access to /dev/shm/<segment>.waiters (membership of the
+ *    <runtime dir>/<segment> and read-write access to <runtime dir>/<segment>.waiters (membership of the
  *    daemon's group); without the latter pkgctx_wait() still works but polls every 10 ms.
  *  - Handles. A token stays valid after the worker that made it is detached, and after the
  *    segment is retired (it then reports "segment_retired"). Free each handle exactly once.
@@ -96,6 +96,10 @@ enum pkgctx_errc {
   PKGCTX_SEGMENT_RETIRED = 25,    /* being replaced right now: try again */
   PKGCTX_SEGMENT_EXISTS = 26,     /* (writers only) */
   PKGCTX_PERMISSION_DENIED = 27,  /* this process may not read the segment: join the daemon's group */
+  PKGCTX_UNTRUSTED_SEGMENT = 28,  /* the segment, a companion or the runtime directory could be written
+                                     by someone other than the directory's owner, or is a symlink */
+  PKGCTX_CORRUPT = 29,            /* the segment holds bytes that fail validation (sizes, names,
+                                     settings against their checksum) */
   /* Other. */
   PKGCTX_TIMED_OUT = 30,          /* pkgctx_wait(): the timeout passed before cancellation */
   PKGCTX_IO_ERROR = 31,           /* the kernel refused something else; out of memory; NULL handle */

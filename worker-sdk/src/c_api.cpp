@@ -57,10 +57,15 @@ struct ObjectId {
   bool operator==(const ObjectId&) const = default;
 };
 
-// Boost.Interprocess names the table object "/<name>" (lib/src/mapping.hpp).
+// The table object "<runtime dir>/<name>" (never through a symlink).
 ObjectId object_id(const std::string& name) noexcept {
-  const std::string obj = "/" + name;
-  const int fd = ::shm_open(obj.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  std::string path;
+  try {
+    path = pkgctx::object_path(name);
+  } catch (...) {
+    return {};
+  }
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0) return {};
   struct stat st {};
   ObjectId id;

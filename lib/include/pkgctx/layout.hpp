@@ -145,6 +145,9 @@ struct alignas(kCacheLine) Header {
   u64 bitmap_words;
   u64 arena_offset;
   u64 arena_bytes;      // multiple of kChunk
+  // The epoch of the segment this one replaced when the daemon retired it (0: none), so a token
+  // printed from the old one still reads "cancelled: segment_retired" in a fresh process.
+  u64 predecessor_epoch;
 
   // Daemon liveness (written by the owning daemon; 0 = no daemon ever attached).
   alignas(kCacheLine) std::atomic<std::int32_t> daemon_pid;

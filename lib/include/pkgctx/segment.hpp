@@ -24,12 +24,35 @@ namespace detail {
 struct Mapping;
 }
 
+// Where segments live (DESIGN §4.1): a directory only its owner may write. Every object in it
+// (the table "<name>", "<name>.waiters", the daemon's "<name>.lock") is opened without following
+// a symlink and checked on the descriptor: a regular file owned by the directory's owner and not
+// writable by others (the table and the lock not by the group either). Readers thus learn whom to
+// trust from the directory, never from the object.
+inline constexpr const char* kDefaultRuntimeDir = "/run/pkgctx";
+// $PKGCTX_RUNTIME_DIR if set and non-empty, else kDefaultRuntimeDir.
+std::string runtime_dir();
+// `dir` (runtime_dir() if empty) + "/" + `object`.
+std::string object_path(const std::string& object, const std::string& dir = {});
+// Checks that `dir` (runtime_dir() if empty) is a directory that no one but its owner may write.
+// Returns its owner. Errors: segment_missing (no such directory), untrusted_segment, io_error.
+Result<uid_t> check_runtime_dir(const std::string& dir = {});
+// Opens `object` in `dir` as described above, with open(2) `flags` (O_NOFOLLOW and O_CLOEXEC are
+// added; with O_CREAT, `create_mode`); `group_write_ok` allows a group-writable object (the
+// waiters board). Returns the descriptor (the caller closes it). Errors: segment_missing,
+// untrusted_segment (naming owner and mode), permission_denied, segment_exists (O_EXCL), io_error.
+Result<int> open_trusted(const std::string& dir, const std::string& object, int flags, mode_t create_mode = 0,
+                         bool group_write_ok = false);
+
 struct SegmentOptions {
   std::uint32_t capacity = 4096;                    // package slots
   std::uint64_t settings_bytes = 16ull << 20;       // settings arena (rounded up to 64 bytes)
   Limits limits;                                    // enforced by writers; stored in the header
-  mode_t mode = 0640;                               // table; the waiters board gets mode|0060
+  mode_t mode = 0640;                               // table (no group/other write: refused); the
+                                                    // waiters board gets mode|0060 without o+w
   gid_t group = static_cast<gid_t>(-1);             // chown the objects to this group (-1: keep)
+  std::string dir;                                  // runtime directory ("": runtime_dir())
+  std::uint64_t predecessor_epoch = 0;              // the retired segment this one replaces (0: none)
 };
 
 enum class Access { read_only, read_write };
@@ -63,18 +86,23 @@ Liveness liveness(const SegmentInfo& info) noexcept;  // uses CLOCK_MONOTONIC no
 
 class Segment {
  public:
-  // Creates "/<name>" and "/<name>.waiters". Errors: segment_exists, permission_denied, io_error,
-  // invalid_name (validate_segment_name, as for open).
+  // Creates "<dir>/<name>" and "<dir>/<name>.waiters" (dir: opts.dir). Errors: segment_exists,
+  // permission_denied, untrusted_segment, io_error, invalid_name (validate_segment_name).
   static Result<Segment> create(const std::string& name, const SegmentOptions& opts = {});
-  // Opens and validates an existing segment. Errors: segment_missing, segment_not_ready,
-  // segment_foreign, segment_version, segment_truncated, segment_retired, permission_denied.
-  static Result<Segment> open(const std::string& name, Access access);
-  // Removes both objects (mappings stay valid). Missing objects are not an error.
-  static void remove(const std::string& name) noexcept;
-  // Marks the existing segment "/<name>" retired, whatever its layout version, using only the
-  // frozen prefix: bumps every root generation and wake word and wakes all waiters, then unlinks
-  // it. Errors: segment_missing, segment_foreign, permission_denied.
-  static Result<void> retire(const std::string& name);
+  // Opens and validates an existing segment in `dir` ("": runtime_dir()). Errors:
+  // segment_missing, segment_not_ready, segment_foreign, segment_version, segment_truncated,
+  // segment_retired, permission_denied, untrusted_segment.
+  static Result<Segment> open(const std::string& name, Access access, const std::string& dir = {});
+  // Removes both objects (mappings stay valid; a symlink is removed, never followed). Missing
+  // objects are not an error.
+  static void remove(const std::string& name, const std::string& dir = {}) noexcept;
+  // Marks the existing segment "<dir>/<name>" retired, whatever its layout version, using only
+  // the frozen prefix: bumps the root generations and wake word of every slot whose words were
+  // ever written (holes of a sparse object are skipped: nothing there was ever watched, and
+  // writing them would allocate every page) and wakes all waiters, then unlinks it. Returns the
+  // retired segment's epoch. Errors: segment_missing, segment_foreign, permission_denied,
+  // untrusted_segment (nothing written: the caller may unlink it instead).
+  static Result<std::uint64_t> retire(const std::string& name, const std::string& dir = {});
   // Same as retire() for a segment this process has mapped read-write.
   void retire_mapped() const;
 

@@ -61,6 +61,11 @@ class Settings {
 // RFC 8785 canonical form of any JSON text (object, array or scalar at the top).
 Result<std::string> canonicalize_json(std::string_view json, const Limits& limits = {});
 
+// Checks settings bytes read from a segment (View::read checked their checksum and that they are
+// one line): they must be exactly the canonical form of a JSON object. Errors: corrupt, naming
+// `what`.
+Result<void> check_canonical_settings(std::string_view bytes, const std::string& what);
+
 // XXH3-64 of `bytes`.
 std::uint64_t checksum_bytes(std::string_view bytes) noexcept;
 

@@ -34,8 +34,9 @@ class Store {
  public:
   // Creates a new segment and owns it (errors as Segment::create).
   static Result<Store> create(const std::string& name, const SegmentOptions& opts = {});
-  // Attaches read-write to an existing segment (errors as Segment::open).
-  static Result<Store> open(const std::string& name);
+  // Attaches read-write to an existing segment in `dir` ("": runtime_dir()) (errors as
+  // Segment::open).
+  static Result<Store> open(const std::string& name, const std::string& dir = {});
   explicit Store(Segment segment);
 
   // Update(name, version, settings). Errors: invalid_name, invalid_version, table_full,

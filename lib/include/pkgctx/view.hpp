@@ -35,25 +35,29 @@ class View {
  public:
   View() = default;
   explicit View(Segment segment) : seg_(std::move(segment)) {}
-  // Opens "/<name>" read-only (errors as Segment::open).
-  static Result<View> open(const std::string& name);
+  // Opens "<dir>/<name>" read-only, dir "" meaning runtime_dir() (errors as Segment::open).
+  static Result<View> open(const std::string& name, const std::string& dir = {});
 
   const Segment& segment() const noexcept { return seg_; }
 
   // Slot of `name`. Errors: invalid_name, no_such_package.
   Result<std::uint32_t> find(std::string_view name) const;
-  // One consistent snapshot of a package. Errors: invalid_name, no_such_package.
+  // One consistent snapshot of a package. Every field read is validated first (DESIGN §4.1):
+  // name and version against their character sets and limits, sizes and offsets against the
+  // mapping, and, with settings, the bytes as canonical JSON matching the stored checksum.
+  // Errors: invalid_name, no_such_package, corrupt.
   Result<PackageRecord> read(std::string_view name, bool with_settings = true) const;
   // The token of the package's current context for `event` (0/1: root; 2..7: that child key).
   // Errors: invalid_event, invalid_name, no_such_package.
   Result<core::Token> token(std::string_view name, int event) const;
   // DESIGN.md §2 NeedUpdate. Errors: invalid_name.
   Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const;
-  // Every package, in slot order.
-  std::vector<PackageRecord> list(bool with_settings = false) const;
+  // Every package, in slot order (validated as read() does). Errors: corrupt.
+  Result<std::vector<PackageRecord>> list(bool with_settings = false) const;
 
-  // Reads slot `slot` if it holds a package (used by list()).
-  bool read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings) const;
+  // Reads slot `slot`: true if it holds a package, false if it is free (or kept changing).
+  // Errors: corrupt (a record that fails validation; the message names the slot).
+  Result<bool> read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings) const;
 
  private:
   Segment seg_;

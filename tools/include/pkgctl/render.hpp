@@ -26,7 +26,8 @@ struct Snapshot {
   std::vector<pkgctx::PackageRecord> packages;
 };
 
-Snapshot take_snapshot(const pkgctx::View& view);
+// Errors: corrupt (a record failed validation).
+pkgctx::Result<Snapshot> take_snapshot(const pkgctx::View& view);
 
 // "12 B", "3.4 KiB", "16.0 MiB".
 std::string human_bytes(std::uint64_t n);

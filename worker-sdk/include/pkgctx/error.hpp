@@ -46,6 +46,8 @@ enum class Errc : int {
   io_error = PKGCTX_IO_ERROR,
   daemon_unreachable = PKGCTX_DAEMON_UNREACHABLE,
   busy = PKGCTX_BUSY,
+  untrusted_segment = PKGCTX_UNTRUSTED_SEGMENT,
+  corrupt = PKGCTX_CORRUPT,
 };
 
 // Stable, lowercase, snake_case name of a code ("no_such_package"): used in the control protocol.

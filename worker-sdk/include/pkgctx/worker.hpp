@@ -24,8 +24,10 @@
 // * Read-only map. The table is mapped PROT_READ: a worker cannot change it, and a stray write
 //   through a pointer into it kills the process with SIGSEGV. The only thing a worker writes is
 //   its waiter count on the small "<name>.waiters" board, so writers know when a futex wake is
-//   needed. Workers need read access to "/dev/shm/<name>" and read-write access to
-//   "/dev/shm/<name>.waiters" (the daemon's group); without the latter, wait() polls every 10 ms.
+//   needed. Workers need read access to "<dir>/<name>" and read-write access to
+//   "<dir>/<name>.waiters" (the daemon's group); without the latter, wait() polls every 10 ms.
+//   <dir> is $PKGCTX_RUNTIME_DIR, else /run/pkgctx; objects there that the directory's owner
+//   does not own, or that others may write, are refused (untrusted_segment).
 // * Lifetime. A Token keeps its mapping alive: it stays valid after the Worker that made it is
 //   destroyed, and after the segment is retired and unlinked (it then reports segment_retired).
 // * Threads. A Worker is safe to use from any number of threads at once (every member is const

@@ -17,6 +17,7 @@
 
 #include "pkgctx/daemon/log.hpp"
 #include "pkgctx/error.hpp"
+#include "pkgctx/segment.hpp"
 
 #include <cstddef>
 #include <cstdint>
@@ -33,7 +34,8 @@ inline constexpr std::size_t kMaxConfigBytes = 1u << 20;  // a longer config fil
 
 struct Config {
   // --- fixed for the daemon's life -----------------------------------------------------------
-  std::string segment = "pkgctx";                       // shared-memory name (/dev/shm/<segment>)
+  std::string segment = "pkgctx";                       // segment name (<runtime_dir>/<segment>)
+  std::string runtime_dir = pkgctx::kDefaultRuntimeDir; // where the segment and its lock live
   std::string socket = "/run/pkgctx/pkgctxd.sock";      // control socket path
   std::uint32_t capacity = 4096;                        // package slots (at creation)
   std::uint64_t settings_bytes = 16ull << 20;           // settings arena (at creation)

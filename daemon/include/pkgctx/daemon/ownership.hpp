@@ -1,7 +1,8 @@
 // pkgctx/daemon/ownership.hpp — one daemon per segment, and taking the segment over.
 //
-// The owner holds an exclusive flock(2) on the shared-memory object "/<segment>.lock"
-// (/dev/shm/<segment>.lock). The kernel drops it when the process dies however it dies, so a
+// The owner holds an exclusive flock(2) on "<runtime dir>/<segment>.lock" (opened as every
+// segment object is: no symlink, owner and mode checked on the descriptor; an untrusted one is
+// unlinked and recreated, never written). The kernel drops it when the process dies however it dies, so a
 // crashed daemon never blocks its successor, and no one else is creating or replacing the
 // segment while the lock is held. The lock file is never unlinked: unlinking would let a
 // second daemon lock a fresh inode while the first still holds the old one.
@@ -20,13 +21,14 @@ class SegmentLock {
  public:
   // Takes the lock without blocking and records this pid in the file.
   // Errors: busy ("segment X is already served by pid N"), permission_denied, io_error.
-  static Result<SegmentLock> acquire(const std::string& segment);
+  // Errors also: untrusted_segment (the runtime directory is writable by others).
+  static Result<SegmentLock> acquire(const std::string& segment, const std::string& dir);
 
   SegmentLock(SegmentLock&& o) noexcept : fd_(o.fd_), path_(std::move(o.path_)) { o.fd_ = -1; }
   SegmentLock& operator=(SegmentLock&&) = delete;
   SegmentLock(const SegmentLock&) = delete;
   ~SegmentLock();
-  const std::string& path() const noexcept { return path_; }  // "/dev/shm/<segment>.lock"
+  const std::string& path() const noexcept { return path_; }  // "<runtime dir>/<segment>.lock"
 
  private:
   SegmentLock(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
@@ -50,6 +52,8 @@ struct OwnedSegment {
 // creates one with `opts`. An incompatible segment (another layout version or ABI, or not a
 // pkgctx segment at all) is retired — its waiters wake with segment_retired — and replaced; so is
 // a segment left "being created" by a creator that died. Logs what it did.
+// An untrusted object at the name (another owner, writable by others, a symlink) is unlinked
+// and replaced without being written. Everything happens in opts.dir.
 // Errors: permission_denied, io_error, segment_exists (created meanwhile by a non-daemon writer).
 Result<OwnedSegment> take_segment(const std::string& name, const SegmentOptions& opts);
 
