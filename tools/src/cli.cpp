@@ -317,7 +317,7 @@ std::optional<Failure> cmd_dump(const Common& c, bool as_json, Io io) {
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
   const auto s = take_snapshot(view);
-  if (!s) return failure(s.error());
+  if (!s) return failure(s.error(), c);
   if (as_json)
     io.out << json::serialize(dump_json(*s)) << '\n';
   else
