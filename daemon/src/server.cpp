@@ -341,7 +341,7 @@ void Server::serve_backlog() {
     Conn& c = *it->second;
     c.queued = false;
     process_lines(c);  // may queue it again
-    if (!flush(c)) {
+    if (!flush(c) || !resume(c)) {
       close_conn(id);
       continue;
     }
@@ -395,12 +395,12 @@ void Server::accept_all() {
     // At most max_clients - 1 reserved: readers (workers, pkgctl reads) always keep one slot.
     const std::uint32_t reserved = std::min(limits_.writer_slots, limits_.max_clients - 1);
     if (conns_.size() >= limits_.max_clients) {
-      refuse(fd, peer, "the daemon serves at most " + std::to_string(limits_.max_clients) +
+      refuse(fd, peer, "too many clients: the daemon serves at most " + std::to_string(limits_.max_clients) +
                            " clients at once (max_clients); try again later");
       continue;
     }
     if (!writer && readers_ >= limits_.max_clients - reserved) {
-      refuse(fd, peer, "the daemon serves at most " + std::to_string(limits_.max_clients - reserved) +
+      refuse(fd, peer, "too many clients: the daemon serves at most " + std::to_string(limits_.max_clients - reserved) +
                            " clients off the write allow-list at once (max_clients " +
                            std::to_string(limits_.max_clients) + ", of which writer_slots " +
                            std::to_string(reserved) + " are kept for writers); try again later");
@@ -433,12 +433,7 @@ void Server::on_client(std::uint64_t id, std::uint32_t events) {
   if (it == conns_.end()) return;  // closed earlier in this batch
   Conn& c = *it->second;
   if (events & EPOLLOUT) {
-    if (!flush(c)) return close_conn(id);
-    if (c.paused && c.pending() <= high_water() / 2) {
-      c.paused = false;
-      process_lines(c);  // input already buffered, or the rest of a dump
-      if (!flush(c)) return close_conn(id);
-    }
+    if (!flush(c) || !resume(c)) return close_conn(id);
   }
   if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
     if (!c.paused && !c.eof && !c.queued) {
@@ -458,11 +453,7 @@ void Server::on_client(std::uint64_t id, std::uint32_t events) {
   }
   // A paused connection whose answers drained outside an EPOLLOUT event (e.g. flushed on a
   // hang-up) resumes here; otherwise it would wait for an event it no longer asks for.
-  if (c.paused && c.pending() <= high_water() / 2) {
-    c.paused = false;
-    process_lines(c);
-    if (!flush(c)) return close_conn(id);
-  }
+  if (!resume(c)) return close_conn(id);
   if ((events & (EPOLLHUP | EPOLLERR)) && c.pending() == 0 && (c.paused || c.eof)) return close_conn(id);
   if (c.eof && !c.busy()) return close_conn(id);
   update_interest(c);
@@ -560,6 +551,18 @@ void Server::process_lines(Conn& c) {
   // Give back what a long line took once it is answered or skipped.
   if (c.in.capacity() > kReadChunk && c.in.size() < c.in.capacity() / 4) c.in.shrink_to_fit();
 }
+bool Server::resume(Conn& c) {
+  // Paused, and the client took its answers: go on with its buffered requests or its dump. A
+  // fast reader may take each batch at once; the loop ends when it pauses again with answers
+  // still unsent, runs out of work, or is queued for the next turn.
+  while (c.paused && c.pending() <= high_water() / 2) {
+    c.paused = false;
+    process_lines(c);
+    if (!flush(c)) return false;
+  }
+  return true;
+}
+
 bool Server::flush(Conn& c) {
   if (c.fd < 0) return false;
   while (c.pending() > 0) {

@@ -117,6 +117,7 @@ class Server {
   std::size_t line_limit(const Conn& c) const noexcept;
   void refuse(int fd, const Peer& peer, const std::string& why);
   bool flush(Conn& c);          // false: the connection is gone
+  bool resume(Conn& c);         // a paused connection whose answers drained; false: gone
   void update_interest(Conn& c);
   void close_conn(std::uint64_t id, const char* why_for_log = nullptr);
   void resume_listener();       // accepts again if accept_all() paused them (out of descriptors)
