@@ -296,6 +296,7 @@ Result<int> Server::run() {
       return make_error(Errc::io_error, "epoll_wait: " + errno_text(errno));
     }
     turn_deadline_ns_ = mono_now_ns() + kTurnBudgetNs;
+    log::Batch log_batch;  // this turn's log lines (audit lines of pipelined writes) in one write
     // Writers first: signals, timer, new connections and allow-listed peers, whatever the
     // budget; then readers while it lasts (level-triggered: a reader skipped now is reported
     // again by the next epoll_wait).
@@ -565,6 +566,7 @@ bool Server::resume(Conn& c) {
 
 bool Server::flush(Conn& c) {
   if (c.fd < 0) return false;
+  log::flush();  // a request's log line goes out before its answer
   while (c.pending() > 0) {
     const ssize_t n = ::send(c.fd, c.out.data() + c.out_off, c.pending(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
