@@ -79,11 +79,12 @@ std::string octal(mode_t m) {
   return buf;
 }
 
-// The socket's directory must be one where nobody but root and the daemon's user can create,
-// rename or remove entries: otherwise a file swapped in at the socket's name could be the one a
-// path-based call acts on. A sticky directory (/tmp) qualifies: others may add entries but not
-// touch ours, and bind() never follows or replaces what is already there.
-Result<void> check_directory(const std::string& dir) {
+// The socket's directory, and each one above it, must be one where nobody but root and the
+// daemon's user can create, rename or remove entries: otherwise a file swapped in at the
+// socket's name (or a directory swapped in above it) could be what a path-based call acts on. A
+// sticky directory (/tmp) qualifies: others may add entries but not touch ours, and bind() never
+// follows or replaces what is already there.
+Result<void> check_one_directory(const std::string& dir) {
   struct stat st {};
   if (::stat(dir.c_str(), &st) != 0)
     return make_error(Errc::io_error, "cannot inspect directory " + dir + ": " + errno_text(errno));
@@ -97,6 +98,18 @@ Result<void> check_directory(const std::string& dir) {
                           (foreign_owner ? "belongs to another user" : "is writable by others") +
                           "; refusing to create the control socket there (use a directory only root or the "
                           "daemon's user can write, such as /run/pkgctx)");
+  return {};
+}
+
+Result<void> check_directory(const std::string& dir) {
+  if (auto ok = check_one_directory(dir); !ok) return ok;
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::canonical(dir, ec);
+  if (ec) return make_error(Errc::io_error, "cannot resolve directory " + dir + ": " + ec.message());
+  while (p.has_relative_path()) {
+    p = p.parent_path();
+    if (auto ok = check_one_directory(p.string()); !ok) return ok;
+  }
   return {};
 }
 
