@@ -309,36 +309,37 @@ Result<int> Server::run() {
       return make_error(Errc::io_error, "epoll_wait: " + errno_text(errno));
     }
     turn_deadline_ns_ = mono_now_ns() + kTurnBudgetNs;
-    log::Batch log_batch;  // this turn's log lines (audit lines of pipelined writes) in one write
-    // Writers first: signals, timer, new connections and allow-listed peers, whatever the
-    // budget; then readers while it lasts (level-triggered: a reader skipped now is reported
-    // again by the next epoll_wait).
-    for (int pass = 0; pass < 2; ++pass) {
+    // Signals, the timer and new connections first, whatever the budget. Their log lines go
+    // out at once: a reload's result must be in the log before it notifies READY=1.
+    for (int i = 0; i < n; ++i) {
+      const std::uint64_t id = events[i].data.u64;
+      if (id == kListenerId) {
+        accept_all();
+      } else if (id == kSignalId) {
+        signalfd_siginfo si{};
+        while (::read(signal_fd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+          const int sig = static_cast<int>(si.ssi_signo);
+          if (sig == SIGTERM || sig == SIGINT) return sig;
+          if (sig == SIGHUP && hooks_.on_reload) {
+            if (auto limits = hooks_.on_reload()) set_limits(*limits);
+          }
+        }
+      } else if (id == kTimerId) {
+        std::uint64_t expirations = 0;
+        [[maybe_unused]] const ssize_t r = ::read(timer_fd_, &expirations, sizeof expirations);
+        on_tick();
+      }
+    }
+    // Then writers, whatever the budget; then readers while it lasts (level-triggered: a reader
+    // skipped now is reported again by the next epoll_wait); then the backlog.
+    log::Batch log_batch;  // the clients' log lines (audit lines of pipelined writes) in one write
+    for (const bool writers : {true, false}) {
       for (int i = 0; i < n; ++i) {
         const std::uint64_t id = events[i].data.u64;
-        if (id == kListenerId) {
-          if (pass == 0) accept_all();
-        } else if (id == kSignalId) {
-          if (pass != 0) continue;
-          signalfd_siginfo si{};
-          while (::read(signal_fd_, &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
-            const int sig = static_cast<int>(si.ssi_signo);
-            if (sig == SIGTERM || sig == SIGINT) return sig;
-            if (sig == SIGHUP && hooks_.on_reload) {
-              if (auto limits = hooks_.on_reload()) set_limits(*limits);
-            }
-          }
-        } else if (id == kTimerId) {
-          if (pass != 0) continue;
-          std::uint64_t expirations = 0;
-          [[maybe_unused]] const ssize_t r = ::read(timer_fd_, &expirations, sizeof expirations);
-          on_tick();
-        } else {
-          auto it = conns_.find(id);
-          if (it == conns_.end()) continue;  // closed earlier in this batch
-          const bool writer = it->second->writer;
-          if (pass == 0 ? writer : (!writer && !over_budget())) on_client(id, events[i].events);
-        }
+        auto it = conns_.find(id);
+        if (it == conns_.end()) continue;  // not a client, or closed earlier in this batch
+        if (it->second->writer != writers || (!writers && over_budget())) continue;
+        on_client(id, events[i].events);
       }
     }
     serve_backlog();
