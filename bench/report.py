@@ -5,7 +5,7 @@ Inputs: Google Benchmark JSON of pkgctx_micro_bench (medians of repetitions) and
 pkgctx_ipc_bench. Outputs: a table on stdout, report.json ({"results": [...]}) and an SVG plot of
 the wake-latency distribution. Standard library only.
 
-Usage: report.py --micro micro.json --ipc ipc.json --out report.json --svg wake_latency.svg
+Usage: report.py --micro micro.json --ipc ipc.json [--flood flood.json] --out report.json --svg wake_latency.svg
                  [--load "uptime text"]
 """
 import argparse
@@ -58,7 +58,7 @@ def fmt(v, unit):
     return f"{v:g} {unit}"
 
 
-def build(micro, ipc):
+def build(micro, ipc, flood=None):
     results = []
 
     def t(name):
@@ -178,6 +178,20 @@ def build(micro, ipc):
             "≥ 100k req/s", None, note="pending: " + why)
     add("socket_echo_rtt_p50_floor", echo.get("rtt_p50_ns"), "ns", None, None, "reference", None,
         note="raw Unix-socket round trip of one request line")
+
+    # Readers cannot starve writers: root's update while 6 readers pipeline dumps of 100k
+    # packages, against the same update on an idle daemon; the flood may add at most 50 ms.
+    if flood is not None:
+        idle, busy = flood.get("update_idle", {}), flood.get("update_under_dump_flood", {})
+        for q in ("p50", "p99"):
+            v = busy.get("counters", {}).get(f"{q}_ms")
+            fl = idle.get("counters", {}).get(f"{q}_ms")
+            why = busy.get("error") or idle.get("error")
+            add(f"write_under_dump_flood_{q}", v * 1e6 if v is not None else None, "ns",
+                fl * 1e6 if fl is not None else None, f"update on an idle daemon, {q}", "≤ floor + 50 ms",
+                None if v is None or fl is None else v - fl <= 50.0,
+                note=("pending: " + why) if why else
+                f"6 readers pipelining dumps of 100k packages got {busy['counters'].get('dumps_per_s', 0):.1f} dumps/s")
     return results
 
 
@@ -266,12 +280,14 @@ def main():
     ap.add_argument("--ipc", required=True)
     ap.add_argument("--out", required=True)
     ap.add_argument("--svg", required=True)
+    ap.add_argument("--flood", default=None)
     ap.add_argument("--load", default="")
     a = ap.parse_args()
     micro, ctx = load_micro(a.micro)
     with open(a.ipc) as f:
         ipc = json.load(f)
-    results = build(micro, ipc)
+    flood = load_micro(a.flood)[0] if a.flood else None
+    results = build(micro, ipc, flood)
     print(table(results))
     for r in results:
         if r.get("note"):

@@ -14,8 +14,9 @@ out=$(cd "$out" && pwd)
 
 micro=$build/bench/pkgctx_micro_bench
 ipc=$build/bench/pkgctx_ipc_bench
+flood=$build/bench/pkgctx_flood_bench
 daemon=$build/daemon/pkgctxd
-for exe in "$micro" "$ipc"; do
+for exe in "$micro" "$ipc" "$flood"; do
   [ -x "$exe" ] || { echo "run.sh: $exe is missing (is libbenchmark-dev installed?)" >&2; exit 1; }
 done
 command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the report" >&2; exit 1; }
@@ -44,8 +45,15 @@ echo "==> cross-process benchmarks (wake, futex floor, socket echo, daemon socke
 "$ipc" --wakes "${BENCH_WAKES:-3000}" --requests "${BENCH_REQUESTS:-20000}" --pipelined "${BENCH_PIPELINED:-200000}" \
   --daemon "$daemon" --daemon-log "$out/pkgctxd.log" --out "$out/ipc.json"
 
+echo "==> write latency under dump flood (root's update vs 6 readers pipelining dumps of 100k packages)" >&2
+PKGCTXD=$daemon "$flood" --benchmark_out="$out/flood.json" --benchmark_out_format=json >"$out/flood.txt" 2>"$out/flood.err" || {
+  cat "$out/flood.err" >&2
+  exit 1
+}
+grep -E '^update_' "$out/flood.txt" >&2 || true
+
 load_after=$(cat /proc/loadavg)
 echo "==> load average after: $load_after" >&2
 echo >&2
-python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --out "$out/report.json" \
+python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --flood "$out/flood.json" --out "$out/report.json" \
   --svg "$out/wake_latency.svg" --load "before: $load; after: $load_after; $(nproc) CPUs"

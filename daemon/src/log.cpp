@@ -11,7 +11,21 @@ struct State {
   std::string ident = "pkgctxd";
   bool prefixes = true;
   Level max = Level::info;
+  bool batching = false;
+  std::string pending;  // lines gathered by a Batch
 };
+
+constexpr std::size_t kBatchBytes = 64 * 1024;
+
+void write_all(const char* p, std::size_t left) noexcept {
+  while (left > 0) {
+    const ssize_t n = ::write(STDERR_FILENO, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return;
+    p += n;
+    left -= static_cast<std::size_t>(n);
+  }
+}
 
 State& state() {
   static State s;
@@ -34,7 +48,7 @@ bool enabled(Level level) noexcept { return static_cast<int>(level) <= static_ca
 void write(Level level, std::string_view message) noexcept {
   if (!enabled(level)) return;
   try {
-    const State& s = state();
+    State& s = state();
     std::string line;
     line.reserve(message.size() + s.ident.size() + 16);
     if (s.prefixes) {
@@ -48,18 +62,29 @@ void write(Level level, std::string_view message) noexcept {
     // One message, one line: a stray newline would split it in the journal.
     for (char c : message) line += (c == '\n' || c == '\r') ? ' ' : c;
     line += '\n';
-    const char* p = line.data();
-    std::size_t left = line.size();
-    while (left > 0) {
-      const ssize_t n = ::write(STDERR_FILENO, p, left);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) return;
-      p += n;
-      left -= static_cast<std::size_t>(n);
+    if (s.batching) {
+      s.pending += line;
+      if (s.pending.size() >= kBatchBytes) flush();
+      return;
     }
+    write_all(line.data(), line.size());
   } catch (...) {
     // Out of memory while logging: nothing sensible left to do.
   }
+}
+
+Batch::Batch() noexcept { state().batching = true; }
+
+Batch::~Batch() {
+  flush();
+  state().batching = false;
+}
+
+void flush() noexcept {
+  State& s = state();
+  if (s.pending.empty()) return;
+  write_all(s.pending.data(), s.pending.size());
+  s.pending.clear();
 }
 
 std::optional<Level> level_from_name(std::string_view name) noexcept {

@@ -1,6 +1,7 @@
 #include "pkgctx/daemon/protocol.hpp"
 
 #include "json_out.hpp"
+#include "pkgctx/daemon/log.hpp"
 #include "pkgctx/dump.hpp"
 
 #include <boost/json/basic_parser_impl.hpp>
@@ -229,6 +230,13 @@ Checked<> parse_request(std::string_view line, const json::parse_options& opt, j
 
 constexpr std::size_t kMaxIdBytes = 256;
 
+// What the audit log says about a write request (see Protocol::handle).
+struct Audit {
+  bool write = false;    // the op is a write: require_write() was asked
+  bool allowed = false;  // … and the allow-list admitted the peer
+  std::string_view change;  // update: what changed
+};
+
 // A request that parsed, with its top-level fields checked.
 struct Request {
   const RequestReader& fields;
@@ -236,6 +244,7 @@ struct Request {
   const AllowList& allow;
   std::string id;  // serialized "id", or empty
   std::string op;
+  Audit* audit = nullptr;
 
   // Refuses any field not in `allowed` (besides the envelope's "op", "id" and "segment"): a typo
   // must not pass silently.
@@ -264,7 +273,12 @@ struct Request {
 
   // The one place where a write is authorised.
   Checked<> require_write() const {
-    if (allow.allows(peer)) return {};
+    const bool ok = allow.allows(peer);
+    if (audit) {
+      audit->write = true;
+      audit->allowed = ok;
+    }
+    if (ok) return {};
     return refusal(code::kForbidden, "peer " + peer.describe() + " may not \"" + op +
                                          "\": writes need uid 0, the daemon's uid, or a uid or group on the "
                                          "allow-list (allow_uids, allow_gids)");
@@ -345,6 +359,7 @@ Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std:
   }
   w.key("change").str(change_name(r->change));
   end_ok(w, out);
+  if (rq.audit) rq.audit->change = change_name(r->change);
   return {};
 }
 
@@ -436,13 +451,53 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
   return {};
 }
 
+void write_package(JsonWriter& w, const PackageRecord& p) {
+  w.begin_object();
+  w.key("name").str(p.name);
+  w.key("version").str(p.version);
+  w.key("checksum").str(hex16(p.checksum));
+  w.key("settings_size").num(p.settings_size);
+  w.key("slot").num(std::uint64_t{p.slot});
+  w.key("root_generation").num(p.root_generation);
+  w.key("child_generations").begin_array();
+  for (std::uint64_t g : p.child_generations) w.num(g);
+  w.end_array();
+  w.key("last_cause").str(cause_name(p.last_cause));
+  w.end_object();
+}
+
+// The packages in slots [dump.next_slot, +slots), then, after the last slot, the answer's end.
+void dump_slice(Store& store, DumpCursor& dump, std::string& out, std::uint32_t slots) {
+  const View& view = store.view();
+  const std::uint32_t cap = store.segment().capacity();
+  const std::uint32_t end = cap - dump.next_slot > slots ? dump.next_slot + slots : cap;
+  PackageRecord p;
+  for (; dump.next_slot < end; ++dump.next_slot) {
+    // Validated when the dump began; a record that no longer reads is left out, never printed.
+    if (auto r = view.read_slot(dump.next_slot, p, false); !r || !*r) continue;
+    if (dump.any) out += ',';
+    JsonWriter w(out);
+    write_package(w, p);
+    dump.any = true;
+  }
+  if (dump.next_slot >= cap) {
+    out += "]}\n";
+    dump.active = false;
+  }
+}
+
+// Writes the answer up to its package list; `dump` is left active for dump_slice().
 Checked<> op_dump(Store& store, const ConnectionStats& conns, const RequestStats& stats, const Request& rq,
-                  std::string& out) {
+                  std::string& out, DumpCursor& dump) {
   if (auto ok = rq.only({}); !ok) return ok;
   const SegmentInfo i = store.segment().info();
-  auto listed = store.view().list(false);
-  if (!listed) return refusal(listed.error());
-  const std::vector<PackageRecord>& packages = *listed;
+  // Every record is validated before the first byte of the answer: a corrupt one refuses the
+  // whole dump (one pass, no copies), so the slices that follow never meet one from this table.
+  {
+    PackageRecord p;
+    for (std::uint32_t slot = 0; slot < i.capacity; ++slot)
+      if (auto r = store.view().read_slot(slot, p, false); !r) return refusal(r.error());
+  }
   JsonWriter w(out);
   begin_ok(w, rq.id);
   w.key("segment").begin_object();
@@ -480,24 +535,28 @@ Checked<> op_dump(Store& store, const ConnectionStats& conns, const RequestStats
   w.key("requests").num(stats.requests);
   w.key("errors").num(stats.errors);
   w.end_object();
-  w.key("packages").begin_array();
-  for (const PackageRecord& p : packages) {
-    w.begin_object();
-    w.key("name").str(p.name);
-    w.key("version").str(p.version);
-    w.key("checksum").str(hex16(p.checksum));
-    w.key("settings_size").num(p.settings_size);
-    w.key("slot").num(std::uint64_t{p.slot});
-    w.key("root_generation").num(p.root_generation);
-    w.key("child_generations").begin_array();
-    for (std::uint64_t g : p.child_generations) w.num(g);
-    w.end_array();
-    w.key("last_cause").str(cause_name(p.last_cause));
-    w.end_object();
-  }
-  w.end_array();
-  end_ok(w, out);
+  w.key("packages");
+  out += '[';
+  dump = DumpCursor{true, 0, false};
   return {};
+}
+
+// The audit line of one write request (see protocol.hpp). `result`: "ok" or the error code.
+void audit_write(const Request& rq, const Audit& audit, std::string_view result) {
+  const log::Level level = audit.allowed ? log::Level::info : log::Level::notice;
+  if (!log::enabled(level)) return;
+  std::string name = "-";
+  if (const Member* m = rq.fields.member("name"); m && m->value.is_string()) {
+    const json::string& s = m->value.get_string();
+    name.clear();
+    // Quoted and escaped: a hostile name cannot forge log fields; long ones are cut.
+    detail::append_json_string(name, std::string_view(s.data(), std::min<std::size_t>(s.size(), 160)));
+  }
+  std::string line = audit.allowed ? "Write" : "Refused write";
+  line += " op=" + rq.op + " name=" + name + " peer_uid=" + std::to_string(rq.peer.uid) +
+          " peer_pid=" + std::to_string(rq.peer.pid) + " result=" + std::string(result);
+  if (!audit.change.empty()) line += " change=" + std::string(audit.change);
+  log::write(level, line);
 }
 
 }  // namespace
@@ -530,12 +589,15 @@ void Protocol::refuse_client(std::string& out, std::string_view message) noexcep
   append_error(out, {}, code::kTooManyClients, message);
 }
 
-void Protocol::handle(std::string_view line, const Peer& peer, std::string& out) noexcept {
+void Protocol::handle(std::string_view line, const Peer& peer, std::string& out, DumpCursor* dump) noexcept {
   ++stats_.requests;
   const std::size_t mark = out.size();
   std::string id;
   try {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    DumpCursor whole;  // a dump answered at once when the caller takes no cursor
+    DumpCursor& cursor = dump ? *dump : whole;
+    Audit audit;
     const auto answer = [&]() -> Checked<> {
       if (line.find_first_not_of(" \t\n\r") == std::string_view::npos)
         return refusal(code::kBadRequest, "empty request line (expected one JSON object)");
@@ -543,35 +605,55 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out)
       opt.max_depth = options_.max_depth + 1;  // the request object wraps "settings"
       json::basic_parser<RequestReader> parser(opt, line);
       if (auto ok = parse_request(line, opt, parser); !ok) return ok;
-      Request rq{parser.handler(), peer, options_.allow, {}, {}};
+      Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit};
       auto ok = check_envelope(rq, store_.segment().name());
       id = rq.id;
       if (!ok) return ok;
-      const std::string& op = rq.op;
-      if (op == "update") return op_update(store_, options_.max_depth, rq, out);
-      if (op == "event") return op_event(store_, rq, out);
-      if (op == "need_update") return op_need_update(store_, rq, out);
-      if (op == "settings") return op_settings(store_, rq, out);
-      if (op == "delete") return op_delete(store_, rq, out);
-      if (op == "dump") return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out);
-      std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
-      return refusal(code::kBadRequest,
-                     "unknown op \"" + shown + "\" (ops: update, event, need_update, settings, delete, dump)");
+      const auto result = [&]() -> Checked<> {
+        const std::string& op = rq.op;
+        if (op == "update") return op_update(store_, options_.max_depth, rq, out);
+        if (op == "event") return op_event(store_, rq, out);
+        if (op == "need_update") return op_need_update(store_, rq, out);
+        if (op == "settings") return op_settings(store_, rq, out);
+        if (op == "delete") return op_delete(store_, rq, out);
+        if (op == "dump")
+          return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out, cursor);
+        std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
+        return refusal(code::kBadRequest,
+                       "unknown op \"" + shown + "\" (ops: update, event, need_update, settings, delete, dump)");
+      }();
+      if (audit.write) audit_write(rq, audit, result ? std::string_view("ok") : result.error().code);
+      return result;
     }();
     if (!answer) {
       out.resize(mark);
       append_error(out, id, answer.error().code, answer.error().message);
       if (out.size() == mark) append_error(out, {}, code::kInternalError, "out of memory while answering");
+    } else if (cursor.active && !dump) {
+      dump_slice(store_, cursor, out, store_.segment().capacity());
     }
   } catch (const std::bad_alloc&) {
     out.resize(mark);
+    if (dump) dump->active = false;
     append_error(out, {}, code::kInternalError, "out of memory while handling the request; nothing changed");
   } catch (const std::exception& e) {
     out.resize(mark);
+    if (dump) dump->active = false;
     append_error(out, {}, code::kInternalError, std::string("unexpected failure: ") + e.what());
   } catch (...) {
     out.resize(mark);
+    if (dump) dump->active = false;
     append_error(out, {}, code::kInternalError, "unexpected failure");
+  }
+}
+
+bool Protocol::continue_dump(DumpCursor& dump, std::string& out, std::uint32_t slots) noexcept {
+  try {
+    dump_slice(store_, dump, out, slots);
+    return true;
+  } catch (...) {
+    dump.active = false;
+    return false;
   }
 }
 

@@ -112,9 +112,12 @@ void check_preconditions(const Config& cfg) {
 ServerLimits server_limits(const Config& cfg) {
   ServerLimits l;
   l.max_line_bytes = cfg.max_line_bytes;
+  l.max_read_line_bytes = cfg.max_read_line_bytes;
   l.max_output_bytes = cfg.max_output_bytes;
   l.max_clients = cfg.max_clients;
+  l.writer_slots = cfg.writer_slots;
   l.send_timeout = std::chrono::milliseconds(cfg.send_timeout_ms);
+  l.idle_timeout = std::chrono::milliseconds(cfg.idle_timeout_ms);
   return l;
 }
 

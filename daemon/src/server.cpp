@@ -5,6 +5,8 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <sys/epoll.h>
@@ -29,6 +31,9 @@ constexpr std::uint64_t kTimerId = 3;
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr std::size_t kReadBudget = 256 * 1024;  // per client per wake-up: fairness
 constexpr std::size_t kHighWater = 256 * 1024;
+// Readers' share of one wake-up, after the writers: small against the 50 ms a write may wait.
+constexpr std::uint64_t kTurnBudgetNs = 5'000'000;
+constexpr std::uint32_t kDumpSlice = 512;  // slots read per dump step (well under a millisecond)
 
 std::string errno_text(int err) { return std::strerror(err); }
 
@@ -66,17 +71,95 @@ Peer peer_of(int fd) {
 
 // --- Listener -----------------------------------------------------------------------------------
 
+namespace {
+
+std::string octal(mode_t m) {
+  char buf[8];
+  std::snprintf(buf, sizeof buf, "%04o", static_cast<unsigned>(m & 07777));
+  return buf;
+}
+
+// The socket's directory, and each one above it, must be one where nobody but root and the
+// daemon's user can create, rename or remove entries: otherwise a file swapped in at the
+// socket's name (or a directory swapped in above it) could be what a path-based call acts on. A
+// sticky directory (/tmp) qualifies: others may add entries but not touch ours, and bind() never
+// follows or replaces what is already there.
+Result<void> check_one_directory(const std::string& dir) {
+  struct stat st {};
+  if (::stat(dir.c_str(), &st) != 0)
+    return make_error(Errc::io_error, "cannot inspect directory " + dir + ": " + errno_text(errno));
+  if (!S_ISDIR(st.st_mode)) return make_error(Errc::io_error, dir + " is not a directory");
+  const bool foreign_owner = st.st_uid != 0 && st.st_uid != ::geteuid();
+  const bool open_to_others = (st.st_mode & (S_IWGRP | S_IWOTH)) != 0 && (st.st_mode & S_ISVTX) == 0;
+  if (foreign_owner || open_to_others)
+    return make_error(Errc::permission_denied,
+                      "socket directory " + dir + " (owner uid " + std::to_string(st.st_uid) + ", gid " +
+                          std::to_string(st.st_gid) + ", mode " + octal(st.st_mode) + ") " +
+                          (foreign_owner ? "belongs to another user" : "is writable by others") +
+                          "; refusing to create the control socket there (use a directory only root or the "
+                          "daemon's user can write, such as /run/pkgctx)");
+  return {};
+}
+
+Result<void> check_directory(const std::string& dir) {
+  if (auto ok = check_one_directory(dir); !ok) return ok;
+  std::error_code ec;
+  std::filesystem::path p = std::filesystem::canonical(dir, ec);
+  if (ec) return make_error(Errc::io_error, "cannot resolve directory " + dir + ": " + ec.message());
+  while (p.has_relative_path()) {
+    p = p.parent_path();
+    if (auto ok = check_one_directory(p.string()); !ok) return ok;
+  }
+  return {};
+}
+
+// Binds `fd` to `addr` so that the new file has `mode` (by the umask) and `group` (by the
+// effective gid, unless the directory's set-gid bit already gives it that group). Nothing is
+// changed by path afterwards.
+int bind_as(int fd, const sockaddr_un& addr, mode_t mode, gid_t group, const std::string& dir, std::string& why) {
+  bool switch_gid = false;
+  if (group != static_cast<gid_t>(-1) && group != ::getegid()) {
+    struct stat st {};
+    switch_gid = !(::stat(dir.c_str(), &st) == 0 && (st.st_mode & S_ISGID) && st.st_gid == group);
+  }
+  const gid_t old_gid = ::getegid();
+  if (switch_gid && ::setegid(group) != 0) {
+    const int err = errno;
+    why = "cannot create it with group " + std::to_string(group) + " (setegid: " + errno_text(err) +
+          "); run the daemon as root, or give " + dir + " that group and the set-gid bit (chmod g+s)";
+    return err;
+  }
+  // The umask decides the mode at bind(); set it so the file is never more open than asked.
+  const mode_t old_umask = ::umask(static_cast<mode_t>(~mode & 0777));
+  const int brc = ::bind(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+  const int berr = brc == 0 ? 0 : errno;
+  ::umask(old_umask);
+  if (switch_gid && ::setegid(old_gid) != 0) {
+    // Unreachable in practice (the saved gid allows it); the process must not go on as `group`.
+    log::error("Failed to restore effective gid " + std::to_string(old_gid) + ": " + errno_text(errno));
+    std::abort();
+  }
+  if (berr != 0) why = "cannot bind: " + errno_text(berr);
+  return berr;
+}
+
+}  // namespace
+
 Result<Listener> Listener::open(const std::string& path, mode_t mode, gid_t group) {
   auto addr = make_address(path);
   if (!addr) return addr.error();
 
-  const std::filesystem::path parent = std::filesystem::path(path).parent_path();
+  const std::filesystem::path parent_path = std::filesystem::path(path).parent_path();
+  const std::string parent = parent_path.empty() ? std::string(".") : parent_path.string();
   std::error_code ec;
-  if (!parent.empty() && !std::filesystem::exists(parent, ec)) {
+  if (!std::filesystem::exists(parent, ec)) {
+    // New directories get 0755 from the umask, not from a chmod by path.
+    const mode_t old_umask = ::umask(022);
     std::filesystem::create_directories(parent, ec);
-    if (ec) return make_error(Errc::io_error, "cannot create directory " + parent.string() + ": " + ec.message());
-    ::chmod(parent.c_str(), 0755);
+    ::umask(old_umask);
+    if (ec) return make_error(Errc::io_error, "cannot create directory " + parent + ": " + ec.message());
   }
+  if (auto ok = check_directory(parent); !ok) return ok.error();
 
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {
@@ -97,22 +180,13 @@ Result<Listener> Listener::open(const std::string& path, mode_t mode, gid_t grou
 
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return make_error(Errc::io_error, "cannot create a Unix socket: " + errno_text(errno));
-  // The umask decides the mode at bind(); set it so the file is never more open than asked.
-  const mode_t old_umask = ::umask(static_cast<mode_t>(~mode & 0777));
-  const int brc = ::bind(fd, reinterpret_cast<const sockaddr*>(&*addr), sizeof *addr);
-  const int berr = errno;
-  ::umask(old_umask);
-  if (brc != 0) {
+  std::string why;
+  if (const int berr = bind_as(fd, *addr, mode, group, parent, why); berr != 0) {
     ::close(fd);
-    return make_error(berr == EACCES ? Errc::permission_denied : berr == EADDRINUSE ? Errc::busy : Errc::io_error,
-                      "cannot bind " + path + ": " + errno_text(berr));
-  }
-  if (::chmod(path.c_str(), mode) != 0 ||
-      (group != static_cast<gid_t>(-1) && ::chown(path.c_str(), static_cast<uid_t>(-1), group) != 0)) {
-    const int err = errno;
-    ::unlink(path.c_str());
-    ::close(fd);
-    return make_error(Errc::permission_denied, "cannot set the mode or group of " + path + ": " + errno_text(err));
+    return make_error(berr == EACCES || berr == EPERM ? Errc::permission_denied
+                      : berr == EADDRINUSE            ? Errc::busy
+                                                      : Errc::io_error,
+                      path + ": " + why);
   }
   if (::listen(fd, SOMAXCONN) != 0) {
     const int err = errno;
@@ -120,6 +194,8 @@ Result<Listener> Listener::open(const std::string& path, mode_t mode, gid_t grou
     ::close(fd);
     return make_error(Errc::io_error, "cannot listen on " + path + ": " + errno_text(err));
   }
+  // The file's identity, so the destructor removes it only while it is still this one (the
+  // directory check above means nobody else can have swapped it in between).
   ::lstat(path.c_str(), &st);
   return Listener(fd, path, st.st_dev, st.st_ino);
 }
@@ -142,17 +218,22 @@ struct Server::Conn {
   std::uint64_t id = 0;
   int fd = -1;
   Peer peer;
+  bool writer = false;         // the write allow-list admitted the peer when it connected
   std::string in;              // unanswered input: at most one partial line plus one read
   std::size_t scanned = 0;     // bytes of `in` known to hold no '\n'
   bool discarding = false;     // skipping the rest of an over-long line
+  DumpCursor dump;             // a dump answer still being written
   std::string out;             // answers not yet sent, from out_off
   std::size_t out_off = 0;
   bool eof = false;            // the peer will send nothing more
   bool paused = false;         // too many unsent answers: input left unread
+  bool queued = false;         // in the backlog: requests read, turn budget spent
   std::uint32_t interest = 0;  // events registered with epoll
   std::uint64_t stalled_since_ns = 0;  // unsent answers and no progress since (0: none)
+  std::uint64_t last_request_ns = 0;   // accept, or the last complete request
 
   std::size_t pending() const noexcept { return out.size() - out_off; }
+  bool busy() const noexcept { return pending() > 0 || dump.active || queued; }
 };
 
 Server::Server(Protocol& protocol, Listener& listener, ConnectionStats& connections, int signal_fd,
@@ -212,14 +293,24 @@ void Server::set_limits(const ServerLimits& limits) {
 
 std::size_t Server::high_water() const noexcept { return std::min(kHighWater, limits_.max_output_bytes / 2); }
 
+std::size_t Server::line_limit(const Conn& c) const noexcept {
+  return c.writer ? limits_.max_line_bytes : std::min(limits_.max_line_bytes, limits_.max_read_line_bytes);
+}
+
+bool Server::over_budget() const noexcept { return mono_now_ns() > turn_deadline_ns_; }
+
 Result<int> Server::run() {
   epoll_event events[64];
   while (true) {
-    const int n = ::epoll_wait(epoll_fd_, events, 64, -1);
+    // Work left in the backlog: look for new events without sleeping, then go on with it.
+    const int n = ::epoll_wait(epoll_fd_, events, 64, backlog_.empty() ? -1 : 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       return make_error(Errc::io_error, "epoll_wait: " + errno_text(errno));
     }
+    turn_deadline_ns_ = mono_now_ns() + kTurnBudgetNs;
+    // Signals, the timer and new connections first, whatever the budget. Their log lines go
+    // out at once: a reload's result must be in the log before it notifies READY=1.
     for (int i = 0; i < n; ++i) {
       const std::uint64_t id = events[i].data.u64;
       if (id == kListenerId) {
@@ -237,10 +328,60 @@ Result<int> Server::run() {
         std::uint64_t expirations = 0;
         [[maybe_unused]] const ssize_t r = ::read(timer_fd_, &expirations, sizeof expirations);
         on_tick();
-      } else {
+      }
+    }
+    // Then writers, whatever the budget; then readers while it lasts (level-triggered: a reader
+    // skipped now is reported again by the next epoll_wait); then the backlog.
+    log::Batch log_batch;  // the clients' log lines (audit lines of pipelined writes) in one write
+    for (const bool writers : {true, false}) {
+      for (int i = 0; i < n; ++i) {
+        const std::uint64_t id = events[i].data.u64;
+        auto it = conns_.find(id);
+        if (it == conns_.end()) continue;  // not a client, or closed earlier in this batch
+        if (it->second->writer != writers || (!writers && over_budget())) continue;
         on_client(id, events[i].events);
       }
     }
+    serve_backlog();
+  }
+}
+
+void Server::serve_backlog() {
+  // Each queued connection once per turn, in order, while the budget lasts.
+  for (std::size_t left = backlog_.size(); left > 0 && !backlog_.empty() && !over_budget(); --left) {
+    const std::uint64_t id = backlog_.front();
+    backlog_.pop_front();
+    auto it = conns_.find(id);
+    if (it == conns_.end()) continue;
+    Conn& c = *it->second;
+    c.queued = false;
+    process_lines(c);  // may queue it again
+    if (!flush(c) || !resume(c)) {
+      close_conn(id);
+      continue;
+    }
+    if (c.eof && !c.busy()) {
+      close_conn(id);
+      continue;
+    }
+    update_interest(c);
+  }
+}
+
+void Server::refuse(int fd, const Peer& peer, const std::string& why) {
+  std::string answer;
+  protocol_.refuse_client(answer, why);
+  // The answer first, then the close: the client reads too_many_clients, not a bare hang-up.
+  [[maybe_unused]] const ssize_t w = ::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+  ::close(fd);
+  ++connections_.dropped;
+  ++refused_since_log_;
+  const std::uint64_t now = mono_now_ns();
+  if (now - last_refusal_log_ns_ > 10'000'000'000ull) {
+    log::warning("Refused client " + peer.describe() + ": " + why + "; " + std::to_string(refused_since_log_) +
+                 " refused since the last report");
+    last_refusal_log_ns_ = now;
+    refused_since_log_ = 0;
   }
 }
 
@@ -264,29 +405,28 @@ void Server::accept_all() {
       return;
     }
     ++connections_.accepted;
+    const Peer peer = peer_of(fd);
+    const bool writer = protocol_.options().allow.allows(peer);
+    // At most max_clients - 1 reserved: readers (workers, pkgctl reads) always keep one slot.
+    const std::uint32_t reserved = std::min(limits_.writer_slots, limits_.max_clients - 1);
     if (conns_.size() >= limits_.max_clients) {
-      std::string answer;
-      protocol_.refuse_client(answer, "the daemon serves at most " + std::to_string(limits_.max_clients) +
-                                          " clients at once (max_clients); try again later");
-      [[maybe_unused]] const ssize_t w = ::send(fd, answer.data(), answer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      const Peer p = peer_of(fd);
-      ::close(fd);
-      ++connections_.dropped;
-      ++refused_since_log_;
-      const std::uint64_t now = mono_now_ns();
-      if (now - last_refusal_log_ns_ > 10'000'000'000ull) {
-        log::warning("Refused client " + p.describe() + ": " + std::to_string(limits_.max_clients) +
-                     " clients connected (max_clients); " + std::to_string(refused_since_log_) +
-                     " refused since the last report");
-        last_refusal_log_ns_ = now;
-        refused_since_log_ = 0;
-      }
+      refuse(fd, peer, "too many clients: the daemon serves at most " + std::to_string(limits_.max_clients) +
+                           " clients at once (max_clients); try again later");
+      continue;
+    }
+    if (!writer && readers_ >= limits_.max_clients - reserved) {
+      refuse(fd, peer, "too many clients: the daemon serves at most " + std::to_string(limits_.max_clients - reserved) +
+                           " clients off the write allow-list at once (max_clients " +
+                           std::to_string(limits_.max_clients) + ", of which writer_slots " +
+                           std::to_string(reserved) + " are kept for writers); try again later");
       continue;
     }
     auto c = std::make_unique<Conn>();
     c->id = next_id_++;
     c->fd = fd;
-    c->peer = peer_of(fd);
+    c->peer = peer;
+    c->writer = writer;
+    c->last_request_ns = mono_now_ns();
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.u64 = c->id;
@@ -296,7 +436,8 @@ void Server::accept_all() {
       continue;
     }
     c->interest = EPOLLIN;
-    log::debug("Accepted client " + c->peer.describe());
+    log::debug("Accepted client " + c->peer.describe() + (writer ? " (writer)" : ""));
+    if (!writer) ++readers_;
     conns_.emplace(c->id, std::move(c));
     connections_.clients = conns_.size();
   }
@@ -307,15 +448,10 @@ void Server::on_client(std::uint64_t id, std::uint32_t events) {
   if (it == conns_.end()) return;  // closed earlier in this batch
   Conn& c = *it->second;
   if (events & EPOLLOUT) {
-    if (!flush(c)) return close_conn(id);
-    if (c.paused && c.pending() <= high_water() / 2) {
-      c.paused = false;
-      process_lines(c);  // input already buffered
-      if (!flush(c)) return close_conn(id);
-    }
+    if (!flush(c) || !resume(c)) return close_conn(id);
   }
   if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-    if (!c.paused && !c.eof) {
+    if (!c.paused && !c.eof && !c.queued) {
       read_input(c);
       if (c.fd < 0) return close_conn(id);
     } else if (events & (EPOLLHUP | EPOLLERR)) {
@@ -332,21 +468,20 @@ void Server::on_client(std::uint64_t id, std::uint32_t events) {
   }
   // A paused connection whose answers drained outside an EPOLLOUT event (e.g. flushed on a
   // hang-up) resumes here; otherwise it would wait for an event it no longer asks for.
-  if (c.paused && c.pending() <= high_water() / 2) {
-    c.paused = false;
-    process_lines(c);
-    if (!flush(c)) return close_conn(id);
-  }
+  if (!resume(c)) return close_conn(id);
   if ((events & (EPOLLHUP | EPOLLERR)) && c.pending() == 0 && (c.paused || c.eof)) return close_conn(id);
-  if (c.eof && c.pending() == 0) return close_conn(id);
+  if (c.eof && !c.busy()) return close_conn(id);
   update_interest(c);
 }
 
 void Server::read_input(Conn& c) {
   char buf[kReadChunk];
   std::size_t budget = kReadBudget;
-  while (budget > 0 && !c.paused) {
-    const ssize_t n = ::read(c.fd, buf, sizeof buf);
+  while (budget > 0 && !c.paused && !c.queued && !c.dump.active) {
+    // Never more than the rest of one line: a partial line stays within the peer's line limit.
+    const std::size_t limit = line_limit(c);
+    const std::size_t room = c.discarding || c.in.size() >= limit ? sizeof buf : limit + 1 - c.in.size();
+    const ssize_t n = ::read(c.fd, buf, std::min(sizeof buf, room));
     if (n > 0) {
       budget -= std::min(budget, static_cast<std::size_t>(n));
       std::string_view data(buf, static_cast<std::size_t>(n));
@@ -380,16 +515,36 @@ void Server::read_input(Conn& c) {
 
 void Server::process_lines(Conn& c) {
   std::size_t start = 0;
+  const std::size_t limit = line_limit(c);
   while (true) {
     if (c.pending() > high_water()) {
       c.paused = true;  // resume when the client has taken its answers
       break;
     }
+    const bool has_work = c.dump.active || c.in.find('\n', std::max(start, c.scanned)) != std::string::npos;
+    if (has_work && over_budget()) {
+      // This turn's budget is spent: the rest waits in the backlog (writers are served first).
+      if (!c.queued) backlog_.push_back(c.id);
+      c.queued = true;
+      break;
+    }
+    if (c.dump.active) {
+      if (!protocol_.continue_dump(c.dump, c.out, kDumpSlice)) {
+        log::error("Failed to write a dump for client " + c.peer.describe() + ": out of memory; closing it");
+        c.eof = true;  // nothing more will be read or answered
+        c.in.clear();
+        start = 0;
+        break;
+      }
+      continue;
+    }
     const std::size_t nl = c.in.find('\n', std::max(start, c.scanned));
     if (nl == std::string::npos) {
-      if (c.in.size() - start > limits_.max_line_bytes) {
-        protocol_.refuse_line(c.out, "request line longer than " + std::to_string(limits_.max_line_bytes) +
-                                         " bytes (max_line_bytes); the rest of it is skipped");
+      if (c.in.size() - start > limit) {
+        protocol_.refuse_line(c.out, "request line longer than " + std::to_string(limit) + " bytes (" +
+                                         (c.writer ? "max_line_bytes" : "max_read_line_bytes, for peers off the "
+                                                                        "write allow-list") +
+                                         "); the rest of it is skipped");
         c.discarding = true;
         start = c.in.size();
       }
@@ -397,21 +552,35 @@ void Server::process_lines(Conn& c) {
       break;
     }
     const std::string_view line(c.in.data() + start, nl - start);
-    if (line.size() > limits_.max_line_bytes) {
+    if (line.size() > limit) {
       protocol_.refuse_line(c.out, "request line of " + std::to_string(line.size()) + " bytes is longer than " +
-                                       std::to_string(limits_.max_line_bytes) + " (max_line_bytes)");
+                                       std::to_string(limit) + (c.writer ? " (max_line_bytes)" : " (max_read_line_bytes)"));
     } else {
-      protocol_.handle(line, c.peer, c.out);
+      protocol_.handle(line, c.peer, c.out, &c.dump);
     }
+    c.last_request_ns = mono_now_ns();
     start = nl + 1;
   }
   c.in.erase(0, start);
   c.scanned = c.scanned >= start ? c.scanned - start : 0;
-  if (c.in.empty() && c.in.capacity() > 4 * kReadChunk) c.in.shrink_to_fit();
+  // Give back what a long line took once it is answered or skipped.
+  if (c.in.capacity() > kReadChunk && c.in.size() < c.in.capacity() / 4) c.in.shrink_to_fit();
+}
+bool Server::resume(Conn& c) {
+  // Paused, and the client took its answers: go on with its buffered requests or its dump. A
+  // fast reader may take each batch at once; the loop ends when it pauses again with answers
+  // still unsent, runs out of work, or is queued for the next turn.
+  while (c.paused && c.pending() <= high_water() / 2) {
+    c.paused = false;
+    process_lines(c);
+    if (!flush(c)) return false;
+  }
+  return true;
 }
 
 bool Server::flush(Conn& c) {
   if (c.fd < 0) return false;
+  log::flush();  // a request's log line goes out before its answer
   while (c.pending() > 0) {
     const ssize_t n = ::send(c.fd, c.out.data() + c.out_off, c.pending(), MSG_NOSIGNAL | MSG_DONTWAIT);
     if (n > 0) {
@@ -440,7 +609,7 @@ bool Server::flush(Conn& c) {
 void Server::update_interest(Conn& c) {
   if (c.fd < 0) return;
   std::uint32_t want = 0;
-  if (!c.paused && !c.eof) want |= EPOLLIN;
+  if (!c.paused && !c.eof && !c.queued && !c.dump.active) want |= EPOLLIN;
   if (c.pending() > 0) want |= EPOLLOUT;
   if (want == c.interest) return;
   epoll_event ev{};
@@ -458,7 +627,8 @@ void Server::close_conn(std::uint64_t id, const char* why) {
     ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c.fd, nullptr);
     ::close(c.fd);
   }
-  conns_.erase(it);
+  if (!c.writer) --readers_;
+  conns_.erase(it);  // a backlog entry for it is skipped
   connections_.clients = conns_.size();
   resume_listener();
 }
@@ -476,9 +646,18 @@ void Server::on_tick() {
   if (hooks_.on_tick) hooks_.on_tick();
   const std::uint64_t now = mono_now_ns();
   const auto timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(limits_.send_timeout).count());
-  std::vector<std::uint64_t> stalled;
+  const auto idle_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(limits_.idle_timeout).count());
+  std::vector<std::uint64_t> stalled, idle;
   for (auto& [id, c] : conns_) {
     if (c->pending() > 0 && c->stalled_since_ns != 0 && now - c->stalled_since_ns > timeout_ns) stalled.push_back(id);
+    // Idle: nothing owed to it and no complete request for idle_timeout (a trickled partial
+    // line does not count, so a slot cannot be held by a byte a minute).
+    else if (!c->busy() && now - c->last_request_ns > idle_ns) idle.push_back(id);
+  }
+  for (std::uint64_t id : idle) {
+    log::debug("Closing client " + conns_.at(id)->peer.describe() + ": no request for " +
+               std::to_string(limits_.idle_timeout.count()) + " ms (idle_timeout_ms)");
+    close_conn(id);
   }
   for (std::uint64_t id : stalled) {
     Conn& c = *conns_.at(id);

@@ -100,11 +100,22 @@ Result<void> Client::send_raw(std::string_view bytes) {
       continue;
     }
     const int err = errno;
-    if (err == EPIPE || err == ECONNRESET)
+    if (err == EPIPE || err == ECONNRESET) {
+      // The daemon may have answered before closing (too_many_clients): then that answer, which
+      // receive() returns next, says more than the hang-up.
+      if (has_buffered_answer()) return {};
       return make_error(Errc::daemon_unreachable, "pkgctxd at " + path_ + " closed the connection");
+    }
     return make_error(Errc::io_error, "cannot send to pkgctxd at " + path_ + ": " + std::strerror(err));
   }
   return {};
+}
+
+bool Client::has_buffered_answer() {
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT)) > 0) in_.append(buf, static_cast<std::size_t>(n));
+  return in_.find('\n') != std::string::npos;
 }
 
 Result<void> Client::send_line(std::string_view line) {

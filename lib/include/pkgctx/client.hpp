@@ -57,6 +57,7 @@ class Client {
  private:
   Client(int fd, std::string path, std::chrono::milliseconds timeout)
       : fd_(fd), path_(std::move(path)), timeout_(timeout) {}
+  bool has_buffered_answer();  // reads what the daemon already sent; true if a whole line is in
   int fd_ = -1;
   std::string path_;
   std::chrono::milliseconds timeout_;

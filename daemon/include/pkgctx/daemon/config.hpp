@@ -54,11 +54,14 @@ struct Config {
   std::vector<uid_t> allow_uids;
   std::vector<gid_t> allow_gids;
   std::size_t max_line_bytes = 2u << 20;    // longest request line
+  std::size_t max_read_line_bytes = 16u << 10;  // … from a peer off the write allow-list
   std::size_t max_depth = 64;               // JSON nesting allowed inside "settings"
   std::uint32_t max_clients = 256;          // concurrent connections
+  std::uint32_t writer_slots = 16;          // … of which only allow-listed writers may take these
   std::size_t max_output_bytes = 64u << 20; // unsent answers per client before it is dropped
   std::uint32_t send_timeout_ms = 30000;    // a client with unsent answers that reads nothing
                                             // for this long is dropped
+  std::uint32_t idle_timeout_ms = 60000;    // a client that sends no request this long is closed
   log::Level log_level = log::Level::info;
 };
 

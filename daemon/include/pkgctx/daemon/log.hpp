@@ -28,6 +28,19 @@ inline void notice(std::string_view m) noexcept { write(Level::notice, m); }
 inline void info(std::string_view m) noexcept { write(Level::info, m); }
 inline void debug(std::string_view m) noexcept { write(Level::debug, m); }
 
+// While a Batch lives, lines are gathered and written together — by flush(), when 64 KiB have
+// gathered, and when the Batch ends — so a burst of audit lines costs one write(2), not one a
+// line. The event loop holds one per wake-up and flushes before it sends answers, so a line
+// about a request is out before its answer. Batches do not nest.
+class Batch {
+ public:
+  Batch() noexcept;
+  ~Batch();
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+};
+void flush() noexcept;
+
 // "err", "warning", "notice", "info", "debug" (also "error").
 std::optional<Level> level_from_name(std::string_view name) noexcept;
 std::string_view level_name(Level level) noexcept;

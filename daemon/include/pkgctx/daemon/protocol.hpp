@@ -21,6 +21,10 @@
 // Writes (update, event, delete) need a peer on the allow-list; reads are open to anyone who
 // can connect. The protocol both decides and enforces this (the server only reports the peer).
 // A refused or malformed request changes nothing. handle() never throws.
+//
+// Audit (DESIGN §4.1 "honest outcomes"): every write request is logged once, with its op, name,
+// the peer's pid and uid and its result — at info when the allow-list admitted the peer, at
+// notice when it was refused (forbidden).
 #pragma once
 
 #include "pkgctx/error_class.hpp"
@@ -84,6 +88,16 @@ struct ProtocolOptions {
   AllowList allow;             // who may write
 };
 
+// A dump answered a slice at a time, so that one dump of a large table holds neither the event
+// loop nor the client's output buffer for long: handle() writes the answer up to its package
+// list, continue_dump() the packages of the next slots and, after the last slot, the answer's
+// end. Each package is read consistently; writes served between slices may or may not show.
+struct DumpCursor {
+  bool active = false;          // the answer is open: more packages or its end to come
+  std::uint32_t next_slot = 0;  // first slot not yet read
+  bool any = false;             // a package has been written (the next needs a comma)
+};
+
 class Protocol {
  public:
   // `connections` (may be null) is read by dump; it must outlive the protocol.
@@ -97,7 +111,12 @@ class Protocol {
   // Handles one request line (without its '\n'; a trailing '\r' is ignored) from `peer`; a write
   // is done only if the allow-list admits the peer. Appends exactly one answer line, ending in
   // '\n', to `out`.
-  void handle(std::string_view line, const Peer& peer, std::string& out) noexcept;
+  // With `dump` given, a dump's packages are left to continue_dump() (dump->active is set).
+  void handle(std::string_view line, const Peer& peer, std::string& out, DumpCursor* dump = nullptr) noexcept;
+  // Appends the packages in the next `slots` slots; after the last slot, ends the answer and
+  // clears dump.active. False when out of memory: half an answer cannot be taken back, so the
+  // caller must close the connection.
+  [[nodiscard]] bool continue_dump(DumpCursor& dump, std::string& out, std::uint32_t slots) noexcept;
 
   // Answers a line refused before it was complete (line_too_long): a request and an error.
   void refuse_line(std::string& out, std::string_view message) noexcept;

@@ -5,13 +5,23 @@
 // Raw epoll rather than Boost.Asio: the loop is ~300 lines, every syscall is visible, per-client
 // backpressure is a matter of toggling EPOLLIN, and the daemon pulls in no extra runtime.
 //
-// Per client: an input buffer holding at most one partial line (bounded by max_line_bytes)
-// and an output buffer. Complete lines are answered in order; answers are batched into one
+// Per client: an input buffer holding at most one partial line (bounded by max_line_bytes for
+// peers on the write allow-list, by the much smaller max_read_line_bytes for everyone else: a
+// reader's requests are short, so a hundred readers cannot make the daemon hold a hundred
+// megabyte lines) and an output buffer. Complete lines are answered in order; answers are batched into one
 // send() per readiness. Backpressure: while a client has more than a high-water mark of
 // unsent answers its further requests are left unread (in the kernel), so a pipelining client
 // that reads late costs bounded memory. A client is dropped when its unsent answers pass
 // max_output_bytes, or when it has unsent answers and has taken none for send_timeout_ms.
-// A slow, stalled or half-open client therefore never blocks anyone else.
+// A slow, stalled or half-open client therefore never blocks anyone else. A client that sends
+// no complete request for idle_timeout_ms is closed.
+//
+// Writers first (DESIGN §4.1 "readers cannot starve writers"): max_clients counts every
+// connection, but the last writer_slots of them only admit peers the write allow-list admits
+// (decided once, at accept, from SO_PEERCRED). Each wake-up serves the writers' connections
+// first, then readers until a small time budget is spent; requests already read but not yet
+// answered wait in a backlog served on the next turns, and a dump is written a slice of slots
+// per turn. So a flood of reads delays a write by about one budget, not by the flood.
 //
 // Durability: an answer is produced only after the store call returned, and the store writes
 // the shared segment synchronously; nothing is buffered between the store and the segment.
@@ -22,6 +32,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -31,9 +42,12 @@
 
 namespace pkgctx::daemon {
 
-// The listening control socket. Creates the parent directory if missing, replaces a stale
-// socket file (nobody accepting) and refuses a live one. Removes its file when destroyed, if
-// the file is still this socket's.
+// The listening control socket. Creates the parent directory if missing (0755), refuses a
+// parent directory that anyone but root and the daemon's user can write (a symlink swapped in
+// there could redirect the socket file), replaces a stale socket file (nobody accepting) and
+// refuses a live one. The file gets its mode from the umask at bind() and its group from the
+// effective gid at bind(): nothing is changed by path afterwards. Removes its file when
+// destroyed, if the file is still this socket's.
 class Listener {
  public:
   // Errors: io_error / permission_denied / busy (another process is listening there).
@@ -55,10 +69,14 @@ class Listener {
 
 // The limits the server enforces; all of them may change on SIGHUP.
 struct ServerLimits {
-  std::size_t max_line_bytes = 2u << 20;
+  std::size_t max_line_bytes = 2u << 20;       // peers on the write allow-list
+  std::size_t max_read_line_bytes = 16u << 10; // everyone else (min with max_line_bytes)
   std::size_t max_output_bytes = 64u << 20;
   std::uint32_t max_clients = 256;
+  std::uint32_t writer_slots = 16;             // of max_clients, only for allow-listed writers
+                                               // (at most max_clients - 1: readers keep one)
   std::chrono::milliseconds send_timeout{30000};
+  std::chrono::milliseconds idle_timeout{60000};  // no complete request for this long: closed
 };
 
 class Server {
@@ -91,9 +109,15 @@ class Server {
   void set_limits(const ServerLimits& limits);
   void accept_all();
   void on_client(std::uint64_t id, std::uint32_t events);
+  void serve(std::uint64_t id, std::uint32_t events);  // on_client(), then the connection's state
+  void serve_backlog();         // requests read earlier and left for this turn, until the budget
+  bool over_budget() const noexcept;
   void read_input(Conn& c);
   void process_lines(Conn& c);
+  std::size_t line_limit(const Conn& c) const noexcept;
+  void refuse(int fd, const Peer& peer, const std::string& why);
   bool flush(Conn& c);          // false: the connection is gone
+  bool resume(Conn& c);         // a paused connection whose answers drained; false: gone
   void update_interest(Conn& c);
   void close_conn(std::uint64_t id, const char* why_for_log = nullptr);
   void resume_listener();       // accepts again if accept_all() paused them (out of descriptors)
@@ -109,6 +133,9 @@ class Server {
   Hooks hooks_;
   ServerLimits limits_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Conn>> conns_;
+  std::uint32_t readers_ = 0;   // connections of peers off the write allow-list
+  std::deque<std::uint64_t> backlog_;  // connections with requests read but not yet answered
+  std::uint64_t turn_deadline_ns_ = 0;
   std::uint64_t next_id_ = 16;  // ids below are the listener, signals and timer
   bool listener_paused_ = false;
   std::uint64_t last_refusal_log_ns_ = 0;
