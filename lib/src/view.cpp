@@ -2,7 +2,9 @@
 
 #include "mapping.hpp"
 #include "seqlock.hpp"
+#include "pkgctx/settings.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
@@ -92,16 +94,22 @@ Result<std::uint32_t> View::find(std::string_view name) const {
 }
 
 bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings) const {
+  return read_slot_checked(slot, out, with_settings) == SlotRead::ok;
+}
+
+View::SlotRead View::read_slot_checked(std::uint32_t slot, PackageRecord& out, bool with_settings) const {
   const auto& m = *seg_.mapping();
-  if (slot >= m.capacity) return false;
+  if (slot >= m.capacity) return SlotRead::empty;
   const Slot& s = m.slots[slot];
   const SlotData& d = s.data;
+  std::array<u64, 1 + kChildKeys> base{};
   detail::Backoff backoff;
   do {
     const u64 s1 = d.seq.load(std::memory_order_acquire);
     if (s1 & 1) continue;
     const u64 mt = d.w[dw::kMeta].load(std::memory_order_relaxed);
     const std::size_t nl = detail::meta_name_len(mt), vl = detail::meta_version_len(mt);
+    const std::size_t ml = detail::meta_maintenance_len(mt);
     const u64 off = d.w[dw::kSettingsOff].load(std::memory_order_relaxed);
     const u64 len = d.w[dw::kSettingsLen].load(std::memory_order_relaxed);
     const u64 sum = d.w[dw::kChecksum].load(std::memory_order_relaxed);
@@ -112,6 +120,10 @@ bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings)
       detail::copy_out(out.name.data(), &d.w[dw::kName], nl);
       out.version.resize(vl);
       detail::copy_out(out.version.data(), &d.w[dw::kVersion], vl);
+      out.maintenance.resize(std::min(ml, kMaxMaintenance + 1));  // one byte over: validated below
+      detail::copy_out(out.maintenance.data(), &d.w[dw::kMaintenance], std::min(out.maintenance.size(), kMaxMaintenance));
+      out.settings_version = d.w[dw::kSettingsVersion].load(std::memory_order_relaxed);
+      for (std::size_t i = 0; i < base.size(); ++i) base[i] = d.w[dw::kBaseRoot + i].load(std::memory_order_relaxed);
       out.settings_size = len == 0 ? 2 : len;
       out.checksum = sum;
       if (with_settings) {
@@ -125,15 +137,25 @@ bool View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_settings)
     }
     std::atomic_thread_fence(std::memory_order_acquire);
     if (d.seq.load(std::memory_order_relaxed) != s1) continue;
-    if (!detail::meta_used(mt) || !sane) return false;  // free, or corrupt: not a package
+    if (!detail::meta_used(mt) || !sane) return SlotRead::empty;  // free, or corrupt: not a package
+    if (!is_valid_maintenance(out.maintenance)) return SlotRead::corrupt;
     out.slot = slot;
-    out.root_generation = s.gens.root.load(std::memory_order_acquire);
-    for (u32 k = 0; k < kChildKeys; ++k) out.child_generations[k] = s.gens.child[k].load(std::memory_order_acquire);
-    out.last_cause = ring_cause(s.causes.root, out.root_generation);
-    return true;
+    // Generations after the record: a delete or re-create rewrites the record before it moves
+    // a generation, so these are never below the bases read above.
+    const u64 root = s.gens.root.load(std::memory_order_acquire);
+    out.root_generation = root - base[0];
+    for (u32 k = 0; k < kChildKeys; ++k)
+      out.child_generations[k] = s.gens.child[k].load(std::memory_order_acquire) - base[1 + k];
+    out.last_cause = root == base[0] ? Cause::kNone : ring_cause(s.causes.root, root);
+    auto text = pkgctx::cause_text(m, out.last_cause);
+    if (!text) return SlotRead::corrupt;
+    out.last_cause_name = std::move(*text);
+    return SlotRead::ok;
   } while (backoff.next());
-  return false;
+  return SlotRead::empty;
 }
+
+Result<std::string> View::cause_text(Cause c) const { return pkgctx::cause_text(*seg_.mapping(), c); }
 
 Result<PackageRecord> View::read(std::string_view name, bool with_settings) const {
   // The slot found may be reused by another package before it is read: re-check the name.
@@ -141,7 +163,11 @@ Result<PackageRecord> View::read(std::string_view name, bool with_settings) cons
     auto slot = find(name);
     if (!slot) return slot.error();
     PackageRecord r;
-    if (read_slot(*slot, r, with_settings) && r.name == name) return r;
+    const SlotRead got = read_slot_checked(*slot, r, with_settings);
+    if (got == SlotRead::corrupt)
+      return make_error(Errc::corrupt, "package \"" + std::string(name) + "\" in segment " + seg_.name() +
+                                           ": a stored maintenance mode or cause name fails validation");
+    if (got == SlotRead::ok && r.name == name) return r;
   }
   return busy(name);
 }
@@ -173,13 +199,14 @@ Result<core::Token> View::token(std::string_view name, int event) const {
   return busy(name);
 }
 
-Result<bool> View::need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const {
+Result<bool> View::need_update(std::string_view name, std::string_view version, std::uint64_t checksum,
+                               std::optional<std::string_view> maintenance) const {
   auto r = read(name, false);
   if (!r) {
     if (r.error().code == Errc::no_such_package) return true;
     return r.error();
   }
-  return r->version != version || r->checksum != checksum;
+  return r->version != version || r->checksum != checksum || (maintenance && r->maintenance != *maintenance);
 }
 
 std::vector<PackageRecord> View::list(bool with_settings) const {

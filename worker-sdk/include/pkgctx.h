@@ -82,10 +82,13 @@ enum pkgctx_errc {
   PKGCTX_SETTINGS_TOO_LARGE = 4,  /* (writers only) */
   PKGCTX_INVALID_EVENT = 5,       /* event key not 0..7 */
   PKGCTX_INVALID_TOKEN = 6,       /* garbled, forged, or from a segment this worker never attached; NULL */
+  PKGCTX_INVALID_CAUSE = 7,       /* (writers only) a cause name not [a-z][a-z0-9_]{0,31} */
+  PKGCTX_INVALID_MAINTENANCE = 8, /* a maintenance mode longer than 64 bytes or not [A-Za-z0-9._-] */
   /* State. */
   PKGCTX_NO_SUCH_PACKAGE = 10,    /* the table has no package of that name */
   PKGCTX_TABLE_FULL = 11,         /* (writers only) */
   PKGCTX_SETTINGS_FULL = 12,      /* (writers only) */
+  PKGCTX_TOO_MANY_CAUSES = 13,    /* (writers only) the segment's table of caller-named causes is full */
   /* Segment. */
   PKGCTX_SEGMENT_MISSING = 20,    /* no segment of that name: daemon not started, or wrong name */
   PKGCTX_SEGMENT_FOREIGN = 21,    /* not a pkgctx segment (bad magic, impossible sizes) */
@@ -95,6 +98,7 @@ enum pkgctx_errc {
   PKGCTX_SEGMENT_RETIRED = 25,    /* being replaced right now: try again */
   PKGCTX_SEGMENT_EXISTS = 26,     /* (writers only) */
   PKGCTX_PERMISSION_DENIED = 27,  /* this process may not read the segment: join the daemon's group */
+  PKGCTX_CORRUPT = 28,            /* a value read from the segment fails validation (length, charset) */
   /* Other. */
   PKGCTX_TIMED_OUT = 30,          /* pkgctx_wait(): the timeout passed before cancellation */
   PKGCTX_IO_ERROR = 31,           /* the kernel refused something else; out of memory; NULL handle */
