@@ -771,6 +771,7 @@ Result<bool> Store::erase(std::string_view name) {
 
 Result<bool> Store::need_update(std::string_view name, std::string_view version, std::uint64_t checksum,
                                 std::optional<std::string_view> maintenance) const {
+  if (auto v = validate_name(name, limits_); !v) return v.error();
   if (maintenance)
     if (auto v = validate_maintenance(*maintenance); !v) return v.error();
   return view_.need_update(name, version, checksum, maintenance);
