@@ -713,7 +713,9 @@ Result<bool> Store::update_settings(std::string_view name, const Settings& setti
   const u64 sum = settings.checksum();
   Writer w(seg_);
   const std::optional<u32> found = w.find(name, hash);
-  if (!found) return false;  // only a tracked package: nothing is created
+  // Only a tracked package: nothing is created, and a removed one keeps its "{}" (§2: removed
+  // means no pending settings until the next Update re-creates it).
+  if (!found || w.version_len(*found) == 0) return false;
   const u32 s = *found;
   const bool same_settings = w.checksum(s) == sum;
   if (same_settings && w.settings_version(s) == settings_version) return false;

@@ -133,7 +133,7 @@ class Model {
     if (auto e = check_name(name); !e.empty()) return err(e);
     Answer a;
     Package* p = live(name);
-    if (!p || (p->settings == settings && p->settings_version == settings_version)) return a;
+    if (!p || p->version.empty() || (p->settings == settings && p->settings_version == settings_version)) return a;
     p->settings = settings;
     p->settings_version = settings_version;
     a.flag = true;

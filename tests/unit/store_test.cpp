@@ -778,3 +778,17 @@ BOOST_AUTO_TEST_CASE(recreating_after_remove_keeps_the_package_history) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(v2_removed, Fixture)
+
+BOOST_AUTO_TEST_CASE(update_settings_of_a_removed_package_changes_nothing) {
+  update("app", "1");
+  event(kEventRemove, "app");
+  const auto commits0 = commits();
+  BOOST_TEST(!store.update_settings("app", S(R"({"a":1})"), 3).value());
+  BOOST_TEST(commits() == commits0);
+  BOOST_TEST(settings("app") == "{}");
+  BOOST_TEST(store.view().read("app").value().settings_version == 0u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -52,8 +52,9 @@ class Store {
   Result<UpdateResult> update(std::string_view name, std::string_view version, const Settings& settings,
                               const UpdateOptions& opts = {});
   // UpdateSettings(name, settings, settings_version): stores settings for a tracked package
-  // (present, removed or not) without touching its version or any token. True iff the checksum
-  // or settings_version changed; false for an absent package (nothing created) or no change.
+  // (present with a version) without touching its version or any token. True iff the checksum
+  // or settings_version changed; false for an absent or removed package (nothing changed) or no
+  // change.
   // Errors: invalid_name, settings_full, settings_too_large.
   Result<bool> update_settings(std::string_view name, const Settings& settings, std::uint64_t settings_version = 0);
   // HandleEvent(event, name): no token when the package is absent. `cause` ("" = built-in) names
