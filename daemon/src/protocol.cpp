@@ -363,17 +363,23 @@ Checked<> op_update_settings(Store& store, std::size_t max_depth, const Request&
   return {};
 }
 
-// {"op":"checksum","settings":<any JSON value>} → the RFC 8785 canonical form and its checksum.
+// {"op":"checksum","settings":{…}} or {"op":"checksum","text":"<JSON text>"} (the text form
+// takes a controller's exact bytes, invalid ones included) → {"checksum","canonical"}: what the
+// store would keep for these settings. Reads nothing, writes nothing.
 Checked<> op_checksum(const Store& store, std::size_t max_depth, const Request& rq, std::string& out) {
-  if (auto ok = rq.only({"settings"}); !ok) return ok;
+  if (auto ok = rq.only({"settings", "text"}); !ok) return ok;
   const Member* m = rq.fields.member("settings");
-  if (!m) return refusal(code::kBadRequest, "missing field \"settings\" in \"checksum\" request");
+  const auto text = rq.opt_string("text");
+  if (!text) return text.error();
+  if (!m == !*text)
+    return refusal(code::kBadRequest, "a \"checksum\" request has exactly one of \"settings\" (a JSON object) and "
+                                      "\"text\" (JSON text in a string)");
   Limits limits = store.limits();
   limits.max_depth = max_depth;
-  auto canonical = canonicalize_json(rq.fields.raw(*m), limits);
-  if (!canonical) return refusal(canonical.error());
+  auto settings = Settings::parse(m ? rq.fields.raw(*m) : **text, limits);
+  if (!settings) return refusal(settings.error());
   JsonWriter w(out);
-  begin_ok(w, rq.id).key("checksum").str(hex16(checksum_bytes(*canonical))).key("canonical").str(*canonical);
+  begin_ok(w, rq.id).key("checksum").str(settings->checksum_hex()).key("canonical").str(settings->canonical());
   end_ok(w, out);
   return {};
 }
