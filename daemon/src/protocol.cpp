@@ -271,6 +271,32 @@ struct Request {
     return std::string_view(s.data(), s.size());
   }
 
+  // An optional string field: nullopt when absent.
+  Checked<std::optional<std::string_view>> opt_string(std::string_view key) const {
+    if (!fields.member(key)) return std::optional<std::string_view>();
+    auto v = string_field(key);
+    if (!v) return v.error();
+    return std::optional<std::string_view>(*v);
+  }
+  // An optional integer ≥ 0 field (`fallback` when absent).
+  Checked<std::uint64_t> opt_uint(std::string_view key, std::uint64_t fallback) const {
+    const Member* m = fields.member(key);
+    if (!m) return fallback;
+    if (m->value.is_uint64()) return m->value.get_uint64();
+    if (m->value.is_int64() && m->value.get_int64() >= 0) return static_cast<std::uint64_t>(m->value.get_int64());
+    return refusal(code::kBadRequest, "field \"" + std::string(key) + "\" must be an integer 0..2^64-1, not " +
+                                          json::serialize(m->value).substr(0, 64));
+  }
+  // An optional boolean field (false when absent).
+  Checked<bool> opt_bool(std::string_view key) const {
+    const Member* m = fields.member(key);
+    if (!m) return false;
+    if (!m->value.is_bool())
+      return refusal(code::kBadRequest, "field \"" + std::string(key) + "\" must be true or false, not " +
+                                            std::string(kind_name(m->value.kind())));
+    return m->value.get_bool();
+  }
+
   // The one place where a write is authorised.
   Checked<> require_write() const {
     const bool ok = allow.allows(peer);
@@ -333,22 +359,82 @@ void end_ok(JsonWriter& w, std::string& out) {
   out += '\n';
 }
 
+// The optional "settings" object ({} when absent).
+Checked<Settings> settings_field(const Store& store, std::size_t max_depth, const Request& rq) {
+  const Member* m = rq.fields.member("settings");
+  if (!m) return Settings();
+  Limits limits = store.limits();
+  limits.max_depth = max_depth;
+  auto parsed = Settings::parse(rq.fields.raw(*m), limits);
+  if (!parsed) return refusal(parsed.error());
+  return std::move(*parsed);
+}
+
+Checked<> op_update_settings(Store& store, std::size_t max_depth, const Request& rq, std::string& out) {
+  if (auto ok = rq.require_write(); !ok) return ok;
+  if (auto ok = rq.only({"name", "settings", "settings_version"}); !ok) return ok;
+  const auto name = rq.string_field("name");
+  if (!name) return name.error();
+  if (!rq.fields.member("settings"))
+    return refusal(code::kBadRequest, "missing field \"settings\" in \"update_settings\" request");
+  auto settings = settings_field(store, max_depth, rq);
+  if (!settings) return settings.error();
+  const auto sv = rq.opt_uint("settings_version", 0);
+  if (!sv) return sv.error();
+  auto r = store.update_settings(*name, *settings, *sv);
+  if (!r) return refusal(r.error());
+  JsonWriter w(out);
+  begin_ok(w, rq.id).key("name").str(*name).key("changed").boolean(*r);
+  end_ok(w, out);
+  return {};
+}
+
+// {"op":"checksum","settings":{…}} or {"op":"checksum","text":"<JSON text>"} (the text form
+// takes a controller's exact bytes, invalid ones included) → {"checksum","canonical"}: what the
+// store would keep for these settings. Reads nothing, writes nothing.
+Checked<> op_checksum(const Store& store, std::size_t max_depth, const Request& rq, std::string& out) {
+  if (auto ok = rq.only({"settings", "text"}); !ok) return ok;
+  const Member* m = rq.fields.member("settings");
+  const auto text = rq.opt_string("text");
+  if (!text) return text.error();
+  if (!m == !*text)
+    return refusal(code::kBadRequest, "a \"checksum\" request has exactly one of \"settings\" (a JSON object) and "
+                                      "\"text\" (JSON text in a string)");
+  Limits limits = store.limits();
+  limits.max_depth = max_depth;
+  auto settings = Settings::parse(m ? rq.fields.raw(*m) : **text, limits);
+  if (!settings) return refusal(settings.error());
+  JsonWriter w(out);
+  begin_ok(w, rq.id).key("checksum").str(settings->checksum_hex()).key("canonical").str(settings->canonical());
+  end_ok(w, out);
+  return {};
+}
+
 Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std::string& out) {
   if (auto ok = rq.require_write(); !ok) return ok;
-  if (auto ok = rq.only({"name", "version", "settings"}); !ok) return ok;
+  if (auto ok = rq.only({"name", "version", "settings", "settings_version", "maintenance", "force", "cause"}); !ok)
+    return ok;
   const auto name = rq.string_field("name");
   if (!name) return name.error();
   const auto version = rq.string_field("version");
   if (!version) return version.error();
-  Settings settings;
-  if (const Member* m = rq.fields.member("settings")) {
-    Limits limits = store.limits();
-    limits.max_depth = max_depth;
-    auto parsed = Settings::parse(rq.fields.raw(*m), limits);
-    if (!parsed) return refusal(parsed.error());
-    settings = std::move(*parsed);
-  }
-  auto r = store.update(*name, *version, settings);
+  auto settings = settings_field(store, max_depth, rq);
+  if (!settings) return settings.error();
+  UpdateOptions opts;
+  const auto sv = rq.opt_uint("settings_version", 0);
+  if (!sv) return sv.error();
+  opts.settings_version = *sv;
+  const auto maintenance = rq.opt_string("maintenance");
+  if (!maintenance) return maintenance.error();
+  opts.maintenance = maintenance->value_or("");
+  const auto force = rq.opt_bool("force");
+  if (!force) return force.error();
+  opts.force = *force;
+  const auto cause = rq.opt_string("cause");
+  if (!cause) return cause.error();
+  if (*cause && cause->value().empty()) return refusal(validate_cause_name("").error());
+  opts.cause = cause->value_or("");
+  auto r = store.update(*name, *version, *settings, opts);
   if (!r) return refusal(r.error());
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("context");
@@ -384,12 +470,15 @@ Checked<int> event_field(const Request& rq) {
 
 Checked<> op_event(Store& store, const Request& rq, std::string& out) {
   if (auto ok = rq.require_write(); !ok) return ok;
-  if (auto ok = rq.only({"name", "event"}); !ok) return ok;
+  if (auto ok = rq.only({"name", "event", "cause"}); !ok) return ok;
   const auto name = rq.string_field("name");
   if (!name) return name.error();
   const auto event = event_field(rq);
   if (!event) return event.error();
-  auto r = store.handle_event(*event, *name);
+  const auto cause = rq.opt_string("cause");
+  if (!cause) return cause.error();
+  if (*cause && cause->value().empty()) return refusal(validate_cause_name("").error());
+  auto r = store.handle_event(*event, *name, cause->value_or(""));
   if (!r) return refusal(r.error());
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("context");
@@ -403,7 +492,7 @@ Checked<> op_event(Store& store, const Request& rq, std::string& out) {
 }
 
 Checked<> op_need_update(Store& store, const Request& rq, std::string& out) {
-  if (auto ok = rq.only({"name", "version", "checksum"}); !ok) return ok;
+  if (auto ok = rq.only({"name", "version", "checksum", "maintenance"}); !ok) return ok;
   const auto name = rq.string_field("name");
   if (!name) return name.error();
   const auto version = rq.string_field("version");
@@ -412,7 +501,9 @@ Checked<> op_need_update(Store& store, const Request& rq, std::string& out) {
   if (!checksum) return checksum.error();
   auto sum = parse_checksum(*checksum);
   if (!sum) return refusal(sum.error());
-  auto r = store.need_update(*name, *version, *sum);
+  const auto maintenance = rq.opt_string("maintenance");
+  if (!maintenance) return maintenance.error();
+  auto r = store.need_update(*name, *version, *sum, *maintenance);
   if (!r) return refusal(r.error());
   JsonWriter w(out);
   begin_ok(w, rq.id).key("need_update").boolean(*r);
@@ -434,6 +525,8 @@ Checked<> op_settings(Store& store, const Request& rq, std::string& out) {
   // line, valid UTF-8; spliced as stored so the checksum matches byte for byte.
   w.key("settings").raw(rec->settings.empty() ? std::string_view("{}") : std::string_view(rec->settings));
   w.key("checksum").str(hex16(rec->checksum));
+  w.key("settings_version").num(rec->settings_version);
+  w.key("maintenance").str(rec->maintenance);
   end_ok(w, out);
   return {};
 }
@@ -462,7 +555,9 @@ void write_package(JsonWriter& w, const PackageRecord& p) {
   w.key("child_generations").begin_array();
   for (std::uint64_t g : p.child_generations) w.num(g);
   w.end_array();
-  w.key("last_cause").str(cause_name(p.last_cause));
+  w.key("last_cause").str(p.last_cause_name);
+  w.key("settings_version").num(p.settings_version);
+  w.key("maintenance").str(p.maintenance);
   w.end_object();
 }
 
@@ -616,11 +711,13 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
         if (op == "need_update") return op_need_update(store_, rq, out);
         if (op == "settings") return op_settings(store_, rq, out);
         if (op == "delete") return op_delete(store_, rq, out);
+        if (op == "update_settings") return op_update_settings(store_, options_.max_depth, rq, out);
+        if (op == "checksum") return op_checksum(store_, options_.max_depth, rq, out);
         if (op == "dump")
           return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out, cursor);
         std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
         return refusal(code::kBadRequest,
-                       "unknown op \"" + shown + "\" (ops: update, event, need_update, settings, delete, dump)");
+                       "unknown op \"" + shown + "\" (ops: update, update_settings, event, need_update, settings, delete, dump, checksum)");
       }();
       if (audit.write) audit_write(rq, audit, result ? std::string_view("ok") : result.error().code);
       return result;

@@ -7,6 +7,8 @@
 
 #include "pkgctx/settings.hpp"
 
+#include "pkgctx/layout.hpp"
+
 #include <xxhash.h>
 
 #include <string>
@@ -125,6 +127,31 @@ Result<void> validate_version(std::string_view version, const Limits& limits) {
     }
   }
   return {};
+}
+
+bool is_valid_maintenance(std::string_view mode) noexcept {
+  if (mode.size() > layout::kMaxMaintenance) return false;
+  for (const char c : mode)
+    if (!detail::kNameByte[static_cast<unsigned char>(c)]) return false;
+  return true;
+}
+
+Result<void> validate_maintenance(std::string_view mode) {
+  if (is_valid_maintenance(mode)) return {};
+  return make_error(Errc::invalid_maintenance,
+                    "maintenance " + quoted(mode) + " is not 0..64 bytes of [A-Za-z0-9._-]");
+}
+
+bool is_valid_cause_name(std::string_view name) noexcept {
+  if (name.empty() || name.size() > layout::kMaxCauseName || name.front() < 'a' || name.front() > 'z') return false;
+  for (const char c : name)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
+  return true;
+}
+
+Result<void> validate_cause_name(std::string_view name) {
+  if (is_valid_cause_name(name)) return {};
+  return make_error(Errc::invalid_cause, "cause " + quoted(name) + " is not a cause name ([a-z][a-z0-9_]{0,31})");
 }
 
 }  // namespace pkgctx

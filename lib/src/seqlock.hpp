@@ -73,12 +73,15 @@ class Backoff {
 };
 
 // Meta word of SlotData.
-inline constexpr std::uint64_t meta(bool used, std::size_t name_len, std::size_t version_len) noexcept {
-  return (used ? 1u : 0u) | (std::uint64_t{name_len} << 8) | (std::uint64_t{version_len} << 16);
+inline constexpr std::uint64_t meta(bool used, std::size_t name_len, std::size_t version_len,
+                                    std::size_t maintenance_len = 0) noexcept {
+  return (used ? 1u : 0u) | (std::uint64_t{name_len} << 8) | (std::uint64_t{version_len} << 16) |
+         (std::uint64_t{maintenance_len} << 24);
 }
 inline constexpr bool meta_used(std::uint64_t m) noexcept { return m & 1; }
 inline constexpr std::size_t meta_name_len(std::uint64_t m) noexcept { return (m >> 8) & 0xff; }
 inline constexpr std::size_t meta_version_len(std::uint64_t m) noexcept { return (m >> 16) & 0xff; }
+inline constexpr std::size_t meta_maintenance_len(std::uint64_t m) noexcept { return (m >> 24) & 0xff; }
 
 // Bytes [0, n) of `p` (n < 8) as the zero-padded word memcpy would make of them, and the mask of
 // those bytes in a word. A shift loop, not memcpy/memset with a variable length: GCC turns byte

@@ -21,6 +21,7 @@
 #include "seqlock.hpp"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <csignal>
 #include <cstring>
@@ -125,6 +126,8 @@ struct Block {
   u64 len = 0;  // bytes; 0 = "{}" (no chunks)
 };
 
+using Bases = std::array<u64, 1 + kChildKeys>;  // root, then child[k-2]
+
 // The data record a write leaves in a slot.
 struct Record {
   bool used = true;  // false: the slot is freed (Delete)
@@ -133,6 +136,9 @@ struct Record {
   std::string_view version;  // "" = removed
   Block settings;
   u64 checksum = 0;
+  u64 settings_version = 0;
+  std::string_view maintenance;  // "" = managed normally
+  Bases base{};                  // the slot's generations when this package was created
 };
 
 // One write, as Writer::publish carries it out. The slot comes last so every designated
@@ -141,6 +147,7 @@ struct Write {
   const Record* record = nullptr;  // the slot's new data record; nullptr: the record stays
   Cause root_cause = Cause::kNone;  // kNone: no root bump
   u32 child_key = 0;                // 0: no child event
+  Cause child_cause = Cause::kRescheduled;  // the cause of a child event (a root bump's children take root_cause)
   Block release{};                  // settings the old record used and the new one does not
   u32 slot = 0;
 };
@@ -185,6 +192,55 @@ class Writer {
   }
 
   u64 checksum(u32 s) const { return m_.slots[s].data.w[dw::kChecksum].load(std::memory_order_relaxed); }
+  u64 settings_version(u32 s) const { return m_.slots[s].data.w[dw::kSettingsVersion].load(std::memory_order_relaxed); }
+  bool maintenance_is(u32 s, std::string_view mode) const {
+    const SlotData& d = m_.slots[s].data;
+    return detail::meta_maintenance_len(d.w[dw::kMeta].load(std::memory_order_relaxed)) == mode.size() &&
+           detail::words_equal(&d.w[dw::kMaintenance], mode);
+  }
+  std::string version(u32 s) const {
+    std::string v(version_len(s), '\0');
+    detail::copy_out(v.data(), &m_.slots[s].data.w[dw::kVersion], v.size());
+    return v;
+  }
+  std::string maintenance(u32 s) const {
+    const SlotData& d = m_.slots[s].data;
+    std::string v(std::min(detail::meta_maintenance_len(d.w[dw::kMeta].load(std::memory_order_relaxed)), kMaxMaintenance), '\0');
+    detail::copy_out(v.data(), &d.w[dw::kMaintenance], v.size());
+    return v;
+  }
+  Bases bases(u32 s) const {
+    Bases b;
+    for (std::size_t i = 0; i < b.size(); ++i) b[i] = m_.slots[s].data.w[dw::kBaseRoot + i].load(std::memory_order_relaxed);
+    return b;
+  }
+  // The slot's live generations: the bases of a package created in it now.
+  Bases gens_now(u32 s) const {
+    const SlotGens& g = m_.slots[s].gens;
+    Bases b;
+    b[0] = g.root.load(std::memory_order_relaxed);
+    for (u32 k = 0; k < kChildKeys; ++k) b[1 + k] = g.child[k].load(std::memory_order_relaxed);
+    return b;
+  }
+
+  // --- caller-named causes ---
+  // The ring byte of cause `name`: its entry in the segment's table, or a new entry written past
+  // cause_count (invisible until a commit publishes the new count, see commit()). nullopt when
+  // the table is full.
+  std::optional<Cause> resolve_cause(std::string_view name) {
+    const u32 count = std::min(h_.cause_count.load(std::memory_order_relaxed), kMaxCauseNames);
+    for (u32 i = 0; i < count; ++i) {
+      const CauseName& e = h_.cause_names[i];
+      if (e.len.load(std::memory_order_relaxed) == name.size() && detail::words_equal(e.w, name))
+        return static_cast<Cause>(kFirstNamedCause + i);
+    }
+    if (count == kMaxCauseNames) return std::nullopt;
+    CauseName& e = h_.cause_names[count];
+    for (auto& word : e.w) word.store(0, std::memory_order_relaxed);
+    detail::copy_in(e.w, name.data(), name.size());
+    e.len.store(name.size(), std::memory_order_relaxed);
+    return static_cast<Cause>(kFirstNamedCause + count);
+  }
   Block block(u32 s) const {
     const SlotData& d = m_.slots[s].data;
     return {d.w[dw::kSettingsOff].load(std::memory_order_relaxed), d.w[dw::kSettingsLen].load(std::memory_order_relaxed)};
@@ -231,7 +287,8 @@ class Writer {
     SlotData& d = m_.slots[s].data;
     const u64 old_meta = d.w[dw::kMeta].load(std::memory_order_relaxed);
     detail::write_begin(d.seq);
-    d.w[dw::kMeta].store(detail::meta(r.used, r.name.size(), r.version.size()), std::memory_order_relaxed);
+    d.w[dw::kMeta].store(detail::meta(r.used, r.name.size(), r.version.size(), r.maintenance.size()),
+                         std::memory_order_relaxed);
     d.w[dw::kHash].store(r.hash, std::memory_order_relaxed);
     PKGCTX_CRASH_POINT("write", kHalfRecord);
     store_padded(&d.w[dw::kName], detail::meta_name_len(old_meta), r.name);
@@ -239,6 +296,10 @@ class Writer {
     d.w[dw::kSettingsOff].store(r.settings.off, std::memory_order_relaxed);
     d.w[dw::kSettingsLen].store(r.settings.len, std::memory_order_relaxed);
     d.w[dw::kChecksum].store(r.checksum, std::memory_order_relaxed);
+    d.w[dw::kSettingsVersion].store(r.settings_version, std::memory_order_relaxed);
+    for (std::size_t i = 0; i < kMaxMaintenance / 8; ++i) d.w[dw::kMaintenance + i].store(0, std::memory_order_relaxed);
+    detail::copy_in(&d.w[dw::kMaintenance], r.maintenance.data(), r.maintenance.size());
+    for (std::size_t i = 0; i < r.base.size(); ++i) d.w[dw::kBaseRoot + i].store(r.base[i], std::memory_order_relaxed);
     detail::write_end(d.seq);
   }
 
@@ -284,7 +345,7 @@ class Writer {
       }
     }
     PKGCTX_CRASH_POINT("write", kWritten);
-    commit(s, w.root_cause, w.child_key);
+    commit(s, w.root_cause, w.child_key, w.child_cause);
     PKGCTX_CRASH_POINT("write", kCommitted);
     apply_commit();
     PKGCTX_CRASH_POINT("write", kApplied);
@@ -297,13 +358,18 @@ class Writer {
 
   // Records the cancellations of a write (the targets, so a redo is idempotent). `child_key`
   // 0 = none. A root bump moves every child generation too: a child token watches one word.
-  void commit(u32 s, Cause root_cause, u32 child_key) {
+  // A caller-named cause used here that resolve_cause() added is published with the commit.
+  void commit(u32 s, Cause root_cause, u32 child_key, Cause child_cause) {
     const SlotGens& g = m_.slots[s].gens;
     j_.slot = s;
     const bool root_bump = root_cause != Cause::kNone;
     j_.root_cause = static_cast<u8>(root_cause);
     j_.child_key = child_key;
-    j_.child_cause = static_cast<u8>(child_key != 0 ? Cause::kRescheduled : Cause::kNone);
+    j_.child_cause = static_cast<u8>(child_key != 0 ? child_cause : Cause::kNone);
+    u32 count = h_.cause_count.load(std::memory_order_relaxed);
+    for (const Cause c : {root_cause, child_key != 0 ? child_cause : Cause::kNone})
+      if (is_named_cause(c)) count = std::max<u32>(count, static_cast<u8>(c) - kFirstNamedCause + 1);
+    j_.new_cause_count = std::min(count, kMaxCauseNames);
     j_.new_root_gen = g.root.load(std::memory_order_relaxed) + (root_bump ? 1 : 0);
     for (u32 k = 0; k < kChildKeys; ++k) {
       const bool bump = root_bump || child_key == k + kFirstChildKey;
@@ -319,6 +385,9 @@ class Writer {
     if (s >= m_.capacity) return;
     Slot& slot = m_.slots[s];
     bool cancelled = false;
+    // The new name's entry is complete; publish it before any ring byte that uses it.
+    if (j_.new_cause_count > h_.cause_count.load(std::memory_order_relaxed) && j_.new_cause_count <= kMaxCauseNames)
+      h_.cause_count.store(j_.new_cause_count, std::memory_order_release);
     if (j_.root_cause != static_cast<u8>(Cause::kNone)) {
       set_ring_cause(slot.causes.root, j_.new_root_gen, static_cast<Cause>(j_.root_cause));
       slot.gens.root.store(j_.new_root_gen, std::memory_order_release);
@@ -556,9 +625,28 @@ Result<Store> Store::open(const std::string& name, const std::string& dir) {
   return Store(std::move(*seg));
 }
 
-Result<UpdateResult> Store::update(std::string_view name, std::string_view version, const Settings& settings) {
+namespace {
+
+// Validates the §2.1 options (nothing touched yet).
+Result<void> check_options(const UpdateOptions& o) {
+  if (auto v = validate_maintenance(o.maintenance); !v) return v.error();
+  if (!o.cause.empty())
+    if (auto v = validate_cause_name(o.cause); !v) return v.error();
+  return {};
+}
+
+Error too_many_causes(const Segment& seg, std::string_view name) {
+  return make_error(Errc::too_many_causes, "cause \"" + std::string(name) + "\": segment " + seg.name() + " already holds " +
+                                               std::to_string(kMaxCauseNames) + " distinct cause names");
+}
+
+}  // namespace
+
+Result<UpdateResult> Store::update(std::string_view name, std::string_view version, const Settings& settings,
+                                   const UpdateOptions& opts) {
   if (auto v = validate_name(name, limits_); !v) return v.error();
   if (auto v = check_version(version, limits_); !v) return v.error();
+  if (auto v = check_options(opts); !v) return v.error();
   if (settings.canonical().size() > limits_.max_settings)
     return make_error(Errc::settings_too_large, "settings of \"" + std::string(name) + "\": " +
                                                     std::to_string(settings.canonical().size()) +
@@ -567,6 +655,12 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   const u64 hash = name_hash(name);
   const u64 sum = settings.checksum();
   Writer w(seg_);
+  Cause version_cause = Cause::kVersionChanged;
+  if (!opts.cause.empty()) {
+    const std::optional<Cause> c = w.resolve_cause(opts.cause);
+    if (!c) return too_many_causes(seg_, opts.cause);
+    version_cause = *c;
+  }
   const std::optional<u32> found = w.find(name, hash);
   auto full = [&]() {
     return make_error(Errc::settings_full, "settings area of segment " + seg_.name() + " has no room for " +
@@ -582,47 +676,84 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
     const auto b = w.store_settings(settings.canonical());
     if (!b) return full();
     const u32 s = w.pop_slot();
-    const Record r{true, name, hash, version, *b, sum};
+    const Record r{true, name, hash, version, *b, sum, opts.settings_version, opts.maintenance, w.gens_now(s)};
     w.publish({.record = &r, .slot = s});
     return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), Change::created};
   }
 
   const u32 s = *found;
-  const bool same_version = w.version_is(s, version);
+  const bool same_version = w.version_is(s, version) && !opts.force;
   const bool was_removed = w.version_len(s) == 0;
   const bool same_settings = w.checksum(s) == sum;
-  if (same_version && same_settings) return UpdateResult{std::nullopt, Change::none};
+  const bool same_extras = w.settings_version(s) == opts.settings_version && w.maintenance_is(s, opts.maintenance);
+  if (same_version && same_settings && same_extras) return UpdateResult{std::nullopt, Change::none};
 
   // Settings bytes: reuse the stored block when the checksum is unchanged.
   const Block old = w.block(s);
   const std::optional<Block> nb = same_settings ? std::optional<Block>(old) : w.store_settings(settings.canonical());
   if (!nb) return full();
-  const Record r{true, name, hash, version, *nb, sum};
-  const bool version_change = !same_version;  // includes re-creating a removed package
+  const Record r{true, name, hash, version, *nb, sum, opts.settings_version, opts.maintenance, w.bases(s)};
+  const bool version_change = !same_version;  // includes re-creating a removed package and force
   w.publish({.record = &r,
-             .root_cause = version_change ? Cause::kVersionChanged : Cause::kNone,
+             .root_cause = version_change ? version_cause : Cause::kNone,
              .release = same_settings ? Block{} : old,
              .slot = s});
   if (!version_change) return UpdateResult{std::nullopt, Change::settings};
   return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), was_removed ? Change::created : Change::version};
 }
 
-Result<std::optional<core::Token>> Store::handle_event(int event, std::string_view name) {
+Result<bool> Store::update_settings(std::string_view name, const Settings& settings, std::uint64_t settings_version) {
+  if (auto v = validate_name(name, limits_); !v) return v.error();
+  if (settings.canonical().size() > limits_.max_settings)
+    return make_error(Errc::settings_too_large, "settings of \"" + std::string(name) + "\": " +
+                                                    std::to_string(settings.canonical().size()) +
+                                                    " canonical bytes, the limit is " + std::to_string(limits_.max_settings));
+  if (!seg_.writable()) return read_only_error(seg_);
+  const u64 hash = name_hash(name);
+  const u64 sum = settings.checksum();
+  Writer w(seg_);
+  const std::optional<u32> found = w.find(name, hash);
+  // Only a tracked package: nothing is created, and a removed one keeps its "{}" (§2: removed
+  // means no pending settings until the next Update re-creates it).
+  if (!found || w.version_len(*found) == 0) return false;
+  const u32 s = *found;
+  const bool same_settings = w.checksum(s) == sum;
+  if (same_settings && w.settings_version(s) == settings_version) return false;
+  const Block old = w.block(s);
+  const std::optional<Block> nb = same_settings ? std::optional<Block>(old) : w.store_settings(settings.canonical());
+  if (!nb)
+    return make_error(Errc::settings_full, "settings area of segment " + seg_.name() + " has no room for " +
+                                               std::to_string(settings.canonical().size()) + " bytes");
+  // Version and maintenance are kept.
+  const std::string version = w.version(s), maintenance = w.maintenance(s);
+  const Record r{true, name, hash, version, *nb, sum, settings_version, maintenance, w.bases(s)};
+  w.publish({.record = &r, .release = same_settings ? Block{} : old, .slot = s});
+  return true;
+}
+
+Result<std::optional<core::Token>> Store::handle_event(int event, std::string_view name, std::string_view cause) {
   if (auto e = validate_event(event); !e) return e.error();
   if (auto v = validate_name(name, limits_); !v) return v.error();
+  if (!cause.empty())
+    if (auto v = validate_cause_name(cause); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
   const u64 hash = name_hash(name);
   Writer w(seg_);
+  std::optional<Cause> named;
+  if (!cause.empty()) {
+    named = w.resolve_cause(cause);
+    if (!named) return too_many_causes(seg_, cause);
+  }
   const std::optional<u32> found = w.find(name, hash);
   if (!found) return std::optional<core::Token>();
   const u32 s = *found;
   if (event == kEventRemove) {
-    const Record r{true, name, hash, "", Block{0, kEmptyLen}, checksum_bytes("{}")};
-    w.publish({.record = &r, .root_cause = Cause::kRemoved, .release = w.block(s), .slot = s});
+    const Record r{true, name, hash, "", Block{0, kEmptyLen}, checksum_bytes("{}"), 0, "", w.bases(s)};
+    w.publish({.record = &r, .root_cause = named.value_or(Cause::kRemoved), .release = w.block(s), .slot = s});
   } else if (event == kEventUpdate) {
-    w.publish({.root_cause = Cause::kUpdateEvent, .slot = s});
+    w.publish({.root_cause = named.value_or(Cause::kUpdateEvent), .slot = s});
   } else {
-    w.publish({.child_key = static_cast<u32>(event), .slot = s});
+    w.publish({.child_key = static_cast<u32>(event), .child_cause = named.value_or(Cause::kRescheduled), .slot = s});
   }
   return std::optional<core::Token>(core::Token::snapshot(seg_.mapping(), s, static_cast<u32>(event)));
 }
@@ -635,13 +766,17 @@ Result<bool> Store::erase(std::string_view name) {
   const std::optional<u32> found = w.find(name, hash);
   if (!found || w.version_len(*found) != 0) return false;  // absent, or re-created since the remove
   const u32 s = *found;
-  const Record r{false, "", 0, "", Block{0, kEmptyLen}, 0};
+  const Record r{false, "", 0, "", Block{0, kEmptyLen}, 0, 0, "", Bases{}};
   w.publish({.record = &r, .root_cause = Cause::kDeleted, .release = w.block(s), .slot = s});
   return true;
 }
 
-Result<bool> Store::need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const {
-  return view_.need_update(name, version, checksum);
+Result<bool> Store::need_update(std::string_view name, std::string_view version, std::uint64_t checksum,
+                                std::optional<std::string_view> maintenance) const {
+  if (auto v = validate_name(name, limits_); !v) return v.error();
+  if (maintenance)
+    if (auto v = validate_maintenance(*maintenance); !v) return v.error();
+  return view_.need_update(name, version, checksum, maintenance);
 }
 
 Result<Settings> Store::pending_settings(std::string_view name) const {

@@ -3,6 +3,8 @@
 #include "mapping.hpp"
 #include "pkgctx/futex.hpp"
 #include "pkgctx/segment.hpp"
+#include "pkgctx/settings.hpp"
+#include "seqlock.hpp"
 
 #include <algorithm>
 #include <charconv>
@@ -106,6 +108,23 @@ Result<TokenText> parse_token_text(std::string_view text) {
   return t;
 }
 
+Result<std::string> cause_text(const detail::Mapping& m, Cause c) {
+  if (!is_named_cause(c)) return std::string(cause_name(c));
+  const u32 i = static_cast<u8>(c) - kFirstNamedCause;
+  // Entries below cause_count are complete and immutable (acquire pairs with the commit).
+  const u32 count = m.header->cause_count.load(std::memory_order_acquire);
+  if (i >= count || i >= kMaxCauseNames)
+    return make_error(Errc::corrupt, "segment " + m.name + ": cause " + std::to_string(static_cast<u8>(c)) +
+                                         " is past its table of " + std::to_string(count) + " cause names");
+  const CauseName& e = m.header->cause_names[i];
+  const u64 len = e.len.load(std::memory_order_relaxed);
+  std::string name(len <= kMaxCauseName ? len : 0, '\0');
+  detail::copy_out(name.data(), e.w, name.size());
+  if (!is_valid_cause_name(name))
+    return make_error(Errc::corrupt, "segment " + m.name + ": cause name " + std::to_string(i) + " is not a cause name");
+  return name;
+}
+
 namespace core {
 
 Token::Token() noexcept : watched_(&kNeverChanges) {}
@@ -140,6 +159,12 @@ Cause Token::cause() const noexcept {
   const SlotCauses& c = map_->slots[slot_].causes;
   const CauseRing& ring = is_root() ? c.root : c.child[key_ - kFirstChildKey];
   return cause_after(ring, snap_, watched_->load(std::memory_order_acquire));
+}
+
+Result<std::string> Token::cause_text() const {
+  const Cause c = cause();
+  if (!map_ || c == Cause::kNone) return std::string(cause_name(c));
+  return pkgctx::cause_text(*map_, c);
 }
 
 bool Token::wait(std::chrono::nanoseconds timeout) const noexcept {

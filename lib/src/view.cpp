@@ -2,7 +2,9 @@
 
 #include "mapping.hpp"
 #include "seqlock.hpp"
+#include "pkgctx/settings.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <optional>
 
@@ -120,12 +122,14 @@ Result<bool> View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_s
   if (slot >= m.capacity) return false;
   const Slot& s = m.slots[slot];
   const SlotData& d = s.data;
+  std::array<u64, 1 + kChildKeys> base{};
   detail::Backoff backoff;
   do {
     const u64 s1 = d.seq.load(std::memory_order_acquire);
     if (s1 & 1) continue;
     const u64 mt = d.w[dw::kMeta].load(std::memory_order_relaxed);
     const std::size_t nl = detail::meta_name_len(mt), vl = detail::meta_version_len(mt);
+    const std::size_t ml = detail::meta_maintenance_len(mt);
     const u64 off = d.w[dw::kSettingsOff].load(std::memory_order_relaxed);
     const u64 len = d.w[dw::kSettingsLen].load(std::memory_order_relaxed);
     const u64 sum = d.w[dw::kChecksum].load(std::memory_order_relaxed);
@@ -136,6 +140,10 @@ Result<bool> View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_s
       detail::copy_out(out.name.data(), &d.w[dw::kName], nl);
       out.version.resize(vl);
       detail::copy_out(out.version.data(), &d.w[dw::kVersion], vl);
+      out.maintenance.resize(std::min(ml, kMaxMaintenance + 1));  // one byte over: validated below
+      detail::copy_out(out.maintenance.data(), &d.w[dw::kMaintenance], std::min(out.maintenance.size(), kMaxMaintenance));
+      out.settings_version = d.w[dw::kSettingsVersion].load(std::memory_order_relaxed);
+      for (std::size_t i = 0; i < base.size(); ++i) base[i] = d.w[dw::kBaseRoot + i].load(std::memory_order_relaxed);
       out.settings_size = len == 0 ? 2 : len;
       out.checksum = sum;
       if (with_settings) {
@@ -152,14 +160,28 @@ Result<bool> View::read_slot(std::uint32_t slot, PackageRecord& out, bool with_s
     if (!detail::meta_used(mt)) return false;
     if (!sane) return corrupt(m, slot, "its sizes or offsets do not fit the segment");
     if (auto ok = check_record(m, slot, out, with_settings); !ok) return ok.error();
+    if (!is_valid_maintenance(out.maintenance)) return corrupt(m, slot, "its maintenance mode is not [A-Za-z0-9._-]{0,64}");
     out.slot = slot;
-    out.root_generation = s.gens.root.load(std::memory_order_acquire);
-    for (u32 k = 0; k < kChildKeys; ++k) out.child_generations[k] = s.gens.child[k].load(std::memory_order_acquire);
-    out.last_cause = ring_cause(s.causes.root, out.root_generation);
+    // Generations after the record: a delete or re-create rewrites the record before it moves
+    // a generation, so these are never below the bases read above.
+    const u64 root = s.gens.root.load(std::memory_order_acquire);
+    if (root < base[0]) return corrupt(m, slot, "its base generation is above the slot's generation");
+    out.root_generation = root - base[0];
+    for (u32 k = 0; k < kChildKeys; ++k) {
+      const u64 g = s.gens.child[k].load(std::memory_order_acquire);
+      if (g < base[1 + k]) return corrupt(m, slot, "its base generation is above the slot's generation");
+      out.child_generations[k] = g - base[1 + k];
+    }
+    out.last_cause = root == base[0] ? Cause::kNone : ring_cause(s.causes.root, root);
+    auto text = pkgctx::cause_text(m, out.last_cause);
+    if (!text) return text.error();
+    out.last_cause_name = std::move(*text);
     return true;
   } while (backoff.next());
   return false;
 }
+
+Result<std::string> View::cause_text(Cause c) const { return pkgctx::cause_text(*seg_.mapping(), c); }
 
 Result<PackageRecord> View::read(std::string_view name, bool with_settings) const {
   // The slot found may be reused by another package before it is read: re-check the name.
@@ -201,13 +223,14 @@ Result<core::Token> View::token(std::string_view name, int event) const {
   return busy(name);
 }
 
-Result<bool> View::need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const {
+Result<bool> View::need_update(std::string_view name, std::string_view version, std::uint64_t checksum,
+                               std::optional<std::string_view> maintenance) const {
   auto r = read(name, false);
   if (!r) {
     if (r.error().code == Errc::no_such_package) return true;
     return r.error();
   }
-  return r->version != version || r->checksum != checksum;
+  return r->version != version || r->checksum != checksum || (maintenance && r->maintenance != *maintenance);
 }
 
 Result<std::vector<PackageRecord>> View::list(bool with_settings) const {

@@ -119,7 +119,7 @@ t 0 settings web; has "$OUT" '"version":"1.1"' "refused updates changed nothing"
 # --- settings, checksum, need-update ----------------------------------------------------------
 t 0 settings web
 SUM=$("$PKGCTL" checksum '{"a":"w"}')
-eq "$OUT" "{\"name\":\"web\",\"version\":\"1.1\",\"settings\":{\"a\":\"w\"},\"checksum\":\"$SUM\"}" "settings"
+eq "$OUT" "{\"name\":\"web\",\"version\":\"1.1\",\"settings\":{\"a\":\"w\"},\"checksum\":\"$SUM\",\"settings_version\":0,\"maintenance\":\"\"}" "settings"
 [[ $SUM =~ ^[0-9a-f]{16}$ ]] || fail "checksum format: $SUM"
 eq "$(echo '{ "a" : "w" }' | "$PKGCTL" checksum)" "$SUM" "checksum from stdin"
 t 5 checksum '{"a":1,"a":2}'
@@ -172,12 +172,63 @@ t 0 wait "$R";                        # already cancelled: at once
 # --- delete -----------------------------------------------------------------------------------
 t 0 update db 14.2;                   D=$(tok "$OUT")
 t 0 delete db;                        eq "$OUT" '{"name":"db","deleted":false}' "delete a live package"
-t 0 settings web;                     eq "$OUT" "{\"name\":\"web\",\"version\":\"\",\"settings\":{},\"checksum\":\"$("$PKGCTL" checksum '{}')\"}" "removed package"
+t 0 settings web;                     eq "$OUT" "{\"name\":\"web\",\"version\":\"\",\"settings\":{},\"checksum\":\"$("$PKGCTL" checksum '{}')\",\"settings_version\":0,\"maintenance\":\"\"}" "removed package"
 t 0 token web;                        RW=$OUT
 t 0 delete web;                       eq "$OUT" '{"name":"web","deleted":true}' "delete removed"
 t 1 check "$RW";                      eq "$OUT" '{"cancelled":true,"cause":"deleted"}'
 t 3 settings web
 t 5 delete "x y"
+
+# --- DESIGN §2.1 (v2): settings_version, maintenance, force, caller-named causes, update-settings
+t 0 update v2 1 --settings '{"a":1}' --settings-version 3 --maintenance paused
+has "$OUT" '"change":"created"'; V1=$(tok "$OUT")
+t 0 settings v2;  eq "$OUT" "{\"name\":\"v2\",\"version\":\"1\",\"settings\":{\"a\":1},\"checksum\":\"$("$PKGCTL" checksum '{"a":1}')\",\"settings_version\":3,\"maintenance\":\"paused\"}" "settings v2"
+t 0 update v2 1 --settings '{"a":1}' --settings-version 4 --maintenance paused; eq "$OUT" '{"name":"v2","context":null,"change":"settings"}' "settings_version alone"
+t 0 update v2 1 --settings '{"a":1}' --settings-version 4;  eq "$OUT" '{"name":"v2","context":null,"change":"settings"}' "maintenance alone"
+t 0 check "$V1"
+SUMV=$("$PKGCTL" checksum '{"a":1}')
+t 0 need-update v2 1 "$SUMV";                    eq "$OUT" false
+t 0 need-update v2 1 "$SUMV" --maintenance "";   eq "$OUT" false
+t 0 need-update v2 1 "$SUMV" --maintenance paused; eq "$OUT" true "need-update maintenance differs"
+t 5 need-update v2 1 "$SUMV" --maintenance 'a b'; has "$ERR" "maintenance"
+t 0 update-settings v2 --settings '{"a":2}' --settings-version 5; eq "$OUT" '{"name":"v2","changed":true}' "update-settings"
+t 0 update-settings v2 --settings '{"a":2}' --settings-version 5; eq "$OUT" '{"name":"v2","changed":false}' "update-settings same"
+t 0 update-settings ghost --settings '{}';      eq "$OUT" '{"name":"ghost","changed":false}' "update-settings absent"
+t 2 update-settings v2;                         has "$ERR" "settings"
+t 0 check "$V1";                                # update-settings touches no token
+t 0 settings v2;  has "$OUT" '"version":"1","settings":{"a":2}'; has "$OUT" '"settings_version":5'
+t 0 update v2 1 --settings '{"a":2}' --settings-version 5 --force --cause rollout_7
+has "$OUT" '"change":"version"'; V2=$(tok "$OUT")
+t 1 check "$V1";  eq "$OUT" '{"cancelled":true,"cause":"rollout_7"}' "forced update with a named cause"
+t 0 token v2 --event schedule;  VC=$OUT
+t 0 event schedule v2 --cause operator_disable
+t 1 check "$VC";  eq "$OUT" '{"cancelled":true,"cause":"operator_disable"}' "named child event"
+t 5 event update v2 --cause 'Bad-Cause';  has "$ERR" "cause"
+t 5 update v2 1 --cause 9x;               has "$ERR" "cause"
+t 5 update v2 1 --maintenance "$(head -c 65 /dev/zero | tr '\0' m)"; has "$ERR" "maintenance"
+t 0 check "$V2";                          # refused calls changed nothing
+t 0 dump --json
+python3 - "$OUT" <<'PY' || fail "dump --json v2 fields: $OUT"
+import json, sys
+p = {p["name"]: p for p in json.loads(sys.argv[1])["packages"]}["v2"]
+assert p["settings_version"] == 5 and p["maintenance"] == "" and p["last_cause"] == "rollout_7", p
+PY
+t 0 event remove v2
+t 0 settings v2;  has "$OUT" '"settings_version":0,"maintenance":""'
+t 0 delete v2;    eq "$OUT" '{"name":"v2","deleted":true}'
+
+# --- a new package shows its own history, not the slot's previous tenant's ----------------------
+t 0 update ha 1; t 0 event schedule ha; t 0 event remove ha; t 0 delete ha
+t 0 update hb 1
+t 0 dump
+grep -Eq '^hb +1 +[0-9a-f]{16} +0  +- +- ' <<<"$OUT" || fail "dump row of a new package in a reused slot: $OUT"
+t 0 dump --json
+python3 - "$OUT" <<'PY' || fail "dump --json of a new package: $OUT"
+import json, sys
+p = {p["name"]: p for p in json.loads(sys.argv[1])["packages"]}["hb"]
+assert p["root_generation"] == 0 and set(p["child_generations"].values()) == {0} and p["last_cause"] is None, p
+PY
+t 0 event remove hb; t 0 delete hb
 
 # --- table_full -> 5 (capacity 4) ---------------------------------------------------------------
 t 0 update p1 1; t 0 update p2 1; t 0 update p3 1

@@ -83,7 +83,7 @@ BOOST_AUTO_TEST_CASE(pkgctl_and_socket_updates_store_the_vectors_exactly) {
       BOOST_TEST_REQUIRE(u.code == 0, u.err);
       const Run s = run_pkgctl({"settings", "cli"});
       BOOST_TEST(s.out == R"({"name":"cli","version":"1","settings":)" + v.canonical + R"(,"checksum":")" + v.checksum +
-                              "\"}\n");
+                              R"(","settings_version":0,"maintenance":""})" + "\n");
       BOOST_TEST(a.at("ok") == true, boost::json::serialize(a));
       BOOST_TEST(stored_settings(env.seg.str(), "raw") == v.canonical + " " + v.checksum);
     }

@@ -43,10 +43,20 @@ json::object request(const Op& op) {
       r["op"] = "update";
       r["version"] = op.version;
       r["settings"] = json::parse(settings_pool().at(op.settings).json);
+      r["settings_version"] = op.settings_version;  // §2.1 fields, as the store call passes them
+      r["maintenance"] = op.maintenance;
+      r["force"] = op.force;
+      if (!op.cause.empty()) r["cause"] = op.cause;
+      break;
+    case OpKind::update_settings:
+      r["op"] = "update_settings";
+      r["settings"] = json::parse(settings_pool().at(op.settings).json);
+      r["settings_version"] = op.settings_version;
       break;
     case OpKind::event:
       r["op"] = "event";
       r["event"] = op.event;
+      if (!op.cause.empty()) r["cause"] = op.cause;
       break;
     case OpKind::erase: r["op"] = "delete"; break;
     default: r["op"] = "settings"; break;
@@ -68,6 +78,7 @@ Answer answer_of(const Op& op, const json::object& a, std::string& token) {
   }
   if (const auto* c = a.if_contains("change")) out.change = std::string(c->as_string());
   if (const auto* d = a.if_contains("deleted")) out.flag = d->as_bool();
+  if (const auto* c = a.if_contains("changed")) out.flag = c->as_bool();
   if (op.kind == OpKind::settings) out.settings = canonicalize_json(json::serialize(a.at("settings"))).value();
   return out;
 }

@@ -46,6 +46,29 @@ Op event(int e, std::string name) {
   op.name = std::move(name);
   return op;
 }
+// §2.1: an update carrying every optional field, a settings-only call, and named events.
+Op update_v2(std::string name, std::string version, std::size_t s, std::string maintenance, bool force,
+             std::string cause) {
+  Op op = update(std::move(name), std::move(version), s);
+  op.settings_version = 5;
+  op.maintenance = std::move(maintenance);
+  op.force = force;
+  op.cause = std::move(cause);
+  return op;
+}
+Op update_settings(std::string name, std::size_t s, std::uint64_t settings_version) {
+  Op op;
+  op.kind = OpKind::update_settings;
+  op.name = std::move(name);
+  op.settings = s;
+  op.settings_version = settings_version;
+  return op;
+}
+Op named_event(int e, std::string name, std::string cause) {
+  Op op = event(e, std::move(name));
+  op.cause = std::move(cause);
+  return op;
+}
 Op erase(std::string name) {
   Op op;
   op.kind = OpKind::erase;
@@ -58,6 +81,7 @@ const char* op_family(const Op& op) {
     case OpKind::update: return "update";
     case OpKind::event: return "event";
     case OpKind::erase: return "erase";
+    case OpKind::update_settings: return "update_settings";
     default: return "";
   }
 }
@@ -129,7 +153,12 @@ const std::vector<VictimState>& victim_states() {
 // The writes under test. The update stores a 5-chunk settings block (allocation and release).
 const std::vector<Op>& writes() {
   static const std::vector<Op> w = {update("victim", "2", 3), event(0, "victim"), event(1, "victim"),
-                                    event(2, "victim"), event(7, "victim"), erase("victim")};
+                                    event(2, "victim"), event(7, "victim"), erase("victim"),
+                                    // §2.1: new fields in the record, a cause name registered by the commit
+                                    update_v2("victim", "2", 3, "paused", true, "rollout"),
+                                    update_v2("victim", "2", 1, "frozen-1", false, ""),
+                                    update_settings("victim", 3, 7), named_event(0, "victim", "push_7"),
+                                    named_event(2, "victim", "operator_x")};
   return w;
 }
 
@@ -221,6 +250,7 @@ BOOST_AUTO_TEST_CASE(writer_killed_at_every_step_in_every_state) {
   BOOST_TEST(kills["update"] >= 30);
   BOOST_TEST(kills["event"] >= 30);
   BOOST_TEST(kills["erase"] >= 10);
+  BOOST_TEST(kills["update_settings"] >= 10);
   for (int k = 1; k <= fault_steps("write"); ++k) BOOST_TEST(kills_at[k] > 0, "no writer was killed at write:" << k);
 }
 

@@ -46,7 +46,7 @@ inline const Settings& pool_settings(std::size_t i) {
   return parsed.at(i);
 }
 
-enum class OpKind : std::uint8_t { update, event, erase, need_update, settings, token };
+enum class OpKind : std::uint8_t { update, event, erase, need_update, settings, token, update_settings };
 
 struct Op {
   OpKind kind = OpKind::update;
@@ -54,14 +54,40 @@ struct Op {
   std::string version;        // update, need_update
   std::size_t settings = 0;   // index in settings_pool(): update, need_update
   int event = 0;              // event, token
+  // §2.1: update (all), update_settings (settings_version), event (cause), need_update
+  // (maintenance, compared only when has_maintenance).
+  std::uint64_t settings_version = 0;
+  std::string maintenance;
+  bool has_maintenance = false;
+  bool force = false;
+  std::string cause;
+
+  UpdateArgs args() const { return {settings_version, maintenance, force, cause}; }
+  UpdateOptions options() const {
+    UpdateOptions o;
+    o.settings_version = settings_version;
+    o.maintenance = maintenance;
+    o.force = force;
+    o.cause = cause;
+    return o;
+  }
+  std::string extras() const {
+    std::ostringstream os;
+    if (settings_version) os << ", sv=" << settings_version;
+    if (!maintenance.empty() || has_maintenance) os << ", m=\"" << maintenance << "\"";
+    if (force) os << ", force";
+    if (!cause.empty()) os << ", cause=" << cause;
+    return os.str();
+  }
 
   std::string str() const {
     std::ostringstream os;
     switch (kind) {
-      case OpKind::update: os << "update(" << name << ", \"" << version << "\", s" << settings << ")"; break;
-      case OpKind::event: os << "event(" << event << ", " << name << ")"; break;
+      case OpKind::update: os << "update(" << name << ", \"" << version << "\", s" << settings << extras() << ")"; break;
+      case OpKind::update_settings: os << "update_settings(" << name << ", s" << settings << extras() << ")"; break;
+      case OpKind::event: os << "event(" << event << ", " << name << extras() << ")"; break;
       case OpKind::erase: os << "delete(" << name << ")"; break;
-      case OpKind::need_update: os << "need_update(" << name << ", \"" << version << "\", s" << settings << ")"; break;
+      case OpKind::need_update: os << "need_update(" << name << ", \"" << version << "\", s" << settings << extras() << ")"; break;
       case OpKind::settings: os << "pending_settings(" << name << ")"; break;
       case OpKind::token: os << "token(" << name << ", " << event << ")"; break;
     }
@@ -78,10 +104,13 @@ struct Observed {
 inline Answer model_apply(Model& m, const Op& op) {
   const std::string& canon = settings_pool().at(op.settings).canonical;
   switch (op.kind) {
-    case OpKind::update: return m.update(op.name, op.version, canon);
-    case OpKind::event: return m.event(op.event, op.name);
+    case OpKind::update: return m.update(op.name, op.version, canon, op.args());
+    case OpKind::update_settings: return m.update_settings(op.name, canon, op.settings_version);
+    case OpKind::event: return m.event(op.event, op.name, op.cause);
     case OpKind::erase: return m.erase(op.name);
-    case OpKind::need_update: return m.need_update(op.name, op.version, canon);
+    case OpKind::need_update:
+      return m.need_update(op.name, op.version, canon,
+                           op.has_maintenance ? std::optional<std::string>(op.maintenance) : std::nullopt);
     case OpKind::settings: return m.pending_settings(op.name);
     case OpKind::token: return m.token(op.name, op.event);
   }
@@ -93,7 +122,7 @@ inline Observed store_apply(Store& s, const Op& op) {
   auto fail = [&](const Error& e) { o.answer.error = std::string(errc_name(e.code)); };
   switch (op.kind) {
     case OpKind::update: {
-      auto r = s.update(op.name, op.version, pool_settings(op.settings));
+      auto r = s.update(op.name, op.version, pool_settings(op.settings), op.options());
       if (!r) {
         fail(r.error());
         break;
@@ -102,8 +131,17 @@ inline Observed store_apply(Store& s, const Op& op) {
       o.answer.change = std::string(change_name(r->change));
       break;
     }
+    case OpKind::update_settings: {
+      auto r = s.update_settings(op.name, pool_settings(op.settings), op.settings_version);
+      if (!r) {
+        fail(r.error());
+        break;
+      }
+      o.answer.flag = *r;
+      break;
+    }
     case OpKind::event: {
-      auto r = s.handle_event(op.event, op.name);
+      auto r = s.handle_event(op.event, op.name, op.cause);
       if (!r) {
         fail(r.error());
         break;
@@ -121,7 +159,8 @@ inline Observed store_apply(Store& s, const Op& op) {
       break;
     }
     case OpKind::need_update: {
-      auto r = s.need_update(op.name, op.version, pool_settings(op.settings).checksum());
+      auto r = s.need_update(op.name, op.version, pool_settings(op.settings).checksum(),
+                             op.has_maintenance ? std::optional<std::string_view>(op.maintenance) : std::nullopt);
       if (!r) {
         fail(r.error());
         break;
@@ -165,7 +204,7 @@ inline std::string answer_diff(const Op& op, const Answer& expect, const Observe
   return os.str();
 }
 
-using Table = std::map<std::string, std::pair<std::string, std::string>>;
+using Table = std::map<std::string, Model::Row>;
 
 // The table as a View sees it, with a consistency check of each record.
 inline Table store_table(const View& v, std::string* problems = nullptr) {
@@ -173,7 +212,7 @@ inline Table store_table(const View& v, std::string* problems = nullptr) {
   for (const PackageRecord& r : v.list(true).value()) {
     if (problems && checksum_bytes(r.settings) != r.checksum) *problems += "checksum of " + r.name + " is wrong; ";
     if (problems && t.count(r.name)) *problems += r.name + " is listed twice; ";
-    t[r.name] = {r.version, r.settings};
+    t[r.name] = {r.version, r.settings, r.settings_version, r.maintenance};
   }
   return t;
 }
@@ -184,11 +223,12 @@ inline std::string table_diff(const View& v, const Model& m) {
   const Table want = m.table();
   if (got != want) problems += "table differs: store {" + Model::describe(got) + "} model {" + Model::describe(want) + "}";
   // Everything in the table is found by name (the index agrees with the slots).
-  for (const auto& [name, vs] : got) {
+  for (const auto& [name, row] : got) {
     auto r = v.read(name, true);
     if (!r) {
       problems += "lookup of " + name + " fails: " + r.error().message + "; ";
-    } else if (r->version != vs.first || r->settings != vs.second) {
+    } else if (r->version != row.version || r->settings != row.settings || r->settings_version != row.settings_version ||
+               r->maintenance != row.maintenance) {
       problems += "lookup of " + name + " disagrees with the listing; ";
     }
   }
@@ -205,7 +245,8 @@ struct Tracked {
 inline std::string token_diff(const Tracked& t, const Model& m) {
   const bool want = m.cancelled(t.tok);
   const bool got = t.token.cancelled();
-  const std::string cause(cause_name(t.token.cause()));
+  const auto text = t.token.cause_text();
+  const std::string cause = text ? *text : "error " + text.error().message;
   const auto ok = m.acceptable_causes(t.tok);
   if (want == got && ok.count(cause)) return "";
   std::ostringstream os;
@@ -252,16 +293,29 @@ inline Op random_op(std::mt19937_64& rng, const std::vector<std::string>& names)
     op.kind = OpKind::erase;
   } else if (r < 82) {
     op.kind = OpKind::need_update;
-  } else if (r < 91) {
+  } else if (r < 88) {
     op.kind = OpKind::settings;
+  } else if (r < 94) {
+    op.kind = OpKind::update_settings;
   } else {
     op.kind = OpKind::token;
   }
+  // §2.1 extras, from small pools; now and then a fresh cause name, so a long run fills the
+  // segment's table of names and meets too_many_causes.
+  static const char* modes[] = {"", "", "paused", "frozen-1"};
+  static const char* causes[] = {"rollout", "operator_x", "push_7"};
+  op.settings_version = pick(4) == 0 ? pick(3) : 0;
+  op.maintenance = modes[pick(4)];
+  op.has_maintenance = pick(2) == 0;
+  op.force = pick(8) == 0;
+  if (pick(4) == 0) op.cause = pick(6) == 0 ? "n" + std::to_string(pick(100)) : causes[pick(3)];
   // Rarely, invalid input: it must be refused and change nothing.
   if (pick(60) == 0) {
-    switch (pick(3)) {
+    switch (pick(5)) {
       case 0: op.name = "bad name"; break;
       case 1: op.version = ""; break;
+      case 2: op.maintenance = "bad mode"; op.has_maintenance = true; break;
+      case 3: op.cause = "Bad-Cause"; break;
       default: op.event = 8; break;
     }
   }

@@ -67,6 +67,8 @@ void put(char (&dst)[N], const std::string& s) {
 // One linearised call. Plain bytes: written by one process under the mutex, read after all exit.
 struct Entry {
   std::uint8_t kind, settings, flag, has_token, born_cancelled;
+  std::uint8_t settings_version, has_maintenance, force;  // §2.1
+  char maintenance[16], cause[16];
   std::int8_t event;
   std::uint16_t worker;
   char name[16], version[16], error[24], change[12];
@@ -74,7 +76,8 @@ struct Entry {
   char token[136];
   // A probe, right after the call: an earlier token of this writer (log index) and what it said.
   std::int32_t probe = -1;
-  std::uint8_t probe_cancelled, probe_cause;
+  std::uint8_t probe_cancelled;
+  char probe_cause[40];
 };
 
 struct SharedLog {
@@ -124,6 +127,11 @@ void writer(SharedLog* log, Store& store, std::uint64_t seed, int worker, int op
     e.worker = static_cast<std::uint16_t>(worker);
     put(e.name, op.name);
     put(e.version, op.version);
+    e.settings_version = static_cast<std::uint8_t>(op.settings_version);
+    e.has_maintenance = op.has_maintenance;
+    e.force = op.force;
+    put(e.maintenance, op.maintenance);
+    put(e.cause, op.cause);
     put(e.error, o.answer.error);
     put(e.change, o.answer.change);
     put(e.returned_settings, o.answer.settings);
@@ -135,7 +143,8 @@ void writer(SharedLog* log, Store& store, std::uint64_t seed, int worker, int op
     if (!mine.empty()) {
       e.probe = mine[pick].first;
       e.probe_cancelled = mine[pick].second.cancelled();
-      e.probe_cause = static_cast<std::uint8_t>(mine[pick].second.cause());
+      const auto text = mine[pick].second.cause_text();
+      put(e.probe_cause, text ? *text : "error: " + std::string(errc_name(text.error().code)));
     }
     log->size.store(n + 1, std::memory_order_relaxed);
     if (o.token) {
@@ -200,6 +209,11 @@ Op decode(const Entry& e) {
   op.event = e.event;
   op.name = e.name;
   op.version = e.version;
+  op.settings_version = e.settings_version;
+  op.has_maintenance = e.has_maintenance;
+  op.force = e.force;
+  op.maintenance = e.maintenance;
+  op.cause = e.cause;
   return op;
 }
 
@@ -271,7 +285,7 @@ BOOST_AUTO_TEST_CASE(random_operations_from_threads_and_processes_match_the_mode
         d += " probe of #" + std::to_string(e.probe) + ": no such token";
       } else {
         const Tok& tok = tracked[it->second].tok;
-        const std::string cause(cause_name(static_cast<Cause>(e.probe_cause)));
+        const std::string cause(e.probe_cause);
         if (m.cancelled(tok) != static_cast<bool>(e.probe_cancelled) || !m.acceptable_causes(tok).count(cause)) {
           d += " probe of the token from " + tracked[it->second].what + ": store cancelled=" +
                std::to_string(e.probe_cancelled) + " cause=" + cause + ", model cancelled=" +
@@ -298,7 +312,7 @@ BOOST_AUTO_TEST_CASE(random_operations_from_threads_and_processes_match_the_mode
   BOOST_TEST_MESSAGE(n << " operations linearised, " << tokens << " tokens checked at the end, " << probes
                        << " token probes checked in between, " << switches
                        << " changes of writer in the log, final table of " << m.size()
-                       << " packages");
+                       << " packages, " << m.cause_names() << " cause names");
   pthread_mutex_destroy(&log->mu);
   ::munmap(mem, sizeof(SharedLog));
 }

@@ -3,6 +3,7 @@
 #include <boost/test/unit_test.hpp>
 
 #include "pkgctx/daemon/protocol.hpp"
+#include "jcs_vectors.hpp"
 #include "test_support.hpp"
 
 #include <boost/json.hpp>
@@ -432,3 +433,172 @@ BOOST_FIXTURE_TEST_CASE(sliced_dump_equals_whole_dump, Fixture) {
                json::parse(whole.substr(0, whole.size() - 1)).at("packages"));
   }
 }
+// --- DESIGN §2.1 fields and the v2 ops ----------------------------------------------------------
+BOOST_FIXTURE_TEST_SUITE(protocol_v2, Fixture)
+
+BOOST_AUTO_TEST_CASE(update_carries_settings_version_and_maintenance_and_settings_returns_them) {
+  auto a = ask(R"({"op":"update","name":"p","version":"1","settings":{"a":1},"settings_version":3,"maintenance":"paused"})");
+  BOOST_TEST(a.at("change") == "created");
+  auto s = ask(R"({"op":"settings","name":"p"})");
+  BOOST_TEST(s.at("settings_version") == 3);
+  BOOST_TEST(s.at("maintenance") == "paused");
+  // settings_version alone: settings-only.
+  a = ask(R"({"op":"update","name":"p","version":"1","settings":{"a":1},"settings_version":4,"maintenance":"paused"})");
+  BOOST_TEST(a.at("change") == "settings");
+  BOOST_TEST(a.at("context").is_null());
+  // maintenance alone: settings-only; omitted means "".
+  a = ask(R"({"op":"update","name":"p","version":"1","settings":{"a":1},"settings_version":4})");
+  BOOST_TEST(a.at("change") == "settings");
+  s = ask(R"({"op":"settings","name":"p"})");
+  BOOST_TEST(s.at("maintenance") == "");
+  BOOST_TEST(s.at("settings_version") == 4);
+  // remove resets both
+  ask(R"({"op":"update","name":"p","version":"1","settings":{"a":1},"settings_version":4,"maintenance":"m"})");
+  ask(R"({"op":"event","event":"remove","name":"p"})");
+  s = ask(R"({"op":"settings","name":"p"})");
+  BOOST_TEST(s.at("settings_version") == 0);
+  BOOST_TEST(s.at("maintenance") == "");
+}
+
+BOOST_AUTO_TEST_CASE(force_is_a_version_change) {
+  auto a = ask(R"({"op":"update","name":"p","version":"1"})");
+  auto t = core::Token::parse(a.at("context").as_string(), store.segment()).value();
+  a = ask(R"({"op":"update","name":"p","version":"1","force":true})");
+  BOOST_TEST(a.at("change") == "version");
+  BOOST_TEST(a.at("context").is_string());
+  BOOST_TEST(cause_name(t.cause()) == "version_changed");
+  a = ask(R"({"op":"update","name":"p","version":"1","force":false})");
+  BOOST_TEST(a.at("change") == "none");
+}
+
+BOOST_AUTO_TEST_CASE(caller_named_cause_on_update_and_event) {
+  auto a = ask(R"({"op":"update","name":"p","version":"1"})");
+  auto first = core::Token::parse(a.at("context").as_string(), store.segment()).value();
+  a = ask(R"({"op":"event","event":"schedule","name":"p"})");
+  auto child = core::Token::parse(a.at("context").as_string(), store.segment()).value();
+  a = ask(R"({"op":"event","event":"schedule","name":"p","cause":"operator_disable"})");
+  BOOST_TEST(child.cause_text().value() == "operator_disable");
+  a = ask(R"({"op":"update","name":"p","version":"2","cause":"rollout_7"})");
+  BOOST_TEST(first.cause_text().value() == "rollout_7");
+  auto d = ask(R"({"op":"dump"})");
+  BOOST_TEST(d.at("packages").as_array()[0].at("last_cause") == "rollout_7");
+  const auto c0 = commits();
+  BOOST_TEST(error_code(R"({"op":"event","event":"update","name":"p","cause":"Bad"})") == "invalid_cause");
+  BOOST_TEST(error_code(R"({"op":"event","event":"update","name":"p","cause":""})") == "invalid_cause");
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"3","cause":7})") == "bad_request");
+  BOOST_TEST(commits() == c0);
+}
+
+BOOST_AUTO_TEST_CASE(too_many_causes_is_an_error_answer) {
+  ask(R"({"op":"update","name":"p","version":"1"})");
+  for (int i = 0; i < 64; ++i)
+    BOOST_TEST(ask(R"({"op":"event","event":"update","name":"p","cause":"c)" + std::to_string(i) + R"("})").at("ok") == true);
+  const auto c0 = commits();
+  BOOST_TEST(error_code(R"({"op":"event","event":"update","name":"p","cause":"one_more"})") == "too_many_causes");
+  BOOST_TEST(commits() == c0);
+}
+
+BOOST_AUTO_TEST_CASE(need_update_with_maintenance) {
+  ask(R"({"op":"update","name":"p","version":"1","maintenance":"paused"})");
+  const std::string sum = "\"" + Settings().checksum_hex() + "\"";
+  auto q = [&](std::string_view extra) {
+    return ask(R"({"op":"need_update","name":"p","version":"1","checksum":)" + sum + std::string(extra) + "}")
+        .at("need_update")
+        .as_bool();
+  };
+  BOOST_TEST(!q(""));
+  BOOST_TEST(!q(R"(,"maintenance":"paused")"));
+  BOOST_TEST(q(R"(,"maintenance":"")"));
+  BOOST_TEST(error_code(R"({"op":"need_update","name":"p","version":"1","checksum":)" + sum +
+                        R"(,"maintenance":"no spaces"})") == "invalid_maintenance");
+}
+
+BOOST_AUTO_TEST_CASE(bad_v2_fields_are_refused_and_change_nothing) {
+  ask(R"({"op":"update","name":"p","version":"1"})");
+  const auto c0 = commits();
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"2","settings_version":-1})") == "bad_request");
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"2","settings_version":1.5})") == "bad_request");
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"2","settings_version":"3"})") == "bad_request");
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"2","force":1})") == "bad_request");
+  BOOST_TEST(error_code(R"({"op":"update","name":"p","version":"2","maintenance":"a/b"})") == "invalid_maintenance");
+  BOOST_TEST(error_code(R"({"op":"need_update","name":"p","version":"2","checksum":"0000000000000000","force":true})") ==
+             "bad_request");
+  BOOST_TEST(commits() == c0);
+}
+
+BOOST_AUTO_TEST_CASE(update_settings_op) {
+  auto a = ask(R"({"op":"update","name":"p","version":"1","maintenance":"m"})");
+  auto first = core::Token::parse(a.at("context").as_string(), store.segment()).value();
+  a = ask(R"({"op":"update_settings","name":"p","settings":{"x":1},"settings_version":2})");
+  BOOST_TEST(a.at("ok") == true);
+  BOOST_TEST(a.at("name") == "p");
+  BOOST_TEST(a.at("changed") == true);
+  BOOST_TEST(!first.cancelled());
+  auto s = ask(R"({"op":"settings","name":"p"})");
+  BOOST_TEST(json::serialize(s.at("settings")) == R"({"x":1})");
+  BOOST_TEST(s.at("settings_version") == 2);
+  BOOST_TEST(s.at("maintenance") == "m");
+  BOOST_TEST(s.at("version") == "1");
+  a = ask(R"({"op":"update_settings","name":"p","settings":{"x":1},"settings_version":2})");
+  BOOST_TEST(a.at("changed") == false);
+  a = ask(R"({"op":"update_settings","name":"ghost","settings":{"x":1}})");
+  BOOST_TEST(a.at("changed") == false);
+  BOOST_TEST(error_code(R"({"op":"update_settings","name":"ghost"})") == "bad_request");  // settings required
+  BOOST_TEST(error_code(R"({"op":"update_settings","name":"p","settings":{"x":1}})", false) == "forbidden");
+  BOOST_TEST(error_code(R"({"op":"update_settings","name":"p","settings":[1]})") == "invalid_settings");
+}
+
+BOOST_AUTO_TEST_CASE(checksum_op_matches_every_conformance_vector) {
+  test::SegmentName big{"proto-sum"};
+  Store s = make_store(big.str(), 4, 1 << 16, 1 << 16);
+  Protocol p{s, {}, nullptr};
+  auto send = [&](const std::string& line) {
+    std::string out;
+    p.handle(line, nobody, out);  // a read: no write permission needed
+    return json::parse(out).as_object();
+  };
+  const auto vectors = test::load_jcs_vectors();
+  for (const test::JcsVector& v : vectors) {
+    BOOST_TEST_CONTEXT(v.name) {
+      // The text form: the controller's exact bytes, invalid ones included.
+      auto a = send(R"({"op":"checksum","text":)" + json::serialize(json::string(v.input)) + "}");
+      if (v.error.empty()) {
+        BOOST_TEST(a.at("ok") == true, json::serialize(a));
+        BOOST_TEST(a.at("checksum").as_string() == v.checksum);
+        BOOST_TEST(a.at("canonical").as_string() == v.canonical);
+      } else {
+        BOOST_TEST(a.at("ok") == false);
+        BOOST_TEST(a.at("error").at("code").as_string() == v.error);
+      }
+      // The object form, for every input that is a JSON value the request line can hold.
+      json::error_code ec;
+      json::parse(v.input, ec);
+      if (!ec && v.error.empty()) {
+        a = send(R"({"op":"checksum","settings":)" + v.input + "}");
+        BOOST_TEST(a.at("checksum").as_string() == v.checksum);
+        BOOST_TEST(a.at("canonical").as_string() == v.canonical);
+      }
+    }
+  }
+  BOOST_TEST(send(R"({"op":"checksum"})").at("error").at("code") == "bad_request");
+  BOOST_TEST(send(R"({"op":"checksum","settings":{},"text":"{}"})").at("error").at("code") == "bad_request");
+  BOOST_TEST(s.segment().info().commits == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(dump_shows_v2_fields_and_a_packages_own_history) {
+  ask(R"({"op":"update","name":"a","version":"1"})");
+  ask(R"({"op":"event","event":"schedule","name":"a"})");
+  ask(R"({"op":"event","event":"remove","name":"a"})");
+  ask(R"({"op":"delete","name":"a"})");
+  ask(R"({"op":"update","name":"b","version":"1","settings_version":9,"maintenance":"paused"})");
+  auto d = ask(R"({"op":"dump"})");
+  const auto& b = d.at("packages").as_array().at(0).as_object();
+  BOOST_TEST(b.at("name") == "b");
+  BOOST_TEST(b.at("root_generation") == 0);
+  for (const auto& g : b.at("child_generations").as_array()) BOOST_TEST(g == 0);
+  BOOST_TEST(b.at("last_cause") == "none");
+  BOOST_TEST(b.at("settings_version") == 9);
+  BOOST_TEST(b.at("maintenance") == "paused");
+}
+
+BOOST_AUTO_TEST_SUITE_END()

@@ -96,13 +96,15 @@ BOOST_FIXTURE_TEST_CASE(settings_prints_the_canonical_object, Fixture) {
   const Run r = cli({"settings", "web"});
   BOOST_TEST(r.code == 0, r.err);
   const std::string sum = Settings::parse(R"({"a":[true,null],"b":1})").value().checksum_hex();
-  BOOST_TEST(r.out == R"({"name":"web","version":"1.0","settings":{"a":[true,null],"b":1},"checksum":")" + sum + "\"}\n");
+  BOOST_TEST(r.out == R"({"name":"web","version":"1.0","settings":{"a":[true,null],"b":1},"checksum":")" + sum +
+                          R"(","settings_version":0,"maintenance":""})" + "\n");
   expect_error(cli({"settings", "nope"}), 3, "nope");
   expect_error(cli({"settings", "a b"}), 5, "name");
   // A removed package: version "", settings {}.
   BOOST_REQUIRE(store.handle_event(kEventRemove, "web"));
   BOOST_TEST(cli({"settings", "web"}).out ==
-             R"({"name":"web","version":"","settings":{},"checksum":")" + Settings().checksum_hex() + "\"}\n");
+             R"({"name":"web","version":"","settings":{},"checksum":")" + Settings().checksum_hex() +
+                 R"(","settings_version":0,"maintenance":""})" + "\n");
 }
 
 BOOST_AUTO_TEST_CASE(checksum_from_argument_and_stdin) {

@@ -67,13 +67,15 @@ BOOST_AUTO_TEST_CASE(table_columns_align) {
   web.child_generations[0] = 15;  // key 2 (schedule): 3 events of its own
   web.child_generations[3] = 13;  // key 5: 1
   web.settings_size = 1536;
+  web.settings_version = 12;
+  web.maintenance = "paused";
   auto gone = pkg("legacy-plugin", "", 2, Cause::kRemoved);
   const auto t = pkgctl::render_table({gone, web});
   BOOST_REQUIRE(t.size() == 3u);
   const std::string sum = Settings().checksum_hex();
-  BOOST_TEST(t[0] == "NAME           VERSION    CHECKSUM          ROOT  CHILD GENS  LAST CAUSE       SETTINGS");
-  BOOST_TEST(t[1] == "legacy-plugin  (removed)  " + sum + "     2  -           removed               2 B");
-  BOOST_TEST(t[2] == "web            1.10.2     " + sum + "    12  2:15 5:13   version_changed   1.5 KiB");
+  BOOST_TEST(t[0] == "NAME           VERSION    CHECKSUM          ROOT  CHILD GENS  LAST CAUSE       SETTINGS  SV  MAINT");
+  BOOST_TEST(t[1] == "legacy-plugin  (removed)  " + sum + "     2  -           removed               2 B   0  -");
+  BOOST_TEST(t[2] == "web            1.10.2     " + sum + "    12  2:15 5:13   version_changed   1.5 KiB  12  paused");
   BOOST_TEST(pkgctl::child_generations_text(web) == "2:15 5:13");
 
   const auto empty = pkgctl::render_table({});
@@ -121,6 +123,24 @@ BOOST_AUTO_TEST_CASE(json_dump_shape) {
   BOOST_TEST(q.at("child_generations").at("7").to_number<int>() == 3);
   BOOST_TEST(q.at("last_cause").as_string() == "update_event");
   BOOST_TEST(pkgctl::dump_json(snapshot({pkg("x", "1", 1)})).at("packages").at(0).at("last_cause").is_null());
+  BOOST_TEST(q.at("settings_version").to_number<int>() == 0);
+  BOOST_TEST(q.at("maintenance").as_string() == "");
+}
+
+// DESIGN §2.1: a caller-named cause and the v2 fields in the table and the JSON dump.
+BOOST_AUTO_TEST_CASE(named_cause_settings_version_and_maintenance_are_shown) {
+  auto p = pkg("web", "1.0", 3, static_cast<Cause>(layout::kFirstNamedCause));
+  p.last_cause_name = "rollout_7";
+  p.settings_version = 4;
+  p.maintenance = "frozen-1";
+  const auto t = pkgctl::render_table({p});
+  BOOST_TEST(t[1].find("rollout_7") != std::string::npos, t[1]);
+  BOOST_TEST(t[1].substr(t[1].size() - 11) == "4  frozen-1", t[1]);
+  const auto j = pkgctl::dump_json(snapshot({p}));
+  const auto& q = j.at("packages").at(0).as_object();
+  BOOST_TEST(q.at("last_cause").as_string() == "rollout_7");
+  BOOST_TEST(q.at("settings_version").to_number<int>() == 4);
+  BOOST_TEST(q.at("maintenance").as_string() == "frozen-1");
 }
 
 BOOST_AUTO_TEST_CASE(change_tracker_highlights_recent_changes) {

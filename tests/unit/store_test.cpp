@@ -537,3 +537,258 @@ BOOST_AUTO_TEST_CASE(many_packages_and_index_churn) {
   }
   BOOST_TEST(s.view().list().value().size() == 200u);
 }
+
+// --- DESIGN §2.1: what the upstream store grew (one case per row, and the refusals) ------------
+BOOST_FIXTURE_TEST_SUITE(v2, Fixture)
+
+namespace {
+// The §2.1 options one at a time (designated initializers that omit trailing members warn).
+UpdateOptions SV(std::uint64_t v) { UpdateOptions o; o.settings_version = v; return o; }
+UpdateOptions MAINT(std::string_view m) { UpdateOptions o; o.maintenance = m; return o; }
+UpdateOptions FORCE() { UpdateOptions o; o.force = true; return o; }
+UpdateOptions CAUSE(std::string_view c) { UpdateOptions o; o.cause = c; return o; }
+layout::Slot& slot_of(const Store& s, std::uint32_t i) {
+  auto& h = const_cast<layout::Header&>(s.segment().header());
+  return reinterpret_cast<layout::Slot*>(reinterpret_cast<std::byte*>(&h) + h.prefix.slots_offset)[i];
+}
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(settings_version_is_stored_returned_and_a_settings_only_change) {
+  auto created = store.update("app", "1", S(R"({"a":1})"), SV(3));
+  BOOST_REQUIRE(created);
+  BOOST_TEST(store.view().read("app").value().settings_version == 3u);
+  const core::Token root = *created->token;
+  auto r = store.update("app", "1", S(R"({"a":1})"), SV(4));  // alone: settings-only
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->change == Change::settings);
+  BOOST_TEST(!r->token);
+  BOOST_TEST(!root.cancelled());
+  BOOST_TEST(store.view().read("app").value().settings_version == 4u);
+  r = store.update("app", "1", S(R"({"a":1})"), SV(4));
+  BOOST_TEST(r->change == Change::none);
+  r = store.update("app", "1", S(R"({"a":1})"));  // the default, 0, is a change too
+  BOOST_TEST(r->change == Change::settings);
+  BOOST_TEST(store.view().read("app").value().settings_version == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(remove_resets_settings_version_and_clears_maintenance) {
+  update("app", "1");
+  BOOST_REQUIRE(store.update("app", "2", S("{}"), [] { UpdateOptions o = SV(7); o.maintenance = "drain-1.x"; return o; }()));
+  event(kEventRemove, "app");
+  const auto r = store.view().read("app").value();
+  BOOST_TEST(r.settings_version == 0u);
+  BOOST_TEST(r.maintenance == "");
+  BOOST_TEST(r.version == "");
+}
+
+BOOST_AUTO_TEST_CASE(update_settings_touches_neither_version_nor_tokens) {
+  const core::Token root = update("app", "1", R"({"a":1})");
+  const core::Token child = event(kEventSchedule, "app");
+  const auto commits0 = commits();
+  BOOST_TEST(store.update_settings("app", S(R"({"a":2})"), 0).value());          // checksum changed
+  BOOST_TEST(store.update_settings("app", S(R"({"a":2})"), 5).value());          // settings_version changed
+  BOOST_TEST(!store.update_settings("app", S(R"({"a":2})"), 5).value());         // no change
+  BOOST_TEST(commits() == commits0 + 2);
+  BOOST_TEST(!root.cancelled());
+  BOOST_TEST(!child.cancelled());
+  const auto r = store.view().read("app").value();
+  BOOST_TEST(r.version == "1");
+  BOOST_TEST(r.settings == R"({"a":2})");
+  BOOST_TEST(r.settings_version == 5u);
+}
+
+BOOST_AUTO_TEST_CASE(update_settings_of_an_absent_package_creates_nothing) {
+  BOOST_TEST(!store.update_settings("ghost", S(R"({"a":1})"), 1).value());
+  BOOST_TEST(store.view().read("ghost").error().code == Errc::no_such_package);
+  BOOST_TEST(store.segment().info().used == 0u);
+  BOOST_TEST(store.update_settings("bad name", S("{}"), 0).error().code == Errc::invalid_name);
+}
+
+BOOST_AUTO_TEST_CASE(update_settings_keeps_the_maintenance_mode) {
+  BOOST_REQUIRE(store.update("app", "1", S("{}"), MAINT("frozen")));
+  BOOST_TEST(store.update_settings("app", S(R"({"x":true})"), 2).value());
+  BOOST_TEST(store.view().read("app").value().maintenance == "frozen");
+}
+
+BOOST_AUTO_TEST_CASE(maintenance_is_a_settings_only_change_read_late_bound) {
+  const core::Token root = update("app", "1");
+  auto r = store.update("app", "1", S("{}"), MAINT("paused"));
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->change == Change::settings);
+  BOOST_TEST(!r->token);
+  BOOST_TEST(!root.cancelled());
+  BOOST_TEST(store.view().read("app").value().maintenance == "paused");
+  BOOST_TEST(store.update("app", "1", S("{}"), MAINT("paused"))->change == Change::none);
+  BOOST_TEST(store.update("app", "1", S("{}"))->change == Change::settings);  // back to "" (managed)
+  BOOST_TEST(store.view().read("app").value().maintenance == "");
+}
+
+BOOST_AUTO_TEST_CASE(need_update_compares_maintenance_only_when_given) {
+  BOOST_REQUIRE(store.update("app", "1", S("{}"), MAINT("paused")));
+  const auto sum = S("{}").checksum();
+  BOOST_TEST(!store.need_update("app", "1", sum).value());
+  BOOST_TEST(!store.need_update("app", "1", sum, "paused").value());
+  BOOST_TEST(store.need_update("app", "1", sum, "").value());
+  BOOST_TEST(store.need_update("app", "1", sum, "other").value());
+  BOOST_TEST(store.need_update("absent", "1", sum, "paused").value());
+  BOOST_TEST(store.need_update("app", "1", sum, "bad mode!").error().code == Errc::invalid_maintenance);
+}
+
+BOOST_AUTO_TEST_CASE(bad_maintenance_and_cause_are_refused_and_change_nothing) {
+  update("app", "1");
+  const auto commits0 = commits();
+  BOOST_TEST(store.update("app", "2", S("{}"), MAINT(std::string(65, 'm'))).error().code ==
+             Errc::invalid_maintenance);
+  BOOST_TEST(store.update("app", "2", S("{}"), MAINT("a b")).error().code == Errc::invalid_maintenance);
+  BOOST_TEST(store.update("app", "1", S("{}"), MAINT(std::string(64, 'm')))->change == Change::settings);
+  for (std::string_view bad : {"Upper", "9lives", "has-dash", "_x", "a23456789012345678901234567890123"})
+    BOOST_TEST(store.update("app", "2", S("{}"), CAUSE(bad)).error().code == Errc::invalid_cause, bad);
+  BOOST_TEST(store.handle_event(kEventUpdate, "app", "Bad").error().code == Errc::invalid_cause);
+  BOOST_TEST(commits() == commits0 + 1);
+  BOOST_TEST(version("app") == "1");
+}
+
+BOOST_AUTO_TEST_CASE(force_handles_the_same_version_as_a_version_change) {
+  const core::Token root = update("app", "1");
+  const core::Token child = event(kEventSchedule, "app");
+  auto r = store.update("app", "1", S("{}"), FORCE());
+  BOOST_REQUIRE(r);
+  BOOST_TEST(r->change == Change::version);
+  BOOST_REQUIRE(r->token);
+  BOOST_TEST(!r->token->cancelled());
+  BOOST_TEST(cause_name(root.cause()) == "version_changed");
+  BOOST_TEST(cause_name(child.cause()) == "version_changed");
+}
+
+BOOST_AUTO_TEST_CASE(caller_named_cause_on_update_and_every_event) {
+  const core::Token first = update("app", "1");
+  const core::Token child = event(kEventSchedule, "app");
+  const core::Token root = *store.update("app", "2", S("{}"), CAUSE("rollout_42"))->token;
+  BOOST_TEST(first.cause_text().value() == "rollout_42");
+  BOOST_TEST(child.cause_text().value() == "rollout_42");  // through its root
+  const core::Token c2 = *store.handle_event(kEventSchedule, "app", "operator_disable").value();
+  const core::Token c3 = *store.handle_event(kEventSchedule, "app").value();
+  BOOST_TEST(c2.cause_text().value() == "rescheduled");
+  auto r = store.handle_event(kEventUpdate, "app", "config_push");
+  BOOST_REQUIRE(r);
+  BOOST_TEST(root.cause_text().value() == "config_push");
+  BOOST_TEST(c3.cause_text().value() == "config_push");
+  const core::Token root2 = **r;
+  const core::Token c4 = event(kEventSchedule, "app");
+  BOOST_REQUIRE(store.handle_event(kEventSchedule, "app", "operator_disable"));
+  BOOST_TEST(c4.cause_text().value() == "operator_disable");
+  BOOST_REQUIRE(store.handle_event(kEventRemove, "app", "decommission"));
+  BOOST_TEST(root2.cause_text().value() == "decommission");
+  BOOST_TEST(store.view().read("app").value().last_cause_name == "decommission");
+  // A name already in the table is reused, not added again.
+  BOOST_TEST(store.segment().header().cause_count.load() == 4u);
+  // Built-in causes still read as before.
+  BOOST_TEST(cause_name(first.cause()) != "version_changed");
+}
+
+BOOST_AUTO_TEST_CASE(sixty_four_names_then_too_many_causes_and_nothing_changed) {
+  update("app", "1");
+  for (int i = 0; i < 64; ++i) BOOST_REQUIRE(store.handle_event(kEventUpdate, "app", "c" + std::to_string(i)));
+  const core::Token live = store.view().token("app", kEventUpdate).value();
+  const auto commits0 = commits();
+  auto r = store.handle_event(kEventUpdate, "app", "one_too_many");
+  BOOST_REQUIRE(!r);
+  BOOST_TEST(r.error().code == Errc::too_many_causes);
+  BOOST_TEST(store.update("app", "2", S("{}"), CAUSE("one_too_many")).error().code == Errc::too_many_causes);
+  BOOST_TEST(commits() == commits0);
+  BOOST_TEST(!live.cancelled());
+  BOOST_TEST(version("app") == "1");
+  BOOST_REQUIRE(store.handle_event(kEventUpdate, "app", "c17"));  // a known name still works
+  BOOST_TEST(live.cause_text().value() == "c17");
+}
+
+BOOST_AUTO_TEST_CASE(a_named_cause_stays_exact_for_eight_further_events) {
+  update("app", "1");
+  const core::Token root = *store.handle_event(kEventUpdate, "app").value();
+  BOOST_REQUIRE(store.handle_event(kEventUpdate, "app", "first"));
+  for (int i = 0; i < 8; ++i) BOOST_REQUIRE(store.handle_event(kEventUpdate, "app", "later"));
+  BOOST_TEST(root.cause_text().value() == "first");
+}
+
+BOOST_AUTO_TEST_CASE(corrupt_cause_name_or_maintenance_reads_as_corrupt) {
+  const core::Token t = update("app", "1");
+  BOOST_REQUIRE(store.handle_event(kEventUpdate, "app", "good"));
+  auto& h = const_cast<layout::Header&>(store.segment().header());
+  h.cause_names[0].w[0].store(0x21, std::memory_order_relaxed);  // "!" — not a cause name
+  BOOST_TEST(t.cause_text().error().code == Errc::corrupt);
+  BOOST_TEST(store.view().read("app").error().code == Errc::corrupt);
+  h.cause_names[0].w[0].store(0x646f6f67, std::memory_order_relaxed);  // "good" again
+  BOOST_TEST(t.cause_text().value() == "good");
+  h.cause_names[0].len.store(200, std::memory_order_relaxed);  // a length past the entry
+  BOOST_TEST(t.cause_text().error().code == Errc::corrupt);
+  h.cause_names[0].len.store(4, std::memory_order_relaxed);
+  h.cause_count.store(0, std::memory_order_relaxed);  // index past the table
+  BOOST_TEST(t.cause_text().error().code == Errc::corrupt);
+  h.cause_count.store(1, std::memory_order_relaxed);
+
+  BOOST_REQUIRE(store.update("app", "1", S("{}"), MAINT("ok")));
+  const std::uint32_t s = store.view().find("app").value();
+  layout::SlotData& d = slot_of(store, s).data;
+  d.w[layout::dw::kMaintenance].store(0x20206b6f, std::memory_order_relaxed);  // "ok  " with the length 4 below
+  const std::uint64_t meta = d.w[layout::dw::kMeta].load();
+  d.w[layout::dw::kMeta].store((meta & ~(std::uint64_t{0xff} << 24)) | (std::uint64_t{4} << 24));
+  BOOST_TEST(store.view().read("app").error().code == Errc::corrupt);
+  BOOST_TEST(store.need_update("app", "1", 0).error().code == Errc::corrupt);
+  d.w[layout::dw::kMeta].store((meta & ~(std::uint64_t{0xff} << 24)) | (std::uint64_t{200} << 24));  // too long
+  BOOST_TEST(store.view().read("app").error().code == Errc::corrupt);
+  d.w[layout::dw::kMeta].store(meta);
+  BOOST_TEST(store.view().read("app").value().maintenance == "ok");
+}
+
+// DESIGN: what dump shows for a package is its own history, not the slot's previous tenant's.
+BOOST_AUTO_TEST_CASE(a_new_package_in_a_reused_slot_shows_its_own_history) {
+  const core::Token old_root = update("a", "1");
+  const core::Token old_child = event(kEventSchedule, "a");
+  event(kEventRemove, "a");
+  BOOST_REQUIRE(store.erase("a").value());
+  const core::Token b = update("b", "1");
+  BOOST_TEST(b.slot() == old_root.slot());  // the same slot, reused
+  const auto r = store.view().read("b").value();
+  BOOST_TEST(r.root_generation == 0u);
+  for (const auto g : r.child_generations) BOOST_TEST(g == 0u);
+  BOOST_TEST(r.last_cause == Cause::kNone);
+  BOOST_TEST(r.last_cause_name == "none");
+  // The old tenant's tokens still tell their story; b's token is live.
+  BOOST_TEST(cause_name(old_root.cause()) == "removed");
+  BOOST_TEST(cause_name(old_child.cause()) == "removed");
+  BOOST_TEST(!b.cancelled());
+  // b's own events count from its creation.
+  event(kEventSchedule, "b");
+  BOOST_REQUIRE(store.update("b", "2", S("{}")));
+  const auto r2 = store.view().read("b").value();
+  BOOST_TEST(r2.root_generation == 1u);
+  BOOST_TEST(r2.child_generations[0] == 2u);
+  BOOST_TEST(r2.child_generations[1] == 1u);
+  BOOST_TEST(r2.last_cause_name == "version_changed");
+  BOOST_TEST(cause_name(b.cause()) == "version_changed");
+}
+
+BOOST_AUTO_TEST_CASE(recreating_after_remove_keeps_the_package_history) {
+  update("app", "1");
+  event(kEventRemove, "app");
+  update("app", "2");  // re-created: the same package
+  const auto r = store.view().read("app").value();
+  BOOST_TEST(r.root_generation == 2u);
+  BOOST_TEST(r.last_cause_name == "version_changed");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_FIXTURE_TEST_SUITE(v2_removed, Fixture)
+
+BOOST_AUTO_TEST_CASE(update_settings_of_a_removed_package_changes_nothing) {
+  update("app", "1");
+  event(kEventRemove, "app");
+  const auto commits0 = commits();
+  BOOST_TEST(!store.update_settings("app", S(R"({"a":1})"), 3).value());
+  BOOST_TEST(commits() == commits0);
+  BOOST_TEST(settings("app") == "{}");
+  BOOST_TEST(store.view().read("app").value().settings_version == 0u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()

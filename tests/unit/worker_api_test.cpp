@@ -399,3 +399,34 @@ BOOST_AUTO_TEST_CASE(embedded_nul_bytes_are_refused_not_cut) {
   BOOST_TEST(w.need_update("pkg", "1.0\0"s, w.read("pkg").value().checksum).value() == true);
   BOOST_TEST(w.need_update("pkg", "1.0", w.read("pkg").value().checksum).value() == false);
 }
+
+// DESIGN §2.1 through the C++ SDK: read() returns settings_version and maintenance; a token
+// names a caller-named cause; checksum() computes what the store does.
+BOOST_AUTO_TEST_CASE(v2_reads_named_causes_and_checksums) {
+  SegmentName n("v2");
+  Store store = make_store(n);
+  UpdateOptions o;
+  o.settings_version = 11;
+  o.maintenance = "paused";
+  BOOST_REQUIRE(store.update("pkg", "1.0", settings(R"({"b":2,"a":1})"), o));
+  Worker w = attach(n);
+  const auto p = w.read("pkg");
+  BOOST_TEST_REQUIRE(p.has_value());
+  BOOST_TEST(p->settings_version == 11u);
+  BOOST_TEST(p->maintenance == "paused");
+  BOOST_TEST(p->version == "1.0");
+
+  const Token t = w.token("pkg", kEventSchedule).value();
+  BOOST_TEST(t.cause_text().value() == "none");
+  BOOST_REQUIRE(store.handle_event(kEventSchedule, "pkg", "operator_disable"));
+  BOOST_TEST(t.cause() == Cause::kNamed);
+  BOOST_TEST(cause_name(t.cause()) == "named");
+  BOOST_TEST(t.cause_text().value() == "operator_disable");
+
+  const auto c = checksum(R"({ "b" : 2, "a" : 1 })");
+  BOOST_TEST_REQUIRE(c.has_value());
+  BOOST_TEST(c->canonical == R"({"a":1,"b":2})");
+  BOOST_TEST(c->hex == p->checksum_hex);
+  BOOST_TEST(c->value == p->checksum);
+  BOOST_TEST(checksum("[1]").error().code == Errc::invalid_settings);
+}

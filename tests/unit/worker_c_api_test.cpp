@@ -4,6 +4,7 @@
 
 #include "pkgctx.h"
 #include "pkgctx/store.hpp"
+#include "jcs_vectors.hpp"
 #include "test_support.hpp"
 
 #include <atomic>
@@ -38,7 +39,7 @@ struct Fixture {
 
 BOOST_AUTO_TEST_CASE(codes_and_messages) {
   BOOST_TEST(pkgctx_strerror(PKGCTX_OK) == std::string("success"));
-  for (int code : {1, 2, 3, 4, 5, 6, 10, 11, 12, 20, 21, 22, 23, 24, 25, 26, 27, 30, 31, 32, 33}) {
+  for (int code : {1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 20, 21, 22, 23, 24, 25, 26, 27, 28, 30, 31, 32, 33}) {
     BOOST_TEST(std::string(pkgctx_strerror(code)) != "unknown pkgctx error code", code);
     BOOST_TEST(std::string(pkgctx_errname(code)) == errc_name(static_cast<Errc>(code)));
   }
@@ -281,4 +282,112 @@ BOOST_FIXTURE_TEST_CASE(watch_fd_unwatched_before_cancel, Fixture) {
   BOOST_TEST(std::string(pkgctx_cause(t)) == "rescheduled");
   pkgctx_unwatch(kept);
   pkgctx_token_free(t);
+}
+
+// --- v2 (DESIGN §2.1, §3): pkgctx_read2, caller-named causes, pkgctx_checksum ----------------------
+BOOST_FIXTURE_TEST_CASE(read2_returns_settings_version_and_maintenance, Fixture) {
+  UpdateOptions o;
+  o.settings_version = 6;
+  o.maintenance = "frozen-1";
+  BOOST_REQUIRE(store.update("web", "2.0", Settings::parse(R"({"a":1})").value(), o));
+  pkgctx_package2_t p;
+  BOOST_TEST_REQUIRE(pkgctx_read2(worker, "web", &p) == PKGCTX_OK);
+  BOOST_TEST(p.version == std::string("2.0"));
+  BOOST_TEST(std::string(p.settings, p.settings_len) == R"({"a":1})");
+  BOOST_TEST(p.settings_version == 6u);
+  BOOST_TEST(p.maintenance == std::string("frozen-1"));
+  BOOST_TEST(p.checksum_hex == Settings::parse(R"({"a":1})").value().checksum_hex());
+  pkgctx_package2_free(&p);
+  BOOST_TEST(p.version == nullptr);
+  pkgctx_package2_free(nullptr);
+  // The v1 call still answers, unchanged.
+  pkgctx_package_t v1;
+  BOOST_TEST_REQUIRE(pkgctx_read_n(worker, "web", 3, &v1) == PKGCTX_OK);
+  BOOST_TEST(v1.version == std::string("2.0"));
+  pkgctx_package_free(&v1);
+  BOOST_TEST(pkgctx_read2(worker, "nosuch", &p) == PKGCTX_NO_SUCH_PACKAGE);
+  BOOST_TEST(p.version == nullptr);
+  BOOST_TEST(pkgctx_read2_n(worker, "web", 3, nullptr) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_read2(nullptr, "web", &p) == PKGCTX_IO_ERROR);
+}
+
+BOOST_FIXTURE_TEST_CASE(read2_of_a_corrupt_maintenance_is_corrupt, Fixture) {
+  UpdateOptions o;
+  o.maintenance = "ok";
+  BOOST_REQUIRE(store.update("web", "1.0", Settings(), o));
+  auto& h = const_cast<layout::Header&>(store.segment().header());
+  auto* slots = reinterpret_cast<layout::Slot*>(reinterpret_cast<std::byte*>(&h) + h.prefix.slots_offset);
+  auto& w = slots[store.view().find("web").value()].data.w[layout::dw::kMaintenance];
+  const auto good = w.load();
+  w.store(0x0a6b6f);  // "ok\n"…: a byte outside [A-Za-z0-9._-] within the stored length
+  auto& meta = slots[store.view().find("web").value()].data.w[layout::dw::kMeta];
+  const auto m = meta.load();
+  meta.store((m & ~(std::uint64_t{0xff} << 24)) | (std::uint64_t{3} << 24));
+  pkgctx_package2_t p;
+  BOOST_TEST(pkgctx_read2(worker, "web", &p) == PKGCTX_CORRUPT);
+  BOOST_TEST(pkgctx_errname(PKGCTX_CORRUPT) == std::string("corrupt"));
+  meta.store(m);
+  w.store(good);
+  BOOST_TEST_REQUIRE(pkgctx_read2(worker, "web", &p) == PKGCTX_OK);
+  BOOST_TEST(p.maintenance == std::string("ok"));
+  pkgctx_package2_free(&p);
+}
+
+BOOST_FIXTURE_TEST_CASE(named_causes_through_the_c_api, Fixture) {
+  pkgctx_token_t* t = nullptr;
+  BOOST_TEST_REQUIRE(pkgctx_token(worker, "pkg", PKGCTX_EVENT_UPDATE, &t) == PKGCTX_OK);
+  char buf[PKGCTX_CAUSE_NAME_MAX + 1];
+  size_t len = 99;
+  BOOST_TEST(pkgctx_cause_text(t, buf, sizeof buf, &len) == PKGCTX_OK);
+  BOOST_TEST(buf == std::string("none"));
+  BOOST_TEST(len == 4u);
+  BOOST_REQUIRE(store.handle_event(kEventUpdate, "pkg", "a_rather_long_cause_name_of_32ch"));
+  BOOST_TEST(pkgctx_cause_code(t) == PKGCTX_CAUSE_NAMED);
+  BOOST_TEST(pkgctx_cause(t) == std::string("named"));
+  BOOST_TEST(pkgctx_cause_text(t, buf, sizeof buf, &len) == PKGCTX_OK);
+  BOOST_TEST(buf == std::string("a_rather_long_cause_name_of_32ch"));
+  BOOST_TEST(len == 32u);
+  char small[5];
+  BOOST_TEST(pkgctx_cause_text(t, small, sizeof small, &len) == PKGCTX_OK);  // truncated as snprintf
+  BOOST_TEST(small == std::string("a_ra"));
+  BOOST_TEST(len == 32u);
+  BOOST_TEST(pkgctx_cause_text(t, nullptr, 0, &len) == PKGCTX_OK);
+  BOOST_TEST(len == 32u);
+  BOOST_TEST(pkgctx_cause_text(t, nullptr, 4, &len) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_cause_text(nullptr, buf, sizeof buf, &len) == PKGCTX_OK);
+  BOOST_TEST(buf == std::string("none"));
+  // A corrupt stored name is an error, never printed.
+  auto& h = const_cast<layout::Header&>(store.segment().header());
+  h.cause_names[0].w[0].store(0x2121);
+  BOOST_TEST(pkgctx_cause_text(t, buf, sizeof buf, &len) == PKGCTX_CORRUPT);
+  BOOST_TEST(buf == std::string(""));
+  pkgctx_token_free(t);
+}
+
+BOOST_AUTO_TEST_CASE(checksum_matches_every_conformance_vector) {
+  for (const test::JcsVector& v : test::load_jcs_vectors()) {
+    BOOST_TEST_CONTEXT(v.name) {
+      char hex[17] = "x";
+      char* canonical = reinterpret_cast<char*>(1);
+      const int rc = pkgctx_checksum(v.input.data(), v.input.size(), hex, &canonical);
+      if (v.error.empty()) {
+        BOOST_TEST_REQUIRE(rc == PKGCTX_OK, pkgctx_last_error());
+        BOOST_TEST(hex == v.checksum);
+        BOOST_TEST(canonical == v.canonical);
+        pkgctx_string_free(canonical);
+        char hex2[17];
+        BOOST_TEST(pkgctx_checksum(v.input.data(), v.input.size(), hex2, nullptr) == PKGCTX_OK);  // canonical optional
+        BOOST_TEST(hex2 == v.checksum);
+      } else {
+        BOOST_TEST(pkgctx_errname(rc) == v.error);
+        BOOST_TEST(hex == std::string(""));
+        BOOST_TEST(canonical == nullptr);
+      }
+    }
+  }
+  char hex[17];
+  BOOST_TEST(pkgctx_checksum(nullptr, 3, hex, nullptr) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_checksum("{}", 2, nullptr, nullptr) == PKGCTX_IO_ERROR);
+  BOOST_TEST(pkgctx_checksum("", 0, hex, nullptr) == PKGCTX_INVALID_SETTINGS);
+  pkgctx_string_free(nullptr);
 }

@@ -143,25 +143,51 @@ pkgctx::Limits unlimited_settings() {
   return l;
 }
 
-std::optional<Failure> cmd_update(const Common& c, const std::string& name, const std::string& version,
-                                  const std::optional<std::string>& settings_json,
-                                  const std::optional<std::string>& settings_file, Io io) {
+// The settings of --settings / --settings-file, canonical.
+std::optional<Failure> settings_arg(const Common& c, const std::optional<std::string>& settings_json,
+                                    const std::optional<std::string>& settings_file, Io io, std::string& canonical) {
   std::string text = "{}";
   if (settings_json) text = *settings_json;
   if (settings_file)
     if (auto f = read_settings_input(c, *settings_file, io.in, text)) return f;
   auto settings = pkgctx::Settings::parse(text, unlimited_settings());
   if (!settings) return Failure{kExitRejected, "settings: " + settings.error().message};
-  // The canonical text goes into the request verbatim: parsed into a json::value, its numbers would
-  // pass through Boost's decimal-to-double conversion, which is not correctly rounded (e.g.
-  // 123456789012345680000 came back as 1.2345678901234567E20), and the daemon would store and
-  // checksum a different number.
-  json::object head = request(c, "update");
-  head["name"] = name;
-  head["version"] = version;
-  std::string req = json::serialize(head);
+  canonical = settings->canonical();
+  return std::nullopt;
+}
+
+// A request whose "settings" is spliced in as canonical text: parsed into a json::value, its
+// numbers would pass through Boost's decimal-to-double conversion, which is not correctly rounded
+// (e.g. 123456789012345680000 came back as 1.2345678901234567E20), and the daemon would store
+// and checksum a different number.
+std::string with_settings(const json::object& fields, const std::string& canonical) {
+  std::string req = json::serialize(fields);
   req.pop_back();  // the closing '}'
-  req += ",\"settings\":" + settings->canonical() + '}';
+  req += ",\"settings\":" + canonical + '}';
+  return req;
+}
+
+// The §2.1 options of `pkgctl update` (sent only when given).
+struct UpdateFlags {
+  std::optional<std::uint64_t> settings_version;
+  std::optional<std::string> maintenance;
+  bool force = false;
+  std::optional<std::string> cause;
+};
+
+std::optional<Failure> cmd_update(const Common& c, const std::string& name, const std::string& version,
+                                  const std::optional<std::string>& settings_json,
+                                  const std::optional<std::string>& settings_file, const UpdateFlags& flags, Io io) {
+  std::string canonical;
+  if (auto f = settings_arg(c, settings_json, settings_file, io, canonical)) return f;
+  json::object fields = request(c, "update");
+  fields["name"] = name;
+  fields["version"] = version;
+  if (flags.settings_version) fields["settings_version"] = *flags.settings_version;
+  if (flags.maintenance) fields["maintenance"] = *flags.maintenance;
+  if (flags.force) fields["force"] = true;
+  if (flags.cause) fields["cause"] = *flags.cause;
+  const std::string req = with_settings(fields, canonical);
   json::object a;
   if (auto f = call_line(c, req, a, io)) return f;
   io.out << json::serialize(json::object{
@@ -170,7 +196,25 @@ std::optional<Failure> cmd_update(const Common& c, const std::string& name, cons
   return std::nullopt;
 }
 
-std::optional<Failure> cmd_event(const Common& c, const std::string& event, const std::string& name, Io io) {
+std::optional<Failure> cmd_update_settings(const Common& c, const std::string& name,
+                                           const std::optional<std::string>& settings_json,
+                                           const std::optional<std::string>& settings_file,
+                                           std::optional<std::uint64_t> settings_version, Io io) {
+  if (!settings_json && !settings_file)
+    return Failure{kExitUsage, "update-settings needs --settings JSON or --settings-file F"};
+  std::string canonical;
+  if (auto f = settings_arg(c, settings_json, settings_file, io, canonical)) return f;
+  json::object fields = request(c, "update_settings");
+  fields["name"] = name;
+  if (settings_version) fields["settings_version"] = *settings_version;
+  json::object a;
+  if (auto f = call_line(c, with_settings(fields, canonical), a, io)) return f;
+  io.out << json::serialize(json::object{{"name", field(a, "name")}, {"changed", field(a, "changed")}}) << '\n';
+  return std::nullopt;
+}
+
+std::optional<Failure> cmd_event(const Common& c, const std::string& event, const std::string& name,
+                                 const std::optional<std::string>& cause, Io io) {
   const auto parsed = pkgctx::parse_event(event);
   if (!parsed) return failure(parsed.error(), c);
   const int e = *parsed;
@@ -181,6 +225,7 @@ std::optional<Failure> cmd_event(const Common& c, const std::string& event, cons
     req["event"] = kNames[e];
   else
     req["event"] = e;
+  if (cause) req["cause"] = *cause;
   json::object a;
   if (auto f = call(c, req, a, io)) return f;
   io.out << json::serialize(json::object{{"name", field(a, "name")}, {"context", field(a, "context")}}) << '\n';
@@ -199,12 +244,15 @@ std::optional<Failure> cmd_delete(const Common& c, const std::string& name, Io i
 // --- reads (straight from the segment) ----------------------------------------------------------
 
 std::optional<Failure> cmd_need_update(const Common& c, const std::string& name, const std::string& version,
-                                       const std::string& checksum, Io io) {
+                                       const std::string& checksum, const std::optional<std::string>& maintenance,
+                                       Io io) {
   auto sum = pkgctx::parse_checksum(checksum);
   if (!sum) return Failure{kExitRejected, "checksum: " + sum.error().message};
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
-  auto r = view.need_update(name, version, *sum);
+  if (maintenance)
+    if (auto v = pkgctx::validate_maintenance(*maintenance); !v) return failure(v.error(), c);
+  auto r = view.need_update(name, version, *sum, maintenance);
   if (!r) return failure(r.error(), c);
   io.out << (*r ? "true" : "false") << '\n';
   return std::nullopt;
@@ -219,7 +267,9 @@ std::optional<Failure> cmd_settings(const Common& c, const std::string& name, Io
     return failure(ok.error(), c);
   // The settings are spliced in as stored: their canonical (RFC 8785) form.
   io.out << "{\"name\":" << json_string(r->name) << ",\"version\":" << json_string(r->version) << ",\"settings\":"
-         << r->settings << ",\"checksum\":" << json_string(pkgctx::Settings::format_checksum(r->checksum)) << "}\n";
+         << r->settings << ",\"checksum\":" << json_string(pkgctx::Settings::format_checksum(r->checksum))
+         << ",\"settings_version\":" << r->settings_version << ",\"maintenance\":" << json_string(r->maintenance)
+         << "}\n";
   return std::nullopt;
 }
 
@@ -254,10 +304,14 @@ std::optional<Failure> cmd_token(const Common& c, const std::string& name, const
 
 std::string cancel_json(const pkgctx::core::Token& t) {
   json::object o{{"cancelled", t.cancelled()}};
-  if (t.cancelled())
-    o["cause"] = pkgctx::cause_name(t.cause());
-  else
+  if (!t.cancelled()) {
     o["cause"] = nullptr;
+  } else if (auto text = t.cause_text()) {
+    o["cause"] = *text;
+  } else {
+    o["cause"] = nullptr;  // a corrupt stored name is never printed
+    o["error"] = std::string(pkgctx::errc_name(text.error().code));
+  }
   return json::serialize(o);
 }
 
@@ -403,16 +457,31 @@ int run(int argc, const char* const* argv, Io io) {
   double interval_s = 0.2;
   long count = 0;
 
+  UpdateFlags flags;
+  std::optional<std::string> cause, maintenance;
   auto* update = app.add_subcommand("update", "Update(NAME, VERSION, settings) through the daemon");
   update->add_option("NAME", name)->required();
   update->add_option("VERSION", version)->required();
   auto* so = update->add_option("--settings", settings_json, "settings JSON object (default {})");
   update->add_option("--settings-file", settings_file, "read the settings JSON from F (- for stdin)")->excludes(so);
+  update->add_option("--settings-version", flags.settings_version, "schema version of the settings (default 0)");
+  update->add_option("--maintenance", flags.maintenance, "pending maintenance mode (default \"\": managed)");
+  update->add_flag("--force", flags.force, "handle the same version as a version change (re-deploy)");
+  update->add_option("--cause", flags.cause, "what the cancelled tokens report ([a-z][a-z0-9_]{0,31})");
   add_call_timeout(update);
+
+  std::optional<std::uint64_t> us_version;
+  auto* upset = app.add_subcommand("update-settings", "UpdateSettings(NAME, settings) of a tracked package");
+  upset->add_option("NAME", name)->required();
+  auto* uso = upset->add_option("--settings", settings_json, "settings JSON object");
+  upset->add_option("--settings-file", settings_file, "read the settings JSON from F (- for stdin)")->excludes(uso);
+  upset->add_option("--settings-version", us_version, "schema version of the settings (default 0)");
+  add_call_timeout(upset);
 
   auto* event = app.add_subcommand("event", "HandleEvent(EVENT, NAME) through the daemon");
   event->add_option("EVENT", event_name, "update, remove, schedule or a child key 2..7")->required();
   event->add_option("NAME", name)->required();
+  event->add_option("--cause", cause, "what the cancelled tokens report ([a-z][a-z0-9_]{0,31})");
   add_call_timeout(event);
 
   auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon");
@@ -423,6 +492,7 @@ int run(int argc, const char* const* argv, Io io) {
   need->add_option("NAME", name)->required();
   need->add_option("VERSION", version)->required();
   need->add_option("CHECKSUM", checksum, "16 hex digits (pkgctl checksum)")->required();
+  need->add_option("--maintenance", maintenance, "also true iff the stored maintenance mode differs");
 
   auto* settings = app.add_subcommand("settings", "the pending settings of NAME (exit 3: no such package)");
   settings->add_option("NAME", name)->required();
@@ -480,10 +550,11 @@ int run(int argc, const char* const* argv, Io io) {
   c.segment_explicit = segment_opt->count() > 0;
   c.timeout = std::chrono::milliseconds(static_cast<long long>(std::ceil(call_timeout_s * 1000)));
 
-  if (*update) return finish(cmd_update(c, name, version, settings_json, settings_file, io), io);
-  if (*event) return finish(cmd_event(c, event_name, name, io), io);
+  if (*update) return finish(cmd_update(c, name, version, settings_json, settings_file, flags, io), io);
+  if (*upset) return finish(cmd_update_settings(c, name, settings_json, settings_file, us_version, io), io);
+  if (*event) return finish(cmd_event(c, event_name, name, cause, io), io);
   if (*del) return finish(cmd_delete(c, name, io), io);
-  if (*need) return finish(cmd_need_update(c, name, version, checksum, io), io);
+  if (*need) return finish(cmd_need_update(c, name, version, checksum, maintenance, io), io);
   if (*settings) return finish(cmd_settings(c, name, io), io);
   if (*sum) return finish(cmd_checksum(c, checksum_json, io), io);
   if (*token) return finish(cmd_token(c, name, event_opt, io), io);

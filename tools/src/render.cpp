@@ -20,8 +20,10 @@ namespace {
 
 std::string version_text(const PackageRecord& p) { return p.version.empty() ? "(removed)" : p.version; }
 
-std::string cause_text(pkgctx::Cause c) {
-  return c == pkgctx::Cause::kNone ? "-" : std::string(pkgctx::cause_name(c));
+// The package's last cause: the view's text (caller-named causes resolved), "-" for none.
+std::string cause_text(const PackageRecord& p) {
+  if (p.last_cause == pkgctx::Cause::kNone) return "-";
+  return p.last_cause_name.empty() ? std::string(pkgctx::cause_name(p.last_cause)) : p.last_cause_name;
 }
 
 std::string pad(const std::string& s, std::size_t w) { return s.size() >= w ? s : s + std::string(w - s.size(), ' '); }
@@ -137,13 +139,14 @@ std::string render_header(const Snapshot& s) {
 
 std::vector<std::string> render_table(const std::vector<PackageRecord>& packages) {
   static const std::vector<std::string> kHead = {"NAME", "VERSION", "CHECKSUM", "ROOT", "CHILD GENS", "LAST CAUSE",
-                                                 "SETTINGS"};
+                                                 "SETTINGS", "SV", "MAINT"};
   std::vector<std::vector<std::string>> cells;
   cells.reserve(packages.size());
   for (const auto& p : packages) {
     cells.push_back({p.name, version_text(p), pkgctx::Settings::format_checksum(p.checksum),
-                     std::to_string(p.root_generation), child_generations_text(p), cause_text(p.last_cause),
-                     human_bytes(p.settings_size)});
+                     std::to_string(p.root_generation), child_generations_text(p), cause_text(p),
+                     human_bytes(p.settings_size), std::to_string(p.settings_version),
+                     p.maintenance.empty() ? "-" : p.maintenance});
   }
   std::vector<std::size_t> width(kHead.size());
   for (std::size_t c = 0; c < kHead.size(); ++c) {
@@ -153,8 +156,8 @@ std::vector<std::string> render_table(const std::vector<PackageRecord>& packages
   auto line = [&](const std::vector<std::string>& row) {
     std::string out;
     for (std::size_t c = 0; c < row.size(); ++c) {
-      // Numbers right-aligned (ROOT, SETTINGS), text left-aligned; no trailing blanks.
-      const bool right = c == 3 || c == 6;
+      // Numbers right-aligned (ROOT, SETTINGS, SV), text left-aligned; no trailing blanks.
+      const bool right = c == 3 || c == 6 || c == 7;
       std::string cell = row[c];
       if (right && cell.size() < width[c]) cell = std::string(width[c] - cell.size(), ' ') + cell;
       out += c + 1 == row.size() ? cell : pad(cell, width[c]) + "  ";
@@ -221,7 +224,9 @@ boost::json::object dump_json(const Snapshot& s) {
     if (p.last_cause == pkgctx::Cause::kNone)
       o["last_cause"] = nullptr;
     else
-      o["last_cause"] = pkgctx::cause_name(p.last_cause);
+      o["last_cause"] = cause_text(p);
+    o["settings_version"] = p.settings_version;
+    o["maintenance"] = p.maintenance;
     o["slot"] = p.slot;
     pkgs.push_back(std::move(o));
   }

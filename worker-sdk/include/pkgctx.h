@@ -83,10 +83,13 @@ enum pkgctx_errc {
   PKGCTX_SETTINGS_TOO_LARGE = 4,  /* (writers only) */
   PKGCTX_INVALID_EVENT = 5,       /* event key not 0..7 */
   PKGCTX_INVALID_TOKEN = 6,       /* garbled, forged, or from a segment this worker never attached; NULL */
+  PKGCTX_INVALID_CAUSE = 7,       /* (writers only) a cause name not [a-z][a-z0-9_]{0,31} */
+  PKGCTX_INVALID_MAINTENANCE = 8, /* a maintenance mode longer than 64 bytes or not [A-Za-z0-9._-] */
   /* State. */
   PKGCTX_NO_SUCH_PACKAGE = 10,    /* the table has no package of that name */
   PKGCTX_TABLE_FULL = 11,         /* (writers only) */
   PKGCTX_SETTINGS_FULL = 12,      /* (writers only) */
+  PKGCTX_TOO_MANY_CAUSES = 13,    /* (writers only) the segment's table of caller-named causes is full */
   /* Segment. */
   PKGCTX_SEGMENT_MISSING = 20,    /* no segment of that name: daemon not started, or wrong name */
   PKGCTX_SEGMENT_FOREIGN = 21,    /* not a pkgctx segment (bad magic, impossible sizes) */
@@ -121,8 +124,14 @@ enum pkgctx_cause {
   PKGCTX_CAUSE_REMOVED = 3,         /* HandleEvent(remove) */
   PKGCTX_CAUSE_RESCHEDULED = 4,     /* the next event of this child key replaced this context */
   PKGCTX_CAUSE_DELETED = 5,         /* the package was deleted */
-  PKGCTX_CAUSE_SEGMENT_RETIRED = 6  /* the daemon replaced the whole segment */
+  PKGCTX_CAUSE_SEGMENT_RETIRED = 6, /* the daemon replaced the whole segment */
+  PKGCTX_CAUSE_NAMED = 7            /* a cause the caller named (DESIGN §2.1): pkgctx_cause_text */
 };
+
+/* A caller-named cause is at most this many bytes of [a-z][a-z0-9_] (plus a NUL). */
+#define PKGCTX_CAUSE_NAME_MAX 32
+/* A maintenance mode is at most this many bytes of [A-Za-z0-9._-] (plus a NUL). */
+#define PKGCTX_MAINTENANCE_MAX 64
 
 /* Daemon liveness (pkgctx_daemon_t.liveness). */
 enum pkgctx_liveness {
@@ -148,6 +157,18 @@ typedef struct pkgctx_package_s {
   uint64_t checksum;      /* XXH3-64 of settings */
   char checksum_hex[17];  /* the same, as 16 lowercase hex digits */
 } pkgctx_package_t;
+
+/* pkgctx_read2: the same snapshot plus the v2 fields (DESIGN §2.1). A struct of its own, so
+ * pkgctx_package_t keeps its layout for programs built against an older pkgctx.h. */
+typedef struct pkgctx_package2_s {
+  char *version;          /* "" once the package was removed */
+  char *settings;         /* RFC 8785 canonical JSON object; "{}" when empty */
+  size_t settings_len;    /* strlen(settings) */
+  uint64_t checksum;      /* XXH3-64 of settings */
+  char checksum_hex[17];  /* the same, as 16 lowercase hex digits */
+  uint64_t settings_version;                  /* schema version of the settings; 0 by default */
+  char maintenance[PKGCTX_MAINTENANCE_MAX + 1]; /* pending maintenance mode; "" = managed normally */
+} pkgctx_package2_t;
 
 typedef struct pkgctx_daemon_s {
   int liveness;                    /* enum pkgctx_liveness */
@@ -268,11 +289,20 @@ typedef struct pkgctx_token_info_s {
 int pkgctx_token_info(const pkgctx_token_t *token, pkgctx_token_info_t *out);
 
 /* Why it was cancelled: "none" while live (and for NULL), else "version_changed",
- * "update_event", "removed", "rescheduled", "deleted" or "segment_retired". Static string. */
+ * "update_event", "removed", "rescheduled", "deleted" or "segment_retired"; "named" for a cause
+ * the caller named (its text: pkgctx_cause_text). Static string. */
 const char *pkgctx_cause(const pkgctx_token_t *token);
 
-/* The same as an enum pkgctx_cause. */
+/* The same as an enum pkgctx_cause (PKGCTX_CAUSE_NAMED for any caller-named cause). */
 int pkgctx_cause_code(const pkgctx_token_t *token);
+
+/* The cause as text, caller-named causes included: "none" while live (and for NULL), a built-in
+ * name, or the name the cancelling call gave (DESIGN §2.1), read from the segment and validated.
+ * Writes it NUL-terminated into buf (truncated to size-1 as snprintf does; PKGCTX_CAUSE_NAME_MAX
+ * + 1 bytes always suffice) and sets *len (if not NULL) to its full length.
+ * Errors: PKGCTX_CORRUPT (the stored name fails validation: nothing written but ""),
+ * PKGCTX_IO_ERROR (NULL buf with size > 0). */
+int pkgctx_cause_text(const pkgctx_token_t *token, char *buf, size_t size, size_t *len);
 
 /* Sleeps until the token is cancelled or `timeout_ms` passes (negative: no limit). Returns
  * PKGCTX_OK once cancelled, PKGCTX_TIMED_OUT otherwise, PKGCTX_INVALID_TOKEN for NULL.
@@ -297,6 +327,26 @@ int pkgctx_read_n(pkgctx_worker_t *worker, const char *name, size_t name_len, pk
 
 /* Frees the strings of *package and zeroes it (NULL is ignored). */
 void pkgctx_package_free(pkgctx_package_t *package);
+
+/* pkgctx_read with the v2 fields (settings_version, maintenance), from the same snapshot.
+ * Release *out with pkgctx_package2_free(). Errors: those of pkgctx_read, and PKGCTX_CORRUPT
+ * (a stored maintenance mode or cause name fails validation). */
+int pkgctx_read2(pkgctx_worker_t *worker, const char *name, pkgctx_package2_t *out);
+int pkgctx_read2_n(pkgctx_worker_t *worker, const char *name, size_t name_len, pkgctx_package2_t *out);
+void pkgctx_package2_free(pkgctx_package2_t *package);
+
+/* The settings checksum of `json` (`len` bytes; a JSON object): XXH3-64 of its RFC 8785
+ * canonical form, as the store computes it (DESIGN §3). Writes 16 lowercase hex digits and a NUL
+ * into hex (17 bytes); if canonical is not NULL, sets *canonical to the canonical form (malloc'd,
+ * NUL-terminated; release it with pkgctx_string_free). Needs no worker or segment.
+ * Errors: PKGCTX_INVALID_SETTINGS (not JSON, not an object, a duplicate key, a lone surrogate, a
+ * number out of range, nesting over 64 levels), PKGCTX_SETTINGS_TOO_LARGE (over 1 MiB canonical),
+ * PKGCTX_IO_ERROR (NULL json with len > 0, NULL hex, out of memory). On error hex is "" and
+ * *canonical NULL. */
+int pkgctx_checksum(const char *json, size_t len, char hex[17], char **canonical);
+
+/* Frees a string this library allocated (pkgctx_checksum's canonical). NULL is ignored. */
+void pkgctx_string_free(char *s);
 
 /* NeedUpdate: *out = 1 when the package is absent or its version or checksum (16 hex digits)
  * differs, else 0. Errors: PKGCTX_INVALID_NAME, PKGCTX_INVALID_SETTINGS (bad checksum text),

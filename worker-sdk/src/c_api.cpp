@@ -13,6 +13,7 @@
 #include "pkgctx.h"
 
 #include "pkgctx/error.hpp"
+#include "pkgctx/layout.hpp"
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
 #include "pkgctx/view.hpp"
@@ -46,6 +47,10 @@ using pkgctx::Result;
 using pkgctx::View;
 using CoreToken = pkgctx::core::Token;
 
+static_assert(PKGCTX_MAINTENANCE_MAX == pkgctx::layout::kMaxMaintenance &&
+              PKGCTX_CAUSE_NAME_MAX == pkgctx::layout::kMaxCauseName &&
+              PKGCTX_CAUSE_NAMED == pkgctx::layout::kFirstNamedCause,
+              "pkgctx.h's v2 limits are the layout's");
 static_assert(PKGCTX_VERSION_MAJOR == PKGCTX_PROJECT_VERSION_MAJOR && PKGCTX_VERSION_MINOR == PKGCTX_PROJECT_VERSION_MINOR,
               "pkgctx.h's version macros must follow project() in CMakeLists.txt");
 
@@ -355,12 +360,32 @@ int pkgctx_token_info(const pkgctx_token_t* token, pkgctx_token_info_t* out) {
 }
 
 const char* pkgctx_cause(const pkgctx_token_t* token) {
+  const pkgctx::Cause c = token ? token->token.cause() : pkgctx::Cause::kNone;
+  if (pkgctx::layout::is_named_cause(c)) return "named";
   // cause_name() returns views of static, NUL-terminated literals.
-  return pkgctx::cause_name(token ? token->token.cause() : pkgctx::Cause::kNone).data();
+  return pkgctx::cause_name(c).data();
 }
 
 int pkgctx_cause_code(const pkgctx_token_t* token) {
-  return token ? static_cast<int>(token->token.cause()) : PKGCTX_CAUSE_NONE;
+  const pkgctx::Cause c = token ? token->token.cause() : pkgctx::Cause::kNone;
+  return pkgctx::layout::is_named_cause(c) ? PKGCTX_CAUSE_NAMED : static_cast<int>(c);
+}
+
+int pkgctx_cause_text(const pkgctx_token_t* token, char* buf, size_t size, size_t* len) {
+  if (len) *len = 0;
+  if (!buf && size) return fail(Errc::io_error, "pkgctx_cause_text: buf is NULL");
+  if (size) buf[0] = '\0';
+  return guarded("pkgctx_cause_text", [&]() -> int {
+    auto text = token ? token->token.cause_text() : Result<std::string>(std::string("none"));
+    if (!text) return fail(text.error());
+    if (len) *len = text->size();
+    if (size) {
+      const size_t n = std::min(text->size(), size - 1);
+      std::memcpy(buf, text->data(), n);
+      buf[n] = '\0';
+    }
+    return PKGCTX_OK;
+  });
 }
 
 int pkgctx_wait_ns(const pkgctx_token_t* token, int64_t timeout_ns) {
@@ -433,6 +458,61 @@ void pkgctx_package_free(pkgctx_package_t* package) {
   std::free(package->settings);
   std::memset(package, 0, sizeof *package);
 }
+
+int pkgctx_read2(pkgctx_worker_t* worker, const char* name, pkgctx_package2_t* out) {
+  return pkgctx_read2_n(worker, name, name ? std::strlen(name) : 0, out);
+}
+
+int pkgctx_read2_n(pkgctx_worker_t* worker, const char* name, size_t name_len, pkgctx_package2_t* out) {
+  if (out) std::memset(out, 0, sizeof *out);
+  return guarded("pkgctx_read2", [&]() -> int {
+    if (!worker || !out) return fail(Errc::io_error, "pkgctx_read2: worker or out is NULL");
+    if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_read2: name is NULL");
+    auto r = worker->lookup([&](const View& v) { return v.read(arg(name, name_len), true); });
+    if (!r) return fail(r.error());
+    pkgctx_package2_t p{};
+    try {
+      p.version = dup_string(r->version);
+      p.settings = dup_string(r->settings);
+    } catch (...) {
+      std::free(p.version);
+      throw;
+    }
+    p.settings_len = r->settings.size();
+    p.checksum = r->checksum;
+    const std::string hex = pkgctx::Settings::format_checksum(r->checksum);
+    std::memcpy(p.checksum_hex, hex.c_str(), sizeof p.checksum_hex);
+    p.settings_version = r->settings_version;
+    // View::read validated it: at most PKGCTX_MAINTENANCE_MAX bytes of [A-Za-z0-9._-].
+    std::memcpy(p.maintenance, r->maintenance.data(), std::min<size_t>(r->maintenance.size(), PKGCTX_MAINTENANCE_MAX));
+    *out = p;
+    return PKGCTX_OK;
+  });
+}
+
+void pkgctx_package2_free(pkgctx_package2_t* package) {
+  if (!package) return;
+  std::free(package->version);
+  std::free(package->settings);
+  std::memset(package, 0, sizeof *package);
+}
+
+int pkgctx_checksum(const char* json, size_t len, char hex[17], char** canonical) {
+  if (hex) hex[0] = '\0';
+  if (canonical) *canonical = nullptr;
+  return guarded("pkgctx_checksum", [&]() -> int {
+    if (!hex) return fail(Errc::io_error, "pkgctx_checksum: hex is NULL");
+    if (!json && len) return fail(Errc::io_error, "pkgctx_checksum: json is NULL");
+    auto s = pkgctx::Settings::parse(std::string_view(json ? json : "", len));
+    if (!s) return fail(s.error());
+    char* text = canonical ? dup_string(s->canonical()) : nullptr;
+    std::memcpy(hex, s->checksum_hex().c_str(), 17);
+    if (canonical) *canonical = text;
+    return PKGCTX_OK;
+  });
+}
+
+void pkgctx_string_free(char* s) { std::free(s); }
 
 int pkgctx_need_update(pkgctx_worker_t* worker, const char* name, const char* version, const char* checksum_hex,
                        int* out) {

@@ -7,7 +7,7 @@
 //               "retirement contract" (where each slot's generations and wake word are), so a
 //               newer daemon can retire a segment whose layout it does not otherwise know.
 //   [Header  ]  layout v2: limits, daemon liveness, occupancy counters, crash journal, offsets.
-//   [Slots   ]  capacity × Slot (512 bytes): generations, cause rings, seqlocked package data.
+//   [Slots   ]  capacity × Slot (640 bytes): generations, cause rings, seqlocked package data.
 //   [Index   ]  open-addressing hash of name → slot, 2^k atomic 64-bit entries.
 //   [FreeList]  capacity × u32 free slot numbers (writer-only, rebuilt on crash repair).
 //   [Bitmap  ]  one bit per 64-byte chunk of the settings arena (writer-only, rebuilt).
@@ -37,7 +37,8 @@
 namespace pkgctx::layout {
 
 inline constexpr std::uint64_t kMagic = 0x31585443474b50ULL;  // "PKGCTX1\0" little-endian
-// v2: cause rings of 16 entries (v1: 8), so a token's cause stays exact for 8 further events.
+// v2: cause rings of 16 entries (v1: 8), so a token's cause stays exact for 8 further events;
+// settings_version, maintenance, per-package base generations and caller-named causes (§2.1).
 inline constexpr std::uint32_t kLayoutVersion = 2;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kMaxName = 128;
@@ -47,6 +48,9 @@ inline constexpr std::uint32_t kFirstChildKey = 2;
 inline constexpr std::uint32_t kLastChildKey = 7;
 inline constexpr std::uint32_t kChildKeys = kLastChildKey - kFirstChildKey + 1;
 inline constexpr std::uint32_t kCauseRing = 16;    // causes remembered per generation counter
+inline constexpr std::size_t kMaxMaintenance = 64;  // maintenance mode: ≤ 64 bytes of [A-Za-z0-9._-]
+inline constexpr std::size_t kMaxCauseName = 32;    // caller-named cause: [a-z][a-z0-9_]{0,31}
+inline constexpr std::uint32_t kMaxCauseNames = 64; // distinct caller-named causes per segment
 
 using u8 = std::uint8_t;
 using u32 = std::uint32_t;
@@ -61,9 +65,14 @@ static_assert(AU32::is_always_lock_free && AU64::is_always_lock_free,
 // kInitialising knows "not yet", not "never".
 enum class State : u32 { kInitialising = 0, kLive = 1, kRetired = 2 };
 
-// Why a token was cancelled (pkgctx/types.hpp). Stored in cause rings, one byte per generation.
+// Why a token was cancelled (pkgctx/types.hpp). Stored in cause rings, one byte per generation:
+// 0..kMaxCause the built-in causes, kFirstNamedCause + i the caller-named cause i of the
+// segment's cause table (Header::cause_names).
 using Cause = ::pkgctx::Cause;
 inline constexpr u8 kMaxCause = 6;
+inline constexpr u8 kFirstNamedCause = kMaxCause + 1;
+static_assert(kFirstNamedCause + kMaxCauseNames <= 256);
+inline constexpr bool is_named_cause(Cause c) { return static_cast<u8>(c) >= kFirstNamedCause; }
 
 // A cause ring: byte (gen % kCauseRing) is the cause that produced generation gen, so a token
 // cancelled by generation g reads its exact cause until generation g + kCauseRing overwrites it:
@@ -77,7 +86,9 @@ static_assert(kCauseRing % 8 == 0 && (kCauseRing & (kCauseRing - 1)) == 0);
 inline Cause ring_cause(const CauseRing& r, u64 gen) {
   const u64 i = gen % kCauseRing;
   const u8 c = static_cast<u8>(r.w[i / 8].load(std::memory_order_relaxed) >> (i % 8 * 8));
-  return c <= kMaxCause ? static_cast<Cause>(c) : Cause::kNone;  // a corrupt byte says nothing
+  // A named cause is returned as is: whoever prints it resolves it through the cause table,
+  // which validates the index and the name (a corrupt one is an error there).
+  return c < kFirstNamedCause + kMaxCauseNames ? static_cast<Cause>(c) : Cause::kNone;  // a corrupt byte says nothing
 }
 inline void set_ring_cause(CauseRing& r, u64 gen, Cause c) {
   const u64 i = gen % kCauseRing;
@@ -113,7 +124,7 @@ struct alignas(kCacheLine) Prefix {
 // mutex holder. See store.cpp for the protocol.
 enum class JournalState : u32 { kIdle = 0, kPrepared = 1, kCommitted = 2 };
 
-inline constexpr std::size_t kDataWords = 37;  // SlotData::w
+inline constexpr std::size_t kDataWords = 53;  // SlotData::w
 
 struct Journal {
   AU32 state;         // JournalState; every other field is complete before it moves
@@ -126,7 +137,14 @@ struct Journal {
   u64 new_child_gen[kChildKeys];  // 0 = this child generation does not move
   u64 old_data[kDataWords];  // the slot's data words before the write
   u32 old_used;       // slot was in use before the write
-  u32 pad2;
+  u32 new_cause_count;  // Header::cause_count to store on commit (a name the write registered)
+};
+
+// One caller-named cause (Header::cause_names): written once, by the mutex holder, before the
+// commit that publishes cause_count past it; never changed afterwards.
+struct CauseName {
+  AU64 len;                       // 1..kMaxCauseName
+  AU64 w[kMaxCauseName / 8];      // the name, zero-padded
 };
 
 struct alignas(kCacheLine) Header {
@@ -167,6 +185,12 @@ struct alignas(kCacheLine) Header {
   AU64 index_seq;         // odd while the index is being rebuilt; readers retry
 
   alignas(kCacheLine) Journal journal;
+
+  // Caller-named causes (DESIGN §2.1). Entries below cause_count are immutable; cause_count
+  // only grows, stored (release) by a commit before the generations that use the new name.
+  alignas(kCacheLine) AU32 cause_count;
+  u32 cause_pad;
+  CauseName cause_names[kMaxCauseNames];
 };
 
 enum class DaemonState : u32 { kNone = 0, kRunning = 1, kStopped = 2 };
@@ -197,15 +221,23 @@ struct alignas(kCacheLine) SlotCauses {
 
 // Data word indexes (each an AU64).
 namespace dw {
-inline constexpr std::size_t kMeta = 0;      // bit 0: used; bits 8..15 name len; 16..23 version len
+inline constexpr std::size_t kMeta = 0;      // bit 0: used; bits 8..15 name len; 16..23 version len;
+                                             // 24..31 maintenance len
 inline constexpr std::size_t kHash = 1;      // name hash (XXH3-64)
 inline constexpr std::size_t kSettingsOff = 2;  // byte offset in the arena
 inline constexpr std::size_t kSettingsLen = 3;  // 0 means "{}"
 inline constexpr std::size_t kChecksum = 4;
 inline constexpr std::size_t kName = 5;      // 16 words
 inline constexpr std::size_t kVersion = 21;  // 16 words
+inline constexpr std::size_t kSettingsVersion = 37;  // settings schema version (§2.1)
+inline constexpr std::size_t kMaintenance = 38;      // 8 words: the maintenance mode (§2.1)
+// The slot's generations when this package was created (a slot outlives its tenants: old tokens
+// need the words to keep moving forward), so what is shown for a package is its own history.
+inline constexpr std::size_t kBaseRoot = 46;
+inline constexpr std::size_t kBaseChild = 47;        // kChildKeys words
 }  // namespace dw
-static_assert(dw::kVersion + kMaxVersion / 8 == kDataWords);
+static_assert(dw::kMaintenance == dw::kSettingsVersion + 1 && dw::kBaseRoot == dw::kMaintenance + kMaxMaintenance / 8);
+static_assert(dw::kBaseChild + kChildKeys == kDataWords);
 
 struct alignas(kCacheLine) SlotData {
   AU64 seq;                  // even: stable; odd: a writer is inside
@@ -263,7 +295,7 @@ static_assert(kMagic == 0x31585443474b50ULL && static_cast<u32>(State::kLive) ==
               "frozen prefix: the magic and the state values");
 static_assert(sizeof(SlotGens) == kCacheLine, "a check touches exactly one line per slot");
 static_assert(sizeof(SlotCauses) == 2 * kCacheLine);
-static_assert(sizeof(Slot) == 512);
+static_assert(sizeof(Slot) == 640);
 static_assert(offsetof(Slot, gens) == 0 && offsetof(SlotGens, root) == 0);
 static_assert(offsetof(SlotGens, child) == offsetof(SlotGens, root) + 8, "retirement: generations are consecutive");
 
@@ -277,7 +309,8 @@ constexpr u64 abi_fingerprint() {
                        sizeof(SlotData),     sizeof(Journal),         alignof(Slot),
                        sizeof(pthread_mutex_t), offsetof(Header, journal), offsetof(Header, daemon_pid),
                        offsetof(Header, used_slots), kDataWords,      kChunk,
-                       kCauseRing,           kChildKeys,              sizeof(WaitersHeader)};
+                       kCauseRing,           kChildKeys,              sizeof(WaitersHeader),
+                       offsetof(Header, cause_names), kMaxCauseNames};
   u64 h = 0xcbf29ce484222325ULL;  // FNV-1a over the parts
   for (u64 p : parts) {
     for (int i = 0; i < 8; ++i) {

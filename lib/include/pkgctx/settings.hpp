@@ -99,5 +99,11 @@ inline Result<void> validate_name(std::string_view name, const Limits& limits = 
 // [A-Za-z0-9._-], not starting with '.'. Errors: invalid_name.
 Result<void> validate_segment_name(std::string_view name);
 Result<void> validate_version(std::string_view version, const Limits& limits = {});
+// DESIGN §2.1: a maintenance mode is 0..64 bytes of [A-Za-z0-9._-] ("" = managed normally).
+bool is_valid_maintenance(std::string_view mode) noexcept;
+Result<void> validate_maintenance(std::string_view mode);  // Errors: invalid_maintenance
+// DESIGN §2.1: a caller-named cause is [a-z][a-z0-9_]{0,31}.
+bool is_valid_cause_name(std::string_view name) noexcept;
+Result<void> validate_cause_name(std::string_view name);   // Errors: invalid_cause
 
 }  // namespace pkgctx

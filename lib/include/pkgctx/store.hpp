@@ -30,6 +30,14 @@ struct UpdateResult {
   Change change = Change::none;
 };
 
+// The optional arguments of Update (DESIGN §2.1); the defaults are the v1 behaviour.
+struct UpdateOptions {
+  std::uint64_t settings_version = 0;  // schema version of the settings, stored beside them
+  std::string_view maintenance;        // pending mode, ≤ 64 bytes of [A-Za-z0-9._-]; "" = managed
+  bool force = false;                  // the same version handled as a version change
+  std::string_view cause;              // "" or [a-z][a-z0-9_]{0,31}: what cancelled tokens report
+};
+
 class Store {
  public:
   // Creates a new segment and owns it (errors as Segment::create).
@@ -39,17 +47,29 @@ class Store {
   static Result<Store> open(const std::string& name, const std::string& dir = {});
   explicit Store(Segment segment);
 
-  // Update(name, version, settings). Errors: invalid_name, invalid_version, table_full,
-  // settings_full, settings_too_large.
-  Result<UpdateResult> update(std::string_view name, std::string_view version, const Settings& settings);
-  // HandleEvent(event, name): no token when the package is absent. Errors: invalid_event,
-  // invalid_name.
-  Result<std::optional<core::Token>> handle_event(int event, std::string_view name);
+  // Update(name, version, settings). A change of settings_version or maintenance alone is a
+  // settings-only change. Errors: invalid_name, invalid_version, invalid_maintenance,
+  // invalid_cause, too_many_causes, table_full, settings_full, settings_too_large.
+  Result<UpdateResult> update(std::string_view name, std::string_view version, const Settings& settings,
+                              const UpdateOptions& opts = {});
+  // UpdateSettings(name, settings, settings_version): stores settings for a tracked package
+  // (present with a version) without touching its version or any token. True iff the checksum
+  // or settings_version changed; false for an absent or removed package (nothing changed) or no
+  // change.
+  // Errors: invalid_name, settings_full, settings_too_large.
+  Result<bool> update_settings(std::string_view name, const Settings& settings, std::uint64_t settings_version = 0);
+  // HandleEvent(event, name): no token when the package is absent. `cause` ("" = built-in) names
+  // what the tokens this call cancels report. Errors: invalid_event, invalid_name, invalid_cause,
+  // too_many_causes.
+  Result<std::optional<core::Token>> handle_event(int event, std::string_view name, std::string_view cause = {});
   // Delete(name). Errors: invalid_name.
   Result<bool> erase(std::string_view name);
-  // NeedUpdate(name, version, checksum). Errors: invalid_name.
-  Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const;
-  // GetPendingSettings(name). Errors: invalid_name, no_such_package.
+  // NeedUpdate(name, version, checksum[, maintenance]): maintenance compared only when given.
+  // Errors: invalid_name, invalid_maintenance.
+  Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum,
+                           std::optional<std::string_view> maintenance = std::nullopt) const;
+  // GetPendingSettings(name) (settings_version and maintenance: view().read(name)).
+  // Errors: invalid_name, no_such_package, corrupt.
   Result<Settings> pending_settings(std::string_view name) const;
 
   const Segment& segment() const noexcept { return seg_; }

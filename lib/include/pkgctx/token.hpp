@@ -32,6 +32,10 @@ namespace detail {
 struct Mapping;
 }
 
+// The text of cause `c` of the segment mapped by `m` (caller-named causes from its table).
+// Errors: corrupt.
+Result<std::string> cause_text(const detail::Mapping& m, Cause c);
+
 // Events (pkgctx/types.hpp), parsed and checked in one place with one message.
 // "update" → 0, "remove" → 1, "schedule" → 2, "0".."7" → the number. Errors: invalid_event.
 Result<int> parse_event(std::string_view text);
@@ -69,6 +73,9 @@ class Token {
   // events that this token would have seen (root events, and its own key's for a child)
   // followed (the cause ring holds 16; DESIGN promises 8); the most recent of them after that.
   Cause cause() const noexcept;
+  // cause() as text: a built-in name, "none", or the caller-named cause (DESIGN §2.1) from the
+  // segment's cause table. Errors: corrupt (a stored name fails validation).
+  Result<std::string> cause_text() const;
 
   // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
   // word; the writer wakes only when someone waits. Without a writable waiters board (no

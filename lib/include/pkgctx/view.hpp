@@ -11,6 +11,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,12 +24,17 @@ struct PackageRecord {
   std::string settings;           // canonical JSON (only when asked for)
   std::uint64_t checksum = 0;     // XXH3-64 of the canonical settings
   std::uint64_t settings_size = 0;
+  std::uint64_t settings_version = 0;  // DESIGN §2.1
+  std::string maintenance;              // "" = managed normally
   std::uint32_t slot = 0;
+  // The package's own history: generations counted from its creation (a slot's words outlive
+  // their tenants, old tokens need them), so a new package starts at 0 whatever the slot held.
   std::uint64_t root_generation = 0;
   // Key k's generation at [k-2]: moves with every root bump too (it is what a child token
-  // watches), so child_generations[k-2] - root_generation = the key-k events in the slot's life.
+  // watches), so child_generations[k-2] - root_generation = the package's key-k events.
   std::array<std::uint64_t, layout::kChildKeys> child_generations{};
-  Cause last_cause = Cause::kNone;  // cause of the latest root generation
+  Cause last_cause = Cause::kNone;  // cause of the latest root generation of this package
+  std::string last_cause_name;      // its text ("none", a built-in or a caller-named cause)
 };
 
 class View {
@@ -44,14 +50,19 @@ class View {
   Result<std::uint32_t> find(std::string_view name) const;
   // One consistent snapshot of a package. Every field read is validated first (DESIGN §4.1):
   // name and version against their character sets and limits, sizes and offsets against the
-  // mapping, and, with settings, the bytes as canonical JSON matching the stored checksum.
-  // Errors: invalid_name, no_such_package, corrupt.
+  // mapping, maintenance and cause names against theirs, and, with settings, the bytes as
+  // canonical JSON matching the stored checksum. Errors: invalid_name, no_such_package, corrupt.
   Result<PackageRecord> read(std::string_view name, bool with_settings = true) const;
   // The token of the package's current context for `event` (0/1: root; 2..7: that child key).
   // Errors: invalid_event, invalid_name, no_such_package.
   Result<core::Token> token(std::string_view name, int event) const;
-  // DESIGN.md §2 NeedUpdate. Errors: invalid_name.
-  Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum) const;
+  // DESIGN.md §2 NeedUpdate; maintenance compared only when given (§2.1). Errors: invalid_name,
+  // corrupt.
+  Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum,
+                           std::optional<std::string_view> maintenance = std::nullopt) const;
+  // The text of a cause read from this segment (a caller-named one through the segment's cause
+  // table). Errors: corrupt (index past the table, or a stored name that is not a cause name).
+  Result<std::string> cause_text(Cause c) const;
   // Every package, in slot order (validated as read() does). Errors: corrupt.
   Result<std::vector<PackageRecord>> list(bool with_settings = false) const;
 

@@ -28,10 +28,13 @@ enum class Errc : int {
   settings_too_large = PKGCTX_SETTINGS_TOO_LARGE, // canonical form over the configured limit
   invalid_event = PKGCTX_INVALID_EVENT,           // not 0..7
   invalid_token = PKGCTX_INVALID_TOKEN,           // garbled, forged, or from another segment
+  invalid_cause = PKGCTX_INVALID_CAUSE,           // a cause name not [a-z][a-z0-9_]{0,31}
+  invalid_maintenance = PKGCTX_INVALID_MAINTENANCE,  // not ≤ 64 bytes of [A-Za-z0-9._-]
   // State.
   no_such_package = PKGCTX_NO_SUCH_PACKAGE,
   table_full = PKGCTX_TABLE_FULL,        // every package slot is in use
   settings_full = PKGCTX_SETTINGS_FULL,  // the settings area has no room for these bytes
+  too_many_causes = PKGCTX_TOO_MANY_CAUSES,  // the segment's caller-named cause table is full
   // Segment.
   segment_missing = PKGCTX_SEGMENT_MISSING,      // no shared-memory object of that name
   segment_foreign = PKGCTX_SEGMENT_FOREIGN,      // not a pkgctx segment (bad magic, impossible sizes)

@@ -24,10 +24,12 @@ enum class Cause : std::uint8_t {
   kRescheduled = PKGCTX_CAUSE_RESCHEDULED,         // HandleEvent(k>=2) replaced this child
   kDeleted = PKGCTX_CAUSE_DELETED,                 // Delete
   kSegmentRetired = PKGCTX_CAUSE_SEGMENT_RETIRED,  // the daemon replaced the whole segment
+  kNamed = PKGCTX_CAUSE_NAMED,                     // a cause the caller named: Token::cause_text()
 };
 
 // "version_changed", "update_event", "removed", "rescheduled", "deleted", "segment_retired";
-// "none" for kNone (and anything unknown).
+// "named" for a caller-named cause (its text: Token::cause_text()); "none" for kNone (and
+// anything unknown).
 constexpr std::string_view cause_name(Cause c) noexcept {
   switch (c) {
     case Cause::kNone: return "none";
@@ -37,6 +39,7 @@ constexpr std::string_view cause_name(Cause c) noexcept {
     case Cause::kRescheduled: return "rescheduled";
     case Cause::kDeleted: return "deleted";
     case Cause::kSegmentRetired: return "segment_retired";
+    case Cause::kNamed: return "named";
   }
   return "none";
 }

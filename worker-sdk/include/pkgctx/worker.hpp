@@ -71,6 +71,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <memory>
 #include <new>
@@ -124,6 +125,19 @@ class Token {
   // through its root, the root's cause); Cause::kNone while live. Exact while at most 8 further
   // events that this token would have seen followed; the most recent of them after that.
   Cause cause() const noexcept { return static_cast<Cause>(pkgctx_cause_code(handle_.get())); }
+
+  // cause() as text, caller-named causes included (DESIGN §2.1): "none" while live, a built-in
+  // name, or the name the cancelling call gave. Errors: corrupt (the stored name fails validation).
+  Result<std::string> cause_text() const noexcept {
+    char buf[PKGCTX_CAUSE_NAME_MAX + 1];
+    if (const int rc = pkgctx_cause_text(handle_.get(), buf, sizeof buf, nullptr); rc != PKGCTX_OK)
+      return sdk_detail::last_error(rc);
+    try {
+      return std::string(buf);
+    } catch (...) {
+      return sdk_detail::out_of_memory("a cause");
+    }
+  }
 
   // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
   // word; the writer wakes only when someone waits. Without a writable waiters board (no
@@ -193,6 +207,15 @@ struct Package {
   std::string settings;       // RFC 8785 canonical JSON, "{}" when empty
   std::uint64_t checksum = 0; // XXH3-64 of settings
   std::string checksum_hex;   // the same, as 16 lowercase hex digits
+  std::uint64_t settings_version = 0;  // schema version of the settings (DESIGN §2.1)
+  std::string maintenance;             // pending maintenance mode; "" = managed normally
+};
+
+// A settings checksum (pkgctx::checksum): what the store computes for the same settings.
+struct Checksum {
+  std::uint64_t value = 0;
+  std::string hex;        // 16 lowercase hex digits
+  std::string canonical;  // the RFC 8785 canonical form
 };
 
 // The daemon that owns the segment, as its header tells.
@@ -253,19 +276,21 @@ class Worker {
   }
 
   // One consistent snapshot of package `name`: version ("" once removed), pending settings (RFC
-  // 8785 canonical JSON, "{}" when empty) and their checksum, all from the same committed write,
-  // even while writers change them (validated by the slot's sequence counter and retried).
-  // Errors: invalid_name, no_such_package, busy, attach() errors after a retirement (as token()).
+  // 8785 canonical JSON, "{}" when empty), their checksum, settings_version and maintenance mode,
+  // all from the same committed write, even while writers change them (validated by the slot's
+  // sequence counter and retried). Errors: invalid_name, no_such_package, busy, corrupt,
+  // attach() errors after a retirement (as token()).
   Result<Package> read(std::string_view name) const noexcept {
-    pkgctx_package_t p{};
+    pkgctx_package2_t p{};
     try {
-      if (const int rc = pkgctx_read_n(handle_.get(), name.data(), name.size(), &p); rc != PKGCTX_OK)
+      if (const int rc = pkgctx_read2_n(handle_.get(), name.data(), name.size(), &p); rc != PKGCTX_OK)
         return sdk_detail::last_error(rc);
-      Package r{std::string(p.version), std::string(p.settings, p.settings_len), p.checksum, std::string(p.checksum_hex)};
-      pkgctx_package_free(&p);
+      Package r{std::string(p.version), std::string(p.settings, p.settings_len), p.checksum,
+                std::string(p.checksum_hex), p.settings_version, std::string(p.maintenance)};
+      pkgctx_package2_free(&p);
       return r;
     } catch (...) {
-      pkgctx_package_free(&p);
+      pkgctx_package2_free(&p);
       return sdk_detail::out_of_memory("reading a package");
     }
   }
@@ -478,5 +503,22 @@ class StopBridge {
 
 // Same as StopBridge::create(token).
 inline Result<StopBridge> watch(const Token& token) noexcept { return StopBridge::create(token); }
+
+// The settings checksum of `json` (a JSON object), exactly as the store computes it (DESIGN §3):
+// a controller can call NeedUpdate with it. Errors: invalid_settings, settings_too_large.
+inline Result<Checksum> checksum(std::string_view json) noexcept {
+  char hex[17];
+  char* canonical = nullptr;
+  if (const int rc = pkgctx_checksum(json.data(), json.size(), hex, &canonical); rc != PKGCTX_OK)
+    return sdk_detail::last_error(rc);
+  try {
+    Checksum c{std::strtoull(hex, nullptr, 16), hex, canonical};
+    pkgctx_string_free(canonical);
+    return c;
+  } catch (...) {
+    pkgctx_string_free(canonical);
+    return sdk_detail::out_of_memory("a checksum");
+  }
+}
 
 }  // namespace pkgctx
