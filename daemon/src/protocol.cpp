@@ -2,6 +2,7 @@
 
 #include "json_out.hpp"
 #include "pkgctx/daemon/log.hpp"
+#include "pkgctx/daemon/registry.hpp"
 #include "pkgctx/dump.hpp"
 
 #include <boost/json/basic_parser_impl.hpp>
@@ -245,6 +246,15 @@ struct Request {
   std::string id;  // serialized "id", or empty
   std::string op;
   Audit* audit = nullptr;
+  Session* session = nullptr;
+  Registry* registry = nullptr;
+
+  // Drains need a server connection and the registry (a line fed without one cannot wait).
+  Checked<> can_wait() const {
+    if (!session || !registry)
+      return refusal(code::kBadRequest, "\"" + op + "\" cannot wait for a drain here (no daemon connection)");
+    return {};
+  }
 
   // Refuses any field not in `allowed` (besides the envelope's "op", "id" and "segment"): a typo
   // must not pass silently.
@@ -412,8 +422,13 @@ Checked<> op_checksum(const Store& store, std::size_t max_depth, const Request& 
 
 Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std::string& out) {
   if (auto ok = rq.require_write(); !ok) return ok;
-  if (auto ok = rq.only({"name", "version", "settings", "settings_version", "maintenance", "force", "cause"}); !ok)
+  if (auto ok = rq.only({"name", "version", "settings", "settings_version", "maintenance", "force", "cause", "drain_ms"});
+      !ok)
     return ok;
+  const auto drain_ms = rq.opt_uint("drain_ms", 0);
+  if (!drain_ms) return drain_ms.error();
+  if (rq.fields.member("drain_ms"))
+    if (auto ok = rq.can_wait(); !ok) return ok;
   const auto name = rq.string_field("name");
   if (!name) return name.error();
   const auto version = rq.string_field("version");
@@ -436,6 +451,7 @@ Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std:
   opts.cause = cause->value_or("");
   auto r = store.update(*name, *version, *settings, opts);
   if (!r) return refusal(r.error());
+  const std::size_t start = out.size();
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("context");
   if (r->token) {
@@ -444,8 +460,18 @@ Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std:
     w.null();
   }
   w.key("change").str(change_name(r->change));
-  end_ok(w, out);
   if (rq.audit) rq.audit->change = change_name(r->change);
+  if (rq.fields.member("drain_ms")) {
+    // The update cancelled the old context (if it changed anything): wait for its tasks.
+    auto slot = store.view().find(*name);
+    if (!slot) return refusal(slot.error());
+    rq.session->waiting = true;
+    std::string prefix = out.substr(start);
+    out.resize(start);
+    rq.registry->drain(rq.session->conn, std::move(prefix), *slot, std::nullopt, *drain_ms);
+    return {};
+  }
+  end_ok(w, out);
   return {};
 }
 
@@ -533,13 +559,103 @@ Checked<> op_settings(Store& store, const Request& rq, std::string& out) {
 
 Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
   if (auto ok = rq.require_write(); !ok) return ok;
-  if (auto ok = rq.only({"name"}); !ok) return ok;
+  if (auto ok = rq.only({"name", "drain_ms"}); !ok) return ok;
   const auto name = rq.string_field("name");
   if (!name) return name.error();
+  const auto drain_ms = rq.opt_uint("drain_ms", 0);
+  if (!drain_ms) return drain_ms.error();
+  const bool drain = rq.fields.member("drain_ms") != nullptr;
+  if (drain)
+    if (auto ok = rq.can_wait(); !ok) return ok;
+  const auto slot = store.view().find(*name);
   auto r = store.erase(*name);
   if (!r) return refusal(r.error());
+  const std::size_t start = out.size();
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("deleted").boolean(*r);
+  if (!*r || !slot) w.key("reason").str("no such package");
+  if (drain && *r && slot) {
+    // Deleting cancelled the package's contexts: wait for the tasks still on them; in_flight is
+    // what is left when the drain ends.
+    Registry& reg = *rq.registry;
+    const std::uint32_t s = *slot;
+    rq.session->waiting = true;
+    std::string prefix = out.substr(start);
+    out.resize(start);
+    reg.drain(rq.session->conn, std::move(prefix), s, std::nullopt, *drain_ms,
+              [&reg, s](bool) { return ",\"in_flight\":" + std::to_string(reg.leases_on(s)); });
+    return {};
+  }
+  w.key("in_flight").num(rq.registry && *r && slot ? rq.registry->leases_on(*slot) : std::uint64_t{0});
+  end_ok(w, out);
+  return {};
+}
+
+Checked<> op_register(const Request& rq, std::string& out) {
+  if (auto ok = rq.only({}); !ok) return ok;
+  if (!rq.session || !rq.registry) return refusal(code::kBadRequest, "\"register\" needs a daemon connection");
+  const int fd = std::exchange(rq.session->received_fd, -1);
+  if (auto refused = rq.registry->add(rq.session->conn, rq.peer, fd)) return refusal(refused->first, refused->second);
+  rq.session->registered = true;
+  JsonWriter w(out);
+  begin_ok(w, rq.id).key("client").num(rq.session->conn);
+  end_ok(w, out);
+  return {};
+}
+
+Checked<> op_drain(Store& store, const Request& rq, std::string& out) {
+  if (auto ok = rq.require_write(); !ok) return ok;
+  if (auto ok = rq.only({"name", "event", "timeout_ms"}); !ok) return ok;
+  if (auto ok = rq.can_wait(); !ok) return ok;
+  const auto name = rq.string_field("name");
+  if (!name) return name.error();
+  std::optional<std::uint32_t> key;
+  if (rq.fields.member("event")) {
+    const auto event = event_field(rq);
+    if (!event) return event.error();
+    key = static_cast<std::uint32_t>(*event);
+  }
+  const auto timeout = rq.opt_uint("timeout_ms", 0);
+  if (!timeout) return timeout.error();
+  auto slot = store.view().find(*name);
+  if (!slot) return refusal(slot.error());
+  std::string prefix;
+  JsonWriter w(prefix);
+  begin_ok(w, rq.id).key("name").str(*name);
+  rq.session->waiting = true;
+  rq.registry->drain(rq.session->conn, std::move(prefix), *slot, key, *timeout);
+  return {};
+}
+
+// What each registered worker holds (DESIGN §2.2 "every attached process is known").
+void write_clients(JsonWriter& w, const Registry& reg) {
+  w.begin_array();
+  for (const auto& [conn, c] : reg.clients()) {
+    w.begin_object();
+    w.key("pid").num(std::int64_t{c.peer.pid}).key("uid").num(std::uint64_t{c.peer.uid}).key("comm").str(c.comm);
+    w.key("since_realtime_ns").num(c.since_realtime_ns);
+    w.key("tasks").begin_array();
+    for (const Registry::LeaseInfo& l : reg.leases(c)) {
+      w.begin_object().key("name").str(l.name).key("key").num(std::uint64_t{l.key});
+      w.key("generation").num(l.generation).key("cancelled").boolean(l.cancelled).key("age_ms").num(l.age_ms);
+      w.end_object();
+    }
+    w.end_array();
+    w.key("waits").begin_array().end_array();  // waits are not reported to the daemon yet
+    w.end_object();
+  }
+  w.end_array();
+}
+
+Checked<> op_clients(const Request& rq, std::string& out) {
+  if (auto ok = rq.only({}); !ok) return ok;
+  JsonWriter w(out);
+  begin_ok(w, rq.id).key("clients");
+  if (rq.registry) {
+    write_clients(w, *rq.registry);
+  } else {
+    w.begin_array().end_array();
+  }
   end_ok(w, out);
   return {};
 }
@@ -684,7 +800,8 @@ void Protocol::refuse_client(std::string& out, std::string_view message) noexcep
   append_error(out, {}, code::kTooManyClients, message);
 }
 
-void Protocol::handle(std::string_view line, const Peer& peer, std::string& out, DumpCursor* dump) noexcept {
+void Protocol::handle(std::string_view line, const Peer& peer, std::string& out, DumpCursor* dump,
+                      Session* session) noexcept {
   ++stats_.requests;
   const std::size_t mark = out.size();
   std::string id;
@@ -700,7 +817,7 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
       opt.max_depth = options_.max_depth + 1;  // the request object wraps "settings"
       json::basic_parser<RequestReader> parser(opt, line);
       if (auto ok = parse_request(line, opt, parser); !ok) return ok;
-      Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit};
+      Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit, session, registry_};
       auto ok = check_envelope(rq, store_.segment().name());
       id = rq.id;
       if (!ok) return ok;
@@ -713,11 +830,15 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
         if (op == "delete") return op_delete(store_, rq, out);
         if (op == "update_settings") return op_update_settings(store_, options_.max_depth, rq, out);
         if (op == "checksum") return op_checksum(store_, options_.max_depth, rq, out);
+        if (op == "register") return op_register(rq, out);
+        if (op == "drain") return op_drain(store_, rq, out);
+        if (op == "clients") return op_clients(rq, out);
         if (op == "dump")
           return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out, cursor);
         std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
         return refusal(code::kBadRequest,
-                       "unknown op \"" + shown + "\" (ops: update, update_settings, event, need_update, settings, delete, dump, checksum)");
+                       "unknown op \"" + shown + "\" (ops: update, update_settings, event, need_update, settings, delete, dump, checksum, "
+                       "drain, clients, register)");
       }();
       if (audit.write) audit_write(rq, audit, result ? std::string_view("ok") : result.error().code);
       return result;

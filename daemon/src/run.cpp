@@ -8,6 +8,8 @@
 #include "pkgctx/daemon/ownership.hpp"
 #include "pkgctx/daemon/protocol.hpp"
 #include "pkgctx/daemon/server.hpp"
+#include "pkgctx/daemon/registry.hpp"
+#include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
 
@@ -315,12 +317,21 @@ int run(int argc, char** argv) {
 
   ConnectionStats connections{cfg.socket};
   Protocol protocol(store, protocol_options(cfg), &connections);
+  Registry registry(store);
+  protocol.set_registry(&registry);
   Housekeeper keeper(cfg, args.source, store, protocol, connections);
   auto server = Server::create(protocol, *listener, connections, *signal_fd, keeper.tick(), server_limits(cfg),
                                keeper.hooks());
   if (!server) {
     log::error("Failed to start the event loop: " + server.error().message);
     return kExitFailure;
+  }
+  (*server)->set_registry(&registry);
+  // Each registered worker costs a socket and a pidfd: take the hard descriptor limit, so
+  // thousands of workers fit (the default soft limit, 1024, would not).
+  if (rlimit rl{}; ::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &rl);
   }
 
   // READY.

@@ -1,6 +1,7 @@
 #include "pkgctx/daemon/server.hpp"
 
 #include "pkgctx/daemon/log.hpp"
+#include "pkgctx/daemon/registry.hpp"
 #include "pkgctx/segment.hpp"
 
 #include <cerrno>
@@ -28,6 +29,7 @@ namespace {
 constexpr std::uint64_t kListenerId = 1;
 constexpr std::uint64_t kSignalId = 2;
 constexpr std::uint64_t kTimerId = 3;
+constexpr std::uint64_t kPidfdBit = 1ull << 63;  // epoll id of a registered client's pidfd: bit | conn id
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr std::size_t kReadBudget = 256 * 1024;  // per client per wake-up: fairness
 constexpr std::size_t kHighWater = 256 * 1024;
@@ -231,9 +233,12 @@ struct Server::Conn {
   std::uint32_t interest = 0;  // events registered with epoll
   std::uint64_t stalled_since_ns = 0;  // unsent answers and no progress since (0: none)
   std::uint64_t last_request_ns = 0;   // accept, or the last complete request
+  bool registered = false;     // a worker's registration: carries only task-ended bytes
+  bool waiting = false;        // a drain's answer is pending: later requests wait behind it
+  int passed_fd = -1;          // a descriptor received with the input not yet answered
 
   std::size_t pending() const noexcept { return out.size() - out_off; }
-  bool busy() const noexcept { return pending() > 0 || dump.active || queued; }
+  bool busy() const noexcept { return pending() > 0 || dump.active || queued || waiting; }
 };
 
 Server::Server(Protocol& protocol, Listener& listener, ConnectionStats& connections, int signal_fd,
@@ -303,7 +308,7 @@ Result<int> Server::run() {
   epoll_event events[64];
   while (true) {
     // Work left in the backlog: look for new events without sleeping, then go on with it.
-    const int n = ::epoll_wait(epoll_fd_, events, 64, backlog_.empty() ? -1 : 0);
+    const int n = ::epoll_wait(epoll_fd_, events, 64, backlog_.empty() ? drain_wait_ms() : 0);
     if (n < 0) {
       if (errno == EINTR) continue;
       return make_error(Errc::io_error, "epoll_wait: " + errno_text(errno));
@@ -324,6 +329,8 @@ Result<int> Server::run() {
             if (auto limits = hooks_.on_reload()) set_limits(*limits);
           }
         }
+      } else if (id & kPidfdBit) {
+        close_conn(id & ~kPidfdBit, "its process exited");  // before its socket's EOF, if ever
       } else if (id == kTimerId) {
         std::uint64_t expirations = 0;
         [[maybe_unused]] const ssize_t r = ::read(timer_fd_, &expirations, sizeof expirations);
@@ -343,7 +350,76 @@ Result<int> Server::run() {
       }
     }
     serve_backlog();
+    if (registry_) {
+      if (const std::uint64_t d = registry_->next_deadline_ns(); d != 0 && mono_now_ns() >= d) registry_->tick();
+      deliver_answers();
+    }
   }
+}
+
+int Server::drain_wait_ms() const {
+  const std::uint64_t d = registry_ ? registry_->next_deadline_ns() : 0;
+  if (d == 0) return -1;
+  const std::uint64_t now = mono_now_ns();
+  return d <= now ? 0 : static_cast<int>(std::min<std::uint64_t>((d - now + 999'999) / 1'000'000, 1'000'000));
+}
+
+void Server::deliver_answers() {
+  // Delivering may end a drain's wait only; a connection gone meanwhile was forgotten already.
+  for (auto& [id, line] : registry_->take_answers()) {
+    auto it = conns_.find(id);
+    if (it == conns_.end()) continue;
+    Conn& c = *it->second;
+    c.out += line;
+    c.waiting = false;
+    process_lines(c);  // requests that arrived behind the drain
+    if (!flush(c) || !resume(c)) {
+      close_conn(id);
+      continue;
+    }
+    update_interest(c);
+  }
+}
+
+void Server::on_registered(Conn& c) {
+  c.registered = true;
+  ++registered_;
+  if (!c.writer) --readers_;  // the slot it took to register is free again
+  const int pidfd = registry_ ? registry_->pidfd(c.id) : -1;
+  if (pidfd >= 0) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = kPidfdBit | c.id;
+    if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, pidfd, &ev) != 0)
+      log::warning("Failed to watch the process of " + c.peer.describe() + ": " + errno_text(errno));
+  }
+}
+
+// read() that also takes a descriptor passed with the bytes (SCM_RIGHTS, close-on-exec).
+ssize_t Server::receive(Conn& c, char* buf, std::size_t size) {
+  iovec iov{buf, size};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  const ssize_t n = ::recvmsg(c.fd, &msg, MSG_CMSG_CLOEXEC);
+  if (n < 0) return n;
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+    if (cm->cmsg_level != SOL_SOCKET || cm->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (cm->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(cm) + i * sizeof(int), sizeof fd);
+      if (c.passed_fd < 0 && !c.registered) {
+        c.passed_fd = fd;  // the register request's page; any other is closed
+      } else {
+        ::close(fd);
+      }
+    }
+  }
+  return n;
 }
 
 void Server::serve_backlog() {
@@ -409,7 +485,7 @@ void Server::accept_all() {
     const bool writer = protocol_.options().allow.allows(peer);
     // At most max_clients - 1 reserved: readers (workers, pkgctl reads) always keep one slot.
     const std::uint32_t reserved = std::min(limits_.writer_slots, limits_.max_clients - 1);
-    if (conns_.size() >= limits_.max_clients) {
+    if (conns_.size() - registered_ >= limits_.max_clients) {
       refuse(fd, peer, "too many clients: the daemon serves at most " + std::to_string(limits_.max_clients) +
                            " clients at once (max_clients); try again later");
       continue;
@@ -451,7 +527,7 @@ void Server::on_client(std::uint64_t id, std::uint32_t events) {
     if (!flush(c) || !resume(c)) return close_conn(id);
   }
   if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
-    if (!c.paused && !c.eof && !c.queued) {
+    if (!c.paused && !c.eof && !c.queued && !c.waiting) {
       read_input(c);
       if (c.fd < 0) return close_conn(id);
     } else if (events & (EPOLLHUP | EPOLLERR)) {
@@ -469,7 +545,7 @@ void Server::on_client(std::uint64_t id, std::uint32_t events) {
   // A paused connection whose answers drained outside an EPOLLOUT event (e.g. flushed on a
   // hang-up) resumes here; otherwise it would wait for an event it no longer asks for.
   if (!resume(c)) return close_conn(id);
-  if ((events & (EPOLLHUP | EPOLLERR)) && c.pending() == 0 && (c.paused || c.eof)) return close_conn(id);
+  if ((events & (EPOLLHUP | EPOLLERR)) && c.pending() == 0 && (c.paused || c.eof || c.waiting)) return close_conn(id);
   if (c.eof && !c.busy()) return close_conn(id);
   update_interest(c);
 }
@@ -477,11 +553,16 @@ void Server::on_client(std::uint64_t id, std::uint32_t events) {
 void Server::read_input(Conn& c) {
   char buf[kReadChunk];
   std::size_t budget = kReadBudget;
-  while (budget > 0 && !c.paused && !c.queued && !c.dump.active) {
+  while (budget > 0 && !c.paused && !c.queued && !c.dump.active && !c.waiting) {
     // Never more than the rest of one line: a partial line stays within the peer's line limit.
     const std::size_t limit = line_limit(c);
     const std::size_t room = c.discarding || c.in.size() >= limit ? sizeof buf : limit + 1 - c.in.size();
-    const ssize_t n = ::read(c.fd, buf, std::min(sizeof buf, room));
+    const ssize_t n = receive(c, buf, std::min(sizeof buf, room));
+    if (n > 0 && c.registered) {
+      // Task-ended bytes: their content does not matter, only that the worker wants a re-check.
+      if (registry_) registry_->ping(c.id);
+      continue;
+    }
     if (n > 0) {
       budget -= std::min(budget, static_cast<std::size_t>(n));
       std::string_view data(buf, static_cast<std::size_t>(n));
@@ -517,6 +598,12 @@ void Server::process_lines(Conn& c) {
   std::size_t start = 0;
   const std::size_t limit = line_limit(c);
   while (true) {
+    if (c.waiting) break;  // answered by deliver_answers(), then the rest follows in order
+    if (c.registered) {  // bytes after the register request are task-ended pings
+      if (start < c.in.size() && registry_) registry_->ping(c.id);
+      start = c.in.size();
+      break;
+    }
     if (c.pending() > high_water()) {
       c.paused = true;  // resume when the client has taken its answers
       break;
@@ -556,7 +643,11 @@ void Server::process_lines(Conn& c) {
       protocol_.refuse_line(c.out, "request line of " + std::to_string(line.size()) + " bytes is longer than " +
                                        std::to_string(limit) + (c.writer ? " (max_line_bytes)" : " (max_read_line_bytes)"));
     } else {
-      protocol_.handle(line, c.peer, c.out, &c.dump);
+      Session session{c.id, std::exchange(c.passed_fd, -1)};
+      protocol_.handle(line, c.peer, c.out, &c.dump, &session);
+      if (session.received_fd >= 0) ::close(session.received_fd);  // passed with another request
+      if (session.registered) on_registered(c);
+      c.waiting = session.waiting;
     }
     c.last_request_ns = mono_now_ns();
     start = nl + 1;
@@ -609,7 +700,7 @@ bool Server::flush(Conn& c) {
 void Server::update_interest(Conn& c) {
   if (c.fd < 0) return;
   std::uint32_t want = 0;
-  if (!c.paused && !c.eof && !c.queued && !c.dump.active) want |= EPOLLIN;
+  if (!c.paused && !c.eof && !c.queued && !c.dump.active && !c.waiting) want |= EPOLLIN;
   if (c.pending() > 0) want |= EPOLLOUT;
   if (want == c.interest) return;
   epoll_event ev{};
@@ -627,7 +718,14 @@ void Server::close_conn(std::uint64_t id, const char* why) {
     ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, c.fd, nullptr);
     ::close(c.fd);
   }
-  if (!c.writer) --readers_;
+  if (c.passed_fd >= 0) ::close(c.passed_fd);
+  if (c.registered) {
+    --registered_;
+    if (registry_) registry_->remove(id);  // closes the pidfd (epoll forgets it)
+  } else {
+    if (!c.writer) --readers_;
+    if (c.waiting && registry_) registry_->forget_drains(id);
+  }
   conns_.erase(it);  // a backlog entry for it is skipped
   connections_.clients = conns_.size();
   resume_listener();
@@ -644,6 +742,7 @@ void Server::resume_listener() {
 
 void Server::on_tick() {
   if (hooks_.on_tick) hooks_.on_tick();
+  if (registry_) registry_->tick();
   const std::uint64_t now = mono_now_ns();
   const auto timeout_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(limits_.send_timeout).count());
   const auto idle_ns = static_cast<std::uint64_t>(std::chrono::nanoseconds(limits_.idle_timeout).count());
@@ -652,7 +751,7 @@ void Server::on_tick() {
     if (c->pending() > 0 && c->stalled_since_ns != 0 && now - c->stalled_since_ns > timeout_ns) stalled.push_back(id);
     // Idle: nothing owed to it and no complete request for idle_timeout (a trickled partial
     // line does not count, so a slot cannot be held by a byte a minute).
-    else if (!c->busy() && now - c->last_request_ns > idle_ns) idle.push_back(id);
+    else if (!c->busy() && !c->registered && now - c->last_request_ns > idle_ns) idle.push_back(id);
   }
   for (std::uint64_t id : idle) {
     log::debug("Closing client " + conns_.at(id)->peer.describe() + ": no request for " +

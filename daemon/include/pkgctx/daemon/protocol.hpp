@@ -13,7 +13,18 @@
 //   {"op":"need_update","name":N,"version":V,"checksum":HEX16}  → {"ok":true,"need_update":bool}
 //   {"op":"settings","name":N}  → {"ok":true,"name":N,"version":V,"settings":{…},"checksum":HEX16}
 //   {"op":"delete","name":N}    → {"ok":true,"name":N,"deleted":bool}
-//   {"op":"dump"}               → {"ok":true,"segment":{…},"daemon":{…},"packages":[…]}
+//   {"op":"dump"}               → {"ok":true,"segment":{…},"daemon":{…},"packages":[…],"clients":[…]}
+//   {"op":"register"} + a sealed memfd (SCM_RIGHTS) → {"ok":true,"client":N}; the connection then
+//       stays open for the attachment's life, carries only one-byte "task ended" pings, and is
+//       exempt from the idle timeout and from max_clients (max_registered bounds it). Open to
+//       anyone who can connect (workers act only for themselves).
+//   {"op":"drain","name":N,"event":K?,"timeout_ms":T?}  (write-class: allow-listed peers)
+//       → later: {"ok":true,"name":N,"drained":bool,"holders":[{"pid","uid","comm","key",
+//         "generation","cause","age_ms"}]}; other clients are served meanwhile.
+//   {"op":"clients"}            → {"ok":true,"clients":[{"pid","uid","comm","since_realtime_ns",
+//       "tasks":[{"name","key","generation","cancelled","age_ms"}],"waits":[]}]}
+//   delete: "drain_ms" (drains first, then deletes) and answers "in_flight"; update: "drain_ms"
+//       (drains the old context after the update) and answers "drained","holders".
 // Errors: {"ok":false,"error":{"code":C,"message":M}}, C one of the core's errc_name() codes
 // (invalid_name, invalid_version, invalid_settings, settings_too_large, invalid_event,
 // no_such_package, table_full, settings_full, …) or a protocol code below.
@@ -98,6 +109,16 @@ struct DumpCursor {
   bool any = false;             // a package has been written (the next needs a comma)
 };
 
+// The connection a request came on, for the ops that outlive one answer (register, drain).
+struct Session {
+  std::uint64_t conn = 0;   // the server's connection id
+  int received_fd = -1;     // a descriptor passed with the request (SCM_RIGHTS); register takes it
+  bool registered = false;  // set by register: from now on the connection carries wake-up bytes only
+  bool waiting = false;     // set by a drain: its answer comes later, from Registry::take_answers()
+};
+
+class Registry;
+
 class Protocol {
  public:
   // `connections` (may be null) is read by dump; it must outlive the protocol.
@@ -112,7 +133,11 @@ class Protocol {
   // is done only if the allow-list admits the peer. Appends exactly one answer line, ending in
   // '\n', to `out`.
   // With `dump` given, a dump's packages are left to continue_dump() (dump->active is set).
-  void handle(std::string_view line, const Peer& peer, std::string& out, DumpCursor* dump = nullptr) noexcept;
+  // With `session` given (a server connection), register, drain, update/delete with drain_ms work.
+  void handle(std::string_view line, const Peer& peer, std::string& out, DumpCursor* dump = nullptr,
+              Session* session = nullptr) noexcept;
+  // The registry of workers and drains (may stay null: those ops then answer unavailable).
+  void set_registry(Registry* registry) noexcept { registry_ = registry; }
   // Appends the packages in the next `slots` slots; after the last slot, ends the answer and
   // clears dump.active. False when out of memory: half an answer cannot be taken back, so the
   // caller must close the connection.
@@ -131,6 +156,7 @@ class Protocol {
   Store& store_;
   ProtocolOptions options_;
   const ConnectionStats* connections_;
+  Registry* registry_ = nullptr;
   RequestStats stats_;
 };
 

@@ -42,6 +42,8 @@
 
 namespace pkgctx::daemon {
 
+class Registry;
+
 // The listening control socket. Creates the parent directory if missing (0755), refuses a
 // parent directory that anyone but root and the daemon's user can write (a symlink swapped in
 // there could redirect the socket file), replaces a stale socket file (nobody accepting) and
@@ -97,6 +99,9 @@ class Server {
   Server& operator=(const Server&) = delete;
 
   const ServerLimits& limits() const noexcept { return limits_; }
+  // Workers' registrations and drains (register, drain ops): the server watches the registered
+  // clients' pidfds, feeds their pings, and delivers drain answers. Set before run().
+  void set_registry(Registry* registry) noexcept { registry_ = registry; }
 
   // Serves until SIGTERM or SIGINT; returns that signal's number. Errors: io_error (epoll).
   Result<int> run();
@@ -123,6 +128,10 @@ class Server {
   void resume_listener();       // accepts again if accept_all() paused them (out of descriptors)
   void on_tick();
   std::size_t high_water() const noexcept;
+  int drain_wait_ms() const;            // epoll timeout until the next drain deadline (-1: none)
+  void deliver_answers();               // drain answers the registry has ready
+  void on_registered(Conn& c);          // a register request succeeded on `c`
+  ssize_t receive(Conn& c, char* buf, std::size_t size);
 
   Protocol& protocol_;
   Listener& listener_;
@@ -134,6 +143,8 @@ class Server {
   ServerLimits limits_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Conn>> conns_;
   std::uint32_t readers_ = 0;   // connections of peers off the write allow-list
+  std::uint32_t registered_ = 0;  // registration connections (not counted against max_clients)
+  Registry* registry_ = nullptr;
   std::deque<std::uint64_t> backlog_;  // connections with requests read but not yet answered
   std::uint64_t turn_deadline_ns_ = 0;
   std::uint64_t next_id_ = 16;  // ids below are the listener, signals and timer

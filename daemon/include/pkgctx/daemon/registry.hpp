@@ -1,0 +1,128 @@
+// pkgctx/daemon/registry.hpp — known workers, their leases, and acknowledged drains (DESIGN §2.2).
+//
+// A worker registers once per attachment (op "register" on a connection it keeps open), passing
+// its lease page (pkgctx/lease_page.hpp) as a sealed memfd. The registry maps the page and holds a
+// pidfd of the peer (from SO_PEERCRED at register: the registering process is blocked on the
+// answer, so the pid is its own). A client is forgotten, and everything it held released at once,
+// when its connection reaches EOF or its pidfd becomes readable — never by pid number.
+//
+// A drain waits, without blocking the event loop, until no live lease holds a cancelled context
+// of the package (of its key). It raises the notify word of every page it scans before reading
+// the leases (both sides seq_cst), so a task that ends after the scan always sends its byte; the
+// registry re-checks that page on the byte (ping), on the client's death, and on every tick
+// (which also catches a page that lies or stays busy). The answer is queued for the server.
+#pragma once
+
+#include "pkgctx/daemon/protocol.hpp"
+#include "pkgctx/lease_page.hpp"
+#include "pkgctx/store.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <list>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace pkgctx::daemon {
+
+struct Holder {
+  pid_t pid = 0;
+  uid_t uid = 0;
+  std::string comm;
+  std::uint32_t key = 0;
+  std::uint64_t generation = 0;  // the lease's root generation
+  std::string cause;             // why that context was cancelled
+  std::uint64_t age_ms = 0;      // since the task began
+};
+
+class Registry {
+ public:
+  struct Client {
+    std::uint64_t conn = 0;
+    Peer peer;
+    std::string comm;
+    std::uint64_t since_realtime_ns = 0;
+    int pidfd = -1;
+    lease::Page* page = nullptr;
+  };
+  // One active lease of a client, as read now (for the clients op and tests).
+  struct LeaseInfo {
+    std::string name;  // the package now in the lease's slot ("" if none)
+    std::uint32_t key = 0;
+    std::uint64_t generation = 0;
+    bool cancelled = false;
+    std::uint64_t age_ms = 0;
+  };
+
+  explicit Registry(Store& store, std::uint32_t max_clients = 4096) : store_(store), max_clients_(max_clients) {}
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  void set_max_clients(std::uint32_t n) noexcept { max_clients_ = n; }
+  std::uint32_t max_clients() const noexcept { return max_clients_; }
+
+  // Registers connection `conn` of `peer` with its page `memfd` (always taken: closed on error).
+  // Errors (code, message) for the protocol: bad_request (no descriptor, not a sealed memfd of
+  // the page's size, bad magic), too_many_clients, already registered.
+  std::optional<std::pair<std::string_view, std::string>> add(std::uint64_t conn, const Peer& peer, int memfd);
+  bool registered(std::uint64_t conn) const { return clients_.count(conn) != 0; }
+  int pidfd(std::uint64_t conn) const;  // -1 if none
+  std::size_t size() const noexcept { return clients_.size(); }
+  const std::map<std::uint64_t, Client>& clients() const noexcept { return clients_; }
+  std::vector<LeaseInfo> leases(const Client& c) const;
+  // Leases on package slot `slot` (any context), for delete's in_flight.
+  std::uint64_t leases_on(std::uint32_t slot) const;
+
+  // The client's connection or process ended: its leases are released, drains re-checked.
+  void remove(std::uint64_t conn);
+  // A byte arrived on the registration connection: a notified task ended.
+  void ping(std::uint64_t conn);
+
+  // Starts a drain for the answer of connection `conn`. `prefix` is the answer's opening, up to
+  // and including its last member (e.g. {"ok":true,"id":1,"name":"x"), without a trailing comma;
+  // `finish(drained)` may append more members (delete's) before "drained" and "holders".
+  // Answers at once (into the ready queue) when nothing holds.
+  using Finish = std::function<std::string(bool drained)>;
+  void drain(std::uint64_t conn, std::string prefix, std::uint32_t slot, std::optional<std::uint32_t> key,
+             std::uint64_t timeout_ms, Finish finish = {});
+  // The connection waiting for a drain's answer went away.
+  void forget_drains(std::uint64_t conn);
+  std::size_t pending_drains() const noexcept { return drains_.size(); }
+
+  // Re-checks every drain and answers those past their deadline (call on each tick and when
+  // next_deadline_ns() passes).
+  void tick();
+  std::uint64_t next_deadline_ns() const noexcept;  // 0: none
+
+  // Answers ready to go: (connection, line ending in '\n').
+  std::vector<std::pair<std::uint64_t, std::string>> take_answers() { return std::exchange(ready_, {}); }
+
+ private:
+  struct Drain {
+    std::uint64_t conn = 0;
+    std::string prefix;
+    std::uint32_t slot = 0;
+    std::optional<std::uint32_t> key;
+    std::uint64_t deadline_ns = 0;
+    Finish finish;
+    std::set<std::uint64_t> holding;  // clients holding at the last scan
+  };
+  // Holders of `d` in client `c` (raising c's notify word first).
+  void scan_client(const Client& c, const Drain& d, std::vector<Holder>* out, bool& holds) const;
+  bool full_scan(Drain& d, std::vector<Holder>* out);
+  void finish(std::list<Drain>::iterator it, bool drained);
+  void recheck(std::uint64_t conn);
+  void clear_notify_unused();
+
+  Store& store_;
+  std::uint32_t max_clients_;
+  std::map<std::uint64_t, Client> clients_;
+  std::list<Drain> drains_;
+  std::vector<std::pair<std::uint64_t, std::string>> ready_;
+};
+
+}  // namespace pkgctx::daemon

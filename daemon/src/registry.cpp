@@ -1,0 +1,281 @@
+#include "pkgctx/daemon/registry.hpp"
+
+#include "json_out.hpp"
+#include "pkgctx/daemon/log.hpp"
+#include "pkgctx/segment.hpp"
+#include "pkgctx/token.hpp"
+#include "pkgctx/view.hpp"
+
+#include <cerrno>
+#include <cstring>
+#include <ctime>
+#include <fcntl.h>
+#include <fstream>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+namespace pkgctx::daemon {
+
+namespace {
+
+using detail::JsonWriter;
+
+std::uint64_t clock_ns(clockid_t id) {
+  timespec ts{};
+  ::clock_gettime(id, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+// The clock the SDK stamps leases with.
+std::uint64_t coarse_ns() { return clock_ns(CLOCK_MONOTONIC_COARSE); }
+std::uint64_t mono_ns() { return clock_ns(CLOCK_MONOTONIC); }
+
+std::string comm_of(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/comm");
+  std::string s;
+  std::getline(f, s);
+  if (s.size() > 64) s.resize(64);
+  return s;
+}
+
+constexpr unsigned kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
+
+}  // namespace
+
+Registry::~Registry() {
+  for (auto& [conn, c] : clients_) {
+    if (c.pidfd >= 0) ::close(c.pidfd);
+    ::munmap(c.page, sizeof(lease::Page));
+  }
+}
+
+std::optional<std::pair<std::string_view, std::string>> Registry::add(std::uint64_t conn, const Peer& peer, int memfd) {
+  const auto refuse = [&](std::string_view code, std::string why) -> std::optional<std::pair<std::string_view, std::string>> {
+    if (memfd >= 0) ::close(memfd);
+    return std::pair<std::string_view, std::string>{code, std::move(why)};
+  };
+  if (clients_.count(conn)) return refuse(code::kBadRequest, "this connection is already registered");
+  if (memfd < 0)
+    return refuse(code::kBadRequest, "\"register\" needs the lease page passed with the request (SCM_RIGHTS)");
+  if (clients_.size() >= max_clients_)
+    return refuse(code::kTooManyClients, "too many registered workers: the daemon knows at most " +
+                                             std::to_string(max_clients_) + " at once (max_registered)");
+  // Sealed against shrinking (else a mapped read could SIGBUS), growing and unsealing.
+  const int seals = ::fcntl(memfd, F_GET_SEALS);
+  if (seals < 0 || (static_cast<unsigned>(seals) & kRequiredSeals) != kRequiredSeals)
+    return refuse(code::kBadRequest, "the lease page must be a memfd sealed with F_SEAL_SHRINK, F_SEAL_GROW and F_SEAL_SEAL");
+  struct stat st {};
+  if (::fstat(memfd, &st) != 0 || !S_ISREG(st.st_mode) || static_cast<std::size_t>(st.st_size) != sizeof(lease::Page))
+    return refuse(code::kBadRequest, "the lease page must be exactly " + std::to_string(sizeof(lease::Page)) + " bytes");
+  void* p = ::mmap(nullptr, sizeof(lease::Page), PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+  if (p == MAP_FAILED) return refuse(code::kBadRequest, std::string("cannot map the lease page: ") + std::strerror(errno));
+  ::close(memfd);
+  auto* page = static_cast<lease::Page*>(p);
+  if (page->header.magic != lease::kMagic || page->header.leases != lease::kLeases) {
+    ::munmap(p, sizeof(lease::Page));
+    return std::pair<std::string_view, std::string>{code::kBadRequest, "the lease page has another layout (magic or size)"};
+  }
+  Client c;
+  c.conn = conn;
+  c.peer = peer;
+  c.comm = comm_of(peer.pid);
+  c.since_realtime_ns = clock_ns(CLOCK_REALTIME);
+  c.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, peer.pid, 0));
+  c.page = page;
+  // A drain waiting now must see this page's leases (a worker re-registering after a restart).
+  page->header.notify.store(drains_.empty() ? 0 : 1, std::memory_order_seq_cst);
+  clients_.emplace(conn, std::move(c));
+  log::debug("Registered worker " + peer.describe());
+  return std::nullopt;
+}
+
+int Registry::pidfd(std::uint64_t conn) const {
+  auto it = clients_.find(conn);
+  return it == clients_.end() ? -1 : it->second.pidfd;
+}
+
+void Registry::remove(std::uint64_t conn) {
+  forget_drains(conn);
+  auto it = clients_.find(conn);
+  if (it == clients_.end()) return;
+  if (it->second.pidfd >= 0) ::close(it->second.pidfd);
+  ::munmap(it->second.page, sizeof(lease::Page));
+  log::debug("Forgot worker " + it->second.peer.describe());
+  clients_.erase(it);
+  recheck(conn);
+}
+
+void Registry::ping(std::uint64_t conn) { recheck(conn); }
+
+void Registry::scan_client(const Client& c, const Drain& d, std::vector<Holder>* out, bool& holds) const {
+  lease::Page& page = *c.page;
+  page.header.notify.store(1, std::memory_order_seq_cst);
+  const Segment& seg = store_.segment();
+  const std::uint64_t epoch = seg.header().prefix.epoch;
+  const std::uint32_t used = std::min(page.header.used.load(std::memory_order_acquire), lease::kLeases);
+  const std::uint64_t now = coarse_ns();
+  std::string cause;
+  for (std::uint32_t i = 0; i < used; ++i) {
+    lease::LeaseCopy l;
+    bool busy = false;
+    const bool active = lease::read_lease(page, i, l, busy);
+    if (busy) {  // kept changing: counts as holding, so only this worker's drains wait
+      holds = true;
+      if (out) out->push_back({c.peer.pid, c.peer.uid, c.comm, 0, 0, "unreadable", 0});
+      continue;
+    }
+    if (!active || l.epoch != epoch || l.slot != d.slot || l.key > layout::kLastChildKey) continue;
+    if (d.key && l.key != *d.key) continue;
+    const core::Token now_tok = core::Token::snapshot(seg.mapping(), l.slot, l.key);
+    if (now_tok.snapshot() == l.snapshot) continue;  // a live context never blocks a drain
+    holds = true;
+    if (!out) return;
+    if (cause.empty()) {
+      PackageRecord rec;
+      auto r = store_.view().read_slot(d.slot, rec, false);
+      cause = r && *r ? rec.last_cause_name : std::string("delete");
+    }
+    out->push_back({c.peer.pid, c.peer.uid, c.comm, l.key, l.root, cause,
+                    now > l.begin_ns ? (now - l.begin_ns) / 1'000'000 : 0});
+  }
+}
+
+bool Registry::full_scan(Drain& d, std::vector<Holder>* out) {
+  d.holding.clear();
+  for (const auto& [conn, c] : clients_) {
+    bool holds = false;
+    scan_client(c, d, out, holds);
+    if (holds) d.holding.insert(conn);
+  }
+  return d.holding.empty();
+}
+
+void Registry::drain(std::uint64_t conn, std::string prefix, std::uint32_t slot, std::optional<std::uint32_t> key,
+                     std::uint64_t timeout_ms, Finish finish_fn) {
+  Drain d;
+  d.conn = conn;
+  d.prefix = std::move(prefix);
+  d.slot = slot;
+  d.key = key;
+  const std::uint64_t cap = 86'400'000ull;  // a day: keeps the arithmetic far from overflow
+  d.deadline_ns = mono_ns() + std::min(timeout_ms, cap) * 1'000'000ull;
+  d.finish = std::move(finish_fn);
+  drains_.push_back(std::move(d));
+  auto it = std::prev(drains_.end());
+  if (full_scan(*it, nullptr) || timeout_ms == 0) finish(it, it->holding.empty());
+  clear_notify_unused();
+}
+
+void Registry::finish(std::list<Drain>::iterator it, bool drained) {
+  std::vector<Holder> holders;
+  if (!drained) full_scan(*it, &holders);
+  std::string line = std::move(it->prefix);
+  if (it->finish) line += it->finish(drained);
+  line += ',';
+  JsonWriter w(line);
+  w.key("drained").boolean(drained).key("holders").begin_array();
+  for (const Holder& h : holders) {
+    w.begin_object();
+    w.key("pid").num(std::int64_t{h.pid}).key("uid").num(std::uint64_t{h.uid}).key("comm").str(h.comm);
+    w.key("key").num(std::uint64_t{h.key}).key("generation").num(h.generation).key("cause").str(h.cause);
+    w.key("age_ms").num(h.age_ms);
+    w.end_object();
+  }
+  w.end_array();
+  line += "}\n";
+  ready_.emplace_back(it->conn, std::move(line));
+  drains_.erase(it);
+}
+
+void Registry::recheck(std::uint64_t conn) {
+  for (auto it = drains_.begin(); it != drains_.end();) {
+    auto next = std::next(it);
+    if (it->holding.erase(conn)) {
+      if (auto c = clients_.find(conn); c != clients_.end()) {
+        bool holds = false;
+        scan_client(c->second, *it, nullptr, holds);
+        if (holds) it->holding.insert(conn);
+      }
+      // The last known holder let go: one full pass catches leases begun since.
+      if (it->holding.empty() && full_scan(*it, nullptr)) finish(it, true);
+    }
+    it = next;
+  }
+  clear_notify_unused();
+}
+
+void Registry::forget_drains(std::uint64_t conn) {
+  for (auto it = drains_.begin(); it != drains_.end();) it = it->conn == conn ? drains_.erase(it) : std::next(it);
+}
+
+void Registry::tick() {
+  const std::uint64_t now = mono_ns();
+  for (auto it = drains_.begin(); it != drains_.end();) {
+    auto next = std::next(it);
+    if (full_scan(*it, nullptr)) {
+      finish(it, true);
+    } else if (now >= it->deadline_ns) {
+      finish(it, false);
+    }
+    it = next;
+  }
+  clear_notify_unused();
+}
+
+std::uint64_t Registry::next_deadline_ns() const noexcept {
+  std::uint64_t next = 0;
+  for (const Drain& d : drains_)
+    if (next == 0 || d.deadline_ns < next) next = d.deadline_ns;
+  return next;
+}
+
+// A page no pending drain waits on has its notify word lowered: its tasks end without a send.
+void Registry::clear_notify_unused() {
+  for (auto& [conn, c] : clients_) {
+    bool wanted = false;
+    for (const Drain& d : drains_) wanted = wanted || d.holding.count(conn) != 0;
+    if (!wanted && c.page->header.notify.load(std::memory_order_relaxed) != 0)
+      c.page->header.notify.store(0, std::memory_order_relaxed);
+  }
+}
+
+std::vector<Registry::LeaseInfo> Registry::leases(const Client& c) const {
+  std::vector<LeaseInfo> out;
+  const Segment& seg = store_.segment();
+  const std::uint64_t epoch = seg.header().prefix.epoch;
+  const std::uint32_t used = std::min(c.page->header.used.load(std::memory_order_acquire), lease::kLeases);
+  const std::uint64_t now = coarse_ns();
+  for (std::uint32_t i = 0; i < used; ++i) {
+    lease::LeaseCopy l;
+    bool busy = false;
+    if (!lease::read_lease(*c.page, i, l, busy) || l.epoch != epoch || l.slot >= seg.capacity() ||
+        l.key > layout::kLastChildKey)
+      continue;
+    LeaseInfo info;
+    PackageRecord rec;
+    if (auto r = store_.view().read_slot(l.slot, rec, false); r && *r) info.name = rec.name;
+    info.key = l.key;
+    info.generation = l.root;
+    info.cancelled = core::Token::snapshot(seg.mapping(), l.slot, l.key).snapshot() != l.snapshot;
+    info.age_ms = now > l.begin_ns ? (now - l.begin_ns) / 1'000'000 : 0;
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+std::uint64_t Registry::leases_on(std::uint32_t slot) const {
+  std::uint64_t n = 0;
+  const std::uint64_t epoch = store_.segment().header().prefix.epoch;
+  for (const auto& [conn, c] : clients_) {
+    const std::uint32_t used = std::min(c.page->header.used.load(std::memory_order_acquire), lease::kLeases);
+    for (std::uint32_t i = 0; i < used; ++i) {
+      lease::LeaseCopy l;
+      bool busy = false;
+      if (lease::read_lease(*c.page, i, l, busy) && l.epoch == epoch && l.slot == slot) ++n;
+    }
+  }
+  return n;
+}
+
+}  // namespace pkgctx::daemon

@@ -1,0 +1,82 @@
+// pkgctx/lease_page.hpp — the page a registered worker shares with the daemon (DESIGN §2.2).
+//
+// Each worker process creates one page (a sealed memfd: it can neither shrink nor grow, so the
+// daemon's mapping never SIGBUSes) and hands it to the daemon with its `register` request. The
+// worker writes its leases there without any syscall; the daemon reads them when a drain asks
+// who still holds a cancelled context. The daemon trusts no byte of it: every lease is read
+// under its sequence counter, fields are range-checked, and a lying worker can only make drains
+// that name its own leases wait (or miss them: only its own acknowledgement suffers).
+//
+// The one word the daemon writes is `notify`: non-zero while a drain waits on one of this
+// page's leases. A task ends with one load of it and, only when set, one byte sent on the
+// registration connection, so the daemon re-checks the page at once.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace pkgctx::lease {
+
+inline constexpr std::uint64_t kMagic = 0x3165676170736c70ull;  // "plspage1"
+inline constexpr std::uint32_t kLeases = 1024;                  // leases per process at once
+
+// One lease. The owner thread writes it as a seqlock writer (seq odd while writing); the
+// daemon copies it and keeps the copy only if seq was even and unchanged around the copy.
+struct alignas(64) Lease {
+  std::atomic<std::uint32_t> seq{0};
+  std::atomic<std::uint32_t> active{0};  // 1 while the task runs
+  std::atomic<std::uint32_t> slot{0};
+  std::atomic<std::uint32_t> key{0};
+  std::atomic<std::uint64_t> epoch{0};     // the segment the token belongs to
+  std::atomic<std::uint64_t> snapshot{0};  // the token's watched-word snapshot
+  std::atomic<std::uint64_t> root{0};      // the token's root generation (reported)
+  std::atomic<std::uint64_t> begin_ns{0};  // CLOCK_MONOTONIC_COARSE at begin
+};
+
+struct Header {
+  std::uint64_t magic = kMagic;
+  std::uint32_t leases = kLeases;
+  std::uint32_t pad = 0;
+  std::atomic<std::uint32_t> used{0};  // hint: no lease at or past this index is active
+  alignas(64) std::atomic<std::uint32_t> notify{0};  // daemon-written (see above)
+};
+
+struct Page {
+  alignas(64) Header header;
+  Lease lease[kLeases];
+};
+
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free);
+
+// A lease as the daemon read it, consistent.
+struct LeaseCopy {
+  std::uint32_t index = 0;
+  std::uint32_t slot = 0;
+  std::uint32_t key = 0;
+  std::uint64_t epoch = 0;
+  std::uint64_t snapshot = 0;
+  std::uint64_t root = 0;
+  std::uint64_t begin_ns = 0;
+};
+
+// Reads lease `i` of `page` (shared with an untrusted writer). True with `out` filled when the
+// lease is active and was read consistently; false when it is free. `busy` is set when it kept
+// changing (the caller treats the page as still holding, so a liar only delays itself).
+inline bool read_lease(const Page& page, std::uint32_t i, LeaseCopy& out, bool& busy) noexcept {
+  const Lease& l = page.lease[i];
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    const std::uint32_t s1 = l.seq.load(std::memory_order_acquire);
+    if (s1 & 1u) continue;
+    const std::uint32_t active = l.active.load(std::memory_order_relaxed);
+    out = {i, l.slot.load(std::memory_order_relaxed), l.key.load(std::memory_order_relaxed),
+           l.epoch.load(std::memory_order_relaxed), l.snapshot.load(std::memory_order_relaxed),
+           l.root.load(std::memory_order_relaxed), l.begin_ns.load(std::memory_order_relaxed)};
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (l.seq.load(std::memory_order_relaxed) != s1) continue;
+    return active != 0;
+  }
+  busy = true;
+  return false;
+}
+
+}  // namespace pkgctx::lease
