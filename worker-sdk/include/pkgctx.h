@@ -394,6 +394,42 @@ int pkgctx_watch_fd(const pkgctx_token_t *token, int *fd_out, pkgctx_watch_t **o
  * running on the watcher thread, this waits for it — unless called from inside fn itself. */
 void pkgctx_unwatch(pkgctx_watch_t *watch);
 
+/* ---- Tasks (DESIGN §2.2) -------------------------------------------------------------------- */
+
+/* A task: a token plus a lease that tells the daemon "still running on this context", so a
+ * controller's drain (pkgctl drain, update --drain) waits until the task ends or its process
+ * dies. Beginning and ending one touch only this process's own lease page: no syscall, no IPC
+ * (ending sends one byte to the daemon only while a drain waits on this process). At most 1024
+ * tasks per worker handle at once. End every task before pkgctx_detach(). */
+typedef struct pkgctx_task_s pkgctx_task_t;
+
+/* Registers the worker with pkgctxd at `socket_path` (NULL: $PKGCTX_SOCKET, else
+ * /run/pkgctx/pkgctxd.sock): one round trip; the connection then stays open for the handle's
+ * life and is re-established in the background when the daemon comes back (leases are then known
+ * again). Called implicitly by the first task begin. PKGCTX_OK when the daemon knows the worker
+ * now; PKGCTX_DAEMON_UNREACHABLE when it does not answer yet (tasks still work; registration
+ * keeps being retried every 200 ms). A second call with another path is refused
+ * (PKGCTX_IO_ERROR). Errors: PKGCTX_IO_ERROR (memfd, thread, worker NULL). */
+int pkgctx_register(pkgctx_worker_t *worker, const char *socket_path);
+
+/* 1 if the daemon knows this worker (registered and connected) now, else 0. */
+int pkgctx_registered(const pkgctx_worker_t *worker);
+
+/* Begins a task on package `name`'s current context for `event` (pkgctx_token_n's lookup, then
+ * the lease). On success *out is the task; end it with pkgctx_task_end().
+ * Errors: those of pkgctx_token_n; PKGCTX_BUSY when 1024 tasks already run on this handle. */
+int pkgctx_task_begin(pkgctx_worker_t *worker, const char *name, size_t name_len, int event, pkgctx_task_t **out);
+
+/* Begins a task on `token`'s context (no lookup, no allocation: the fast form). The token must
+ * outlive the task. Errors: PKGCTX_BUSY (1024 tasks), PKGCTX_INVALID_TOKEN (a default token). */
+int pkgctx_task_begin_token(pkgctx_worker_t *worker, const pkgctx_token_t *token, pkgctx_task_t **out);
+
+/* The task's token (owned by the task, or the one given to pkgctx_task_begin_token). */
+const pkgctx_token_t *pkgctx_task_token(const pkgctx_task_t *task);
+
+/* Ends the task (NULL is ignored): the lease is gone; a drain waiting on it is told at once. */
+void pkgctx_task_end(pkgctx_task_t *task);
+
 #ifdef __cplusplus
 }
 #endif

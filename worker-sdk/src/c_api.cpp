@@ -17,6 +17,7 @@
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
 #include "pkgctx/view.hpp"
+#include "registration.hpp"
 #include "watcher.hpp"
 
 #include <atomic>
@@ -143,6 +144,8 @@ struct pkgctx_worker_s {
   std::mutex mu;                                  // guards `all`, `current_id` and switching
   std::vector<std::unique_ptr<Attachment>> all;   // every mapping attached; never shrinks
   ObjectId current_id;                            // the object `current` was opened from
+  std::atomic<pkgctx::detail::Registration*> reg{nullptr};  // set once (under mu), freed by the handle
+  ~pkgctx_worker_s() { delete reg.load(); }
 
   const Attachment* cur() const noexcept { return current.load(std::memory_order_acquire); }
 
@@ -241,6 +244,45 @@ struct pkgctx_worker_s {
 struct pkgctx_token_s {
   CoreToken token;
 };
+
+namespace {
+
+std::string default_socket() {
+  const char* env = std::getenv("PKGCTX_SOCKET");
+  return env && *env ? env : "/run/pkgctx/pkgctxd.sock";
+}
+
+// The worker's registration, started on first use with `path` (empty: the default).
+Result<pkgctx::detail::Registration*> registration(pkgctx_worker_t* w, std::string path) {
+  if (auto* r = w->reg.load(std::memory_order_acquire)) {
+    if (!path.empty() && path != r->socket())
+      return pkgctx::make_error(Errc::io_error, "pkgctx_register: already registered with " + r->socket());
+    return r;
+  }
+  std::lock_guard lk(w->mu);
+  if (auto* r = w->reg.load(std::memory_order_acquire)) return r;
+  auto r = pkgctx::detail::Registration::start(path.empty() ? default_socket() : std::move(path));
+  if (!r) return r.error();
+  w->reg.store(*r, std::memory_order_release);
+  return *r;
+}
+
+int begin_lease(pkgctx::detail::Registration* reg, const pkgctx_token_t* token, pkgctx_task_t** out) {
+  const CoreToken& t = token->token;
+  if (!t.valid()) return fail(Errc::invalid_token, "pkgctx_task_begin: a default token belongs to no package");
+  const int i = reg->claim();
+  if (i < 0) return fail(Errc::busy, "pkgctx_task_begin: 1024 tasks already run on this worker handle");
+  reg->begin(i, t.slot(), t.key(), t.epoch(), t.snapshot(), t.root_generation());
+  pkgctx_task_s* task = &reg->task(i);
+  task->reg = reg;
+  task->lease = i;
+  task->token = token;
+  task->owned = nullptr;
+  *out = task;
+  return PKGCTX_OK;
+}
+
+}  // namespace
 
 struct pkgctx_watch_s {
   std::uint64_t id = 0;  // 0: the callback already ran, or nothing to watch
@@ -627,6 +669,64 @@ void pkgctx_unwatch(pkgctx_watch_t* watch) {
   pkgctx::detail::watch_unregister(watch->id);
   if (watch->fd >= 0) ::close(watch->fd);
   delete watch;
+}
+
+int pkgctx_register(pkgctx_worker_t* worker, const char* socket_path) {
+  return guarded("pkgctx_register", [&]() -> int {
+    if (!worker) return fail(Errc::io_error, "pkgctx_register: worker is NULL");
+    auto r = registration(worker, socket_path ? socket_path : "");
+    if (!r) return fail(r.error());
+    if (!(*r)->registered())
+      return fail(Errc::daemon_unreachable, ("pkgctx_register: pkgctxd does not answer at " + (*r)->socket() +
+                                             " yet; registration is retried in the background").c_str());
+    return PKGCTX_OK;
+  });
+}
+
+int pkgctx_registered(const pkgctx_worker_t* worker) {
+  const auto* r = worker ? worker->reg.load(std::memory_order_acquire) : nullptr;
+  return r && r->registered() ? 1 : 0;
+}
+
+int pkgctx_task_begin(pkgctx_worker_t* worker, const char* name, size_t name_len, int event, pkgctx_task_t** out) {
+  if (out) *out = nullptr;
+  return guarded("pkgctx_task_begin", [&]() -> int {
+    if (!worker || !out) return fail(Errc::io_error, "pkgctx_task_begin: worker or out is NULL");
+    auto reg = registration(worker, "");
+    if (!reg) return fail(reg.error());
+    pkgctx_token_t* token = nullptr;
+    if (int rc = pkgctx_token_n(worker, name, name_len, event, &token); rc != PKGCTX_OK) return rc;
+    if (int rc = begin_lease(*reg, token, out); rc != PKGCTX_OK) {
+      pkgctx_token_free(token);
+      return rc;
+    }
+    (*out)->owned = token;
+    return PKGCTX_OK;
+  });
+}
+
+int pkgctx_task_begin_token(pkgctx_worker_t* worker, const pkgctx_token_t* token, pkgctx_task_t** out) {
+  if (out) *out = nullptr;
+  if (!worker || !token || !out) return fail(Errc::io_error, "pkgctx_task_begin_token: worker, token or out is NULL");
+  auto* reg = worker->reg.load(std::memory_order_acquire);
+  if (__builtin_expect(reg == nullptr, 0)) {
+    return guarded("pkgctx_task_begin_token", [&]() -> int {
+      auto r = registration(worker, "");
+      if (!r) return fail(r.error());
+      return begin_lease(*r, token, out);
+    });
+  }
+  return begin_lease(reg, token, out);
+}
+
+const pkgctx_token_t* pkgctx_task_token(const pkgctx_task_t* task) { return task ? task->token : nullptr; }
+
+void pkgctx_task_end(pkgctx_task_t* task) {
+  if (!task || task->lease < 0) return;
+  pkgctx_token_t* owned = std::exchange(task->owned, nullptr);
+  const int lease = std::exchange(task->lease, -1);
+  task->reg->end(lease);  // after this the slot may be handed out again
+  delete owned;
 }
 
 }  // extern "C"

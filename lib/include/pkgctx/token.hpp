@@ -99,6 +99,7 @@ class Token {
   // root token.
   std::uint64_t child_generation() const noexcept { return is_root() ? 0 : snap_; }
   bool valid() const noexcept { return map_ != nullptr; }  // false for a default token
+  std::uint64_t epoch() const noexcept { return epoch_; }  // the segment it belongs to (0: default)
 
   // The one word cancelled() loads and the value it compares it with, for checks inlined where
   // this header is not available (the C SDK): cancelled() == (watched_word()->load(acquire) !=

@@ -227,6 +227,38 @@ struct DaemonStatus {
   std::uint64_t heartbeat_interval_ns = 0;
 };
 
+// A task on a context (DESIGN §2.2): the token plus a lease the daemon sees, so a drain waits
+// until the task ends (destructor or end()) or the process dies. Beginning and ending touch only
+// this process's own lease page (no syscall; ending sends one byte only while a drain waits on
+// this process). Move-only. End tasks before their Worker goes.
+class Task {
+ public:
+  Task() noexcept = default;
+  Task(Task&& o) noexcept : token_(std::move(o.token_)), task_(std::exchange(o.task_, nullptr)) {}
+  Task& operator=(Task&& o) noexcept {
+    if (this != &o) {
+      end();
+      token_ = std::move(o.token_);
+      task_ = std::exchange(o.task_, nullptr);
+    }
+    return *this;
+  }
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+  ~Task() { end(); }
+
+  const Token& token() const noexcept { return token_; }
+  bool cancelled() const noexcept { return token_.cancelled(); }
+  bool active() const noexcept { return task_ != nullptr; }
+  // Ends the task now (idempotent): the lease is gone, a waiting drain is told at once.
+  void end() noexcept { pkgctx_task_end(std::exchange(task_, nullptr)); }
+
+ private:
+  friend class Worker;
+  Token token_;
+  pkgctx_task_t* task_ = nullptr;
+};
+
 class Worker {
  public:
   // Attaches read-only to the segment "/<segment>" (pkgctxd's default name is "pkgctx").
@@ -344,6 +376,32 @@ class Worker {
     if (const int rc = pkgctx_refresh(handle_.get(), &reattached); rc != PKGCTX_OK) return sdk_detail::last_error(rc);
     return reattached != 0;
   }
+
+  // Begins a task on package `name`'s current context for `event` (token(), then the lease).
+  // Errors: token() errors; busy (1024 tasks at once on this Worker).
+  Result<Task> begin(std::string_view name, int event) const noexcept {
+    auto t = token(name, event);
+    if (!t) return t.error();
+    return begin(std::move(*t));
+  }
+  // Begins a task on `token`'s context. Errors: busy; invalid_token (a default token).
+  Result<Task> begin(Token token) const noexcept {
+    Task task;
+    task.token_ = std::move(token);
+    if (const int rc = pkgctx_task_begin_token(handle_.get(), task.token_.c_handle(), &task.task_); rc != PKGCTX_OK)
+      return sdk_detail::last_error(rc);
+    return task;
+  }
+  // Registers with pkgctxd at `socket` (empty: $PKGCTX_SOCKET or /run/pkgctx/pkgctxd.sock); the
+  // first begin() does this implicitly. Errors: daemon_unreachable (retried in the background;
+  // tasks work meanwhile), io_error.
+  Result<void> register_daemon(const std::string& socket = {}) const noexcept {
+    if (const int rc = pkgctx_register(handle_.get(), socket.empty() ? nullptr : socket.c_str()); rc != PKGCTX_OK)
+      return sdk_detail::last_error(rc);
+    return {};
+  }
+  // Whether the daemon knows this worker now.
+  bool registered() const noexcept { return pkgctx_registered(handle_.get()) != 0; }
 
   const std::string& name() const noexcept { return name_; }
   // The epoch of the segment attached now (it changes when the Worker re-attaches).

@@ -1,0 +1,76 @@
+// Internal: a worker handle's registration with pkgctxd and its lease page (DESIGN §2.2).
+//
+// The page is this process's own memfd (sealed: the daemon refuses it otherwise); tasks write
+// their leases there with no syscall. One connection to the daemon stays open for the handle's
+// life: the daemon learns of the process's death from its EOF (and a pidfd). A background thread
+// reconnects and re-registers the same page when the daemon comes back, so its leases are known
+// again. The socket keeps one descriptor number for the handle's life (a reconnection dup2()s
+// the new connection onto it), so a task ending on another thread never writes to a recycled
+// descriptor.
+#pragma once
+
+#include "pkgctx.h"
+#include "pkgctx/error.hpp"
+#include "pkgctx/lease_page.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <thread>
+
+namespace pkgctx::detail {
+class Registration;
+}
+
+// The C API's task: one per lease index, kept with the registration (no allocation per task).
+struct pkgctx_task_s {
+  pkgctx::detail::Registration* reg = nullptr;
+  int lease = -1;                       // -1: ended
+  const pkgctx_token_t* token = nullptr;
+  pkgctx_token_t* owned = nullptr;      // pkgctx_task_begin's own token
+};
+
+namespace pkgctx::detail {
+
+class Registration {
+ public:
+  // Creates the page and the thread; registers now if the daemon answers within a few seconds
+  // (`registered()` tells), else keeps trying in the background. `socket`: the daemon's socket.
+  // Errors: io_error (memfd, mmap, thread).
+  static Result<Registration*> start(std::string socket);
+  ~Registration();
+  Registration(const Registration&) = delete;
+  Registration& operator=(const Registration&) = delete;
+
+  bool registered() const noexcept { return registered_.load(std::memory_order_acquire); }
+  const std::string& socket() const noexcept { return socket_; }
+
+  // A free lease index, or -1 when all kLeases are taken. No syscall.
+  int claim() noexcept;
+  // Writes lease `i` (claimed) as active. No syscall.
+  void begin(int i, std::uint32_t slot, std::uint32_t key, std::uint64_t epoch, std::uint64_t snapshot,
+             std::uint64_t root) noexcept;
+  // Ends lease `i` and frees its index: one load of the notify word, and one byte to the daemon
+  // only when a drain waits on this page.
+  void end(int i) noexcept;
+
+  lease::Page& page() noexcept { return *page_; }
+  pkgctx_task_s& task(int i) noexcept { return tasks_[i]; }
+
+ private:
+  Registration() = default;
+  void run() noexcept;            // the background thread
+  bool connect_and_register() noexcept;
+
+  std::string socket_;
+  int memfd_ = -1;
+  lease::Page* page_ = nullptr;
+  int sock_ = -1;                 // stable number; a connected socket while registered
+  int stop_fd_ = -1;              // eventfd: the destructor wakes the thread
+  std::atomic<bool> registered_{false};
+  std::atomic<std::uint64_t> bits_[lease::kLeases / 64] = {};
+  std::thread thread_;
+  pkgctx_task_s tasks_[lease::kLeases];
+};
+
+}  // namespace pkgctx::detail
