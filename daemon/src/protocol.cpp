@@ -573,7 +573,8 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
   const std::size_t start = out.size();
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("deleted").boolean(*r);
-  if (!*r || !slot) w.key("reason").str("no such package");
+  if (!*r)
+    w.key("reason").str(slot ? "the package is live: delete erases it after its remove event" : "no such package");
   if (drain && *r && slot) {
     // Deleting cancelled the package's contexts: wait for the tasks still on them; in_flight is
     // what is left when the drain ends.

@@ -120,11 +120,10 @@ void Registry::scan_client(const Client& c, const Drain& d, std::vector<Holder>*
     lease::LeaseCopy l;
     bool busy = false;
     const bool active = lease::read_lease(page, i, l, busy);
-    if (busy) {  // kept changing: counts as holding, so only this worker's drains wait
-      holds = true;
-      if (out) out->push_back({c.peer.pid, c.peer.uid, c.comm, 0, 0, "unreadable", 0});
-      continue;
-    }
+    // A lease that kept changing is skipped: an honest one is mid-begin or mid-end (the tick
+    // reads it again), and a liar could claim any lease anyway — it only delays drains of the
+    // packages it claims to hold, never hides another worker's lease.
+    if (busy) continue;
     if (!active || l.epoch != epoch || l.slot != d.slot || l.key > layout::kLastChildKey) continue;
     if (d.key && l.key != *d.key) continue;
     const core::Token now_tok = core::Token::snapshot(seg.mapping(), l.slot, l.key);
@@ -172,9 +171,9 @@ void Registry::finish(std::list<Drain>::iterator it, bool drained) {
   if (!drained) full_scan(*it, &holders);
   std::string line = std::move(it->prefix);
   if (it->finish) line += it->finish(drained);
-  line += ',';
+  line += drained ? ",\"drained\":true,\"holders\":" : ",\"drained\":false,\"holders\":";
   JsonWriter w(line);
-  w.key("drained").boolean(drained).key("holders").begin_array();
+  w.begin_array();
   for (const Holder& h : holders) {
     w.begin_object();
     w.key("pid").num(std::int64_t{h.pid}).key("uid").num(std::uint64_t{h.uid}).key("comm").str(h.comm);

@@ -61,7 +61,7 @@ struct LeaseCopy {
 
 // Reads lease `i` of `page` (shared with an untrusted writer). True with `out` filled when the
 // lease is active and was read consistently; false when it is free. `busy` is set when it kept
-// changing (the caller treats the page as still holding, so a liar only delays itself).
+// changing (odd or moving sequence on every attempt).
 inline bool read_lease(const Page& page, std::uint32_t i, LeaseCopy& out, bool& busy) noexcept {
   const Lease& l = page.lease[i];
   for (int attempt = 0; attempt < 4; ++attempt) {
