@@ -173,7 +173,85 @@ struct UpdateFlags {
   std::optional<std::string> maintenance;
   bool force = false;
   std::optional<std::string> cause;
+  std::optional<double> drain_s;
 };
+
+// --- tasks and drains (DESIGN §2.2) -------------------------------------------------------------
+
+// A write that may wait for a drain of `drain_s` seconds: the answer may take that long on top
+// of the usual call timeout.
+Common waiting_for(const Common& c, std::optional<double> drain_s) {
+  Common w = c;
+  if (drain_s) w.timeout += std::chrono::milliseconds(static_cast<long long>(std::ceil(*drain_s * 1000)));
+  return w;
+}
+
+std::uint64_t drain_ms(double s) { return static_cast<std::uint64_t>(std::ceil(s * 1000)); }
+
+// Adds "drained" and "holders" from a drain's answer; exit 124 when not drained.
+std::optional<Failure> drained_result(const json::object& a, json::object& out) {
+  out["drained"] = field(a, "drained");
+  out["holders"] = field(a, "holders");
+  const json::value d = field(a, "drained");
+  if (d.is_bool() && d.get_bool()) return std::nullopt;
+  const auto* h = a.if_contains("holders");
+  return Failure{kExitTimedOut, "not drained: " + std::to_string(h && h->is_array() ? h->get_array().size() : 0) +
+                                    " task(s) still hold a cancelled context"};
+}
+
+std::optional<Failure> cmd_drain(const Common& c, const std::string& name, const std::optional<std::string>& event,
+                                 double timeout_s, Io io) {
+  json::object req = request(c, "drain");
+  req["name"] = name;
+  if (event) {
+    const auto parsed = pkgctx::parse_event(*event);
+    if (!parsed) return failure(parsed.error(), c);
+    req["event"] = *parsed;
+  }
+  req["timeout_ms"] = drain_ms(timeout_s);
+  json::object a;
+  if (auto f = call(waiting_for(c, timeout_s), req, a, io)) return f;
+  json::object out{{"name", field(a, "name")}};
+  auto f = drained_result(a, out);
+  io.out << json::serialize(out) << '\n';
+  return f;
+}
+
+std::optional<Failure> cmd_clients(const Common& c, bool as_json, Io io) {
+  json::object a;
+  if (auto f = call(c, request(c, "clients"), a, io)) return f;
+  const json::value list = field(a, "clients");
+  if (as_json) {
+    io.out << json::serialize(json::object{{"clients", list}}) << '\n';
+    return std::nullopt;
+  }
+  io.out << "PID      UID    COMMAND          SINCE                TASKS  CANCELLED\n";
+  if (!list.is_array()) return std::nullopt;
+  for (const json::value& v : list.get_array()) {
+    if (!v.is_object()) continue;
+    const json::object& o = v.get_object();
+    std::size_t tasks = 0, cancelled = 0;
+    if (const auto* t = o.if_contains("tasks"); t && t->is_array()) {
+      tasks = t->get_array().size();
+      for (const json::value& l : t->get_array())
+        if (l.is_object() && l.get_object().if_contains("cancelled") && l.get_object().at("cancelled") == true) ++cancelled;
+    }
+    char line[160];
+    const auto num = [&](std::string_view k) -> long long {
+      const auto* x = o.if_contains(k);
+      return x && x->is_number() ? x->to_number<long long>() : -1;
+    };
+    const auto* comm = o.if_contains("comm");
+    const std::string cm = comm && comm->is_string() ? one_line(std::string(comm->get_string())) : "?";
+    const time_t since = static_cast<time_t>(num("since_realtime_ns") / 1'000'000'000);
+    char when[32] = "?";
+    if (tm t{}; ::localtime_r(&since, &t)) std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &t);
+    std::snprintf(line, sizeof line, "%-8lld %-6lld %-16.16s %-20s %-6zu %zu\n", num("pid"), num("uid"), cm.c_str(), when,
+                  tasks, cancelled);
+    io.out << line;
+  }
+  return std::nullopt;
+}
 
 std::optional<Failure> cmd_update(const Common& c, const std::string& name, const std::string& version,
                                   const std::optional<std::string>& settings_json,
@@ -187,13 +265,15 @@ std::optional<Failure> cmd_update(const Common& c, const std::string& name, cons
   if (flags.maintenance) fields["maintenance"] = *flags.maintenance;
   if (flags.force) fields["force"] = true;
   if (flags.cause) fields["cause"] = *flags.cause;
+  if (flags.drain_s) fields["drain_ms"] = drain_ms(*flags.drain_s);
   const std::string req = with_settings(fields, canonical);
   json::object a;
-  if (auto f = call_line(c, req, a, io)) return f;
-  io.out << json::serialize(json::object{
-                {"name", field(a, "name")}, {"context", field(a, "context")}, {"change", field(a, "change")}})
-         << '\n';
-  return std::nullopt;
+  if (auto f = call_line(waiting_for(c, flags.drain_s), req, a, io)) return f;
+  json::object out{{"name", field(a, "name")}, {"context", field(a, "context")}, {"change", field(a, "change")}};
+  std::optional<Failure> f;
+  if (flags.drain_s) f = drained_result(a, out);
+  io.out << json::serialize(out) << '\n';
+  return f;
 }
 
 std::optional<Failure> cmd_update_settings(const Common& c, const std::string& name,
@@ -232,13 +312,18 @@ std::optional<Failure> cmd_event(const Common& c, const std::string& event, cons
   return std::nullopt;
 }
 
-std::optional<Failure> cmd_delete(const Common& c, const std::string& name, Io io) {
+std::optional<Failure> cmd_delete(const Common& c, const std::string& name, std::optional<double> drain_s, Io io) {
   json::object a;
   json::object req = request(c, "delete");
   req["name"] = name;
-  if (auto f = call(c, req, a, io)) return f;
-  io.out << json::serialize(json::object{{"name", field(a, "name")}, {"deleted", field(a, "deleted")}}) << '\n';
-  return std::nullopt;
+  if (drain_s) req["drain_ms"] = drain_ms(*drain_s);
+  if (auto f = call(waiting_for(c, drain_s), req, a, io)) return f;
+  json::object out{{"name", field(a, "name")}, {"deleted", field(a, "deleted")}, {"in_flight", field(a, "in_flight")}};
+  if (const auto* r = a.if_contains("reason")) out["reason"] = *r;
+  std::optional<Failure> f;
+  if (drain_s && a.if_contains("drained")) f = drained_result(a, out);
+  io.out << json::serialize(out) << '\n';
+  return f;
 }
 
 // --- reads (straight from the segment) ----------------------------------------------------------
@@ -468,6 +553,8 @@ int run(int argc, const char* const* argv, Io io) {
   update->add_option("--maintenance", flags.maintenance, "pending maintenance mode (default \"\": managed)");
   update->add_flag("--force", flags.force, "handle the same version as a version change (re-deploy)");
   update->add_option("--cause", flags.cause, "what the cancelled tokens report ([a-z][a-z0-9_]{0,31})");
+  update->add_option("--drain", flags.drain_s, "then wait up to SEC for the old context's tasks (exit 124: not drained)")
+      ->check(seconds(0));
   add_call_timeout(update);
 
   std::optional<std::uint64_t> us_version;
@@ -484,9 +571,32 @@ int run(int argc, const char* const* argv, Io io) {
   event->add_option("--cause", cause, "what the cancelled tokens report ([a-z][a-z0-9_]{0,31})");
   add_call_timeout(event);
 
+  std::optional<double> del_drain_s;
   auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon");
   del->add_option("NAME", name)->required();
+  del->add_option("--drain", del_drain_s, "then wait up to SEC for its tasks (exit 124: not drained)")->check(seconds(0));
   add_call_timeout(del);
+
+  std::optional<std::string> drain_event;
+  double drain_timeout_s = 30;
+  auto* drain = app.add_subcommand("drain", "wait until no task holds a cancelled context of NAME (exit 124: not drained)");
+  drain->add_option("NAME", name)->required();
+  drain->add_option("--event", drain_event, "only contexts of this key (update/remove: root; schedule/2..7: child)");
+  drain->add_option("--timeout", drain_timeout_s, "seconds to wait")->capture_default_str()->check(seconds(0));
+
+  auto* clients = app.add_subcommand("clients", "the workers the daemon knows: pid, uid, command, since, tasks");
+  clients->add_flag("--json", as_json, "one JSON object instead of the table");
+
+  std::string run_event = "update";
+  double grace_s = 10;
+  std::vector<std::string> run_cmd;
+  auto* run_sub = app.add_subcommand("run", "run CMD as a task on NAME's current context (exit: CMD's status)");
+  run_sub->add_option("NAME", name)->required();
+  run_sub->add_option("--event", run_event, "update/remove (root, default) or schedule/2..7")->capture_default_str();
+  run_sub->add_option("--grace", grace_s, "seconds between SIGTERM and SIGKILL on cancellation")
+      ->capture_default_str()
+      ->check(seconds(0));
+  run_sub->add_option("CMD", run_cmd, "the command and its arguments (after --)")->required();
 
   auto* need = app.add_subcommand("need-update", "NeedUpdate(NAME, VERSION, CHECKSUM): prints true or false");
   need->add_option("NAME", name)->required();
@@ -553,7 +663,10 @@ int run(int argc, const char* const* argv, Io io) {
   if (*update) return finish(cmd_update(c, name, version, settings_json, settings_file, flags, io), io);
   if (*upset) return finish(cmd_update_settings(c, name, settings_json, settings_file, us_version, io), io);
   if (*event) return finish(cmd_event(c, event_name, name, cause, io), io);
-  if (*del) return finish(cmd_delete(c, name, io), io);
+  if (*del) return finish(cmd_delete(c, name, del_drain_s, io), io);
+  if (*drain) return finish(cmd_drain(c, name, drain_event, drain_timeout_s, io), io);
+  if (*clients) return finish(cmd_clients(c, as_json, io), io);
+  if (*run_sub) return run_task(c.segment, c.socket, name, run_event, grace_s, run_cmd, io);
   if (*need) return finish(cmd_need_update(c, name, version, checksum, maintenance, io), io);
   if (*settings) return finish(cmd_settings(c, name, io), io);
   if (*sum) return finish(cmd_checksum(c, checksum_json, io), io);

@@ -8,6 +8,7 @@
 #include <iosfwd>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pkgctl {
 
@@ -49,5 +50,13 @@ int run(int argc, const char* const* argv, Io io);
 // table changes, checked every `interval_s`, until SIGINT/SIGTERM (exit 0). `count` > 0 stops
 // after that many frames (snapshots).
 int run_watch(const std::string& segment, double interval_s, long count, Io io);
+
+// `pkgctl run NAME [--event K] [--grace SEC] -- CMD…` (tools/src/run_task.cpp): registers with
+// the daemon at `socket` as a worker, begins a task on NAME's current context, runs CMD with
+// PKGCTX_TOKEN in its environment; on cancellation sends it SIGTERM, then SIGKILL after
+// `grace_s`; ends the task when CMD exits and prints {"name","cancelled","cause","exit"} on
+// io.err. Returns CMD's exit status (128+signal if killed), 3 no such package, 2/4/5 as usual.
+int run_task(const std::string& segment, const std::string& socket, const std::string& name, const std::string& event,
+             double grace_s, const std::vector<std::string>& cmd, Io io);
 
 }  // namespace pkgctl
