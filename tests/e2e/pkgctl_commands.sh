@@ -64,7 +64,7 @@ for _ in $(seq 1000); do
   "$PKGCTL" delete probe >/dev/null 2>&1 && break
   sleep 0.01
 done
-t 0 delete probe; eq "$OUT" '{"name":"probe","deleted":false}' "delete absent"
+t 0 delete probe; eq "$OUT" '{"name":"probe","deleted":false,"in_flight":0,"reason":"no such package"}' "delete absent"
 
 # --- usage -> 2 -------------------------------------------------------------------------------
 t 2;                                  has "$ERR" "subcommand"
@@ -171,10 +171,10 @@ t 0 wait "$R";                        # already cancelled: at once
 
 # --- delete -----------------------------------------------------------------------------------
 t 0 update db 14.2;                   D=$(tok "$OUT")
-t 0 delete db;                        eq "$OUT" '{"name":"db","deleted":false}' "delete a live package"
+t 0 delete db;                        eq "$OUT" '{"name":"db","deleted":false,"in_flight":0,"reason":"the package is live: delete erases it after its remove event"}' "delete a live package"
 t 0 settings web;                     eq "$OUT" "{\"name\":\"web\",\"version\":\"\",\"settings\":{},\"checksum\":\"$("$PKGCTL" checksum '{}')\",\"settings_version\":0,\"maintenance\":\"\"}" "removed package"
 t 0 token web;                        RW=$OUT
-t 0 delete web;                       eq "$OUT" '{"name":"web","deleted":true}' "delete removed"
+t 0 delete web;                       eq "$OUT" '{"name":"web","deleted":true,"in_flight":0}' "delete removed"
 t 1 check "$RW";                      eq "$OUT" '{"cancelled":true,"cause":"deleted"}'
 t 3 settings web
 t 5 delete "x y"
@@ -215,7 +215,7 @@ assert p["settings_version"] == 5 and p["maintenance"] == "" and p["last_cause"]
 PY
 t 0 event remove v2
 t 0 settings v2;  has "$OUT" '"settings_version":0,"maintenance":""'
-t 0 delete v2;    eq "$OUT" '{"name":"v2","deleted":true}'
+t 0 delete v2;    eq "$OUT" '{"name":"v2","deleted":true,"in_flight":0}'
 
 # --- a new package shows its own history, not the slot's previous tenant's ----------------------
 t 0 update ha 1; t 0 event schedule ha; t 0 event remove ha; t 0 delete ha

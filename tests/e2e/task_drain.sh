@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# pkgctl's task commands against a real pkgctxd (DESIGN §2.2, §7): run holds a lease while its
+# command runs; clients lists it; drain lists the holder (124) and then answers drained (0) once
+# the task ended; update --drain waits for the old context's task; delete --drain reports
+# in_flight; run's exit status and its stderr report; exit 3 for a missing package.
+# Env (set by tests/CMakeLists.txt): PKGCTX_BIN build dir.
+set -euo pipefail
+: "${PKGCTX_BIN:?set PKGCTX_BIN to the build directory}"
+PKGCTL=$PKGCTX_BIN/tools/pkgctl
+PKGCTXD=$PKGCTX_BIN/daemon/pkgctxd
+
+TMP=$(mktemp -d)
+export PKGCTX_SEGMENT=task-e2e-$$ PKGCTX_SOCKET=$TMP/s.sock PKGCTX_RUNTIME_DIR=$TMP/run
+DAEMON=
+BG=()
+cleanup() {
+  for p in "${BG[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  [ -n "$DAEMON" ] && { kill -TERM "$DAEMON" 2>/dev/null || true; wait "$DAEMON" 2>/dev/null || true; }
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+fail() { echo "task_drain: FAIL: $*" >&2; exit 1; }
+has() { [[ $1 == *"$2"* ]] || fail "${3:-output} lacks '$2': $1"; }
+
+"$PKGCTXD" --config /dev/null --heartbeat-ms 100 >"$TMP/daemon.log" 2>&1 &
+DAEMON=$!
+for _ in $(seq 1000); do
+  kill -0 "$DAEMON" 2>/dev/null || fail "pkgctxd exited: $(cat "$TMP/daemon.log")"
+  "$PKGCTL" delete probe >/dev/null 2>&1 && break
+  sleep 0.01
+done
+
+"$PKGCTL" update app 1 >/dev/null
+rc=0; "$PKGCTL" run nope -- true 2>"$TMP/err" || rc=$?
+[ "$rc" -eq 3 ] || fail "run on a missing package exited $rc, want 3"
+
+# A command that ignores SIGTERM: its task holds the old context until the grace period ends.
+# It says "started" on a FIFO once running (a real condition, no fixed sleep).
+mkfifo "$TMP/started"
+"$PKGCTL" run app --grace 1 -- sh -c 'trap "" TERM; echo "$PKGCTX_TOKEN" > '"$TMP/started"'; while :; do sleep 0.05; done' \
+  2>"$TMP/run.err" &
+RUN=$!
+BG+=("$RUN")
+read -r token <"$TMP/started"
+has "$token" "pkgctx1:" "PKGCTX_TOKEN"
+
+out=$("$PKGCTL" clients --json)
+has "$out" "\"pid\":$RUN" "clients"
+has "$out" '"name":"app"' "clients"
+"$PKGCTL" clients | grep -q "^$RUN " || fail "clients table lacks pid $RUN"
+
+rc=0; out=$("$PKGCTL" drain app --timeout 0.2) || rc=$?
+[ "$rc" -eq 0 ] || fail "drain with only a live lease exited $rc: $out"
+has "$out" '"drained":true'
+
+"$PKGCTL" update app 2 >/dev/null
+rc=0; out=$("$PKGCTL" drain app --timeout 0.2 2>/dev/null) || rc=$?
+[ "$rc" -eq 124 ] || fail "drain of a held context exited $rc, want 124: $out"
+has "$out" '"drained":false'
+has "$out" "\"pid\":$RUN"
+has "$out" '"cause":"version_changed"'
+
+rc=0; out=$("$PKGCTL" drain app --timeout 10) || rc=$?
+[ "$rc" -eq 0 ] || fail "drain after the grace period exited $rc: $out"
+has "$out" '"drained":true,"holders":[]'
+rc=0; wait "$RUN" || rc=$?
+[ "$rc" -eq 137 ] || fail "run exited $rc, want 137 (SIGKILL after the grace)"
+has "$(cat "$TMP/run.err")" '{"name":"app","cancelled":true,"cause":"version_changed","exit":137}' "run report"
+
+# A command that ends on SIGTERM: update --drain answers once it did.
+mkfifo "$TMP/started2"
+"$PKGCTL" run app --grace 30 -- sh -c 'echo go > '"$TMP/started2"'; exec sleep 60' 2>"$TMP/run2.err" &
+RUN=$!
+BG+=("$RUN")
+read -r _ <"$TMP/started2"
+out=$("$PKGCTL" update app 3 --drain 10)
+has "$out" '"change":"version","drained":true,"holders":[]'
+rc=0; wait "$RUN" || rc=$?
+[ "$rc" -eq 143 ] || fail "run exited $rc, want 143 (SIGTERM)"
+
+"$PKGCTL" event remove app >/dev/null
+out=$("$PKGCTL" delete app --drain 1)
+has "$out" '"deleted":true,"in_flight":0,"drained":true'
+echo "task_drain: ok"
