@@ -221,7 +221,42 @@ scene "5. Delete the removed package"
 ctl delete web
 stopped cleanup
 
-scene "6. The daemon stops; reads still work"
+scene "6. Acknowledged drain: update --drain returns once the old deploy task let go"
+say "api 1.0 deploys under \`pkgctl run\` (a registered worker: its task holds a lease). On"
+say "cancellation it gets SIGTERM and needs a moment to finish cleanly:"
+ctl update api 1.0
+"$PKGCTL" run api --grace 5 -- sh -c 'trap "echo \"[deploy api 1.0] SIGTERM: finishing the step\"; sleep 0.3; echo \"[deploy api 1.0] done\"; exit 0" TERM
+  echo "[deploy api 1.0] working"; while :; do sleep 0.05; done' >"$DIR/run1.log" 2>&1 &
+WPID[run1]=$!
+wait_line "$DIR/run1.log" 'working' 5 || die "pkgctl run did not start: $(cat "$DIR/run1.log")"
+show_log run1
+ctl clients
+T0=$(date +%s%N)
+ctl update api 1.1 --drain 5
+say "    ${G}-> update --drain answered after $(( ($(date +%s%N) - T0) / 1000000 )) ms, once the old task ended:${R}"
+wait "${WPID[run1]}" || true
+unset "WPID[run1]"
+show_log run1
+
+scene "7. A worker killed with kill -9 mid-task: its lease goes with it"
+"$PKGCTL" run api -- sh -c 'echo $$ >'"$DIR/run2.sh.pid"'; echo "[deploy api 1.1] working"; trap "" TERM; while :; do sleep 0.05; done' \
+  >"$DIR/run2.log" 2>&1 &
+WPID[run2]=$!
+wait_line "$DIR/run2.log" 'working' 5 || die "pkgctl run did not start: $(cat "$DIR/run2.log")"
+WPID[run2sh]=$(cat "$DIR/run2.sh.pid")
+show_log run2
+"$PKGCTL" event update api >/dev/null
+say "  ${D}\$${R} pkgctl drain api --timeout 0.2   ${D}(the task ignores SIGTERM and holds on)${R}"
+"$PKGCTL" drain api --timeout 0.2 2>/dev/null | sed 's/^/    /' || true
+say "kill -9 the worker (pid ${WPID[run2]}) mid-task:"
+{ kill -KILL "${WPID[run2]}"; wait "${WPID[run2]}"; } 2>/dev/null || true
+T0=$(date +%s%N)
+ctl drain api --timeout 5
+say "    ${G}-> drained $(( ($(date +%s%N) - T0) / 1000000 )) ms after the kill (heartbeat: 250 ms)${R}"
+kill -KILL "${WPID[run2sh]}" 2>/dev/null || true
+unset "WPID[run2]" "WPID[run2sh]"
+
+scene "8. The daemon stops; reads still work"
 kill -TERM "$DAEMON_PID"
 wait "$DAEMON_PID" || die "pkgctxd exited with $? on SIGTERM"
 DAEMON_PID=
