@@ -118,6 +118,7 @@ ServerLimits server_limits(const Config& cfg) {
   l.max_output_bytes = cfg.max_output_bytes;
   l.max_clients = cfg.max_clients;
   l.writer_slots = cfg.writer_slots;
+  l.max_registered = cfg.max_registered;
   l.send_timeout = std::chrono::milliseconds(cfg.send_timeout_ms);
   l.idle_timeout = std::chrono::milliseconds(cfg.idle_timeout_ms);
   return l;

@@ -292,6 +292,7 @@ Result<void> Server::watch(std::chrono::nanoseconds tick) {
 
 void Server::set_limits(const ServerLimits& limits) {
   limits_ = limits;
+  if (registry_) registry_->set_max_clients(limits_.max_registered);
   // New limits apply to waiting input at once (e.g. a raised high-water mark resumes readers).
   for (auto& [id, c] : conns_) update_interest(*c);
 }
@@ -355,6 +356,11 @@ Result<int> Server::run() {
       deliver_answers();
     }
   }
+}
+
+void Server::set_registry(Registry* registry) noexcept {
+  registry_ = registry;
+  if (registry_) registry_->set_max_clients(limits_.max_registered);
 }
 
 int Server::drain_wait_ms() const {

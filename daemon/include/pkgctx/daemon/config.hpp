@@ -58,6 +58,8 @@ struct Config {
   std::size_t max_depth = 64;               // JSON nesting allowed inside "settings"
   std::uint32_t max_clients = 256;          // concurrent connections
   std::uint32_t writer_slots = 16;          // … of which only allow-listed writers may take these
+  std::uint32_t max_registered = 4096;      // registered workers (their connections are not
+                                            // counted in max_clients nor closed when idle)
   std::size_t max_output_bytes = 64u << 20; // unsent answers per client before it is dropped
   std::uint32_t send_timeout_ms = 30000;    // a client with unsent answers that reads nothing
                                             // for this long is dropped

@@ -79,6 +79,7 @@ struct ServerLimits {
                                                // (at most max_clients - 1: readers keep one)
   std::chrono::milliseconds send_timeout{30000};
   std::chrono::milliseconds idle_timeout{60000};  // no complete request for this long: closed
+  std::uint32_t max_registered = 4096;         // registered workers (see Registry)
 };
 
 class Server {
@@ -101,7 +102,7 @@ class Server {
   const ServerLimits& limits() const noexcept { return limits_; }
   // Workers' registrations and drains (register, drain ops): the server watches the registered
   // clients' pidfds, feeds their pings, and delivers drain answers. Set before run().
-  void set_registry(Registry* registry) noexcept { registry_ = registry; }
+  void set_registry(Registry* registry) noexcept;
 
   // Serves until SIGTERM or SIGINT; returns that signal's number. Errors: io_error (epoll).
   Result<int> run();
