@@ -746,7 +746,15 @@ Checked<> op_dump(Store& store, const ConnectionStats& conns, const RequestStats
   w.key("dropped").num(conns.dropped);
   w.key("requests").num(stats.requests);
   w.key("errors").num(stats.errors);
+  w.key("drains").num(std::uint64_t{rq.registry ? rq.registry->pending_drains() : 0});  // waiting now
   w.end_object();
+  // The registered workers, as the clients op lists them (DESIGN §2.2).
+  w.key("clients");
+  if (rq.registry) {
+    write_clients(w, *rq.registry);
+  } else {
+    w.begin_array().end_array();
+  }
   w.key("packages");
   out += '[';
   dump = DumpCursor{true, 0, false};
