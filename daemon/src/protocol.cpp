@@ -604,7 +604,7 @@ Checked<> op_register(const Request& rq, std::string& out) {
   return {};
 }
 
-Checked<> op_drain(Store& store, const Request& rq, std::string& out) {
+Checked<> op_drain(Store& store, const Request& rq) {
   if (auto ok = rq.require_write(); !ok) return ok;
   if (auto ok = rq.only({"name", "event", "timeout_ms"}); !ok) return ok;
   if (auto ok = rq.can_wait(); !ok) return ok;
@@ -840,7 +840,7 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
         if (op == "update_settings") return op_update_settings(store_, options_.max_depth, rq, out);
         if (op == "checksum") return op_checksum(store_, options_.max_depth, rq, out);
         if (op == "register") return op_register(rq, out);
-        if (op == "drain") return op_drain(store_, rq, out);
+        if (op == "drain") return op_drain(store_, rq);
         if (op == "clients") return op_clients(rq, out);
         if (op == "dump")
           return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out, cursor);

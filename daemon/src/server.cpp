@@ -372,18 +372,21 @@ int Server::drain_wait_ms() const {
 
 void Server::deliver_answers() {
   // Delivering may end a drain's wait only; a connection gone meanwhile was forgotten already.
-  for (auto& [id, line] : registry_->take_answers()) {
-    auto it = conns_.find(id);
-    if (it == conns_.end()) continue;
-    Conn& c = *it->second;
-    c.out += line;
-    c.waiting = false;
-    process_lines(c);  // requests that arrived behind the drain
-    if (!flush(c) || !resume(c)) {
-      close_conn(id);
-      continue;
+  // Requests served behind a delivered answer may start drains that answer at once: repeat.
+  for (auto batch = registry_->take_answers(); !batch.empty(); batch = registry_->take_answers()) {
+    for (auto& [id, line] : batch) {
+      auto it = conns_.find(id);
+      if (it == conns_.end()) continue;
+      Conn& c = *it->second;
+      c.out += line;
+      c.waiting = false;
+      process_lines(c);  // requests that arrived behind the drain
+      if (!flush(c) || !resume(c)) {
+        close_conn(id);
+        continue;
+      }
+      update_interest(c);
     }
-    update_interest(c);
   }
 }
 
