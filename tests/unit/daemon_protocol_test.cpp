@@ -235,7 +235,7 @@ BOOST_AUTO_TEST_CASE(a_request_for_another_segment_changes_nothing) {
   const std::string mine = "\"segment\":\"" + name.str() + "\"";
   BOOST_TEST(ask(R"({"op":"update","name":"p","version":"1",)" + mine + "}").at("change") == "created");
   const auto before = commits();
-  for (const std::string line : {
+  for (const std::string& line : {
            std::string(R"({"op":"update","name":"p","version":"2","segment":"other"})"),
            std::string(R"({"op":"event","event":"update","name":"p","segment":"other"})"),
            std::string(R"({"op":"delete","segment":"other","name":"p"})"),
