@@ -99,8 +99,9 @@ batch
 update web "2.0
 update web 2.0
 settings nosuch
+update --help
 EOF
-[ "$(wc -l <<<"$OUT")" -eq 8 ] || fail "want 8 answers: $OUT"
+[ "$(wc -l <<<"$OUT")" -eq 9 ] || fail "want 9 answers: $OUT"
 [[ $(line 1) == '{"ok":false,"error":{"code":"invalid_name","message":"'*'","exit":5}}' ]] || fail "bad name: $(line 1)"
 [[ $(line 2) == '{"ok":false,"error":{"code":"usage","message":"unknown command \"frobnicate\"'*'"exit":2}}' ]] ||
   fail "unknown command: $(line 2)"
@@ -110,6 +111,7 @@ EOF
 [[ $(line 6) == *'"code":"usage","message":"unterminated quote'* ]] || fail "quote: $(line 6)"
 [[ $(line 7) == '{"name":"web","context":"pkgctx1:'*'","change":"version"}' ]] || fail "update after errors: $(line 7)"
 [[ $(line 8) == '{"ok":false,"error":{"code":"no_such_package",'*'"exit":3}}' ]] || fail "no such package: $(line 8)"
+[[ $(line 9) == *'"code":"usage","message":"--help and --version cannot run in a batch"'* ]] || fail "help: $(line 9)"
 eq "$("$PKGCTL" settings web | sed 's/.*"version":"\([^"]*\)".*/\1/')" 2.0 "the write after the rejected lines"
 
 # The batch's --segment travels with every write: a daemon serving another segment refuses them.

@@ -549,6 +549,10 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0 && batch) {  // a batch answers each line with one JSON line
+      io.err << "pkgctl: --help and --version cannot run in a batch\n";
+      return kExitUsage;
+    }
     if (e.get_exit_code() == 0) {  // --help, --version
       app.exit(e, io.out, io.err);
       return kExitOk;
