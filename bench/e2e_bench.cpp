@@ -3,7 +3,8 @@
 //
 //   spawn         a fresh `pkgctl update app 1.0`, from posix_spawn to its exit (the answer
 //                 printed), against pkgctx_min_client (bench/min_client.c) sending the same line
-//                 to the same daemon. Start-up alone: `pkgctl --version` and min_client doing
+//                 to the same daemon. Start-up alone: `pkgctl checksum {}` (no socket, no
+//                 segment; --version would time CLI11's exception instead) and min_client doing
 //                 nothing (the exec floor).
 //   request_wake  a controller's {"op":"event","event":"schedule"} on a persistent connection,
 //                 after 2 ms idle, until a worker blocked in Token::wait runs; against a raw echo
@@ -283,20 +284,20 @@ int main(int argc, char** argv) {
   Daemon d(daemon_exe, log);
 
   // Spawn: the four programs in turn, so each sees the same load.
-  Samples upd, minc, version, exec_floor;
+  Samples upd, minc, start, exec_floor;
   const std::string line = R"({"op":"update","name":"app","version":"1.0","settings":{}})";
   for (int i = 0; i < spawns + 10; ++i) {
     const auto a = timed_spawn({pkgctl, "--socket", d.path, "update", "app", "1.0"});
     const auto b = timed_spawn({min_client, d.path, line});
-    const auto c = timed_spawn({pkgctl, "--version"});
+    const auto c = timed_spawn({pkgctl, "checksum", "{}"});
     const auto e = timed_spawn({min_client, "-"});
     if (i < 10) continue;  // warm-up: page cache, dynamic loader caches
-    upd.add(a), minc.add(b), version.add(c), exec_floor.add(e);
+    upd.add(a), minc.add(b), start.add(c), exec_floor.add(e);
   }
   std::fprintf(stderr,
-               "spawn: pkgctl update p50 %.0f us p99 %.0f us | min client p50 %.0f us p99 %.0f us | pkgctl --version "
+               "spawn: pkgctl update p50 %.0f us p99 %.0f us | min client p50 %.0f us p99 %.0f us | pkgctl checksum {} "
                "p50 %.0f us | exec floor p50 %.0f us\n",
-               upd.p(50) / 1e3, upd.p(99) / 1e3, minc.p(50) / 1e3, minc.p(99) / 1e3, version.p(50) / 1e3,
+               upd.p(50) / 1e3, upd.p(99) / 1e3, minc.p(50) / 1e3, minc.p(99) / 1e3, start.p(50) / 1e3,
                exec_floor.p(50) / 1e3);
 
   // Request → worker awake, and its floors, in rounds.
@@ -316,7 +317,7 @@ int main(int argc, char** argv) {
 
   std::ostringstream o;
   o << "{\"spawn\":{\"pkgctl_update\":" << samples_json(upd) << ",\"min_client\":" << samples_json(minc)
-    << ",\"pkgctl_version\":" << samples_json(version) << ",\"exec_floor\":" << samples_json(exec_floor)
+    << ",\"pkgctl_checksum\":" << samples_json(start) << ",\"exec_floor\":" << samples_json(exec_floor)
     << "},\n\"request_wake\":{\"idle_ms\":2,\"e2e\":" << samples_json(e2e) << ",\"answer\":" << samples_json(answer)
     << ",\"echo_rtt\":" << samples_json(rtt) << ",\"echo_oneway\":" << samples_json(oneway)
     << ",\"futex_wake\":" << samples_json(fwake) << "}}\n";

@@ -202,8 +202,8 @@ def build(micro, ipc, flood=None, e2e=None):
         v, fl = q(sp, "pkgctl_update"), q(sp, "min_client")
         add("pkgctl_update_fresh_p50", v, "ns", fl, "minimal C client (connect, same line, answer), p50",
             "≤ 1.5× floor", None if v is None or fl is None else v <= 1.5 * fl, samples=sp.get("pkgctl_update", {}).get("n"),
-            note=f"spawn → exit of `pkgctl update app 1.0`; start-up alone: `pkgctl --version` p50 "
-                 f"{(q(sp, 'pkgctl_version') or 0) / 1e3:.0f} µs vs an exec of the C client doing nothing "
+            note=f"spawn → exit of `pkgctl update app 1.0`; start-up alone: `pkgctl checksum {{}}` p50 "
+                 f"{(q(sp, 'pkgctl_checksum') or 0) / 1e3:.0f} µs vs an exec of the C client doing nothing "
                  f"{(q(sp, 'exec_floor') or 0) / 1e3:.0f} µs")
         v, fl = q(sp, "pkgctl_update", "p99_ns"), q(sp, "min_client", "p99_ns")
         add("pkgctl_update_fresh_p99", v, "ns", fl, "minimal C client, p99", "reference", None)
