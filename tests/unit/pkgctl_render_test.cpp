@@ -5,6 +5,8 @@
 
 #include "pkgctl/render.hpp"
 #include "pkgctx/settings.hpp"
+#include "pkgctx/store.hpp"
+#include "test_support.hpp"
 
 #include <boost/json/serialize.hpp>
 
@@ -203,4 +205,39 @@ BOOST_AUTO_TEST_CASE(watch_frame_fits_the_screen_and_marks_changes) {
   down.liveness = Liveness::stopped;
   BOOST_TEST(pkgctl::render_watch_frame(down, t, 10, rows, cols, "").find("\x1b[31mdaemon    stopped") !=
              std::string::npos);
+}
+
+// `pkgctl dump` streams (issue 15): the same bytes as rendering a whole snapshot, table and JSON,
+// for a real segment (names out of slot order, a removed package, an event of a child key).
+BOOST_AUTO_TEST_CASE(streamed_dump_matches_the_snapshot_render) {
+  test::SegmentName seg("renderstream");
+  SegmentOptions o;
+  o.capacity = 64;
+  auto store = Store::create(seg.str(), o);
+  BOOST_TEST_REQUIRE(store.has_value(), (store ? std::string() : store.error().message));
+  for (const char* n : {"zeta", "alpha", "a-very-long-package-name-for-width", "mid", "b"})
+    BOOST_TEST_REQUIRE(store->update(n, "1.0", Settings()).has_value());
+  BOOST_TEST_REQUIRE(store->handle_event(kEventRemove, "mid").has_value());
+  BOOST_TEST_REQUIRE(store->handle_event(kEventSchedule, "b").has_value());
+  auto view = View::open(seg.str());
+  BOOST_TEST_REQUIRE(view.has_value());
+  const auto snap = pkgctl::take_snapshot(*view);
+  BOOST_TEST_REQUIRE(snap.has_value());
+  for (const bool as_json : {false, true}) {
+    std::ostringstream out;
+    BOOST_TEST_REQUIRE(pkgctl::write_dump(*view, as_json, out).has_value());
+    const std::string whole =
+        as_json ? boost::json::serialize(pkgctl::dump_json(*snap)) + "\n" : pkgctl::render_dump_text(*snap);
+    BOOST_TEST(out.str() == whole);
+  }
+  test::SegmentName empty_seg("renderempty");
+  auto empty_store = Store::create(empty_seg.str(), o);
+  BOOST_TEST_REQUIRE(empty_store.has_value());
+  auto empty_view = View::open(empty_seg.str());
+  BOOST_TEST_REQUIRE(empty_view.has_value());
+  std::ostringstream table, js;
+  BOOST_TEST_REQUIRE(pkgctl::write_dump(*empty_view, false, table).has_value());
+  BOOST_TEST(table.str() == pkgctl::render_dump_text(*pkgctl::take_snapshot(*empty_view)));
+  BOOST_TEST_REQUIRE(pkgctl::write_dump(*empty_view, true, js).has_value());
+  BOOST_TEST(js.str() == boost::json::serialize(pkgctl::dump_json(*pkgctl::take_snapshot(*empty_view))) + "\n");
 }

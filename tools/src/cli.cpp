@@ -1,5 +1,6 @@
 #include "pkgctl/cli.hpp"
 
+#include "batch.hpp"
 #include "pkgctl/daemon_link.hpp"
 #include "pkgctl/render.hpp"
 
@@ -53,10 +54,12 @@ struct Common {
   bool segment_explicit = false;  // given by --segment or PKGCTX_SEGMENT: writes name it too
   std::chrono::milliseconds timeout = std::chrono::seconds(10);  // each step of a daemon call
   bool timing = false;
+  detail::BatchContext* batch = nullptr;  // in `pkgctl batch`: its connection and error record
 };
 
 // The message of an error, with the fix the one error table suggests for its code.
 Failure failure(std::string_view code, std::string message, const Common& c) {
+  if (c.batch) c.batch->last_code = code;
   const std::string hint = pkgctx::error_hint(code, {c.segment, c.socket});
   if (!hint.empty()) message += " (" + hint + ")";
   return {exit_code_for(code), std::move(message)};
@@ -89,7 +92,7 @@ std::string json_string(std::string_view s) { return json::serialize(json::strin
 // Sends a request already serialised as one line.
 std::optional<Failure> call_line(const Common& c, const std::string& req, json::object& answer, Io io) {
   CallTiming t;
-  auto r = call_daemon(c.socket, req, c.timeout, &t);
+  auto r = c.batch ? c.batch->link.call(req, c.timeout, &t) : call_daemon(c.socket, req, c.timeout, &t);
   if (c.timing && t.sent_realtime_ns) {
     io.err << "pkgctl: timing sent_realtime_ns=" << t.sent_realtime_ns
            << " answered_realtime_ns=" << t.answered_realtime_ns << '\n';
@@ -370,12 +373,7 @@ int cmd_wait(const Common& c, const std::string& text, std::optional<double> tim
 std::optional<Failure> cmd_dump(const Common& c, bool as_json, Io io) {
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
-  const auto s = take_snapshot(view);
-  if (!s) return failure(s.error(), c);
-  if (as_json)
-    io.out << json::serialize(dump_json(*s)) << '\n';
-  else
-    io.out << render_dump_text(*s);
+  if (auto r = write_dump(view, as_json, io.out); !r) return failure(r.error(), c);
   return std::nullopt;
 }
 
@@ -417,7 +415,11 @@ int exit_code_for(std::string_view code) noexcept {
   return kExitUnreachable;
 }
 
-int run(int argc, const char* const* argv, Io io) {
+int run(int argc, const char* const* argv, Io io) { return detail::run_one(argc, argv, io, nullptr); }
+
+namespace detail {
+
+int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   CLI::App app{"pkgctl: inspect and drive pkgctx package contexts.\n"
                "Reads map the segment read-only (no daemon needed); update, event and delete go\n"
                "through pkgctxd's control socket.",
@@ -515,6 +517,13 @@ int run(int argc, const char* const* argv, Io io) {
   auto* dump = app.add_subcommand("dump", "the segment header, daemon liveness and every package");
   dump->add_flag("--json", as_json, "one JSON object instead of the table");
 
+  auto* batch_cmd = app.add_subcommand(
+      "batch",
+      "run commands read from stdin, one per line with the same words (update, update-settings, event, delete,\n"
+      "need-update, settings, check), writes over one daemon connection; prints one JSON line per command,\n"
+      "{\"ok\":false,\"error\":{\"code\",\"message\",\"exit\"}} for a failed one (exit 5 if any failed; 4, 6 or 7\n"
+      "if one could not reach the daemon, has an unknown outcome or was forbidden)");
+
   auto* watch = app.add_subcommand("watch", "a live view of the table (q or Ctrl-C quits)");
   watch->add_option("--interval", interval_s, "refresh period in seconds")
       ->capture_default_str()
@@ -540,6 +549,10 @@ int run(int argc, const char* const* argv, Io io) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0 && batch) {  // a batch answers each line with one JSON line
+      io.err << "pkgctl: --help and --version cannot run in a batch\n";
+      return kExitUsage;
+    }
     if (e.get_exit_code() == 0) {  // --help, --version
       app.exit(e, io.out, io.err);
       return kExitOk;
@@ -548,6 +561,15 @@ int run(int argc, const char* const* argv, Io io) {
     return kExitUsage;
   }
   c.segment_explicit = segment_opt->count() > 0;
+  c.batch = batch;
+  if (batch) {
+    const auto* sub = app.get_subcommands().front();
+    if (!batch_command(sub->get_name())) {
+      io.err << "pkgctl: " << sub->get_name() << " cannot run in a batch (only update, update-settings, event, delete, "
+                "need-update, settings, check)\n";
+      return kExitUsage;
+    }
+  }
   c.timeout = std::chrono::milliseconds(static_cast<long long>(std::ceil(call_timeout_s * 1000)));
 
   if (*update) return finish(cmd_update(c, name, version, settings_json, settings_file, flags, io), io);
@@ -562,7 +584,14 @@ int run(int argc, const char* const* argv, Io io) {
   if (*wait) return cmd_wait(c, token_text, timeout_s, io);
   if (*dump) return finish(cmd_dump(c, as_json, io), io);
   if (*watch) return run_watch(c.segment, interval_s, count, io);
+  if (*batch_cmd) {
+    std::vector<std::string> prefix{"--socket", c.socket};
+    if (c.segment_explicit) prefix.insert(prefix.end(), {"--segment", c.segment});
+    return run_batch(c.socket, prefix, io);
+  }
   return kExitUsage;
 }
+
+}  // namespace detail
 
 }  // namespace pkgctl
