@@ -24,6 +24,15 @@ namespace {
 
 constexpr std::uint32_t kPackages = 100000;
 
+// Under a sanitizer resident memory measures the sanitizer (shadow memory, ASan's quarantine of
+// freed blocks), not pkgctx: the dumps still run there, for the sanitizer's checks, but the RSS
+// bounds are asserted only in normal builds.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kMeasuresMemory = false;
+#else
+constexpr bool kMeasuresMemory = true;
+#endif
+
 // Fills a new segment with kPackages packages through the store (seconds faster than the socket).
 void fill(const std::string& segment) {
   SegmentOptions o;
@@ -122,8 +131,9 @@ BOOST_AUTO_TEST_CASE(pkgctl_dump_streams) {
     BOOST_TEST_MESSAGE("pkgctl dump" << (as_json ? " --json" : "") << ", " << kPackages << " packages: output "
                                      << r.output_bytes / 1024 << " KiB, peak RSS " << r.maxrss_kib << " KiB");
     BOOST_TEST(r.output_bytes > kPackages * 40u);
-    BOOST_TEST(static_cast<std::size_t>(r.maxrss_kib) * 1024 <= 2 * r.output_bytes,
-               "peak RSS " << r.maxrss_kib << " KiB for " << r.output_bytes / 1024 << " KiB of output");
+    if (kMeasuresMemory)
+      BOOST_TEST(static_cast<std::size_t>(r.maxrss_kib) * 1024 <= 2 * r.output_bytes,
+                 "peak RSS " << r.maxrss_kib << " KiB for " << r.output_bytes / 1024 << " KiB of output");
   }
 }
 
@@ -152,5 +162,5 @@ BOOST_AUTO_TEST_CASE(daemon_gives_back_what_a_dump_took) {
   BOOST_TEST_MESSAGE("pkgctxd around 3 socket dumps of " << bytes / 1024 << " KiB: VmRSS " << before << " -> "
                                                          << after << " KiB, without the segment's shared pages "
                                                          << own_before << " -> " << own_after << " KiB");
-  BOOST_TEST(own_after - own_before <= 5 * 1024, "own RSS " << own_before << " -> " << own_after << " KiB");
+  if (kMeasuresMemory) BOOST_TEST(own_after - own_before <= 5 * 1024, "own RSS " << own_before << " -> " << own_after << " KiB");
 }
