@@ -373,7 +373,7 @@ std::optional<Failure> cmd_dump(const Common& c, bool as_json, Io io) {
   const auto s = take_snapshot(view);
   if (!s) return failure(s.error(), c);
   if (as_json)
-    io.out << json::serialize(dump_json(*s)) << '\n';
+    io.out << dump_json(*s) << '\n';
   else
     io.out << render_dump_text(*s);
   return std::nullopt;

@@ -5,8 +5,6 @@
 #include "pkgctx/segment.hpp"
 #include "pkgctx/view.hpp"
 
-#include <boost/json/object.hpp>
-
 #include <array>
 #include <cstdint>
 #include <map>
@@ -49,8 +47,9 @@ std::vector<std::string> render_table(const std::vector<pkgctx::PackageRecord>& 
 // `pkgctl dump`: render_header, a blank line, render_table.
 std::string render_dump_text(const Snapshot& s);
 
-// `pkgctl dump --json`: {"segment":{…},"daemon":{…},"packages":[{"name","version","checksum",…}]}.
-boost::json::object dump_json(const Snapshot& s);
+// `pkgctl dump --json`, one line without '\n': the dump schema of pkgctx/dump.hpp
+// (docs/dump.schema.json), packages sorted by name.
+std::string dump_json(const Snapshot& s);
 
 // --- watch ------------------------------------------------------------------------------------
 
