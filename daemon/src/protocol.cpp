@@ -461,7 +461,7 @@ Checked<int> event_field(const Request& rq) {
   }
   if (ev.is_int64() || ev.is_uint64()) {
     auto checked = validate_event(ev.is_int64() ? ev.get_int64() : -1);
-    if (!checked) return refusal(Error(Errc::invalid_event, "event " + json::serialize(ev) + " is not a key 0..7"));
+    if (!checked) return refusal(Error(Errc::invalid_event, "event " + json::serialize(ev) + " is not update (0), remove (1), schedule or a child key 2..7 (schedule is 2)"));
     return *checked;
   }
   return refusal(code::kBadRequest, "field \"event\" must be a name or an integer 0..7, not " +
@@ -540,6 +540,10 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
   if (!r) return refusal(r.error());
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("deleted").boolean(*r);
+  // Delete removes only a removed package (DESIGN §2): say which of the two refusals this was.
+  if (!*r)
+    w.key("reason").str(store.view().find(*name) ? "the package is live: send event remove first"
+                                                  : "no such package");
   end_ok(w, out);
   return {};
 }

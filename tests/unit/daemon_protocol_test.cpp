@@ -142,14 +142,17 @@ BOOST_AUTO_TEST_CASE(event_round_trip) {
 BOOST_AUTO_TEST_CASE(delete_round_trip) {
   auto a = ask(R"({"op":"delete","name":"p"})");
   BOOST_TEST(a.at("deleted") == false);
+  BOOST_TEST(a.at("reason") == "no such package");
   ask(R"({"op":"update","name":"p","version":"1"})");
   // Only a removed package (version "") is deleted (DESIGN.md §2).
   a = ask(R"({"op":"delete","name":"p"})");
   BOOST_TEST(a.at("deleted") == false);
+  BOOST_TEST(a.at("reason") == "the package is live: send event remove first");
   ask(R"({"op":"event","event":"remove","name":"p"})");
   a = ask(R"({"op":"delete","name":"p"})");
   BOOST_TEST(a.at("name") == "p");
   BOOST_TEST(a.at("deleted") == true);
+  BOOST_TEST(!a.contains("reason"));
   BOOST_TEST(error_code(R"({"op":"settings","name":"p"})") == "no_such_package");
 }
 

@@ -126,6 +126,15 @@ BOOST_AUTO_TEST_CASE(json_dump_shape) {
   BOOST_TEST(boost::json::parse(pkgctl::dump_json(snapshot({pkg("x", "1", 1)}))).at("packages").at(0).at("last_cause").is_null());
   BOOST_TEST(q.at("settings_version").to_number<int>() == 0);
   BOOST_TEST(q.at("maintenance").as_string() == "");
+  BOOST_TEST(j.at("segment").at("limits").at("max_settings").to_number<int>() == 1 << 20);
+  // No daemon ever attached: no pid, no heartbeat age (docs/dump.schema.json allows null).
+  auto none = snapshot({});
+  none.info.daemon_state = layout::DaemonState::kNone;
+  none.liveness = Liveness::none;
+  const auto n = boost::json::parse(pkgctl::dump_json(none));
+  BOOST_TEST(n.at("daemon").at("pid").is_null());
+  BOOST_TEST(n.at("daemon").at("heartbeat_age_ns").is_null());
+  BOOST_TEST(n.at("daemon").at("liveness").as_string() == "none");
 }
 
 // DESIGN §2.1: a caller-named cause and the v2 fields in the table and the JSON dump.

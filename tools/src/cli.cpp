@@ -151,7 +151,8 @@ std::optional<Failure> settings_arg(const Common& c, const std::optional<std::st
   if (settings_file)
     if (auto f = read_settings_input(c, *settings_file, io.in, text)) return f;
   auto settings = pkgctx::Settings::parse(text, unlimited_settings());
-  if (!settings) return Failure{kExitRejected, "settings: " + settings.error().message};
+  // The core's messages name the settings already ("settings must be a JSON object, …").
+  if (!settings) return Failure{kExitRejected, settings.error().message};
   canonical = settings->canonical();
   return std::nullopt;
 }
@@ -237,7 +238,9 @@ std::optional<Failure> cmd_delete(const Common& c, const std::string& name, Io i
   json::object req = request(c, "delete");
   req["name"] = name;
   if (auto f = call(c, req, a, io)) return f;
-  io.out << json::serialize(json::object{{"name", field(a, "name")}, {"deleted", field(a, "deleted")}}) << '\n';
+  json::object shown{{"name", field(a, "name")}, {"deleted", field(a, "deleted")}};
+  if (const auto* why = a.if_contains("reason")) shown["reason"] = *why;
+  io.out << json::serialize(shown) << '\n';
   return std::nullopt;
 }
 
@@ -285,7 +288,7 @@ std::optional<Failure> cmd_checksum(const Common& c, const std::optional<std::st
       return Failure{kExitRejected, "checksum: no JSON given (argument or stdin)"};
   }
   auto s = pkgctx::Settings::parse(text, unlimited_settings());
-  if (!s) return Failure{kExitRejected, "settings: " + s.error().message};
+  if (!s) return Failure{kExitRejected, s.error().message};
   io.out << s->checksum_hex() << '\n';
   return std::nullopt;
 }
@@ -479,12 +482,13 @@ int run(int argc, const char* const* argv, Io io) {
   add_call_timeout(upset);
 
   auto* event = app.add_subcommand("event", "HandleEvent(EVENT, NAME) through the daemon");
-  event->add_option("EVENT", event_name, "update, remove, schedule or a child key 2..7")->required();
+  event->add_option("EVENT", event_name, "update (0), remove (1), schedule or a child key 2..7 (schedule is 2)")->required();
   event->add_option("NAME", name)->required();
   event->add_option("--cause", cause, "what the cancelled tokens report ([a-z][a-z0-9_]{0,31})");
   add_call_timeout(event);
 
-  auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon");
+  auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon: only a removed package (run\n"
+                                                    "`pkgctl event remove NAME` first); otherwise deleted:false and the reason");
   del->add_option("NAME", name)->required();
   add_call_timeout(del);
 
