@@ -1,4 +1,5 @@
 #include "pkgctl/cli.hpp"
+#include "pkgctl/completion.hpp"
 
 #include "pkgctl/daemon_link.hpp"
 #include "pkgctl/render.hpp"
@@ -525,6 +526,10 @@ int run(int argc, const char* const* argv, Io io) {
       ->check(CLI::Range(0.01, 3600.0));
   watch->add_option("--count", count, "stop after N frames (default: run until quit)")->check(CLI::NonNegativeNumber);
 
+  std::string shell;
+  auto* completion = app.add_subcommand("completion", "print a shell completion script (bash or zsh)");
+  completion->add_option("SHELL", shell, "bash or zsh")->required()->check(CLI::IsMember({"bash", "zsh"}));
+
   // CLI11 reports an unknown command as "a subcommand is required"; name it instead.
   for (int i = 1; i < argc; ++i) {
     const std::string_view a = argv[i];
@@ -566,6 +571,10 @@ int run(int argc, const char* const* argv, Io io) {
   if (*wait) return cmd_wait(c, token_text, timeout_s, io);
   if (*dump) return finish(cmd_dump(c, as_json, io), io);
   if (*watch) return run_watch(c.segment, interval_s, count, io);
+  if (*completion) {
+    io.out << completion_script(app, shell);
+    return kExitOk;
+  }
   return kExitUsage;
 }
 
