@@ -33,7 +33,8 @@ listed=$("$C" --help | sed -n '/^Subcommands:/,/^$/p' | awk 'NR > 1 && /^  [a-z]
 offered=$(complete_line "" | grep -v '^-' | sort)
 [ "$listed" = "$offered" ] || fail "help lists [$listed], completion offers [$offered]"
 
-"$C" completion zsh | grep -q '^compdef _pkgctl pkgctl$' || fail "zsh script"
+"$C" completion zsh | grep -q '^#compdef pkgctl$' || fail "zsh script: no #compdef line"
+"$C" completion zsh | grep -q 'compdef _pkgctl pkgctl; fi$' || fail "zsh script: not registered when sourced"
 if command -v zsh >/dev/null; then
   "$C" completion zsh | zsh -n || fail "zsh script does not parse"
 else

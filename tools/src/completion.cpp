@@ -110,7 +110,8 @@ std::string zsh_script(const CLI::App& app) {
   for (const CLI::App* sub : app.get_subcommands([](const CLI::App*) { return true; }))
     s += "    " + single_quoted(sub->get_name()) + ") items=(" + zsh_items(option_words(*sub)) + ") ;;\n";
   s += "  esac\n  _describe -t pkgctl " + app.get_name() + " items\n  _files\n}\n";
-  s += "compdef _pkgctl " + app.get_name() + "\n";
+  // Autoloaded from $fpath (#compdef): complete now; sourced: register.
+  s += "if [ \"$funcstack[1]\" = _pkgctl ]; then _pkgctl \"$@\"; else compdef _pkgctl " + app.get_name() + "; fi\n";
   return s;
 }
 
