@@ -174,7 +174,7 @@ std::string render_dump_text(const Snapshot& s) {
   return out;
 }
 
-std::string dump_json(const Snapshot& s) {
+std::string dump_json_open(const Snapshot& s) {
   std::string out;
   pkgctx::JsonWriter w(out);
   w.begin_object();
@@ -184,11 +184,21 @@ std::string dump_json(const Snapshot& s) {
   w.key("daemon").begin_object();
   pkgctx::write_dump_daemon(w, s.info, s.liveness, s.heartbeat_age_ns);
   w.end_object();
-  w.key("packages").begin_array();
-  for (const auto& p : s.packages) pkgctx::write_dump_package(w, p);
-  w.end_array();
-  w.end_object();
+  w.key("packages");
+  return out + '[';
+}
+
+std::string dump_package_json(const PackageRecord& p) {
+  std::string out;
+  pkgctx::JsonWriter w(out);
+  pkgctx::write_dump_package(w, p);
   return out;
+}
+
+std::string dump_json(const Snapshot& s) {
+  std::string out = dump_json_open(s);
+  for (std::size_t k = 0; k < s.packages.size(); ++k) out += (k ? "," : "") + dump_package_json(s.packages[k]);
+  return out + "]}";
 }
 
 // --- watch ------------------------------------------------------------------------------------

@@ -48,8 +48,13 @@ std::vector<std::string> render_table(const std::vector<pkgctx::PackageRecord>& 
 std::string render_dump_text(const Snapshot& s);
 
 // `pkgctl dump --json`, one line without '\n': the dump schema of pkgctx/dump.hpp
-// (docs/dump.schema.json), packages sorted by name.
+// (docs/dump.schema.json), packages sorted by name. It is dump_json_open(s), the packages'
+// dump_package_json() separated by ',', then "]}" — the pieces a streamed dump writes.
 std::string dump_json(const Snapshot& s);
+// The document up to and including the '[' that opens "packages".
+std::string dump_json_open(const Snapshot& s);
+// One element of "packages".
+std::string dump_package_json(const pkgctx::PackageRecord& p);
 
 // --- watch ------------------------------------------------------------------------------------
 
