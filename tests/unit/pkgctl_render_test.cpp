@@ -8,6 +8,7 @@
 #include "pkgctx/store.hpp"
 #include "test_support.hpp"
 
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
 #include <cctype>
@@ -110,7 +111,7 @@ BOOST_AUTO_TEST_CASE(header_says_how_the_daemon_is) {
 BOOST_AUTO_TEST_CASE(json_dump_shape) {
   auto p = pkg("web", "1.0", 3, Cause::kUpdateEvent);
   p.child_generations[0] = 5;
-  const auto j = pkgctl::dump_json(snapshot({p}));
+  const auto j = boost::json::parse(pkgctl::dump_json(snapshot({p}))).as_object();
   BOOST_TEST(j.at("segment").at("name").as_string() == "demo");
   BOOST_TEST(j.at("segment").at("epoch").as_string() == "0123456789abcdef");
   BOOST_TEST(j.at("segment").at("capacity").to_number<int>() == 4096);
@@ -124,9 +125,18 @@ BOOST_AUTO_TEST_CASE(json_dump_shape) {
   BOOST_TEST(q.at("child_generations").at("2").to_number<int>() == 5);
   BOOST_TEST(q.at("child_generations").at("7").to_number<int>() == 3);
   BOOST_TEST(q.at("last_cause").as_string() == "update_event");
-  BOOST_TEST(pkgctl::dump_json(snapshot({pkg("x", "1", 1)})).at("packages").at(0).at("last_cause").is_null());
+  BOOST_TEST(boost::json::parse(pkgctl::dump_json(snapshot({pkg("x", "1", 1)}))).at("packages").at(0).at("last_cause").is_null());
   BOOST_TEST(q.at("settings_version").to_number<int>() == 0);
   BOOST_TEST(q.at("maintenance").as_string() == "");
+  BOOST_TEST(j.at("segment").at("limits").at("max_settings").to_number<int>() == 1 << 20);
+  // No daemon ever attached: no pid, no heartbeat age (docs/dump.schema.json allows null).
+  auto none = snapshot({});
+  none.info.daemon_state = layout::DaemonState::kNone;
+  none.liveness = Liveness::none;
+  const auto n = boost::json::parse(pkgctl::dump_json(none));
+  BOOST_TEST(n.at("daemon").at("pid").is_null());
+  BOOST_TEST(n.at("daemon").at("heartbeat_age_ns").is_null());
+  BOOST_TEST(n.at("daemon").at("liveness").as_string() == "none");
 }
 
 // DESIGN §2.1: a caller-named cause and the v2 fields in the table and the JSON dump.
@@ -138,7 +148,7 @@ BOOST_AUTO_TEST_CASE(named_cause_settings_version_and_maintenance_are_shown) {
   const auto t = pkgctl::render_table({p});
   BOOST_TEST(t[1].find("rollout_7") != std::string::npos, t[1]);
   BOOST_TEST(t[1].substr(t[1].size() - 11) == "4  frozen-1", t[1]);
-  const auto j = pkgctl::dump_json(snapshot({p}));
+  const auto j = boost::json::parse(pkgctl::dump_json(snapshot({p}))).as_object();
   const auto& q = j.at("packages").at(0).as_object();
   BOOST_TEST(q.at("last_cause").as_string() == "rollout_7");
   BOOST_TEST(q.at("settings_version").to_number<int>() == 4);
@@ -227,7 +237,7 @@ BOOST_AUTO_TEST_CASE(streamed_dump_matches_the_snapshot_render) {
     std::ostringstream out;
     BOOST_TEST_REQUIRE(pkgctl::write_dump(*view, as_json, out).has_value());
     const std::string whole =
-        as_json ? boost::json::serialize(pkgctl::dump_json(*snap)) + "\n" : pkgctl::render_dump_text(*snap);
+        as_json ? pkgctl::dump_json(*snap) + "\n" : pkgctl::render_dump_text(*snap);
     BOOST_TEST(out.str() == whole);
   }
   test::SegmentName empty_seg("renderempty");
@@ -239,5 +249,5 @@ BOOST_AUTO_TEST_CASE(streamed_dump_matches_the_snapshot_render) {
   BOOST_TEST_REQUIRE(pkgctl::write_dump(*empty_view, false, table).has_value());
   BOOST_TEST(table.str() == pkgctl::render_dump_text(*pkgctl::take_snapshot(*empty_view)));
   BOOST_TEST_REQUIRE(pkgctl::write_dump(*empty_view, true, js).has_value());
-  BOOST_TEST(js.str() == boost::json::serialize(pkgctl::dump_json(*pkgctl::take_snapshot(*empty_view))) + "\n");
+  BOOST_TEST(js.str() == pkgctl::dump_json(*pkgctl::take_snapshot(*empty_view)) + "\n");
 }

@@ -1,4 +1,5 @@
 #include "pkgctl/cli.hpp"
+#include "pkgctl/completion.hpp"
 
 #include "batch.hpp"
 #include "pkgctl/daemon_link.hpp"
@@ -154,7 +155,8 @@ std::optional<Failure> settings_arg(const Common& c, const std::optional<std::st
   if (settings_file)
     if (auto f = read_settings_input(c, *settings_file, io.in, text)) return f;
   auto settings = pkgctx::Settings::parse(text, unlimited_settings());
-  if (!settings) return Failure{kExitRejected, "settings: " + settings.error().message};
+  // The core's messages name the settings already ("settings must be a JSON object, …").
+  if (!settings) return Failure{kExitRejected, settings.error().message};
   canonical = settings->canonical();
   return std::nullopt;
 }
@@ -240,7 +242,9 @@ std::optional<Failure> cmd_delete(const Common& c, const std::string& name, Io i
   json::object req = request(c, "delete");
   req["name"] = name;
   if (auto f = call(c, req, a, io)) return f;
-  io.out << json::serialize(json::object{{"name", field(a, "name")}, {"deleted", field(a, "deleted")}}) << '\n';
+  json::object shown{{"name", field(a, "name")}, {"deleted", field(a, "deleted")}};
+  if (const auto* why = a.if_contains("reason")) shown["reason"] = *why;
+  io.out << json::serialize(shown) << '\n';
   return std::nullopt;
 }
 
@@ -288,7 +292,7 @@ std::optional<Failure> cmd_checksum(const Common& c, const std::optional<std::st
       return Failure{kExitRejected, "checksum: no JSON given (argument or stdin)"};
   }
   auto s = pkgctx::Settings::parse(text, unlimited_settings());
-  if (!s) return Failure{kExitRejected, "settings: " + s.error().message};
+  if (!s) return Failure{kExitRejected, s.error().message};
   io.out << s->checksum_hex() << '\n';
   return std::nullopt;
 }
@@ -481,12 +485,13 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   add_call_timeout(upset);
 
   auto* event = app.add_subcommand("event", "HandleEvent(EVENT, NAME) through the daemon");
-  event->add_option("EVENT", event_name, "update, remove, schedule or a child key 2..7")->required();
+  event->add_option("EVENT", event_name, "update (0), remove (1), schedule or a child key 2..7 (schedule is 2)")->required();
   event->add_option("NAME", name)->required();
   event->add_option("--cause", cause, "what the cancelled tokens report ([a-z][a-z0-9_]{0,31})");
   add_call_timeout(event);
 
-  auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon");
+  auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon: only a removed package (run\n"
+                                                    "`pkgctl event remove NAME` first); otherwise deleted:false and the reason");
   del->add_option("NAME", name)->required();
   add_call_timeout(del);
 
@@ -529,6 +534,10 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
       ->capture_default_str()
       ->check(CLI::Range(0.01, 3600.0));
   watch->add_option("--count", count, "stop after N frames (default: run until quit)")->check(CLI::NonNegativeNumber);
+
+  std::string shell;
+  auto* completion = app.add_subcommand("completion", "print a shell completion script (bash or zsh)");
+  completion->add_option("SHELL", shell, "bash or zsh")->required()->check(CLI::IsMember({"bash", "zsh"}));
 
   // CLI11 reports an unknown command as "a subcommand is required"; name it instead.
   for (int i = 1; i < argc; ++i) {
@@ -588,6 +597,10 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
     std::vector<std::string> prefix{"--socket", c.socket};
     if (c.segment_explicit) prefix.insert(prefix.end(), {"--segment", c.segment});
     return run_batch(c.socket, prefix, io);
+  }
+  if (*completion) {
+    io.out << completion_script(app, shell);
+    return kExitOk;
   }
   return kExitUsage;
 }

@@ -4,9 +4,6 @@
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
 
-#include <boost/json/array.hpp>
-#include <boost/json/serialize.hpp>
-
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
@@ -42,9 +39,7 @@ Snapshot take_header(const pkgctx::View& view) {
   Snapshot s;
   s.info = view.segment().info();
   s.liveness = pkgctx::liveness(s.info);
-  const std::uint64_t now = pkgctx::mono_now_ns();
-  if (s.info.daemon_state != pkgctx::layout::DaemonState::kNone && now > s.info.heartbeat_mono_ns)
-    s.heartbeat_age_ns = now - s.info.heartbeat_mono_ns;
+  s.heartbeat_age_ns = pkgctx::heartbeat_age_ns(s.info, pkgctx::mono_now_ns());
   s.taken_realtime_ns = pkgctx::realtime_now_ns();
   return s;
 }
@@ -198,66 +193,31 @@ std::string render_dump_text(const Snapshot& s) {
   return out;
 }
 
-boost::json::object dump_package_json(const PackageRecord& p) {
-  boost::json::object o;
-  o["name"] = p.name;
-  o["version"] = p.version;
-  o["checksum"] = pkgctx::Settings::format_checksum(p.checksum);
-  o["settings_size"] = p.settings_size;
-  o["root_generation"] = p.root_generation;
-  boost::json::object child;
-  for (std::uint32_t k = 0; k < pkgctx::layout::kChildKeys; ++k)
-    child[std::to_string(k + pkgctx::layout::kFirstChildKey)] = p.child_generations[k];
-  o["child_generations"] = std::move(child);
-  if (p.last_cause == pkgctx::Cause::kNone)
-    o["last_cause"] = nullptr;
-  else
-    o["last_cause"] = cause_text(p);
-  o["settings_version"] = p.settings_version;
-  o["maintenance"] = p.maintenance;
-  o["slot"] = p.slot;
-  return o;
+std::string dump_json_open(const Snapshot& s) {
+  std::string out;
+  pkgctx::JsonWriter w(out);
+  w.begin_object();
+  w.key("segment").begin_object();
+  pkgctx::write_dump_segment(w, s.info);
+  w.end_object();
+  w.key("daemon").begin_object();
+  pkgctx::write_dump_daemon(w, s.info, s.liveness, s.heartbeat_age_ns);
+  w.end_object();
+  w.key("packages");
+  return out + '[';
 }
 
-boost::json::object dump_json(const Snapshot& s) {
-  const auto& i = s.info;
-  boost::json::object seg;
-  seg["name"] = i.name;
-  seg["layout_version"] = i.layout_version;
-  seg["state"] = pkgctx::state_name(i.state);
-  seg["epoch"] = pkgctx::hex16(i.epoch);
-  seg["capacity"] = i.capacity;
-  seg["used"] = i.used;
-  seg["settings_bytes"] = i.settings_bytes;
-  seg["settings_used"] = i.settings_used;
-  seg["commits"] = i.commits;
-  seg["repairs"] = i.repairs;
-  seg["limits"] = {{"max_name", i.max_name}, {"max_version", i.max_version}, {"max_settings", i.max_settings}};
-  seg["total_bytes"] = i.total_bytes;
-  seg["created_realtime_ns"] = i.created_realtime_ns;
-
-  boost::json::object daemon;
-  daemon["liveness"] = pkgctx::liveness_name(s.liveness);
-  daemon["state"] = pkgctx::daemon_state_name(i.daemon_state);
-  if (i.daemon_state == pkgctx::layout::DaemonState::kNone) {
-    daemon["pid"] = nullptr;
-    daemon["heartbeat_age_ns"] = nullptr;
-  } else {
-    daemon["pid"] = i.daemon_pid;
-    daemon["heartbeat_age_ns"] = s.heartbeat_age_ns;
-  }
-  daemon["heartbeat_interval_ns"] = i.heartbeat_interval_ns;
-  daemon["started_realtime_ns"] = i.daemon_start_realtime_ns;
-
-  boost::json::array pkgs;
-  pkgs.reserve(s.packages.size());
-  for (const auto& p : s.packages) pkgs.push_back(dump_package_json(p));
-
-  boost::json::object out;
-  out["segment"] = std::move(seg);
-  out["daemon"] = std::move(daemon);
-  out["packages"] = std::move(pkgs);
+std::string dump_package_json(const PackageRecord& p) {
+  std::string out;
+  pkgctx::JsonWriter w(out);
+  pkgctx::write_dump_package(w, p);
   return out;
+}
+
+std::string dump_json(const Snapshot& s) {
+  std::string out = dump_json_open(s);
+  for (std::size_t k = 0; k < s.packages.size(); ++k) out += (k ? "," : "") + dump_package_json(s.packages[k]);
+  return out + "]}";
 }
 
 // --- streamed dump ----------------------------------------------------------------------------
@@ -310,15 +270,12 @@ pkgctx::Result<void> write_dump(const pkgctx::View& view, bool as_json, std::ost
   if (as_json) {
     auto order = sorted_slots(view, [](const PackageRecord&) {});
     if (!order) return order.error();
-    // The document with no packages, cut before its closing "]}": the package list is streamed.
-    std::string text = boost::json::serialize(dump_json(head));
-    text.resize(text.size() - 2);
-    out << text;
+    out << dump_json_open(head);
     bool first = true;
     auto r = each_in_order(view, *order, [&](const PackageRecord& p) {
       if (!first) out << ',';
       first = false;
-      out << boost::json::serialize(dump_package_json(p));
+      out << dump_package_json(p);
     });
     if (!r) return r;
     out << "]}\n";

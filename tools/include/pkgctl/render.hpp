@@ -5,8 +5,6 @@
 #include "pkgctx/segment.hpp"
 #include "pkgctx/view.hpp"
 
-#include <boost/json/object.hpp>
-
 #include <array>
 #include <cstdint>
 #include <iosfwd>
@@ -52,10 +50,14 @@ std::vector<std::string> render_table(const std::vector<pkgctx::PackageRecord>& 
 // `pkgctl dump`: render_header, a blank line, render_table.
 std::string render_dump_text(const Snapshot& s);
 
-// `pkgctl dump --json`: {"segment":{…},"daemon":{…},"packages":[{"name","version","checksum",…}]}.
-boost::json::object dump_json(const Snapshot& s);
-// One element of its "packages" array.
-boost::json::object dump_package_json(const pkgctx::PackageRecord& p);
+// `pkgctl dump --json`, one line without '\n': the dump schema of pkgctx/dump.hpp
+// (docs/dump.schema.json), packages sorted by name. It is dump_json_open(s), the packages'
+// dump_package_json() separated by ',', then "]}" — the pieces a streamed dump writes.
+std::string dump_json(const Snapshot& s);
+// The document up to and including the '[' that opens "packages".
+std::string dump_json_open(const Snapshot& s);
+// One element of "packages".
+std::string dump_package_json(const pkgctx::PackageRecord& p);
 
 // `pkgctl dump [--json]` written as it is read: the same bytes as render_dump_text / dump_json
 // of take_snapshot, in memory bounded by the names and one record, not the output (100k packages
