@@ -5,7 +5,8 @@ Inputs: Google Benchmark JSON of pkgctx_micro_bench (medians of repetitions) and
 pkgctx_ipc_bench. Outputs: a table on stdout, report.json ({"results": [...]}) and an SVG plot of
 the wake-latency distribution. Standard library only.
 
-Usage: report.py --micro micro.json --ipc ipc.json [--flood flood.json] --out report.json --svg wake_latency.svg
+Usage: report.py --micro micro.json --ipc ipc.json [--flood flood.json] [--e2e e2e.json] --out report.json
+                 --svg wake_latency.svg
                  [--load "uptime text"]
 """
 import argparse
@@ -58,7 +59,7 @@ def fmt(v, unit):
     return f"{v:g} {unit}"
 
 
-def build(micro, ipc, flood=None):
+def build(micro, ipc, flood=None, e2e=None):
     results = []
 
     def t(name):
@@ -192,6 +193,35 @@ def build(micro, ipc, flood=None):
                 None if v is None or fl is None else v - fl <= 50.0,
                 note=("pending: " + why) if why else
                 f"6 readers pipelining dumps of 100k packages got {busy['counters'].get('dumps_per_s', 0):.1f} dumps/s")
+    if e2e is not None:
+        sp, rw = e2e.get("spawn", {}), e2e.get("request_wake", {})
+
+        def q(group, key, p="p50_ns"):
+            return group.get(key, {}).get(p)
+
+        v, fl = q(sp, "pkgctl_update"), q(sp, "min_client")
+        add("pkgctl_update_fresh_p50", v, "ns", fl, "minimal C client (connect, same line, answer), p50",
+            "≤ 1.5× floor", None if v is None or fl is None else v <= 1.5 * fl, samples=sp.get("pkgctl_update", {}).get("n"),
+            note=f"spawn → exit of `pkgctl update app 1.0`; start-up alone: `pkgctl checksum {{}}` p50 "
+                 f"{(q(sp, 'pkgctl_checksum') or 0) / 1e3:.0f} µs vs an exec of the C client doing nothing "
+                 f"{(q(sp, 'exec_floor') or 0) / 1e3:.0f} µs")
+        v, fl = q(sp, "pkgctl_update", "p99_ns"), q(sp, "min_client", "p99_ns")
+        add("pkgctl_update_fresh_p99", v, "ns", fl, "minimal C client, p99", "reference", None)
+        e, rtt, fw, ow, ans = (q(rw, "e2e"), q(rw, "echo_rtt"), q(rw, "futex_wake"), q(rw, "echo_oneway"),
+                               q(rw, "answer"))
+        fl = rtt + fw if rtt is not None and fw is not None else None
+        parts = None
+        if None not in (e, ow, fw, ans, rtt):
+            parts = (f"parts (p50): send → server read {ow / 1e3:.1f} µs (raw echo's, the floor of the daemon's), "
+                     f"futex wake → sleeper running {fw / 1e3:.1f} µs (raw), remainder {max(e - ow - fw, 0) / 1e3:.1f} "
+                     f"µs (the daemon's handling up to FUTEX_WAKE, less what the raw parts overlap); the answer "
+                     f"came back after {ans / 1e3:.1f} µs vs the echo's {rtt / 1e3:.1f} µs; not pinned")
+        add("request_to_worker_awake_p50", e, "ns", fl, f"raw echo round trip + raw futex wake, each after "
+            f"{rw.get('idle_ms', 2)} ms idle, p50", "≤ 1.5× floor", None if e is None or fl is None else e <= 1.5 * fl,
+            samples=rw.get("e2e", {}).get("n"), note=parts)
+        e, rtt, fw = q(rw, "e2e", "p99_ns"), q(rw, "echo_rtt", "p99_ns"), q(rw, "futex_wake", "p99_ns")
+        add("request_to_worker_awake_p99", e, "ns", rtt + fw if rtt is not None and fw is not None else None,
+            "raw echo + raw futex wake, p99", "reference", None)
     return results
 
 
@@ -281,13 +311,18 @@ def main():
     ap.add_argument("--out", required=True)
     ap.add_argument("--svg", required=True)
     ap.add_argument("--flood", default=None)
+    ap.add_argument("--e2e", default=None)
     ap.add_argument("--load", default="")
     a = ap.parse_args()
     micro, ctx = load_micro(a.micro)
     with open(a.ipc) as f:
         ipc = json.load(f)
     flood = load_micro(a.flood)[0] if a.flood else None
-    results = build(micro, ipc, flood)
+    e2e = None
+    if a.e2e:
+        with open(a.e2e) as f:
+            e2e = json.load(f)
+    results = build(micro, ipc, flood, e2e)
     print(table(results))
     for r in results:
         if r.get("note"):

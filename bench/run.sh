@@ -3,7 +3,8 @@
 # Usage: bench/run.sh BUILD_DIR REPORT_DIR   (./build.sh bench: build-bench build/bench)
 #
 # Environment: BENCH_REPETITIONS (default 5), BENCH_WAKES (default 3000), BENCH_REQUESTS (20000
-# sequential), BENCH_PIPELINED (200000), BENCH_FILTER (a Google Benchmark regex; default all).
+# sequential), BENCH_PIPELINED (200000), BENCH_FILTER (a Google Benchmark regex; default all),
+# BENCH_SPAWNS (300 fresh pkgctl and C-client processes), BENCH_E2E_WAKES (1000 requests → wakes).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:?usage: run.sh BUILD_DIR REPORT_DIR}
@@ -15,8 +16,9 @@ out=$(cd "$out" && pwd)
 micro=$build/bench/pkgctx_micro_bench
 ipc=$build/bench/pkgctx_ipc_bench
 flood=$build/bench/pkgctx_flood_bench
+e2e=$build/bench/pkgctx_e2e_bench
 daemon=$build/daemon/pkgctxd
-for exe in "$micro" "$ipc" "$flood"; do
+for exe in "$micro" "$ipc" "$flood" "$e2e"; do
   [ -x "$exe" ] || { echo "run.sh: $exe is missing (is libbenchmark-dev installed?)" >&2; exit 1; }
 done
 command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the report" >&2; exit 1; }
@@ -52,8 +54,13 @@ PKGCTXD=$daemon "$flood" --benchmark_out="$out/flood.json" --benchmark_out_forma
 }
 grep -E '^update_' "$out/flood.txt" >&2 || true
 
+echo "==> end to end (a fresh pkgctl update vs a minimal C client; request -> worker awake after 2 ms idle)" >&2
+"$e2e" --daemon "$daemon" --pkgctl "$build/tools/pkgctl" --min-client "$build/bench/pkgctx_min_client" \
+  --spawns "${BENCH_SPAWNS:-300}" --wakes "${BENCH_E2E_WAKES:-1000}" --daemon-log "$out/pkgctxd-e2e.log" --out "$out/e2e.json"
+
 load_after=$(cat /proc/loadavg)
 echo "==> load average after: $load_after" >&2
 echo >&2
-python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --flood "$out/flood.json" --out "$out/report.json" \
+python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --flood "$out/flood.json" --e2e "$out/e2e.json" \
+  --out "$out/report.json" \
   --svg "$out/wake_latency.svg" --load "before: $load; after: $load_after; $(nproc) CPUs"

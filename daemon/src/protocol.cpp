@@ -1,6 +1,6 @@
 #include "pkgctx/daemon/protocol.hpp"
 
-#include "json_out.hpp"
+#include "pkgctx/json_writer.hpp"
 #include "pkgctx/daemon/log.hpp"
 #include "pkgctx/daemon/registry.hpp"
 #include "pkgctx/dump.hpp"
@@ -20,7 +20,7 @@
 namespace pkgctx::daemon {
 
 namespace json = boost::json;
-using detail::JsonWriter;
+using pkgctx::JsonWriter;
 
 std::string Peer::describe() const {
   return "pid " + std::to_string(pid) + " uid " + std::to_string(uid) + " gid " + std::to_string(gid);
@@ -487,7 +487,7 @@ Checked<int> event_field(const Request& rq) {
   }
   if (ev.is_int64() || ev.is_uint64()) {
     auto checked = validate_event(ev.is_int64() ? ev.get_int64() : -1);
-    if (!checked) return refusal(Error(Errc::invalid_event, "event " + json::serialize(ev) + " is not a key 0..7"));
+    if (!checked) return refusal(Error(Errc::invalid_event, "event " + json::serialize(ev) + " is not update (0), remove (1), schedule or a child key 2..7 (schedule is 2)"));
     return *checked;
   }
   return refusal(code::kBadRequest, "field \"event\" must be a name or an integer 0..7, not " +
@@ -573,8 +573,6 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
   const std::size_t start = out.size();
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("deleted").boolean(*r);
-  if (!*r)
-    w.key("reason").str(slot ? "the package is live: delete erases it after its remove event" : "no such package");
   if (drain && *r && slot) {
     // Deleting cancelled the package's contexts: wait for the tasks still on them; in_flight is
     // what is left when the drain ends.
@@ -588,6 +586,8 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
     return {};
   }
   w.key("in_flight").num(rq.registry && *r && slot ? rq.registry->leases_on(*slot) : std::uint64_t{0});
+  // Delete removes only a removed package (DESIGN §2): say which of the two refusals this was.
+  if (!*r) w.key("reason").str(slot ? "the package is live: send event remove first" : "no such package");
   end_ok(w, out);
   return {};
 }
@@ -661,23 +661,6 @@ Checked<> op_clients(const Request& rq, std::string& out) {
   return {};
 }
 
-void write_package(JsonWriter& w, const PackageRecord& p) {
-  w.begin_object();
-  w.key("name").str(p.name);
-  w.key("version").str(p.version);
-  w.key("checksum").str(hex16(p.checksum));
-  w.key("settings_size").num(p.settings_size);
-  w.key("slot").num(std::uint64_t{p.slot});
-  w.key("root_generation").num(p.root_generation);
-  w.key("child_generations").begin_array();
-  for (std::uint64_t g : p.child_generations) w.num(g);
-  w.end_array();
-  w.key("last_cause").str(p.last_cause_name);
-  w.key("settings_version").num(p.settings_version);
-  w.key("maintenance").str(p.maintenance);
-  w.end_object();
-}
-
 // The packages in slots [dump.next_slot, +slots), then, after the last slot, the answer's end.
 void dump_slice(Store& store, DumpCursor& dump, std::string& out, std::uint32_t slots) {
   const View& view = store.view();
@@ -689,7 +672,7 @@ void dump_slice(Store& store, DumpCursor& dump, std::string& out, std::uint32_t 
     if (auto r = view.read_slot(dump.next_slot, p, false); !r || !*r) continue;
     if (dump.any) out += ',';
     JsonWriter w(out);
-    write_package(w, p);
+    write_dump_package(w, p);
     dump.any = true;
   }
   if (dump.next_slot >= cap) {
@@ -713,30 +696,10 @@ Checked<> op_dump(Store& store, const ConnectionStats& conns, const RequestStats
   JsonWriter w(out);
   begin_ok(w, rq.id);
   w.key("segment").begin_object();
-  w.key("name").str(i.name);
-  w.key("layout_version").num(std::uint64_t{i.layout_version});
-  w.key("abi_fingerprint").str(hex16(i.abi_fingerprint));
-  w.key("epoch").str(hex16(i.epoch));
-  w.key("state").str(state_name(i.state));
-  w.key("total_bytes").num(i.total_bytes);
-  w.key("capacity").num(std::uint64_t{i.capacity});
-  w.key("used").num(std::uint64_t{i.used});
-  w.key("settings_bytes").num(i.settings_bytes);
-  w.key("settings_used").num(i.settings_used);
-  w.key("commits").num(i.commits);
-  w.key("repairs").num(i.repairs);
-  w.key("max_name").num(std::uint64_t{i.max_name});
-  w.key("max_version").num(std::uint64_t{i.max_version});
-  w.key("max_settings").num(i.max_settings);
-  w.key("created_realtime_ns").num(i.created_realtime_ns);
+  write_dump_segment(w, i);
   w.end_object();
   w.key("daemon").begin_object();
-  w.key("pid").num(std::int64_t{i.daemon_pid});
-  w.key("state").str(daemon_state_name(i.daemon_state));
-  w.key("liveness").str(liveness_name(liveness(i)));
-  w.key("start_realtime_ns").num(i.daemon_start_realtime_ns);
-  w.key("heartbeat_mono_ns").num(i.heartbeat_mono_ns);
-  w.key("heartbeat_interval_ns").num(i.heartbeat_interval_ns);
+  write_dump_daemon(w, i, liveness(i), heartbeat_age_ns(i, mono_now_ns()));
 #ifdef PKGCTX_VERSION
   w.key("version").str(PKGCTX_VERSION);
 #endif
@@ -770,7 +733,7 @@ void audit_write(const Request& rq, const Audit& audit, std::string_view result)
     const json::string& s = m->value.get_string();
     name.clear();
     // Quoted and escaped: a hostile name cannot forge log fields; long ones are cut.
-    detail::append_json_string(name, std::string_view(s.data(), std::min<std::size_t>(s.size(), 160)));
+    append_json_string(name, std::string_view(s.data(), std::min<std::size_t>(s.size(), 160)));
   }
   std::string line = audit.allowed ? "Write" : "Refused write";
   line += " op=" + rq.op + " name=" + name + " peer_uid=" + std::to_string(rq.peer.uid) +

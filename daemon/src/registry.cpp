@@ -1,6 +1,6 @@
 #include "pkgctx/daemon/registry.hpp"
 
-#include "json_out.hpp"
+#include "pkgctx/json_writer.hpp"
 #include "pkgctx/daemon/log.hpp"
 #include "pkgctx/segment.hpp"
 #include "pkgctx/token.hpp"
@@ -20,7 +20,7 @@ namespace pkgctx::daemon {
 
 namespace {
 
-using detail::JsonWriter;
+using pkgctx::JsonWriter;
 
 std::uint64_t clock_ns(clockid_t id) {
   timespec ts{};

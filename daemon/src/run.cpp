@@ -44,7 +44,7 @@ std::variant<Args, int> parse_args(int argc, char** argv) {
   CLI::App app{"pkgctxd: owns a pkgctx shared-memory segment and serves its control socket.\n"
                "Precedence: defaults < config file < PKGCTX_SEGMENT/PKGCTX_SOCKET/PKGCTX_RUNTIME_DIR < flags.",
                "pkgctxd"};
-  app.set_version_flag("--version", PKGCTX_VERSION);
+  app.set_version_flag("--version", "pkgctxd " PKGCTX_VERSION);  // the form of `pkgctl --version`
   std::vector<ConfigSource::Override> flags;
   const auto flag = [&](const char* name, const char* key, const char* help) {
     app.add_option_function<std::string>(

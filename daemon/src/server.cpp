@@ -566,13 +566,17 @@ void Server::read_input(Conn& c) {
     // Never more than the rest of one line: a partial line stays within the peer's line limit.
     const std::size_t limit = line_limit(c);
     const std::size_t room = c.discarding || c.in.size() >= limit ? sizeof buf : limit + 1 - c.in.size();
-    const ssize_t n = receive(c, buf, std::min(sizeof buf, room));
+    const std::size_t want = std::min(sizeof buf, room);
+    const ssize_t n = receive(c, buf, want);
     if (n > 0 && c.registered) {
       // Task-ended bytes: their content does not matter, only that the worker wants a re-check.
       if (registry_) registry_->ping(c.id);
       continue;
     }
     if (n > 0) {
+      // A short read took all there was: the next read would only say EAGAIN (a syscall on every
+      // request). The socket is level-triggered in epoll, so whatever comes later is reported.
+      const bool drained = static_cast<std::size_t>(n) < want;
       budget -= std::min(budget, static_cast<std::size_t>(n));
       std::string_view data(buf, static_cast<std::size_t>(n));
       if (c.discarding) {
@@ -583,6 +587,7 @@ void Server::read_input(Conn& c) {
       }
       c.in.append(data);
       process_lines(c);
+      if (drained) return;
       continue;
     }
     if (n == 0) {

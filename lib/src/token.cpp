@@ -54,7 +54,7 @@ namespace {
 
 Error bad_event(std::string_view shown) {
   return make_error(Errc::invalid_event,
-                    "event " + std::string(shown) + " is not update, remove, schedule or a key 0..7");
+                    "event " + std::string(shown) + " is not update (0), remove (1), schedule or a child key 2..7 (schedule is 2)");
 }
 
 }  // namespace
@@ -75,6 +75,9 @@ Result<int> validate_event(std::int64_t event) {
   return static_cast<int>(event);
 }
 
+constexpr std::string_view kTokenAlphabet =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._:-";
+
 Result<TokenText> parse_token_text(std::string_view text) {
   auto bad = [&](const std::string& why) {
     std::string shown(text.substr(0, 64));
@@ -84,6 +87,13 @@ Result<TokenText> parse_token_text(std::string_view text) {
     return make_error(Errc::invalid_token, "token \"" + shown + (text.size() > 64 ? "…" : "") + "\": " + why);
   };
   if (text.size() > 128) return bad("longer than 128 characters");
+  // Named before the field checks, which would blame whichever field the stray byte sits in.
+  if (const auto i = text.find_first_not_of(kTokenAlphabet); i != std::string_view::npos) {
+    const bool space = text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r';
+    if (space && text.find_first_not_of(" \t\r\n", i) == std::string_view::npos)
+      return bad("ends in whitespace (trim it: a token is only [A-Za-z0-9._:-])");
+    return bad("character " + std::to_string(i + 1) + " is not one of [A-Za-z0-9._:-]");
+  }
   std::string_view f[7];
   std::size_t n = 0, start = 0;
   for (std::size_t i = 0; i <= text.size(); ++i) {

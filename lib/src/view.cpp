@@ -4,6 +4,9 @@
 #include "seqlock.hpp"
 #include "pkgctx/settings.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 #include <optional>
@@ -231,6 +234,15 @@ Result<bool> View::need_update(std::string_view name, std::string_view version, 
     return r.error();
   }
   return r->version != version || r->checksum != checksum || (maintenance && r->maintenance != *maintenance);
+}
+
+void View::release_slot_pages() const noexcept {
+  const auto& m = *seg_.mapping();
+  const auto page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto begin = reinterpret_cast<std::uintptr_t>(m.slots) & ~(page - 1);
+  const auto end = reinterpret_cast<std::uintptr_t>(m.slots + m.capacity);
+  // Whole pages (the first may hold header words too: dropping a shared page loses nothing).
+  ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
 Result<std::vector<PackageRecord>> View::list(bool with_settings) const {

@@ -33,7 +33,7 @@ from ._capi import lib as _lib
 __all__ = [
     "EVENT_UPDATE", "EVENT_REMOVE", "EVENT_SCHEDULE", "Cause", "Liveness", "PkgctxError",
     "Worker", "Token", "CancelWatch", "Package", "DaemonStatus", "TokenInfo", "attach",
-    "library_version", "error_class",
+    "library_version", "error_class", "checksum",
 ]
 
 EVENT_UPDATE = 0
@@ -145,6 +145,21 @@ if TYPE_CHECKING:  # what _make_classes() generates, spelled out for type checke
     class Corrupt(PkgctxError): ...
 
 
+def checksum(settings: Union[str, dict[str, Any]]) -> tuple[str, str]:
+    """(checksum, canonical) of a settings object, given as JSON text or a dict: XXH3-64 of its
+    RFC 8785 form, as the store computes it (DESIGN §3). InvalidSettings if it is not an object.
+    A dict goes through json.dumps; pass the text to keep numbers exactly as written."""
+    text = settings if isinstance(settings, str) else json.dumps(settings)
+    raw = text.encode()
+    hexbuf = ctypes.create_string_buffer(17)
+    canonical = ctypes.c_void_p()
+    _check(_lib.pkgctx_checksum(raw, len(raw), hexbuf, ctypes.byref(canonical)))
+    try:
+        return hexbuf.value.decode(), ctypes.string_at(canonical.value).decode()
+    finally:
+        _lib.pkgctx_string_free(canonical)
+
+
 def error_class(code: int) -> type[PkgctxError]:
     """The exception class of a PKGCTX_* code (PkgctxError for a code this library lacks)."""
     return _CLASSES.get(code, PkgctxError)
@@ -171,6 +186,8 @@ class Package:
     settings_json: str      # RFC 8785 canonical JSON, as stored
     checksum: int           # XXH3-64 of settings_json
     checksum_hex: str       # the same, 16 lowercase hex digits
+    settings_version: int = 0   # the settings' schema version (DESIGN §2.1)
+    maintenance: str = ""       # pending maintenance mode; "" = managed normally
 
 
 @dataclass(frozen=True)
@@ -243,6 +260,14 @@ class Token:
     def cause(self) -> Cause:
         """Cause.NONE while live; str(cause) is the C name ("update_event", "rescheduled", …)."""
         return Cause(_lib.pkgctx_cause_code(self._live()))
+
+    @property
+    def cause_text(self) -> str:
+        """The cause as text, caller-named causes included ("none" while live)."""
+        buf = ctypes.create_string_buffer(64)
+        n = ctypes.c_size_t(0)
+        _check(_lib.pkgctx_cause_text(self._live(), buf, len(buf), ctypes.byref(n)))
+        return buf.value.decode()
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Sleeps until cancelled or `timeout` seconds pass (None: no limit). True if cancelled.
@@ -354,14 +379,15 @@ class Worker:
     def read(self, name: str) -> Package:
         """A consistent snapshot of package `name` (NoSuchPackage if absent)."""
         raw = _bytes(name)
-        p = _capi.Package()
-        _check(_lib.pkgctx_read_n(self._live(), raw, len(raw), ctypes.byref(p)))
+        p = _capi.Package2()
+        _check(_lib.pkgctx_read2_n(self._live(), raw, len(raw), ctypes.byref(p)))
         try:
             version = ctypes.string_at(p.version).decode()
             text = ctypes.string_at(p.settings, p.settings_len).decode()
-            return Package(name, version, json.loads(text), text, p.checksum, p.checksum_hex.decode())
+            return Package(name, version, json.loads(text), text, p.checksum, p.checksum_hex.decode(),
+                           p.settings_version, p.maintenance.decode())
         finally:
-            _lib.pkgctx_package_free(ctypes.byref(p))
+            _lib.pkgctx_package2_free(ctypes.byref(p))
 
     def need_update(self, name: str, version: str, checksum: Union[str, int]) -> bool:
         """NeedUpdate: True when the package is absent or its version or checksum differs.

@@ -24,6 +24,13 @@ class Package(Structure):
                 ("checksum", c_uint64), ("checksum_hex", c_char * 17)]
 
 
+class Package2(Structure):
+    # pkgctx_read2: Package plus the v2 fields (DESIGN §2.1); freed by pkgctx_package2_free.
+    _fields_ = [("version", c_void_p), ("settings", c_void_p), ("settings_len", c_size_t),
+                ("checksum", c_uint64), ("checksum_hex", c_char * 17), ("settings_version", c_uint64),
+                ("maintenance", c_char * 65)]
+
+
 class Daemon(Structure):
     _fields_ = [("liveness", c_int), ("pid", c_int32), ("start_realtime_ns", c_uint64),
                 ("heartbeat_age_ns", c_uint64), ("heartbeat_interval_ns", c_uint64)]
@@ -56,9 +63,14 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "pkgctx_token_info": (c_int, [token_p, POINTER(TokenInfo)]),
     "pkgctx_cause": (c_char_p, [token_p]),
     "pkgctx_cause_code": (c_int, [token_p]),
+    "pkgctx_cause_text": (c_int, [token_p, c_char_p, c_size_t, POINTER(c_size_t)]),
     "pkgctx_token_str": (c_size_t, [token_p, c_char_p, c_size_t]),
     "pkgctx_read_n": (c_int, [worker_p, c_char_p, c_size_t, POINTER(Package)]),
     "pkgctx_package_free": (None, [POINTER(Package)]),
+    "pkgctx_read2_n": (c_int, [worker_p, c_char_p, c_size_t, POINTER(Package2)]),
+    "pkgctx_package2_free": (None, [POINTER(Package2)]),
+    "pkgctx_checksum": (c_int, [c_char_p, c_size_t, c_char_p, POINTER(c_void_p)]),
+    "pkgctx_string_free": (None, [c_void_p]),
     "pkgctx_need_update_n": (c_int, [worker_p, c_char_p, c_size_t, c_char_p, c_size_t, c_char_p, POINTER(c_int)]),
     "pkgctx_daemon": (c_int, [worker_p, POINTER(Daemon)]),
     "pkgctx_liveness_name": (c_char_p, [c_int]),

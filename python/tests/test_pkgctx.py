@@ -209,6 +209,24 @@ def test_read_returns_settings(daemon, worker):
     assert worker.read("empty").settings == {} and worker.read("empty").settings_json == "{}"
 
 
+def test_v2_fields_named_causes_and_checksums(daemon, worker):
+    daemon.ctl("update", "app", "1", "--settings", '{"a":1}', "--settings-version", "4", "--maintenance", "frozen")
+    pkg = worker.read("app")
+    assert pkg.settings_version == 4 and pkg.maintenance == "frozen"
+    token = worker.token("app")
+    assert token.cause_text == "none"
+    daemon.ctl("update", "app", "2", "--cause", "rollout_42")
+    assert token.cancelled and token.cause == pkgctx.Cause.NAMED and token.cause_text == "rollout_42"
+    assert worker.read("app").maintenance == ""  # not given: back to managed normally
+    # The checksum any controller computes, as the store does (DESIGN §3).
+    text = '{"b":[1,2.50,"x"],"a":{}}'
+    hexsum, canonical = pkgctx.checksum(text)
+    assert canonical == '{"a":{},"b":[1,2.5,"x"]}' and hexsum == daemon.ctl("checksum", text)
+    assert pkgctx.checksum({"a": {}, "b": [1, 2.5, "x"]}) == (hexsum, canonical)
+    with pytest.raises(pkgctx.InvalidSettings):
+        pkgctx.checksum("[1]")
+
+
 def test_errors_map_to_exceptions(daemon, worker):
     with pytest.raises(pkgctx.SegmentMissing) as e:
         pkgctx.attach(daemon.segment + "-absent")

@@ -17,7 +17,7 @@ trap cleanup EXIT
 
 # Usage.
 "$D" --help | grep -q -- '--segment' || fail "--help"
-"$D" --version | grep -q '^[0-9]' || fail "--version"
+[ "$("$D" --version)" = "pkgctxd $("${PKGCTX_BIN}/tools/pkgctl" --version | cut -d' ' -f2)" ] || fail "--version: $("$D" --version)"
 set +e
 "$D" --no-such-flag 2>"$work/err"; rc=$?
 set -e

@@ -146,7 +146,9 @@ t 1 check "$T2";                      eq "$OUT" '{"cancelled":true,"cause":"upda
 t 1 check "$C3";                      eq "$OUT" '{"cancelled":true,"cause":"update_event"}' "child through root"
 t 0 event schedule nosuch;            eq "$OUT" '{"name":"nosuch","context":null}' "event on absent"
 t 5 event explode web;                has "$ERR" "explode"
-t 5 event 8 web
+t 5 event 8 web;                      has "$ERR" "child key 2..7"
+"$PKGCTL" event --help | grep -q "child key 2..7" || fail "event --help and its error disagree"
+"$PKGCTL" delete --help | grep -q "event remove" || fail "delete --help does not say: event remove first"
 t 5 event schedule "bad name"
 
 # --- token, check, wait -----------------------------------------------------------------------
@@ -171,7 +173,7 @@ t 0 wait "$R";                        # already cancelled: at once
 
 # --- delete -----------------------------------------------------------------------------------
 t 0 update db 14.2;                   D=$(tok "$OUT")
-t 0 delete db;                        eq "$OUT" '{"name":"db","deleted":false,"in_flight":0,"reason":"the package is live: delete erases it after its remove event"}' "delete a live package"
+t 0 delete db;                        eq "$OUT" '{"name":"db","deleted":false,"in_flight":0,"reason":"the package is live: send event remove first"}' "delete a live package"
 t 0 settings web;                     eq "$OUT" "{\"name\":\"web\",\"version\":\"\",\"settings\":{},\"checksum\":\"$("$PKGCTL" checksum '{}')\",\"settings_version\":0,\"maintenance\":\"\"}" "removed package"
 t 0 token web;                        RW=$OUT
 t 0 delete web;                       eq "$OUT" '{"name":"web","deleted":true,"in_flight":0}' "delete removed"

@@ -142,14 +142,17 @@ BOOST_AUTO_TEST_CASE(event_round_trip) {
 BOOST_AUTO_TEST_CASE(delete_round_trip) {
   auto a = ask(R"({"op":"delete","name":"p"})");
   BOOST_TEST(a.at("deleted") == false);
+  BOOST_TEST(a.at("reason") == "no such package");
   ask(R"({"op":"update","name":"p","version":"1"})");
   // Only a removed package (version "") is deleted (DESIGN.md §2).
   a = ask(R"({"op":"delete","name":"p"})");
   BOOST_TEST(a.at("deleted") == false);
+  BOOST_TEST(a.at("reason") == "the package is live: send event remove first");
   ask(R"({"op":"event","event":"remove","name":"p"})");
   a = ask(R"({"op":"delete","name":"p"})");
   BOOST_TEST(a.at("name") == "p");
   BOOST_TEST(a.at("deleted") == true);
+  BOOST_TEST(!a.contains("reason"));
   BOOST_TEST(error_code(R"({"op":"settings","name":"p"})") == "no_such_package");
 }
 
@@ -173,9 +176,11 @@ BOOST_AUTO_TEST_CASE(dump_round_trip) {
   BOOST_TEST(pk[0].at("version") == "1");
   BOOST_TEST(pk[0].at("checksum").as_string() == Settings::parse(R"({"k":"v"})")->checksum_hex());
   BOOST_TEST(pk[0].at("settings_size") == 9);
-  BOOST_TEST(pk[1].at("child_generations").as_array().size() == 6u);
-  BOOST_TEST(pk[1].at("child_generations").as_array()[0] == 1);
-  BOOST_TEST(pk[1].at("last_cause") == "none");
+  BOOST_TEST(pk[1].at("child_generations").as_object().size() == 6u);
+  BOOST_TEST(pk[1].at("child_generations").at("2") == 1);
+  BOOST_TEST(pk[1].at("last_cause").is_null());
+  BOOST_TEST(seg.at("limits").at("max_name").to_number<int>() > 0);
+  BOOST_TEST(a.at("daemon").as_object().contains("started_realtime_ns"));
   BOOST_TEST(pk[1].at("root_generation") == 0);
 }
 
@@ -235,7 +240,7 @@ BOOST_AUTO_TEST_CASE(a_request_for_another_segment_changes_nothing) {
   const std::string mine = "\"segment\":\"" + name.str() + "\"";
   BOOST_TEST(ask(R"({"op":"update","name":"p","version":"1",)" + mine + "}").at("change") == "created");
   const auto before = commits();
-  for (const std::string line : {
+  for (const std::string& line : {
            std::string(R"({"op":"update","name":"p","version":"2","segment":"other"})"),
            std::string(R"({"op":"event","event":"update","name":"p","segment":"other"})"),
            std::string(R"({"op":"delete","segment":"other","name":"p"})"),
@@ -595,8 +600,8 @@ BOOST_AUTO_TEST_CASE(dump_shows_v2_fields_and_a_packages_own_history) {
   const auto& b = d.at("packages").as_array().at(0).as_object();
   BOOST_TEST(b.at("name") == "b");
   BOOST_TEST(b.at("root_generation") == 0);
-  for (const auto& g : b.at("child_generations").as_array()) BOOST_TEST(g == 0);
-  BOOST_TEST(b.at("last_cause") == "none");
+  for (const auto& g : b.at("child_generations").as_object()) BOOST_TEST(g.value() == 0);
+  BOOST_TEST(b.at("last_cause").is_null());
   BOOST_TEST(b.at("settings_version") == 9);
   BOOST_TEST(b.at("maintenance") == "paused");
 }

@@ -5,7 +5,10 @@
 
 #include "pkgctl/render.hpp"
 #include "pkgctx/settings.hpp"
+#include "pkgctx/store.hpp"
+#include "test_support.hpp"
 
+#include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
 #include <cctype>
@@ -108,7 +111,7 @@ BOOST_AUTO_TEST_CASE(header_says_how_the_daemon_is) {
 BOOST_AUTO_TEST_CASE(json_dump_shape) {
   auto p = pkg("web", "1.0", 3, Cause::kUpdateEvent);
   p.child_generations[0] = 5;
-  const auto j = pkgctl::dump_json(snapshot({p}));
+  const auto j = boost::json::parse(pkgctl::dump_json(snapshot({p}))).as_object();
   BOOST_TEST(j.at("segment").at("name").as_string() == "demo");
   BOOST_TEST(j.at("segment").at("epoch").as_string() == "0123456789abcdef");
   BOOST_TEST(j.at("segment").at("capacity").to_number<int>() == 4096);
@@ -122,9 +125,18 @@ BOOST_AUTO_TEST_CASE(json_dump_shape) {
   BOOST_TEST(q.at("child_generations").at("2").to_number<int>() == 5);
   BOOST_TEST(q.at("child_generations").at("7").to_number<int>() == 3);
   BOOST_TEST(q.at("last_cause").as_string() == "update_event");
-  BOOST_TEST(pkgctl::dump_json(snapshot({pkg("x", "1", 1)})).at("packages").at(0).at("last_cause").is_null());
+  BOOST_TEST(boost::json::parse(pkgctl::dump_json(snapshot({pkg("x", "1", 1)}))).at("packages").at(0).at("last_cause").is_null());
   BOOST_TEST(q.at("settings_version").to_number<int>() == 0);
   BOOST_TEST(q.at("maintenance").as_string() == "");
+  BOOST_TEST(j.at("segment").at("limits").at("max_settings").to_number<int>() == 1 << 20);
+  // No daemon ever attached: no pid, no heartbeat age (docs/dump.schema.json allows null).
+  auto none = snapshot({});
+  none.info.daemon_state = layout::DaemonState::kNone;
+  none.liveness = Liveness::none;
+  const auto n = boost::json::parse(pkgctl::dump_json(none));
+  BOOST_TEST(n.at("daemon").at("pid").is_null());
+  BOOST_TEST(n.at("daemon").at("heartbeat_age_ns").is_null());
+  BOOST_TEST(n.at("daemon").at("liveness").as_string() == "none");
 }
 
 // DESIGN §2.1: a caller-named cause and the v2 fields in the table and the JSON dump.
@@ -136,7 +148,7 @@ BOOST_AUTO_TEST_CASE(named_cause_settings_version_and_maintenance_are_shown) {
   const auto t = pkgctl::render_table({p});
   BOOST_TEST(t[1].find("rollout_7") != std::string::npos, t[1]);
   BOOST_TEST(t[1].substr(t[1].size() - 11) == "4  frozen-1", t[1]);
-  const auto j = pkgctl::dump_json(snapshot({p}));
+  const auto j = boost::json::parse(pkgctl::dump_json(snapshot({p}))).as_object();
   const auto& q = j.at("packages").at(0).as_object();
   BOOST_TEST(q.at("last_cause").as_string() == "rollout_7");
   BOOST_TEST(q.at("settings_version").to_number<int>() == 4);
@@ -203,4 +215,39 @@ BOOST_AUTO_TEST_CASE(watch_frame_fits_the_screen_and_marks_changes) {
   down.liveness = Liveness::stopped;
   BOOST_TEST(pkgctl::render_watch_frame(down, t, 10, rows, cols, "").find("\x1b[31mdaemon    stopped") !=
              std::string::npos);
+}
+
+// `pkgctl dump` streams (issue 15): the same bytes as rendering a whole snapshot, table and JSON,
+// for a real segment (names out of slot order, a removed package, an event of a child key).
+BOOST_AUTO_TEST_CASE(streamed_dump_matches_the_snapshot_render) {
+  test::SegmentName seg("renderstream");
+  SegmentOptions o;
+  o.capacity = 64;
+  auto store = Store::create(seg.str(), o);
+  BOOST_TEST_REQUIRE(store.has_value(), (store ? std::string() : store.error().message));
+  for (const char* n : {"zeta", "alpha", "a-very-long-package-name-for-width", "mid", "b"})
+    BOOST_TEST_REQUIRE(store->update(n, "1.0", Settings()).has_value());
+  BOOST_TEST_REQUIRE(store->handle_event(kEventRemove, "mid").has_value());
+  BOOST_TEST_REQUIRE(store->handle_event(kEventSchedule, "b").has_value());
+  auto view = View::open(seg.str());
+  BOOST_TEST_REQUIRE(view.has_value());
+  const auto snap = pkgctl::take_snapshot(*view);
+  BOOST_TEST_REQUIRE(snap.has_value());
+  for (const bool as_json : {false, true}) {
+    std::ostringstream out;
+    BOOST_TEST_REQUIRE(pkgctl::write_dump(*view, as_json, out).has_value());
+    const std::string whole =
+        as_json ? pkgctl::dump_json(*snap) + "\n" : pkgctl::render_dump_text(*snap);
+    BOOST_TEST(out.str() == whole);
+  }
+  test::SegmentName empty_seg("renderempty");
+  auto empty_store = Store::create(empty_seg.str(), o);
+  BOOST_TEST_REQUIRE(empty_store.has_value());
+  auto empty_view = View::open(empty_seg.str());
+  BOOST_TEST_REQUIRE(empty_view.has_value());
+  std::ostringstream table, js;
+  BOOST_TEST_REQUIRE(pkgctl::write_dump(*empty_view, false, table).has_value());
+  BOOST_TEST(table.str() == pkgctl::render_dump_text(*pkgctl::take_snapshot(*empty_view)));
+  BOOST_TEST_REQUIRE(pkgctl::write_dump(*empty_view, true, js).has_value());
+  BOOST_TEST(js.str() == pkgctl::dump_json(*pkgctl::take_snapshot(*empty_view)) + "\n");
 }

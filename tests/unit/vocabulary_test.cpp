@@ -42,10 +42,10 @@ BOOST_AUTO_TEST_CASE(events_parse_in_one_place_with_one_message) {
     auto r = parse_event(bad);
     BOOST_REQUIRE(r.has_error());
     BOOST_TEST((r.error().code == Errc::invalid_event));
-    BOOST_TEST(r.error().message == "event \"" + std::string(bad) + "\" is not update, remove, schedule or a key 0..7");
+    BOOST_TEST(r.error().message == "event \"" + std::string(bad) + "\" is not update (0), remove (1), schedule or a child key 2..7 (schedule is 2)");
   }
   BOOST_TEST(validate_event(0).value() == 0);
-  BOOST_TEST(validate_event(-1).error().message == "event -1 is not update, remove, schedule or a key 0..7");
+  BOOST_TEST(validate_event(-1).error().message == "event -1 is not update (0), remove (1), schedule or a child key 2..7 (schedule is 2)");
   BOOST_TEST(validate_event(8).has_error());
 }
 
@@ -81,6 +81,14 @@ BOOST_AUTO_TEST_CASE(token_text_is_parsed_in_one_place) {
   forged.back() = forged.back() == '0' ? '1' : '0';
   BOOST_TEST(parse_token_text(forged).error().message.find("check digits do not match") != std::string::npos);
   BOOST_TEST(parse_token_text("pkgctx1:none").has_error());
+  // A token pasted with a trailing space or newline says so, not "check digits are not hex".
+  for (const char* tail : {" ", "\n", " \r\n"}) {
+    const auto r = parse_token_text(text + tail);
+    BOOST_TEST(r.error().message.find("ends in whitespace") != std::string::npos, r.error().message);
+  }
+  const auto inner = parse_token_text(text.substr(0, 10) + " " + text.substr(11));
+  BOOST_TEST(inner.error().message.find("character 11 is not one of [A-Za-z0-9._:-]") != std::string::npos,
+             inner.error().message);
 }
 
 // The wire-only codes have a class in the same table, and the fixes it suggests name what the

@@ -1,5 +1,7 @@
 #include "pkgctl/cli.hpp"
+#include "pkgctl/completion.hpp"
 
+#include "batch.hpp"
 #include "pkgctl/daemon_link.hpp"
 #include "pkgctl/render.hpp"
 
@@ -53,10 +55,12 @@ struct Common {
   bool segment_explicit = false;  // given by --segment or PKGCTX_SEGMENT: writes name it too
   std::chrono::milliseconds timeout = std::chrono::seconds(10);  // each step of a daemon call
   bool timing = false;
+  detail::BatchContext* batch = nullptr;  // in `pkgctl batch`: its connection and error record
 };
 
 // The message of an error, with the fix the one error table suggests for its code.
 Failure failure(std::string_view code, std::string message, const Common& c) {
+  if (c.batch) c.batch->last_code = code;
   const std::string hint = pkgctx::error_hint(code, {c.segment, c.socket});
   if (!hint.empty()) message += " (" + hint + ")";
   return {exit_code_for(code), std::move(message)};
@@ -89,7 +93,7 @@ std::string json_string(std::string_view s) { return json::serialize(json::strin
 // Sends a request already serialised as one line.
 std::optional<Failure> call_line(const Common& c, const std::string& req, json::object& answer, Io io) {
   CallTiming t;
-  auto r = call_daemon(c.socket, req, c.timeout, &t);
+  auto r = c.batch ? c.batch->link.call(req, c.timeout, &t) : call_daemon(c.socket, req, c.timeout, &t);
   if (c.timing && t.sent_realtime_ns) {
     io.err << "pkgctl: timing sent_realtime_ns=" << t.sent_realtime_ns
            << " answered_realtime_ns=" << t.answered_realtime_ns << '\n';
@@ -151,7 +155,8 @@ std::optional<Failure> settings_arg(const Common& c, const std::optional<std::st
   if (settings_file)
     if (auto f = read_settings_input(c, *settings_file, io.in, text)) return f;
   auto settings = pkgctx::Settings::parse(text, unlimited_settings());
-  if (!settings) return Failure{kExitRejected, "settings: " + settings.error().message};
+  // The core's messages name the settings already ("settings must be a JSON object, …").
+  if (!settings) return Failure{kExitRejected, settings.error().message};
   canonical = settings->canonical();
   return std::nullopt;
 }
@@ -370,7 +375,7 @@ std::optional<Failure> cmd_checksum(const Common& c, const std::optional<std::st
       return Failure{kExitRejected, "checksum: no JSON given (argument or stdin)"};
   }
   auto s = pkgctx::Settings::parse(text, unlimited_settings());
-  if (!s) return Failure{kExitRejected, "settings: " + s.error().message};
+  if (!s) return Failure{kExitRejected, s.error().message};
   io.out << s->checksum_hex() << '\n';
   return std::nullopt;
 }
@@ -455,12 +460,7 @@ int cmd_wait(const Common& c, const std::string& text, std::optional<double> tim
 std::optional<Failure> cmd_dump(const Common& c, bool as_json, Io io) {
   pkgctx::View view;
   if (auto f = open_view(c, view)) return f;
-  const auto s = take_snapshot(view);
-  if (!s) return failure(s.error(), c);
-  if (as_json)
-    io.out << json::serialize(dump_json(*s)) << '\n';
-  else
-    io.out << render_dump_text(*s);
+  if (auto r = write_dump(view, as_json, io.out); !r) return failure(r.error(), c);
   return std::nullopt;
 }
 
@@ -502,7 +502,11 @@ int exit_code_for(std::string_view code) noexcept {
   return kExitUnreachable;
 }
 
-int run(int argc, const char* const* argv, Io io) {
+int run(int argc, const char* const* argv, Io io) { return detail::run_one(argc, argv, io, nullptr); }
+
+namespace detail {
+
+int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   CLI::App app{"pkgctl: inspect and drive pkgctx package contexts.\n"
                "Reads map the segment read-only (no daemon needed); update, event and delete go\n"
                "through pkgctxd's control socket.",
@@ -566,13 +570,14 @@ int run(int argc, const char* const* argv, Io io) {
   add_call_timeout(upset);
 
   auto* event = app.add_subcommand("event", "HandleEvent(EVENT, NAME) through the daemon");
-  event->add_option("EVENT", event_name, "update, remove, schedule or a child key 2..7")->required();
+  event->add_option("EVENT", event_name, "update (0), remove (1), schedule or a child key 2..7 (schedule is 2)")->required();
   event->add_option("NAME", name)->required();
   event->add_option("--cause", cause, "what the cancelled tokens report ([a-z][a-z0-9_]{0,31})");
   add_call_timeout(event);
 
   std::optional<double> del_drain_s;
-  auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon");
+  auto* del = app.add_subcommand("delete", "Delete(NAME) through the daemon: only a removed package (run\n"
+                                                    "`pkgctl event remove NAME` first); otherwise deleted:false and the reason");
   del->add_option("NAME", name)->required();
   del->add_option("--drain", del_drain_s, "then wait up to SEC for its tasks (exit 124: not drained)")->check(seconds(0));
   add_call_timeout(del);
@@ -625,11 +630,22 @@ int run(int argc, const char* const* argv, Io io) {
   auto* dump = app.add_subcommand("dump", "the segment header, daemon liveness and every package");
   dump->add_flag("--json", as_json, "one JSON object instead of the table");
 
+  auto* batch_cmd = app.add_subcommand(
+      "batch",
+      "run commands read from stdin, one per line with the same words (update, update-settings, event, delete,\n"
+      "need-update, settings, check), writes over one daemon connection; prints one JSON line per command,\n"
+      "{\"ok\":false,\"error\":{\"code\",\"message\",\"exit\"}} for a failed one (exit 5 if any failed; 4, 6 or 7\n"
+      "if one could not reach the daemon, has an unknown outcome or was forbidden)");
+
   auto* watch = app.add_subcommand("watch", "a live view of the table (q or Ctrl-C quits)");
   watch->add_option("--interval", interval_s, "refresh period in seconds")
       ->capture_default_str()
       ->check(CLI::Range(0.01, 3600.0));
   watch->add_option("--count", count, "stop after N frames (default: run until quit)")->check(CLI::NonNegativeNumber);
+
+  std::string shell;
+  auto* completion = app.add_subcommand("completion", "print a shell completion script (bash or zsh)");
+  completion->add_option("SHELL", shell, "bash or zsh")->required()->check(CLI::IsMember({"bash", "zsh"}));
 
   // CLI11 reports an unknown command as "a subcommand is required"; name it instead.
   for (int i = 1; i < argc; ++i) {
@@ -650,6 +666,10 @@ int run(int argc, const char* const* argv, Io io) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0 && batch) {  // a batch answers each line with one JSON line
+      io.err << "pkgctl: --help and --version cannot run in a batch\n";
+      return kExitUsage;
+    }
     if (e.get_exit_code() == 0) {  // --help, --version
       app.exit(e, io.out, io.err);
       return kExitOk;
@@ -658,6 +678,15 @@ int run(int argc, const char* const* argv, Io io) {
     return kExitUsage;
   }
   c.segment_explicit = segment_opt->count() > 0;
+  c.batch = batch;
+  if (batch) {
+    const auto* sub = app.get_subcommands().front();
+    if (!batch_command(sub->get_name())) {
+      io.err << "pkgctl: " << sub->get_name() << " cannot run in a batch (only update, update-settings, event, delete, "
+                "need-update, settings, check)\n";
+      return kExitUsage;
+    }
+  }
   c.timeout = std::chrono::milliseconds(static_cast<long long>(std::ceil(call_timeout_s * 1000)));
 
   if (*update) return finish(cmd_update(c, name, version, settings_json, settings_file, flags, io), io);
@@ -675,7 +704,18 @@ int run(int argc, const char* const* argv, Io io) {
   if (*wait) return cmd_wait(c, token_text, timeout_s, io);
   if (*dump) return finish(cmd_dump(c, as_json, io), io);
   if (*watch) return run_watch(c.segment, interval_s, count, io);
+  if (*batch_cmd) {
+    std::vector<std::string> prefix{"--socket", c.socket};
+    if (c.segment_explicit) prefix.insert(prefix.end(), {"--segment", c.segment});
+    return run_batch(c.socket, prefix, io);
+  }
+  if (*completion) {
+    io.out << completion_script(app, shell);
+    return kExitOk;
+  }
   return kExitUsage;
 }
+
+}  // namespace detail
 
 }  // namespace pkgctl

@@ -35,26 +35,14 @@ boost::system::result<boost::json::object, CallError> exchange(pkgctx::Client& c
   return std::move(*answer);
 }
 
-}  // namespace
-
-boost::system::result<boost::json::object, CallError> call_daemon(const std::string& socket_path,
-                                                                  std::string_view request_line,
-                                                                  std::chrono::milliseconds timeout,
-                                                                  CallTiming* timing) {
-  auto client = pkgctx::Client::connect(socket_path, timeout);
-  if (!client) return CallError{"daemon_unreachable", client.error().message};
-  if (timing) timing->sent_realtime_ns = pkgctx::realtime_now_ns();
-  auto answer = exchange(*client, request_line);
-  if (timing) timing->answered_realtime_ns = pkgctx::realtime_now_ns();
-  if (!answer) return answer.error();
-  // {"ok":true,…} → its fields without "ok"; {"ok":false,"error":{"code","message"}} → CallError.
-  boost::json::object& a = *answer;
+// {"ok":true,…} → its fields without "ok"; {"ok":false,"error":{"code","message"}} → CallError.
+boost::system::result<boost::json::object, CallError> interpret(boost::json::object a, const std::string& path) {
   if (const auto* ok = a.if_contains("ok"); ok && ok->is_bool() && ok->get_bool()) {
     a.erase("ok");
-    return std::move(a);
+    return a;
   }
   CallError e{std::string(pkgctx::wire::kOutcomeUnknown),
-              "outcome unknown: pkgctxd at " + socket_path + " answered neither success nor an error: " +
+              "outcome unknown: pkgctxd at " + path + " answered neither success nor an error: " +
                   boost::json::serialize(a).substr(0, 200)};
   if (const auto* err = a.if_contains("error"); err && err->is_object()) {
     const auto& eo = err->get_object();
@@ -62,6 +50,35 @@ boost::system::result<boost::json::object, CallError> call_daemon(const std::str
     if (const auto* m = eo.if_contains("message"); m && m->is_string()) e.message = std::string(m->get_string());
   }
   return e;
+}
+
+}  // namespace
+
+boost::system::result<boost::json::object, CallError> call_daemon(const std::string& socket_path,
+                                                                  std::string_view request_line,
+                                                                  std::chrono::milliseconds timeout,
+                                                                  CallTiming* timing) {
+  DaemonLink link(socket_path);
+  return link.call(request_line, timeout, timing);
+}
+
+boost::system::result<boost::json::object, CallError> DaemonLink::call(std::string_view request_line,
+                                                                       std::chrono::milliseconds timeout,
+                                                                       CallTiming* timing) {
+  if (!client_) {
+    auto client = pkgctx::Client::connect(path_, timeout);
+    if (!client) return CallError{"daemon_unreachable", client.error().message};
+    client_ = std::move(*client);
+  }
+  client_->set_timeout(timeout);
+  if (timing) timing->sent_realtime_ns = pkgctx::realtime_now_ns();
+  auto answer = exchange(*client_, request_line);
+  if (timing) timing->answered_realtime_ns = pkgctx::realtime_now_ns();
+  if (!answer) {
+    client_.reset();  // the connection's state is unknown: never reuse it
+    return answer.error();
+  }
+  return interpret(std::move(*answer), path_);
 }
 
 }  // namespace pkgctl

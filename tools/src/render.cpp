@@ -4,12 +4,12 @@
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
 
-#include <boost/json/array.hpp>
-
 #include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <ctime>
+#include <ostream>
+#include <utility>
 
 namespace pkgctl {
 
@@ -35,14 +35,17 @@ std::string cut(const std::string& s, int cols) {
 
 }  // namespace
 
-pkgctx::Result<Snapshot> take_snapshot(const pkgctx::View& view) {
+Snapshot take_header(const pkgctx::View& view) {
   Snapshot s;
   s.info = view.segment().info();
   s.liveness = pkgctx::liveness(s.info);
-  const std::uint64_t now = pkgctx::mono_now_ns();
-  if (s.info.daemon_state != pkgctx::layout::DaemonState::kNone && now > s.info.heartbeat_mono_ns)
-    s.heartbeat_age_ns = now - s.info.heartbeat_mono_ns;
+  s.heartbeat_age_ns = pkgctx::heartbeat_age_ns(s.info, pkgctx::mono_now_ns());
   s.taken_realtime_ns = pkgctx::realtime_now_ns();
+  return s;
+}
+
+pkgctx::Result<Snapshot> take_snapshot(const pkgctx::View& view) {
+  Snapshot s = take_header(view);
   auto packages = view.list(false);
   if (!packages) return packages.error();
   s.packages = std::move(*packages);
@@ -137,37 +140,49 @@ std::string render_header(const Snapshot& s) {
   return out;
 }
 
+namespace {
+
+constexpr std::size_t kColumns = 9;
+using Cells = std::array<std::string, kColumns>;
+const Cells kHead = {"NAME", "VERSION", "CHECKSUM", "ROOT", "CHILD GENS", "LAST CAUSE", "SETTINGS", "SV", "MAINT"};
+
+Cells table_cells(const PackageRecord& p) {
+  return {p.name, version_text(p), pkgctx::Settings::format_checksum(p.checksum), std::to_string(p.root_generation),
+          child_generations_text(p), cause_text(p), human_bytes(p.settings_size), std::to_string(p.settings_version),
+          p.maintenance.empty() ? "-" : p.maintenance};
+}
+
+using Widths = std::array<std::size_t, kColumns>;
+
+void widen(Widths& width, const Cells& row) {
+  for (std::size_t c = 0; c < kColumns; ++c) width[c] = std::max(width[c], row[c].size());
+}
+
+std::string table_line(const Cells& row, const Widths& width) {
+  std::string out;
+  for (std::size_t c = 0; c < kColumns; ++c) {
+    // Numbers right-aligned (ROOT, SETTINGS, SV), text left-aligned; no trailing blanks.
+    const bool right = c == 3 || c == 6 || c == 7;
+    std::string cell = row[c];
+    if (right && cell.size() < width[c]) cell = std::string(width[c] - cell.size(), ' ') + cell;
+    out += c + 1 == kColumns ? cell : pad(cell, width[c]) + "  ";
+  }
+  while (!out.empty() && out.back() == ' ') out.pop_back();
+  return out;
+}
+
+}  // namespace
+
 std::vector<std::string> render_table(const std::vector<PackageRecord>& packages) {
-  static const std::vector<std::string> kHead = {"NAME", "VERSION", "CHECKSUM", "ROOT", "CHILD GENS", "LAST CAUSE",
-                                                 "SETTINGS", "SV", "MAINT"};
-  std::vector<std::vector<std::string>> cells;
+  std::vector<Cells> cells;
   cells.reserve(packages.size());
-  for (const auto& p : packages) {
-    cells.push_back({p.name, version_text(p), pkgctx::Settings::format_checksum(p.checksum),
-                     std::to_string(p.root_generation), child_generations_text(p), cause_text(p),
-                     human_bytes(p.settings_size), std::to_string(p.settings_version),
-                     p.maintenance.empty() ? "-" : p.maintenance});
-  }
-  std::vector<std::size_t> width(kHead.size());
-  for (std::size_t c = 0; c < kHead.size(); ++c) {
-    width[c] = kHead[c].size();
-    for (const auto& row : cells) width[c] = std::max(width[c], row[c].size());
-  }
-  auto line = [&](const std::vector<std::string>& row) {
-    std::string out;
-    for (std::size_t c = 0; c < row.size(); ++c) {
-      // Numbers right-aligned (ROOT, SETTINGS, SV), text left-aligned; no trailing blanks.
-      const bool right = c == 3 || c == 6 || c == 7;
-      std::string cell = row[c];
-      if (right && cell.size() < width[c]) cell = std::string(width[c] - cell.size(), ' ') + cell;
-      out += c + 1 == row.size() ? cell : pad(cell, width[c]) + "  ";
-    }
-    while (!out.empty() && out.back() == ' ') out.pop_back();
-    return out;
-  };
+  for (const auto& p : packages) cells.push_back(table_cells(p));
+  Widths width{};
+  widen(width, kHead);
+  for (const auto& row : cells) widen(width, row);
   std::vector<std::string> lines;
-  lines.push_back(line(kHead));
-  for (const auto& row : cells) lines.push_back(line(row));
+  lines.push_back(table_line(kHead, width));
+  for (const auto& row : cells) lines.push_back(table_line(row, width));
   if (packages.empty()) lines.emplace_back("(no packages)");
   return lines;
 }
@@ -178,64 +193,103 @@ std::string render_dump_text(const Snapshot& s) {
   return out;
 }
 
-boost::json::object dump_json(const Snapshot& s) {
-  const auto& i = s.info;
-  boost::json::object seg;
-  seg["name"] = i.name;
-  seg["layout_version"] = i.layout_version;
-  seg["state"] = pkgctx::state_name(i.state);
-  seg["epoch"] = pkgctx::hex16(i.epoch);
-  seg["capacity"] = i.capacity;
-  seg["used"] = i.used;
-  seg["settings_bytes"] = i.settings_bytes;
-  seg["settings_used"] = i.settings_used;
-  seg["commits"] = i.commits;
-  seg["repairs"] = i.repairs;
-  seg["limits"] = {{"max_name", i.max_name}, {"max_version", i.max_version}, {"max_settings", i.max_settings}};
-  seg["total_bytes"] = i.total_bytes;
-  seg["created_realtime_ns"] = i.created_realtime_ns;
+std::string dump_json_open(const Snapshot& s) {
+  std::string out;
+  pkgctx::JsonWriter w(out);
+  w.begin_object();
+  w.key("segment").begin_object();
+  pkgctx::write_dump_segment(w, s.info);
+  w.end_object();
+  w.key("daemon").begin_object();
+  pkgctx::write_dump_daemon(w, s.info, s.liveness, s.heartbeat_age_ns);
+  w.end_object();
+  w.key("packages");
+  return out + '[';
+}
 
-  boost::json::object daemon;
-  daemon["liveness"] = pkgctx::liveness_name(s.liveness);
-  daemon["state"] = pkgctx::daemon_state_name(i.daemon_state);
-  if (i.daemon_state == pkgctx::layout::DaemonState::kNone) {
-    daemon["pid"] = nullptr;
-    daemon["heartbeat_age_ns"] = nullptr;
-  } else {
-    daemon["pid"] = i.daemon_pid;
-    daemon["heartbeat_age_ns"] = s.heartbeat_age_ns;
-  }
-  daemon["heartbeat_interval_ns"] = i.heartbeat_interval_ns;
-  daemon["started_realtime_ns"] = i.daemon_start_realtime_ns;
-
-  boost::json::array pkgs;
-  pkgs.reserve(s.packages.size());
-  for (const auto& p : s.packages) {
-    boost::json::object o;
-    o["name"] = p.name;
-    o["version"] = p.version;
-    o["checksum"] = pkgctx::Settings::format_checksum(p.checksum);
-    o["settings_size"] = p.settings_size;
-    o["root_generation"] = p.root_generation;
-    boost::json::object child;
-    for (std::uint32_t k = 0; k < pkgctx::layout::kChildKeys; ++k)
-      child[std::to_string(k + pkgctx::layout::kFirstChildKey)] = p.child_generations[k];
-    o["child_generations"] = std::move(child);
-    if (p.last_cause == pkgctx::Cause::kNone)
-      o["last_cause"] = nullptr;
-    else
-      o["last_cause"] = cause_text(p);
-    o["settings_version"] = p.settings_version;
-    o["maintenance"] = p.maintenance;
-    o["slot"] = p.slot;
-    pkgs.push_back(std::move(o));
-  }
-
-  boost::json::object out;
-  out["segment"] = std::move(seg);
-  out["daemon"] = std::move(daemon);
-  out["packages"] = std::move(pkgs);
+std::string dump_package_json(const PackageRecord& p) {
+  std::string out;
+  pkgctx::JsonWriter w(out);
+  pkgctx::write_dump_package(w, p);
   return out;
+}
+
+std::string dump_json(const Snapshot& s) {
+  std::string out = dump_json_open(s);
+  for (std::size_t k = 0; k < s.packages.size(); ++k) out += (k ? "," : "") + dump_package_json(s.packages[k]);
+  return out + "]}";
+}
+
+// --- streamed dump ----------------------------------------------------------------------------
+
+namespace {
+
+// Records read between two release_slot_pages(): the table's pages this process maps at once
+// (a record spans one or two 4 KiB pages) stay within a few MB whatever the table's size.
+constexpr std::uint32_t kReleaseEvery = 1024;
+
+// Pass 1 of a streamed dump: every record validated (a corrupt one refuses the dump before its
+// first byte), names and slots sorted by name; `each` sees every record read.
+template <class Each>
+pkgctx::Result<std::vector<std::pair<std::string, std::uint32_t>>> sorted_slots(const pkgctx::View& view, Each each) {
+  std::vector<std::pair<std::string, std::uint32_t>> order;
+  PackageRecord p;
+  const std::uint32_t cap = view.segment().capacity();
+  for (std::uint32_t slot = 0; slot < cap; ++slot) {
+    if (slot % kReleaseEvery == 0) view.release_slot_pages();
+    auto got = view.read_slot(slot, p, false);
+    if (!got) return got.error();
+    if (!*got) continue;
+    each(p);
+    order.emplace_back(p.name, slot);
+  }
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
+// Pass 2: each package read again, in name order. One deleted (or replaced by another name) since
+// pass 1 is left out, as the set as a whole was never atomic.
+template <class Emit>
+pkgctx::Result<void> each_in_order(const pkgctx::View& view,
+                                   const std::vector<std::pair<std::string, std::uint32_t>>& order, Emit emit) {
+  PackageRecord p;
+  std::uint32_t read = 0;
+  for (const auto& [name, slot] : order) {
+    if (++read % kReleaseEvery == 0) view.release_slot_pages();
+    auto got = view.read_slot(slot, p, false);
+    if (!got) return got.error();
+    if (*got && p.name == name) emit(p);
+  }
+  return {};
+}
+
+}  // namespace
+
+pkgctx::Result<void> write_dump(const pkgctx::View& view, bool as_json, std::ostream& out) {
+  Snapshot head = take_header(view);
+  if (as_json) {
+    auto order = sorted_slots(view, [](const PackageRecord&) {});
+    if (!order) return order.error();
+    out << dump_json_open(head);
+    bool first = true;
+    auto r = each_in_order(view, *order, [&](const PackageRecord& p) {
+      if (!first) out << ',';
+      first = false;
+      out << dump_package_json(p);
+    });
+    if (!r) return r;
+    out << "]}\n";
+    return {};
+  }
+  Widths width{};
+  widen(width, kHead);
+  auto order = sorted_slots(view, [&](const PackageRecord& p) { widen(width, table_cells(p)); });
+  if (!order) return order.error();
+  out << render_header(head) << '\n' << table_line(kHead, width) << '\n';
+  auto r = each_in_order(view, *order, [&](const PackageRecord& p) { out << table_line(table_cells(p), width) << '\n'; });
+  if (!r) return r;
+  if (order->empty()) out << "(no packages)\n";
+  return {};
 }
 
 // --- watch ------------------------------------------------------------------------------------

@@ -272,7 +272,8 @@ int pkgctx_token_check(const pkgctx_token_t *token, pkgctx_check_t *out);
 
 #if defined(__GNUC__) /* GCC, Clang and compatibles: the __atomic builtins */
 /* 1 if the token behind `check` is cancelled, 0 if not: pkgctx_cancelled() without the call. */
-static inline int pkgctx_check_cancelled(const pkgctx_check_t *check) {
+/* __inline__: the GNU spelling that -std=c89 accepts too. */
+static __inline__ int pkgctx_check_cancelled(const pkgctx_check_t *check) {
   return __atomic_load_n(check->word, __ATOMIC_ACQUIRE) != check->snapshot;
 }
 #endif

@@ -1,12 +1,14 @@
 // pkgctl/daemon_link.hpp — one request to pkgctxd over its control socket.
 #pragma once
 
+#include "pkgctx/client.hpp"
 #include "pkgctx/error.hpp"
 
 #include <boost/json/object.hpp>
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -36,5 +38,20 @@ boost::system::result<boost::json::object, CallError> call_daemon(const std::str
                                                                   std::string_view request_line,
                                                                   std::chrono::milliseconds timeout,
                                                                   CallTiming* timing = nullptr);
+
+// One connection for many requests (`pkgctl batch`): connected at the first call, kept while
+// answers come; after a failure of the connection itself (daemon_unreachable, outcome_unknown)
+// the next call connects again. Answers and errors as call_daemon().
+class DaemonLink {
+ public:
+  explicit DaemonLink(std::string socket_path) : path_(std::move(socket_path)) {}
+  boost::system::result<boost::json::object, CallError> call(std::string_view request_line,
+                                                             std::chrono::milliseconds timeout,
+                                                             CallTiming* timing = nullptr);
+
+ private:
+  std::string path_;
+  std::optional<pkgctx::Client> client_;
+};
 
 }  // namespace pkgctl

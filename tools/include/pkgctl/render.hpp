@@ -5,10 +5,9 @@
 #include "pkgctx/segment.hpp"
 #include "pkgctx/view.hpp"
 
-#include <boost/json/object.hpp>
-
 #include <array>
 #include <cstdint>
+#include <iosfwd>
 #include <map>
 #include <string>
 #include <vector>
@@ -28,6 +27,8 @@ struct Snapshot {
 
 // Errors: corrupt (a record failed validation).
 pkgctx::Result<Snapshot> take_snapshot(const pkgctx::View& view);
+// The header and liveness only (no packages).
+Snapshot take_header(const pkgctx::View& view);
 
 // "12 B", "3.4 KiB", "16.0 MiB".
 std::string human_bytes(std::uint64_t n);
@@ -49,8 +50,20 @@ std::vector<std::string> render_table(const std::vector<pkgctx::PackageRecord>& 
 // `pkgctl dump`: render_header, a blank line, render_table.
 std::string render_dump_text(const Snapshot& s);
 
-// `pkgctl dump --json`: {"segment":{…},"daemon":{…},"packages":[{"name","version","checksum",…}]}.
-boost::json::object dump_json(const Snapshot& s);
+// `pkgctl dump --json`, one line without '\n': the dump schema of pkgctx/dump.hpp
+// (docs/dump.schema.json), packages sorted by name. It is dump_json_open(s), the packages'
+// dump_package_json() separated by ',', then "]}" — the pieces a streamed dump writes.
+std::string dump_json(const Snapshot& s);
+// The document up to and including the '[' that opens "packages".
+std::string dump_json_open(const Snapshot& s);
+// One element of "packages".
+std::string dump_package_json(const pkgctx::PackageRecord& p);
+
+// `pkgctl dump [--json]` written as it is read: the same bytes as render_dump_text / dump_json
+// of take_snapshot, in memory bounded by the names and one record, not the output (100k packages
+// print ~20 MB). Every record is validated before the first byte; a package deleted between the
+// two passes is left out. Errors: corrupt.
+pkgctx::Result<void> write_dump(const pkgctx::View& view, bool as_json, std::ostream& out);
 
 // --- watch ------------------------------------------------------------------------------------
 

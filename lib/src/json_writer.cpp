@@ -1,10 +1,10 @@
-#include "json_out.hpp"
+#include "pkgctx/json_writer.hpp"
 
 #include <boost/json/serializer.hpp>
 
 #include <optional>
 
-namespace pkgctx::daemon::detail {
+namespace pkgctx {
 
 namespace {
 
@@ -65,4 +65,4 @@ void append_json_string(std::string& out, std::string_view s) {
   }
 }
 
-}  // namespace pkgctx::daemon::detail
+}  // namespace pkgctx

@@ -1,4 +1,5 @@
-// Internal: a minimal streaming JSON writer for the daemon's answers.
+// pkgctx/json_writer.hpp — a minimal streaming JSON writer: the daemon's answers and the dump
+// (pkgctx/dump.hpp) that pkgctl and pkgctxd print alike.
 //
 // Answers are built straight into the client's output buffer: no DOM, no allocation per field.
 // Strings are always valid JSON (escaped by Boost.JSON's serializer), and invalid UTF-8 (which can
@@ -11,7 +12,7 @@
 #include <string_view>
 #include <vector>
 
-namespace pkgctx::daemon::detail {
+namespace pkgctx {
 
 void append_json_string(std::string& out, std::string_view s);
 
@@ -49,4 +50,4 @@ class JsonWriter {
   bool after_key_ = false;
 };
 
-}  // namespace pkgctx::daemon::detail
+}  // namespace pkgctx
