@@ -403,10 +403,14 @@ class Writer {
       cancelled = true;
     }
     if (cancelled) {
-      // Bump the wake word, then look for sleepers (seq_cst pairs with Token::wait): the
-      // syscall is made only when someone sleeps on this slot.
+      // Bump the wake word, then look for sleepers (seq_cst, paired with the daemon's raise of
+      // the count before it acknowledges a wait): the syscall is made only when someone sleeps
+      // on this slot. Unregistered sleepers are not counted: they wake within their slice.
       slot.gens.wake.fetch_add(1, std::memory_order_seq_cst);
-      if (!m_.waiter_counts || m_.waiter_counts[s].load(std::memory_order_seq_cst) != 0) futex::wake(&slot.gens.wake);
+      if (m_.waiter_counts[s].load(std::memory_order_seq_cst) != 0) {
+        futex::wake(&slot.gens.wake);
+        h_.wakes.store(h_.wakes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // mutex holder only
+      }
     }
   }
 
