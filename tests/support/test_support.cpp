@@ -12,8 +12,12 @@
 #include <grp.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <chrono>
+#include <fstream>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 namespace pkgctx::test {
@@ -85,6 +89,22 @@ int wait_exit(pid_t pid) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;
+}
+
+bool await_futex_sleep(pid_t pid) {
+#ifndef SYS_futex_waitv
+  constexpr long kWaitv = 449;
+#else
+  constexpr long kWaitv = SYS_futex_waitv;
+#endif
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/syscall");
+    long nr = -1;
+    if (f >> nr && (nr == SYS_futex || nr == kWaitv)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
 }
 
 int as_nobody(const std::vector<gid_t>& groups, const std::function<int()>& body) {

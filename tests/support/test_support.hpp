@@ -51,6 +51,10 @@ pid_t spawn(const std::function<int()>& body);
 // waitpid(); returns the exit code, or 128+signal if the child was killed.
 int wait_exit(pid_t pid);
 
+// Blocks until the main thread of process `pid` sleeps in a futex syscall (futex or
+// futex_waitv, read from /proc/<pid>/syscall); false if it does not within 10 s.
+bool await_futex_sleep(pid_t pid);
+
 // Runs `body` in a child (as spawn() does) that first drops to nobody:nogroup with the
 // supplementary `groups`; waits and returns its exit code (90 if it could not drop).
 int as_nobody(const std::vector<gid_t>& groups, const std::function<int()>& body);
