@@ -58,7 +58,7 @@ SegmentName::SegmentName(const std::string& tag)
 SegmentName::~SegmentName() { remove_segment(name_); }
 
 void remove_segment(const std::string& name) {
-  for (const char* suffix : {"", ".waiters", ".lock"}) ::unlink(segment_path(name + suffix).c_str());
+  for (const char* suffix : {"", ".lock"}) ::unlink(segment_path(name + suffix).c_str());
 }
 
 pid_t spawn(const std::function<int()>& body) {

@@ -38,7 +38,7 @@ class SegmentName {
 // fixture makes a mkdtemp directory under /dev/shm (mode 0755, so `nobody` may traverse it),
 // sets PKGCTX_RUNTIME_DIR to it (forked daemons, pkgctl and workers inherit it) and removes it
 // at the end. A PKGCTX_RUNTIME_DIR set by the caller is kept.
-// The path of segment object `object` ("<name>", "<name>.waiters", "<name>.lock") there.
+// The path of segment object `object` ("<name>", "<name>.lock") there.
 std::string segment_path(const std::string& object);
 
 // Removes every pkgctx object that belongs to `name` (the table and its companions).

@@ -617,7 +617,7 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   drain->add_option("--event", drain_event, "only contexts of this key (update/remove: root; schedule/2..7: child)");
   drain->add_option("--timeout", drain_timeout_s, "seconds to wait")->capture_default_str()->check(seconds(0));
 
-  auto* clients = app.add_subcommand("clients", "the workers the daemon knows: pid, uid, command, since, tasks");
+  auto* clients = app.add_subcommand("clients", "the workers the daemon knows: pid, uid, command, since, tasks, waits");
   clients->add_flag("--json", as_json, "one JSON object instead of the table");
 
   std::string run_event = "update";
