@@ -319,7 +319,6 @@ BOOST_AUTO_TEST_CASE(with_the_daemon_down_a_wait_ends_within_its_slice) {
   const pid_t w2 = waiter(env, "app", from2, true);
   BOOST_TEST_REQUIRE(from2.get() == 'r');
   BOOST_TEST_REQUIRE(test::await_futex_sleep(w2));
-  store.reset();
   d = std::make_unique<DaemonProcess>(env.dir, env.opts());
   BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
   auto c = connect(env.sock);
