@@ -296,7 +296,8 @@ Result<pkgctx::detail::Registration*> registration(pkgctx_worker_t* w, std::stri
 
 // The registration a wait or watch of `token` is counted through: its worker's, started now
 // (in the background: a wait never blocks on the daemon) if it has none. Null when the worker is
-// gone or no registration can be made: the wait then re-checks in slices.
+// gone, in a forked child (the registration is the parent's), or when none can be made: the
+// wait then re-checks in slices.
 std::shared_ptr<pkgctx::detail::Registration> wait_registration(const pkgctx_token_t& token) noexcept {
   if (!token.link || !token.token.valid()) return nullptr;
   try {
@@ -308,7 +309,7 @@ std::shared_ptr<pkgctx::detail::Registration> wait_registration(const pkgctx_tok
       link.reg = std::move(*r);
       link.fast.store(link.reg.get(), std::memory_order_release);
     }
-    return link.reg;
+    return link.reg && link.reg->owned_here() ? link.reg : nullptr;
   } catch (...) {
     return nullptr;
   }

@@ -28,6 +28,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <unistd.h>
 
 namespace pkgctx::detail {
 class Registration;
@@ -54,6 +55,9 @@ class Registration {
   Registration& operator=(const Registration&) = delete;
 
   bool registered() const noexcept { return registered_.load(std::memory_order_acquire); }
+  // False in a child forked from the process that started it: the page and the connection are
+  // the parent's, so the child's waits must not be counted (or withdrawn) through them.
+  bool owned_here() const noexcept { return ::getpid() == pid_; }
   const std::string& socket() const noexcept { return socket_; }
 
   // A free lease index, or -1 when all kLeases are taken. No syscall.
@@ -93,6 +97,7 @@ class Registration {
   void set_registered(bool up) noexcept;
 
   std::string socket_;
+  pid_t pid_ = ::getpid();
   int memfd_ = -1;
   lease::Page* page_ = nullptr;
   int sock_ = -1;                 // stable number; a connected socket while registered

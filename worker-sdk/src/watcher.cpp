@@ -74,6 +74,7 @@ struct Armed {
   int record = -1;                    // its wait record on reg's page (-1: none)
   std::uint32_t seq = 0;              // the record's last publication
   std::uint32_t published = 0;        // reg's state word then
+  std::chrono::steady_clock::time_point published_at;
   bool ever = false;                  // published at all
 };
 
@@ -221,7 +222,15 @@ std::chrono::nanoseconds Watcher::prepare_sleep(std::vector<WaitV>& vec, std::ve
   }
   // Arm the new ones while there is room.
   for (auto& [word, e] : want) {
-    if (armed_.contains(word)) continue;
+    if (auto it = armed_.find(word); it != armed_.end()) {
+      // Armed uncounted, and now a registration can count it.
+      auto reg = it->second.record < 0 ? e->reg.lock() : nullptr;
+      if (reg && (it->second.record = reg->wait_claim()) >= 0) {
+        it->second.reg = e->reg;
+        it->second.ever = false;
+      }
+      continue;
+    }
     if (armed_.size() >= kMaxWords) {
       poll_within(kPollSlice);
       continue;
@@ -244,9 +253,12 @@ std::chrono::nanoseconds Watcher::prepare_sleep(std::vector<WaitV>& vec, std::ve
         if (!a.ever || a.published != st) {
           a.seq = reg->wait_publish(a.record, a.keep);
           a.published = st;
+          a.published_at = std::chrono::steady_clock::now();
           a.ever = true;
         }
-        if (!reg->wait_acked(a.record, a.seq, counted)) poll_within(kPollSlice);
+        // A healthy daemon acknowledges within microseconds; a stopped one is not polled hard.
+        if (!reg->wait_acked(a.record, a.seq, counted) && std::chrono::steady_clock::now() - a.published_at < kWaitSlice)
+          poll_within(kPollSlice);
       }
       auto [it, fresh] = states.emplace(reg.get(), vec.size() < kMaxWaitv - kMaxWords);
       if (fresh && it->second) {
