@@ -36,6 +36,9 @@ struct Fixture {
   static Store create(const std::string& n, std::uint32_t packages) {
     Store s = test::create_store(n, test::segment_options(std::max<std::uint32_t>(64, packages + 8), 64 * 1024));
     for (std::uint32_t i = 0; i < packages; ++i) BOOST_TEST_REQUIRE(s.update(pkg(i), "1", Settings()).has_value());
+    // No daemon here to count the watcher's sleeps: count every slot as pkgctxd would for a
+    // registered worker (this process owns the table), so writes wake the watcher exactly.
+    for (std::uint32_t i = 0; i < s.segment().capacity(); ++i) s.segment().waiter_counts()[i].store(1);
     return s;
   }
   static std::string pkg(std::uint32_t i) { return "pkg" + std::to_string(i); }

@@ -10,6 +10,8 @@
 #include <fcntl.h>
 #include <new>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -84,11 +86,17 @@ Result<std::shared_ptr<Registration>> Registration::start(std::string socket, bo
   r->stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
   if (r->sock_ < 0 || r->stop_fd_ < 0) return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
   if (connect_now) r->connect_and_register();
+  // Born with every signal blocked, as the watcher: the process's signals go to its own threads.
+  sigset_t all{}, old{};
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
   try {
     r->thread_ = std::thread([raw = r.get()] { raw->run(); });
   } catch (const std::system_error& e) {
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
     return make_error(Errc::io_error, std::string("cannot start the registration thread: ") + e.what());
   }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   return r;
 }
 
