@@ -74,7 +74,7 @@ struct Armed {
   int record = -1;                    // its wait record on reg's page (-1: none)
   std::uint32_t seq = 0;              // the record's last publication
   std::uint32_t published = 0;        // reg's state word then
-  std::chrono::steady_clock::time_point published_at;
+  std::chrono::steady_clock::time_point published_at{};
   bool ever = false;                  // published at all
 };
 
