@@ -5,7 +5,8 @@ Inputs: Google Benchmark JSON of pkgctx_micro_bench (medians of repetitions) and
 pkgctx_ipc_bench. Outputs: a table on stdout, report.json ({"results": [...]}) and an SVG plot of
 the wake-latency distribution. Standard library only.
 
-Usage: report.py --micro micro.json --ipc ipc.json [--flood flood.json] [--e2e e2e.json] --out report.json
+Usage: report.py --micro micro.json --ipc ipc.json [--flood flood.json] [--e2e e2e.json]
+                 [--task task.json] [--drain drain.json] --out report.json
                  --svg wake_latency.svg
                  [--load "uptime text"]
 """
@@ -59,7 +60,7 @@ def fmt(v, unit):
     return f"{v:g} {unit}"
 
 
-def build(micro, ipc, flood=None, e2e=None):
+def build(micro, ipc, flood=None, e2e=None, task=None, drain=None):
     results = []
 
     def t(name):
@@ -222,6 +223,24 @@ def build(micro, ipc, flood=None, e2e=None):
         e, rtt, fw = q(rw, "e2e", "p99_ns"), q(rw, "echo_rtt", "p99_ns"), q(rw, "futex_wake", "p99_ns")
         add("request_to_worker_awake_p99", e, "ns", rtt + fw if rtt is not None and fw is not None else None,
             "raw echo + raw futex wake, p99", "reference", None)
+    # Tasks (DESIGN §2.2): begin+end write only the worker's own lease page, ≤ 20 ns, 0 syscalls;
+    # the acquire load of the same run is the floor shown beside it.
+    if task is not None:
+        def tt(name):
+            r = task.get(name)
+            return r["time"] if r and "time" in r else None
+        v, fl = tt("task_begin_end"), tt("floor_acquire_load")
+        add("task_begin_end", v, "ns", fl, "acquire load, same run", "≤ 20 ns, 0 syscalls",
+            v is not None and v <= 20)
+        add("task_begin_end_by_name", tt("task_begin_end_by_name"), "ns", None, None, "reference (no target)",
+            None, note="begin by name: the token lookup, then the lease")
+    # Drain: the last holder's task end → the drain's answer at the controller, p50 ≤ 100 µs.
+    if drain is not None:
+        r = drain.get("drain_after_last_holder", {})
+        p50 = r.get("counters", {}).get("p50_us")
+        v = p50 * 1e3 if p50 is not None else None
+        add("drain_after_last_holder_p50", v, "ns", None, None, "≤ 100 µs", v is not None and v <= 100e3,
+            note=f"p90 {r.get('counters', {}).get('p90_us', 0):.0f} µs")
     return results
 
 
@@ -312,6 +331,8 @@ def main():
     ap.add_argument("--svg", required=True)
     ap.add_argument("--flood", default=None)
     ap.add_argument("--e2e", default=None)
+    ap.add_argument("--task", default=None)
+    ap.add_argument("--drain", default=None)
     ap.add_argument("--load", default="")
     a = ap.parse_args()
     micro, ctx = load_micro(a.micro)
@@ -322,7 +343,9 @@ def main():
     if a.e2e:
         with open(a.e2e) as f:
             e2e = json.load(f)
-    results = build(micro, ipc, flood, e2e)
+    task = load_micro(a.task)[0] if a.task else None
+    drain = load_micro(a.drain)[0] if a.drain else None
+    results = build(micro, ipc, flood, e2e, task, drain)
     print(table(results))
     for r in results:
         if r.get("note"):

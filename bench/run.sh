@@ -17,8 +17,10 @@ micro=$build/bench/pkgctx_micro_bench
 ipc=$build/bench/pkgctx_ipc_bench
 flood=$build/bench/pkgctx_flood_bench
 e2e=$build/bench/pkgctx_e2e_bench
+task=$build/bench/pkgctx_task_bench
+drain=$build/bench/pkgctx_drain_bench
 daemon=$build/daemon/pkgctxd
-for exe in "$micro" "$ipc" "$flood" "$e2e"; do
+for exe in "$micro" "$ipc" "$flood" "$e2e" "$task" "$drain"; do
   [ -x "$exe" ] || { echo "run.sh: $exe is missing (is libbenchmark-dev installed?)" >&2; exit 1; }
 done
 command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the report" >&2; exit 1; }
@@ -58,9 +60,23 @@ echo "==> end to end (a fresh pkgctl update vs a minimal C client; request -> wo
 "$e2e" --daemon "$daemon" --pkgctl "$build/tools/pkgctl" --min-client "$build/bench/pkgctx_min_client" \
   --spawns "${BENCH_SPAWNS:-300}" --wakes "${BENCH_E2E_WAKES:-1000}" --daemon-log "$out/pkgctxd-e2e.log" --out "$out/e2e.json"
 
+echo "==> tasks (begin+end against the acquire-load floor) and drain (last holder ends -> answer)" >&2
+"$task" --benchmark_repetitions="${BENCH_REPETITIONS:-5}" --benchmark_report_aggregates_only=true \
+  --benchmark_out="$out/task.json" --benchmark_out_format=json >"$out/task.txt" 2>"$out/task.err" || {
+  cat "$out/task.err" >&2
+  exit 1
+}
+grep -E '_median' "$out/task.txt" >&2 || true
+"$drain" --benchmark_out="$out/drain.json" --benchmark_out_format=json >"$out/drain.txt" 2>"$out/drain.err" || {
+  cat "$out/drain.err" >&2
+  exit 1
+}
+grep -E '^drain_' "$out/drain.txt" >&2 || true
+
 load_after=$(cat /proc/loadavg)
 echo "==> load average after: $load_after" >&2
 echo >&2
 python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --flood "$out/flood.json" --e2e "$out/e2e.json" \
+  --task "$out/task.json" --drain "$out/drain.json" \
   --out "$out/report.json" \
   --svg "$out/wake_latency.svg" --load "before: $load; after: $load_after; $(nproc) CPUs"
