@@ -20,7 +20,7 @@ JOBS=${JOBS:-$(nproc)}
 log() { printf '==> %s\n' "$*" >&2; }
 
 BASE_PACKAGES=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-test1.81-dev libboost-json1.81-dev
-  libxxhash-dev libbenchmark-dev libsystemd-dev libcli11-dev systemd python3 python3-pytest python3-jsonschema scdoc)
+  libxxhash-dev libbenchmark-dev libsystemd-dev libcli11-dev systemd python3 python3-pytest python3-jsonschema python3-prometheus-client scdoc)
 CLANG_PACKAGES=(clang-14 libclang-rt-14-dev)
 
 # Installs whichever of the named Debian packages are missing (apt-get update once).

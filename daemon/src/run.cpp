@@ -308,6 +308,18 @@ int run(int argc, char** argv) {
   }
   Store& store = *owned->store;
   const Segment& segment = store.segment();
+  // A segment this start created (fresh, or replacing an incompatible one) is removed again if
+  // the start fails from here on: nobody can hold a token of it yet, and a failed start must not
+  // leave megabytes of shared memory behind. One it re-attached to stays, whatever happens.
+  struct CreatedSegment {
+    const Config& cfg;
+    bool remove;
+    ~CreatedSegment() {
+      if (!remove) return;
+      Segment::remove(cfg.segment, cfg.runtime_dir);
+      log::info("Removed segment " + cfg.segment + ", created by this failed start");
+    }
+  } created{cfg, owned->how != Takeover::reattached};
 
   // Socket.
   auto listener = Listener::open(cfg.socket, cfg.socket_mode, cfg.socket_group);
@@ -335,7 +347,8 @@ int run(int argc, char** argv) {
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
 
-  // READY.
+  // READY: from here on the segment stays, whatever happens.
+  created.remove = false;
   segment.mark_daemon_running(::getpid(), static_cast<std::uint64_t>(cfg.heartbeat_ms) * 1'000'000u);
   keeper.ready();
   log::info("Ready: segment " + cfg.segment + " (" + std::string(takeover_name(owned->how)) + "), socket " +

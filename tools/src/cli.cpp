@@ -7,6 +7,7 @@
 
 #include "pkgctx/bounded_file.hpp"
 #include "pkgctx/error_class.hpp"
+#include "pkgctx/metrics.hpp"
 #include "pkgctx/segment.hpp"
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
@@ -255,6 +256,32 @@ std::optional<Failure> cmd_clients(const Common& c, bool as_json, Io io) {
                   tasks, cancelled);
     io.out << line;
   }
+  return std::nullopt;
+}
+
+// The daemon's OpenMetrics text. When no daemon answers on the socket, the segment's own
+// families (read straight from the table) still tell a textfile collector what the header
+// knows, the daemon's liveness included; a note on stderr says the daemon's families are missing.
+std::optional<Failure> cmd_metrics(const Common& c, Io io) {
+  json::object a;
+  auto f = call(c, request(c, "metrics"), a, io);
+  if (!f) {
+    const auto* text = a.if_contains("text");
+    if (!text || !text->is_string())
+      return Failure{kExitOutcomeUnknown, "pkgctxd at " + c.socket + " answered metrics without its text"};
+    io.out << std::string_view(text->get_string());
+    return std::nullopt;
+  }
+  if (f->code != kExitUnreachable) return f;
+  pkgctx::View view;
+  if (auto vf = open_view(c, view)) return Failure{vf->code, f->message + "; and " + vf->message};
+  const pkgctx::Segment& seg = view.segment();
+  std::string text;
+  pkgctx::MetricsWriter m(text);
+  pkgctx::write_segment_metrics(m, seg.info(), pkgctx::mono_now_ns(), pkgctx::realtime_now_ns(), seg.waiter_counts());
+  m.eof();
+  io.out << text;
+  io.err << "pkgctl: " << one_line(f->message) << ": only the segment's metrics\n";
   return std::nullopt;
 }
 
@@ -643,6 +670,10 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
       ->check(CLI::Range(0.01, 3600.0));
   watch->add_option("--count", count, "stop after N frames (default: run until quit)")->check(CLI::NonNegativeNumber);
 
+  auto* metrics = app.add_subcommand(
+      "metrics", "the daemon's counters and gauges in OpenMetrics text (the segment's alone when no daemon answers)");
+  add_call_timeout(metrics);
+
   std::string shell;
   auto* completion = app.add_subcommand("completion", "print a shell completion script (bash or zsh)");
   completion->add_option("SHELL", shell, "bash or zsh")->required()->check(CLI::IsMember({"bash", "zsh"}));
@@ -695,6 +726,7 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   if (*del) return finish(cmd_delete(c, name, del_drain_s, io), io);
   if (*drain) return finish(cmd_drain(c, name, drain_event, drain_timeout_s, io), io);
   if (*clients) return finish(cmd_clients(c, as_json, io), io);
+  if (*metrics) return finish(cmd_metrics(c, io), io);
   if (*run_sub) return run_task(c.segment, c.socket, name, run_event, grace_s, run_cmd, io);
   if (*need) return finish(cmd_need_update(c, name, version, checksum, maintenance, io), io);
   if (*settings) return finish(cmd_settings(c, name, io), io);

@@ -21,6 +21,9 @@
 //   {"op":"drain","name":N,"event":K?,"timeout_ms":T?}  (write-class: allow-listed peers)
 //       → later: {"ok":true,"name":N,"drained":bool,"holders":[{"pid","uid","comm","key",
 //         "generation","cause","age_ms"}]}; other clients are served meanwhile.
+//   {"op":"metrics"}            → {"ok":true,"content_type":"application/openmetrics-text; …",
+//       "text":"# TYPE …\n…# EOF\n"}: the OpenMetrics exposition (pkgctx/metrics.hpp) as one JSON
+//       string, so the answer stays one line. Open to anyone who can connect.
 //   {"op":"clients"}            → {"ok":true,"clients":[{"pid","uid","comm","since_realtime_ns",
 //       "tasks":[{"name","key","generation","cancelled","age_ms"}],"waits":[]}]}
 //   delete: "drain_ms" (drains first, then deletes) and answers "in_flight"; update: "drain_ms"
@@ -41,7 +44,10 @@
 #include "pkgctx/error_class.hpp"
 #include "pkgctx/store.hpp"
 
+#include <array>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -87,10 +93,26 @@ struct ConnectionStats {
   std::uint64_t dropped = 0;          // clients dropped (not reading, over limits)
 };
 
-// Request counters, reported by dump under "daemon": written by the protocol only.
+// Request counters, reported by dump under "daemon" and by the metrics op: written by the
+// protocol only.
 struct RequestStats {
   std::uint64_t requests = 0;         // requests answered
   std::uint64_t errors = 0;           // … of which answered with an error
+  // Answers by (op, result): op one of the protocol's op names, "unknown" (an op it does not
+  // know) or "none" (no op could be read); result "ok" or the error code. Both are static
+  // strings, so the label set stays bounded whatever clients send.
+  std::map<std::pair<std::string_view, std::string_view>, std::uint64_t> answers;
+  // Events served here that cancelled a context, by cause (built-in or caller-named: a segment
+  // holds a bounded number of names).
+  std::map<std::string, std::uint64_t, std::less<>> cancellations;
+  // Drains answered (drained or timed out), and a histogram of how long they waited: counts of
+  // drains that took at most kDrainBuckets[i] seconds (cumulative in the exposition).
+  static constexpr std::array<double, 8> kDrainBuckets{0.0001, 0.001, 0.01, 0.1, 1, 10, 60, 600};
+  std::uint64_t drains_drained = 0;
+  std::uint64_t drains_timed_out = 0;
+  std::array<std::uint64_t, kDrainBuckets.size()> drain_buckets{};
+  std::uint64_t drain_ns_sum = 0;
+  void record_drain(bool drained, std::uint64_t ns) noexcept;
 };
 
 // What may change on SIGHUP.
