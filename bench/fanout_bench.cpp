@@ -49,7 +49,8 @@ struct Header {
 };
 struct alignas(64) PerChild {
   std::atomic<std::uint64_t> stamp{0};
-  std::atomic<std::int64_t> rss_delta_kb[kModes]{};  // resident growth from setting the mechanism up
+  std::atomic<std::int64_t> rss_delta_kb[kModes]{};      // resident growth from setting the mechanism up
+  std::atomic<std::int64_t> private_delta_kb[kModes]{};  // of it, the pages no other process shares
 };
 
 std::int64_t rss_kb(pid_t pid = 0) {
@@ -60,6 +61,19 @@ std::int64_t rss_kb(pid_t pid = 0) {
   const int n = std::fscanf(f, "%ld %ld", &size, &resident);
   std::fclose(f);
   return n == 2 ? resident * (::sysconf(_SC_PAGESIZE) / 1024) : -1;
+}
+
+// This process's private resident memory (Private_Clean + Private_Dirty of smaps_rollup).
+std::int64_t private_kb() {
+  FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (!f) return -1;
+  char line[256];
+  std::int64_t sum = 0;
+  long v = 0;
+  while (std::fgets(line, sizeof line, f))
+    if ((std::sscanf(line, "Private_Clean: %ld kB", &v) == 1) || (std::sscanf(line, "Private_Dirty: %ld kB", &v) == 1)) sum += v;
+  std::fclose(f);
+  return sum;
 }
 
 // The parent's view of one child: scheduler state and the kernel function it sleeps in.
@@ -162,7 +176,11 @@ int child_main(const Setup& su, Header& h, PerChild* per, std::uint32_t i, std::
     round = h.gate.load();
     if (h.stop.load()) break;
     const auto mode = static_cast<Mode>(h.mode.load());
-    const std::int64_t rss0 = rss_kb();
+    const std::int64_t rss0 = rss_kb(), private0 = private_kb();
+    const auto record = [&] {
+      per[i].rss_delta_kb[mode].store(rss_kb() - rss0);
+      per[i].private_delta_kb[mode].store(private_kb() - private0);
+    };
     bool set_up = false;
     switch (mode) {
       case kPkgctx:
@@ -198,7 +216,7 @@ int child_main(const Setup& su, Header& h, PerChild* per, std::uint32_t i, std::
       case kPkgctx:
         pkgctx_token_free(token);
         if (pkgctx_token(worker, "app", PKGCTX_EVENT_SCHEDULE, &token) != PKGCTX_OK) return 14;
-        if (set_up) per[i].rss_delta_kb[mode].store(rss_kb() - rss0);
+        if (set_up) record();
         arrive();
         if (pkgctx_wait(token, static_cast<int64_t>(kLimitNs / 1'000'000)) != PKGCTX_OK) return 15;
         break;
@@ -209,7 +227,7 @@ int child_main(const Setup& su, Header& h, PerChild* per, std::uint32_t i, std::
         break;
       }
       case kDbus:
-        if (set_up) per[i].rss_delta_kb[mode].store(rss_kb() - rss0);
+        if (set_up) record();
         signalled.store(false);
         arrive();
         while (!signalled.load(std::memory_order_acquire)) {
@@ -219,7 +237,7 @@ int child_main(const Setup& su, Header& h, PerChild* per, std::uint32_t i, std::
         }
         break;
       case kInotify: {
-        if (set_up) per[i].rss_delta_kb[mode].store(rss_kb() - rss0);
+        if (set_up) record();
         arrive();
         alignas(inotify_event) char buf[4096];
         bool seen = false;
@@ -317,9 +335,10 @@ class Fleet {
 
   Header& header() { return *h_; }
   // Median over children of the resident growth from setting `mode` up.
-  double rss_delta_kb(Mode mode) const {
+  double rss_delta_kb(Mode mode, bool only_private = false) const {
     std::vector<double> v;
-    for (std::uint32_t i = 0; i < n_; ++i) v.push_back(static_cast<double>(per_[i].rss_delta_kb[mode].load()));
+    for (std::uint32_t i = 0; i < n_; ++i)
+      v.push_back(static_cast<double>((only_private ? per_[i].private_delta_kb : per_[i].rss_delta_kb)[mode].load()));
     return bench::percentile(v, 50);
   }
   const std::string& failure() const { return failure_; }
@@ -492,7 +511,7 @@ int main(int argc, char** argv) {
   // 1. The headline: pkgctx against the raw broadcast, alternating, `rounds` each; then the
   //    D-Bus and inotify rounds of the comparison in the same children.
   RoundFigures fan[kModes];
-  double rss_delta[kModes] = {-1, -1, -1, -1};
+  double rss_delta[kModes] = {-1, -1, -1, -1}, private_delta[kModes] = {-1, -1, -1, -1};
   std::int64_t bus_rss_growth = -1;
   {
     Fleet fleet(su, n);
@@ -515,7 +534,10 @@ int main(int argc, char** argv) {
       if (ok && r == 0) bus_rss_growth = rss_kb(dbus->pid) - bus_rss0;
     }
     if (!ok) failure = "fan-out: " + fleet.failure();
-    for (int m = 0; m < kModes; ++m) rss_delta[m] = fleet.rss_delta_kb(static_cast<Mode>(m));
+    for (int m = 0; m < kModes; ++m) {
+      rss_delta[m] = fleet.rss_delta_kb(static_cast<Mode>(m));
+      private_delta[m] = fleet.rss_delta_kb(static_cast<Mode>(m), true);
+    }
     if (pbus) sd_bus_flush_close_unref(pbus);
   }
   // inotify instances are limited per user (fs.inotify.max_user_instances, 128 by default) and
@@ -534,6 +556,7 @@ int main(int argc, char** argv) {
     for (int r = 0; ok && r < compare_rounds; ++r) ok = fleet.round(kInotify, fan[kInotify], [&] { ctl(kInotify); });
     if (!ok) failure = "inotify fan-out: " + fleet.failure();
     rss_delta[kInotify] = fleet.rss_delta_kb(kInotify);
+    private_delta[kInotify] = fleet.rss_delta_kb(kInotify, true);
   }
   const auto p50 = [](const std::vector<double>& v) { return bench::percentile(v, 50); };
   std::fprintf(stderr, "fanout %u: last awake p50 pkgctx %.2f ms vs raw futex %.2f ms (worst %.2f vs %.2f)\n", n,
@@ -619,6 +642,8 @@ int main(int argc, char** argv) {
   js << "},\n\"check_ns\":{\"pkgctx\":" << check_pkgctx << ",\"local_flag\":" << check_flag << ",\"stat\":" << check_stat
      << ",\"daemon\":" << series_json(ask) << "},\n\"rss_delta_kb\":{";
   for (int m = 0; m < kModes; ++m) js << (m ? "," : "") << "\"" << kModeName[m] << "\":" << rss_delta[m];
+  js << "},\"private_delta_kb\":{";
+  for (int m = 0; m < kModes; ++m) js << (m ? "," : "") << "\"" << kModeName[m] << "\":" << private_delta[m];
   js << "},\"dbus\":{\"available\":" << (have_dbus ? "true" : "false") << ",\"reason\":\"" << escape(dbus_reason)
      << "\",\"daemon_rss_growth_kb\":" << bus_rss_growth << "},\"daemon_reason\":\"" << escape(daemon_reason) << "\"}\n";
   if (out.empty()) std::fputs(js.str().c_str(), stdout);
