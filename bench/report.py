@@ -259,7 +259,7 @@ def fanout_rows(add, fo):
     fan = fo.get("fanout", {})
     pk, raw = fan.get("pkgctx", {}), fan.get("raw_futex", {})
     v, fl = pk.get("last", {}).get("p50_ns"), raw.get("last", {}).get("p50_ns")
-    n = fo.get("n")
+    n = fo.get("n", 1000)
     why = fo.get("failure")
     sc = pk.get("notify_syscalls", -1)
     syscalls = (f"the Store write made {sc} syscall(s) (one FUTEX_WAKE of every sleeper on the slot's wake word)"
@@ -491,8 +491,11 @@ def main():
     drain = load_micro(a.drain)[0] if a.drain else None
     fanout = None
     if a.fanout:
-        with open(a.fanout) as f:
-            fanout = json.load(f)
+        try:
+            with open(a.fanout) as f:
+                fanout = json.load(f)
+        except (OSError, ValueError) as e:
+            fanout = {"failure": f"pkgctx_fanout_bench left no report ({e}); see fanout.err"}
     results = build(micro, ipc, flood, e2e, task, drain, fanout)
     print(table(results))
     for r in results:
