@@ -521,9 +521,10 @@ int main(int argc, char** argv) {
     // One warm-up round each (attach, first faults) before the timed ones.
     RoundFigures warm;
     ok = fleet.round(kPkgctx, warm, [&] { ctl(kPkgctx); }) && fleet.round(kRawFutex, warm, [&] { ctl(kRawFutex); });
+    // Alternating which goes first (ABBA), so neither always follows the other.
     for (int r = 0; ok && r < rounds; ++r) {
-      ok = fleet.round(kPkgctx, fan[kPkgctx], [&] { ctl(kPkgctx); }, r == 0 && sc.available() ? &sc : nullptr) &&
-           fleet.round(kRawFutex, fan[kRawFutex], [&] { ctl(kRawFutex); }, r == 0 && sc.available() ? &sc : nullptr);
+      for (const Mode m : r % 2 ? std::array{kRawFutex, kPkgctx} : std::array{kPkgctx, kRawFutex})
+        ok = ok && fleet.round(m, fan[m], [&] { ctl(m); }, r == 0 && sc.available() ? &sc : nullptr);
       if (ok) std::fprintf(stderr, "  round %d: last awake pkgctx %.2f ms, raw futex %.2f ms\n", r,
                            fan[kPkgctx].last.back() / 1e6, fan[kRawFutex].last.back() / 1e6);
     }
