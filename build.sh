@@ -82,7 +82,7 @@ case "$cmd" in
     build "$BUILD_DIR"
     exec bash "$ROOT/tools/demo.sh" "$BUILD_DIR" ;;
   bench)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" dbus  # dbus-daemon: the D-Bus row of the comparison
     configure "$BUILD_DIR-bench" -DCMAKE_BUILD_TYPE=Release -DPKGCTX_BUILD_TESTS=OFF -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR-bench"
     exec bash "$ROOT/bench/run.sh" "$BUILD_DIR-bench" "$BUILD_DIR/bench" ;;

@@ -4,7 +4,11 @@
 #
 # Environment: BENCH_REPETITIONS (default 5), BENCH_WAKES (default 3000), BENCH_REQUESTS (20000
 # sequential), BENCH_PIPELINED (200000), BENCH_FILTER (a Google Benchmark regex; default all),
-# BENCH_SPAWNS (300 fresh pkgctl and C-client processes), BENCH_E2E_WAKES (1000 requests → wakes).
+# BENCH_SPAWNS (300 fresh pkgctl and C-client processes), BENCH_E2E_WAKES (1000 requests → wakes),
+# BENCH_FANOUT_N (1000 blocked workers), BENCH_FANOUT_ROUNDS (15 cancels, and as many raw broadcasts),
+# BENCH_COMPARE_ROUNDS (3 D-Bus and inotify broadcasts), BENCH_NOTIFY1_ROUNDS (200 single wakes per
+# mechanism), BENCH_DAEMON_CHECKS (2000 need_update round trips), BENCH_INOTIFY_N (default a quarter
+# of fs.inotify.max_user_instances).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build=${1:?usage: run.sh BUILD_DIR REPORT_DIR}
@@ -19,8 +23,9 @@ flood=$build/bench/pkgctx_flood_bench
 e2e=$build/bench/pkgctx_e2e_bench
 task=$build/bench/pkgctx_task_bench
 drain=$build/bench/pkgctx_drain_bench
+fanout=$build/bench/pkgctx_fanout_bench
 daemon=$build/daemon/pkgctxd
-for exe in "$micro" "$ipc" "$flood" "$e2e" "$task" "$drain"; do
+for exe in "$micro" "$ipc" "$flood" "$e2e" "$task" "$drain" "$fanout"; do
   [ -x "$exe" ] || { echo "run.sh: $exe is missing (is libbenchmark-dev installed?)" >&2; exit 1; }
 done
 command -v python3 >/dev/null || { echo "run.sh: python3 is needed for the report" >&2; exit 1; }
@@ -73,10 +78,18 @@ grep -E '_median' "$out/task.txt" >&2 || true
 }
 grep -E '^drain_' "$out/drain.txt" >&2 || true
 
+echo "==> one cancel waking ${BENCH_FANOUT_N:-1000} workers vs a raw futex broadcast; the comparison (daemon per check, D-Bus, inotify)" >&2
+inotify_n=()
+[ -n "${BENCH_INOTIFY_N:-}" ] && inotify_n=(--inotify-n "$BENCH_INOTIFY_N")
+"$fanout" --n "${BENCH_FANOUT_N:-1000}" --rounds "${BENCH_FANOUT_ROUNDS:-15}" --compare-rounds "${BENCH_COMPARE_ROUNDS:-3}" \
+  --notify1-rounds "${BENCH_NOTIFY1_ROUNDS:-200}" --daemon-checks "${BENCH_DAEMON_CHECKS:-2000}" "${inotify_n[@]}" \
+  --out "$out/fanout.json" 2>"$out/fanout.err" || echo "==> the fan-out bench failed: its rows show why" >&2
+grep -vE '^  round ' "$out/fanout.err" >&2 || true
+
 load_after=$(cat /proc/loadavg)
 echo "==> load average after: $load_after" >&2
 echo >&2
 python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --flood "$out/flood.json" --e2e "$out/e2e.json" \
-  --task "$out/task.json" --drain "$out/drain.json" \
+  --task "$out/task.json" --drain "$out/drain.json" --fanout "$out/fanout.json" \
   --out "$out/report.json" \
   --svg "$out/wake_latency.svg" --load "before: $load; after: $load_after; $(nproc) CPUs"
