@@ -42,6 +42,7 @@
 #include "pkgctx/store.hpp"
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -93,10 +94,14 @@ struct RequestStats {
   std::uint64_t errors = 0;           // … of which answered with an error
 };
 
+// Whether a cluster store owns a package (DESIGN §10): called from the event loop's thread.
+using OwnerCheck = std::function<bool(std::string_view name)>;
+
 // What may change on SIGHUP.
 struct ProtocolOptions {
   std::size_t max_depth = 64;  // JSON nesting allowed inside "settings" (the request nests one more)
   AllowList allow;             // who may write
+  bool etcd_owns = true;       // refuse writes to packages the owner check claims (owned_by_etcd)
 };
 
 // A dump answered a slice at a time, so that one dump of a large table holds neither the event
@@ -138,6 +143,9 @@ class Protocol {
               Session* session = nullptr) noexcept;
   // The registry of workers and drains (may stay null: those ops then answer unavailable).
   void set_registry(Registry* registry) noexcept { registry_ = registry; }
+  // Packages a followed cluster store owns: local writes to them (update, update_settings, event,
+  // delete) are refused with owned_by_etcd while options().etcd_owns. Unset: nothing is owned.
+  void set_owner_check(OwnerCheck owned) { owned_ = std::move(owned); }
   // Appends the packages in the next `slots` slots; after the last slot, ends the answer and
   // clears dump.active. False when out of memory: half an answer cannot be taken back, so the
   // caller must close the connection.
@@ -157,6 +165,7 @@ class Protocol {
   ProtocolOptions options_;
   const ConnectionStats* connections_;
   Registry* registry_ = nullptr;
+  OwnerCheck owned_;
   RequestStats stats_;
 };
 
