@@ -65,6 +65,21 @@ std::int64_t int_field(const json::object& o, std::string_view key) {
   return 0;
 }
 
+// Member ids are uint64 and use the whole range.
+std::uint64_t uint_field(const json::object& o, std::string_view key) {
+  const json::value* v = o.if_contains(key);
+  if (!v) return 0;
+  if (v->is_uint64()) return v->get_uint64();
+  if (v->is_int64()) return static_cast<std::uint64_t>(v->get_int64());
+  if (v->is_string()) {
+    const json::string& s = v->get_string();
+    std::uint64_t n = 0;
+    std::from_chars(s.data(), s.data() + s.size(), n);
+    return n;
+  }
+  return 0;
+}
+
 std::string str_field(const json::object& o, std::string_view key) {
   const json::value* v = o.if_contains(key);
   return v && v->is_string() ? std::string(v->get_string()) : std::string();
@@ -391,6 +406,18 @@ Result<void> Client::lease_keepalive(std::int64_t id) {
   if (int_field(res, "TTL") <= 0)
     return make_error(Errc::no_such_package, "etcd " + endpoint() + ": lease " + std::to_string(id) + " expired");
   return {};
+}
+
+Result<void> Client::compact(std::int64_t revision) {
+  auto r = impl_->call("/v3/kv/compaction", json::object{{"revision", std::to_string(revision)}, {"physical", true}});
+  if (!r) return r.error();
+  return {};
+}
+
+Result<Client::MemberStatus> Client::status() {
+  auto r = impl_->call("/v3/maintenance/status", json::object{});
+  if (!r) return r.error();
+  return MemberStatus{uint_field(object_at(*r, "header"), "member_id"), uint_field(*r, "leader")};
 }
 
 Result<void> Client::watch(std::string_view prefix, std::int64_t start_revision) {

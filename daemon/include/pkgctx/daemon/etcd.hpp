@@ -75,6 +75,14 @@ class Client {
   // Errors: no_such_package when the lease has expired (grant a new one).
   Result<void> lease_keepalive(std::int64_t id);
 
+  // Compacts the history up to `revision` (tests and tools; pkgctxd never compacts).
+  Result<void> compact(std::int64_t revision);
+  // The member this client talks to and the leader it knows (0: none).
+  struct MemberStatus {
+    std::uint64_t member_id = 0, leader = 0;
+  };
+  Result<MemberStatus> status();
+
   // Opens the watch stream of keys under `prefix` from `start_revision`, on the current endpoint
   // (this client's connection then carries only the stream).
   Result<void> watch(std::string_view prefix, std::int64_t start_revision);
