@@ -11,6 +11,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
+#include <arpa/inet.h>
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -242,12 +243,36 @@ struct Client::Impl {
   Result<void> connect() {
     if (sock) return {};
     const Endpoint& e = endpoints[current];
+    addrinfo* res = nullptr;
+#if PKGCTX_ETCD_NUMERIC_ONLY
+    // IP literals only (see daemon/CMakeLists.txt): one address built by hand.
+    sockaddr_storage ss{};
+    addrinfo numeric{};
+    const std::string host = e.host == "localhost" ? "127.0.0.1" : e.host;
+    std::uint16_t port = 0;
+    std::from_chars(e.port.data(), e.port.data() + e.port.size(), port);
+    if (auto* v4 = reinterpret_cast<sockaddr_in*>(&ss); ::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+      v4->sin_family = AF_INET;
+      v4->sin_port = htons(port);
+      numeric.ai_addrlen = sizeof(sockaddr_in);
+    } else if (auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss); ::inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+      v6->sin6_family = AF_INET6;
+      v6->sin6_port = htons(port);
+      numeric.ai_addrlen = sizeof(sockaddr_in6);
+    } else {
+      return fail("not an IP address (pkgctl takes numeric endpoints)");
+    }
+    numeric.ai_family = ss.ss_family;
+    numeric.ai_socktype = SOCK_STREAM;
+    numeric.ai_addr = reinterpret_cast<sockaddr*>(&ss);
+    res = &numeric;
+#else
     addrinfo hints{};
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    addrinfo* res = nullptr;
     if (const int rc = ::getaddrinfo(e.host.c_str(), e.port.c_str(), &hints, &res); rc != 0)
       return fail(std::string("resolving: ") + ::gai_strerror(rc));
+#endif
     std::string why = "no address";
     for (addrinfo* a = res; a; a = a->ai_next) {
       const int fd = ::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, a->ai_protocol);
@@ -275,7 +300,9 @@ struct Client::Impl {
       sock = std::move(s);
       break;
     }
+#if !PKGCTX_ETCD_NUMERIC_ONLY
     ::freeaddrinfo(res);
+#endif
     if (!sock) return fail("connecting: " + why);
     buf.clear();
     return {};

@@ -7,6 +7,7 @@
 
 #include "pkgctx/settings.hpp"
 
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <random>
@@ -158,4 +159,17 @@ BOOST_AUTO_TEST_CASE(a_fleet_converges_on_a_thousand_changes) {
     }
     return true;
   }));
+  // pkgctl fleet shows the same rows.
+  const std::string cmd = std::string(PKGCTX_BINARY_DIR) + "/tools/pkgctl fleet --json --etcd-endpoints " +
+                          etcd.endpoints() + " --prefix " + prefix;
+  FILE* f = ::popen(cmd.c_str(), "r");
+  BOOST_TEST_REQUIRE(f != nullptr);
+  std::string out;
+  char buf[65536];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  BOOST_TEST(::pclose(f) == 0);
+  const boost::json::value rows = boost::json::parse(out);
+  BOOST_TEST(rows.as_array().size() == present * static_cast<std::size_t>(hosts));
+  for (const boost::json::value& r : rows.as_array())
+    BOOST_TEST(r.at("version").as_string() == model[std::string(r.at("name").as_string())].version);
 }
