@@ -59,7 +59,7 @@ def fmt(v, unit):
     return f"{v:g} {unit}"
 
 
-def build(micro, ipc, flood=None, e2e=None):
+def build(micro, ipc, flood=None, e2e=None, etcd=None):
     results = []
 
     def t(name):
@@ -222,6 +222,12 @@ def build(micro, ipc, flood=None, e2e=None):
         e, rtt, fw = q(rw, "e2e", "p99_ns"), q(rw, "echo_rtt", "p99_ns"), q(rw, "futex_wake", "p99_ns")
         add("request_to_worker_awake_p99", e, "ns", rtt + fw if rtt is not None and fw is not None else None,
             "raw echo + raw futex wake, p99", "reference", None)
+    if etcd is not None:
+        w, fl = etcd["etcd_put_wake"], etcd["etcd_watch"]
+        v, f = w.get("p50_ns"), fl.get("p50_ns")
+        add("etcd_put_to_worker_awake_p50", v, "ns", f, "etcd's own watch latency (put → plain watcher), p50, same run",
+            "≤ floor + 1 ms", None if v is None or f is None else v <= f + 1_000_000, samples=w.get("n"),
+            note=f"p99 {w.get('p99_ns', 0) / 1e3:.0f} µs vs the watcher's {fl.get('p99_ns', 0) / 1e3:.0f} µs")
     return results
 
 
@@ -313,6 +319,7 @@ def main():
     ap.add_argument("--flood", default=None)
     ap.add_argument("--e2e", default=None)
     ap.add_argument("--load", default="")
+    ap.add_argument("--etcd", default=None)
     a = ap.parse_args()
     micro, ctx = load_micro(a.micro)
     with open(a.ipc) as f:
@@ -322,7 +329,11 @@ def main():
     if a.e2e:
         with open(a.e2e) as f:
             e2e = json.load(f)
-    results = build(micro, ipc, flood, e2e)
+    etcd = None
+    if a.etcd:
+        with open(a.etcd) as f:
+            etcd = json.load(f)
+    results = build(micro, ipc, flood, e2e, etcd)
     print(table(results))
     for r in results:
         if r.get("note"):

@@ -58,9 +58,16 @@ echo "==> end to end (a fresh pkgctl update vs a minimal C client; request -> wo
 "$e2e" --daemon "$daemon" --pkgctl "$build/tools/pkgctl" --min-client "$build/bench/pkgctx_min_client" \
   --spawns "${BENCH_SPAWNS:-300}" --wakes "${BENCH_E2E_WAKES:-1000}" --daemon-log "$out/pkgctxd-e2e.log" --out "$out/e2e.json"
 
+etcd_args=()
+if [ -x "$build/bench/pkgctx_etcd_bench" ] && command -v etcd >/dev/null; then
+  echo "==> etcd put -> blocked worker awake, beside etcd's own watch latency (same run)" >&2
+  "$build/bench/pkgctx_etcd_bench" --samples "${BENCH_ETCD_SAMPLES:-300}" --out "$out/etcd.json" >&2
+  etcd_args=(--etcd "$out/etcd.json")
+fi
+
 load_after=$(cat /proc/loadavg)
 echo "==> load average after: $load_after" >&2
 echo >&2
 python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --flood "$out/flood.json" --e2e "$out/e2e.json" \
-  --out "$out/report.json" \
+  "${etcd_args[@]}" --out "$out/report.json" \
   --svg "$out/wake_latency.svg" --load "before: $load; after: $load_after; $(nproc) CPUs"
