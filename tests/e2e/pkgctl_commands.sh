@@ -239,7 +239,7 @@ t 0 check "$D"
 
 # --- dump, watch --------------------------------------------------------------------------------
 t 0 dump
-has "$OUT" "segment   $SEG  layout v2  live"
+has "$OUT" "segment   $SEG  layout v3  live"
 has "$OUT" "packages  4 of 4 slots"
 has "$OUT" "daemon    alive  pid $DAEMON"
 has "$OUT" "NAME  VERSION  CHECKSUM"

@@ -27,7 +27,8 @@
 //       (drains the old context after the update) and answers "drained","holders".
 // Errors: {"ok":false,"error":{"code":C,"message":M}}, C one of the core's errc_name() codes
 // (invalid_name, invalid_version, invalid_settings, settings_too_large, invalid_event,
-// no_such_package, table_full, settings_full, …) or a protocol code below.
+// no_such_package, table_full, settings_full, owned_by_etcd — a write to a package the daemon
+// follows from etcd, DESIGN §10 — …) or a protocol code below.
 //
 // Writes (update, event, delete) need a peer on the allow-list; reads are open to anyone who
 // can connect. The protocol both decides and enforces this (the server only reports the peer).
