@@ -2,6 +2,8 @@
 // --follow etcd writes it: one line per host and package, or one JSON array.
 #include "pkgctl/cli.hpp"
 
+#include <ostream>
+
 #if PKGCTX_ETCD
 #include "pkgctx/daemon/etcd.hpp"
 
