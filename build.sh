@@ -22,6 +22,8 @@ log() { printf '==> %s\n' "$*" >&2; }
 BASE_PACKAGES=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-test1.81-dev libboost-json1.81-dev
   libxxhash-dev libbenchmark-dev libsystemd-dev libcli11-dev systemd python3 python3-pytest python3-jsonschema python3-prometheus-client scdoc)
 CLANG_PACKAGES=(clang-14 libclang-rt-14-dev)
+# The etcd follower's tests and bench start real etcd processes (tests/etcd, bench/etcd_bench).
+ETCD_PACKAGES=(etcd-server etcd-client)
 
 # Installs whichever of the named Debian packages are missing (apt-get update once).
 ensure_packages() {
@@ -63,14 +65,14 @@ cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   deps)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}"
     ensure_node_modules ;;
   build)
     ensure_packages "${BASE_PACKAGES[@]}"
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR" ;;
   test)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}"
     ensure_node_modules
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=ON
     build "$BUILD_DIR"
@@ -82,7 +84,7 @@ case "$cmd" in
     build "$BUILD_DIR"
     exec bash "$ROOT/tools/demo.sh" "$BUILD_DIR" ;;
   bench)
-    ensure_packages "${BASE_PACKAGES[@]}" dbus  # dbus-daemon: the D-Bus row of the comparison
+    ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}" dbus  # dbus-daemon: the D-Bus row of the comparison
     configure "$BUILD_DIR-bench" -DCMAKE_BUILD_TYPE=Release -DPKGCTX_BUILD_TESTS=OFF -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR-bench"
     exec bash "$ROOT/bench/run.sh" "$BUILD_DIR-bench" "$BUILD_DIR/bench" ;;
@@ -92,7 +94,7 @@ case "$cmd" in
     build "$BUILD_DIR-fuzz" pkgctx_fuzz_all
     exec bash "$ROOT/tests/fuzz/run.sh" "$BUILD_DIR-fuzz" "${1:-60}" ;;
   sanitize)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}"
     ensure_node_modules
     # -O1 -g1 and assertions on: a third of the -O2 -g compile time under the sanitizers, still
     # fast enough to run, with file:line in every report.

@@ -62,7 +62,7 @@ def fmt(v, unit):
     return f"{v:g} {unit}"
 
 
-def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None):
+def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, etcd=None):
     results = []
 
     def t(name):
@@ -251,6 +251,12 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None):
             note=f"p90 {r.get('counters', {}).get('p90_us', 0):.0f} µs")
     if fanout is not None:
         fanout_rows(add, fanout)
+    if etcd is not None:
+        w, fl = etcd["etcd_put_wake"], etcd["etcd_watch"]
+        v, f = w.get("p50_ns"), fl.get("p50_ns")
+        add("etcd_put_to_worker_awake_p50", v, "ns", f, "etcd's own watch latency (put → plain watcher), p50, same run",
+            "≤ floor + 1 ms", None if v is None or f is None else v <= f + 1_000_000, samples=w.get("n"),
+            note=f"p99 {w.get('p99_ns', 0) / 1e3:.0f} µs vs the watcher's {fl.get('p99_ns', 0) / 1e3:.0f} µs")
     return results
 
 
@@ -478,6 +484,7 @@ def main():
     ap.add_argument("--drain", default=None)
     ap.add_argument("--fanout", default=None)
     ap.add_argument("--load", default="")
+    ap.add_argument("--etcd", default=None)
     a = ap.parse_args()
     micro, ctx = load_micro(a.micro)
     with open(a.ipc) as f:
@@ -496,7 +503,11 @@ def main():
                 fanout = json.load(f)
         except (OSError, ValueError) as e:
             fanout = {"failure": f"pkgctx_fanout_bench left no report ({e}); see fanout.err"}
-    results = build(micro, ipc, flood, e2e, task, drain, fanout)
+    etcd = None
+    if a.etcd:
+        with open(a.etcd) as f:
+            etcd = json.load(f)
+    results = build(micro, ipc, flood, e2e, task, drain, fanout, etcd)
     print(table(results))
     for r in results:
         if r.get("note") and not r.get("compare"):

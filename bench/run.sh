@@ -86,10 +86,17 @@ inotify_n=()
   --out "$out/fanout.json" 2>"$out/fanout.err" || echo "==> the fan-out bench failed: its rows show why" >&2
 grep -vE '^  round ' "$out/fanout.err" >&2 || true
 
+etcd_args=()
+if [ -x "$build/bench/pkgctx_etcd_bench" ] && command -v etcd >/dev/null; then
+  echo "==> etcd put -> blocked worker awake, beside etcd's own watch latency (same run)" >&2
+  "$build/bench/pkgctx_etcd_bench" --samples "${BENCH_ETCD_SAMPLES:-300}" --out "$out/etcd.json" >&2
+  etcd_args=(--etcd "$out/etcd.json")
+fi
+
 load_after=$(cat /proc/loadavg)
 echo "==> load average after: $load_after" >&2
 echo >&2
 python3 "$here/report.py" --micro "$out/micro.json" --ipc "$out/ipc.json" --flood "$out/flood.json" --e2e "$out/e2e.json" \
   --task "$out/task.json" --drain "$out/drain.json" --fanout "$out/fanout.json" \
-  --out "$out/report.json" \
+  "${etcd_args[@]}" --out "$out/report.json" \
   --svg "$out/wake_latency.svg" --load "before: $load; after: $load_after; $(nproc) CPUs"

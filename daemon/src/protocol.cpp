@@ -250,6 +250,7 @@ struct Request {
   Session* session = nullptr;
   Registry* registry = nullptr;
   RequestStats* stats = nullptr;
+  const OwnerCheck* owned = nullptr;  // set when packages may belong to a cluster store
 
   // An event served here cancelled the contexts it replaced, with `cause`.
   void cancelled(std::string_view cause) const {
@@ -330,16 +331,25 @@ struct Request {
   }
 
   // The one place where a write is authorised.
-  Checked<> require_write() const {
+  // `changes_package`: the op writes the named package, which a cluster store may own (§10).
+  Checked<> require_write(bool changes_package = true) const {
     const bool ok = allow.allows(peer);
     if (audit) {
       audit->write = true;
       audit->allowed = ok;
     }
-    if (ok) return {};
-    return refusal(code::kForbidden, "peer " + peer.describe() + " may not \"" + op +
-                                         "\": writes need uid 0, the daemon's uid, or a uid or group on the "
-                                         "allow-list (allow_uids, allow_gids)");
+    if (!ok)
+      return refusal(code::kForbidden, "peer " + peer.describe() + " may not \"" + op +
+                                           "\": writes need uid 0, the daemon's uid, or a uid or group on the "
+                                           "allow-list (allow_uids, allow_gids)");
+    if (const Member* m = fields.member("name"); changes_package && owned && *owned && m && m->value.is_string()) {
+      const std::string_view name = m->value.get_string();
+      if ((*owned)(name))
+        return refusal(make_error(Errc::owned_by_etcd, "package \"" + std::string(name) +
+                                                           "\" follows etcd: change its key there (or set etcd_owns = "
+                                                           "false in pkgctxd's config)"));
+    }
+    return {};
   }
 };
 
@@ -633,7 +643,7 @@ Checked<> op_register(const Request& rq, std::string& out) {
 }
 
 Checked<> op_drain(Store& store, const Request& rq) {
-  if (auto ok = rq.require_write(); !ok) return ok;
+  if (auto ok = rq.require_write(false); !ok) return ok;
   if (auto ok = rq.only({"name", "event", "timeout_ms"}); !ok) return ok;
   if (auto ok = rq.can_wait(); !ok) return ok;
   const auto name = rq.string_field("name");
@@ -901,7 +911,8 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
       opt.max_depth = options_.max_depth + 1;  // the request object wraps "settings"
       json::basic_parser<RequestReader> parser(opt, line);
       if (auto ok = parse_request(line, opt, parser); !ok) return ok;
-      Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit, session, registry_, &stats_};
+      Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit, session, registry_, &stats_,
+                 options_.etcd_owns ? &owned_ : nullptr};
       auto ok = check_envelope(rq, store_.segment().name());
       id = rq.id;
       if (!rq.op.empty()) op_label = known_op(rq.op);

@@ -674,6 +674,15 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
       "metrics", "the daemon's counters and gauges in OpenMetrics text (the segment's alone when no daemon answers)");
   add_call_timeout(metrics);
 
+  std::string fleet_endpoints = "http://127.0.0.1:2379", fleet_prefix = "/pkgctx";
+  auto* fleet = app.add_subcommand("fleet", "every host's status from etcd (hosts running pkgctxd --follow etcd)");
+  fleet->add_option("--etcd-endpoints", fleet_endpoints, "etcd client URLs, comma-separated, numeric or localhost "
+                                                         "(env PKGCTX_ETCD_ENDPOINTS)")
+      ->envname("PKGCTX_ETCD_ENDPOINTS")
+      ->capture_default_str();
+  fleet->add_option("--prefix", fleet_prefix, "the daemons' etcd_prefix")->capture_default_str();
+  fleet->add_flag("--json", as_json, "one JSON array of {host, name, version, checksum, ...}");
+
   std::string shell;
   auto* completion = app.add_subcommand("completion", "print a shell completion script (bash or zsh)");
   completion->add_option("SHELL", shell, "bash or zsh")->required()->check(CLI::IsMember({"bash", "zsh"}));
@@ -736,6 +745,7 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   if (*wait) return cmd_wait(c, token_text, timeout_s, io);
   if (*dump) return finish(cmd_dump(c, as_json, io), io);
   if (*watch) return run_watch(c.segment, interval_s, count, io);
+  if (*fleet) return run_fleet(fleet_endpoints, fleet_prefix, as_json, io);
   if (*batch_cmd) {
     std::vector<std::string> prefix{"--socket", c.socket};
     if (c.segment_explicit) prefix.insert(prefix.end(), {"--segment", c.segment});

@@ -30,7 +30,8 @@
 //       (drains the old context after the update) and answers "drained","holders".
 // Errors: {"ok":false,"error":{"code":C,"message":M}}, C one of the core's errc_name() codes
 // (invalid_name, invalid_version, invalid_settings, settings_too_large, invalid_event,
-// no_such_package, table_full, settings_full, …) or a protocol code below.
+// no_such_package, table_full, settings_full, owned_by_etcd — a write to a package the daemon
+// follows from etcd, DESIGN §10 — …) or a protocol code below.
 //
 // Writes (update, event, delete) need a peer on the allow-list; reads are open to anyone who
 // can connect. The protocol both decides and enforces this (the server only reports the peer).
@@ -115,10 +116,14 @@ struct RequestStats {
   void record_drain(bool drained, std::uint64_t ns) noexcept;
 };
 
+// Whether a cluster store owns a package (DESIGN §10): called from the event loop's thread.
+using OwnerCheck = std::function<bool(std::string_view name)>;
+
 // What may change on SIGHUP.
 struct ProtocolOptions {
   std::size_t max_depth = 64;  // JSON nesting allowed inside "settings" (the request nests one more)
   AllowList allow;             // who may write
+  bool etcd_owns = true;       // refuse writes to packages the owner check claims (owned_by_etcd)
 };
 
 // A dump answered a slice at a time, so that one dump of a large table holds neither the event
@@ -160,6 +165,9 @@ class Protocol {
               Session* session = nullptr) noexcept;
   // The registry of workers and drains (may stay null: those ops then answer unavailable).
   void set_registry(Registry* registry) noexcept { registry_ = registry; }
+  // Packages a followed cluster store owns: local writes to them (update, update_settings, event,
+  // delete) are refused with owned_by_etcd while options().etcd_owns. Unset: nothing is owned.
+  void set_owner_check(OwnerCheck owned) { owned_ = std::move(owned); }
   // Appends the packages in the next `slots` slots; after the last slot, ends the answer and
   // clears dump.active. False when out of memory: half an answer cannot be taken back, so the
   // caller must close the connection.
@@ -179,6 +187,7 @@ class Protocol {
   ProtocolOptions options_;
   const ConnectionStats* connections_;
   Registry* registry_ = nullptr;
+  OwnerCheck owned_;
   RequestStats stats_;
 };
 
