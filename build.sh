@@ -24,6 +24,8 @@ BASE_PACKAGES=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-test1.
   libxxhash-dev libbenchmark-dev libsystemd-dev libcli11-dev systemd python3 python3-pytest python3-jsonschema scdoc)
 CLANG_PACKAGES=(clang-14 libclang-rt-14-dev)
 DEB_PACKAGES=(debhelper dh-python dpkg-dev)
+# The .deb install test (tests/deb) also runs lintian on them.
+TEST_PACKAGES=("${DEB_PACKAGES[@]}" lintian)
 
 # Installs whichever of the named Debian packages are missing (apt-get update once).
 ensure_packages() {
@@ -83,14 +85,14 @@ cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   deps)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     ensure_node_modules ;;
   build)
     ensure_packages "${BASE_PACKAGES[@]}"
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR" ;;
   test)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     ensure_node_modules
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=ON
     build "$BUILD_DIR"
