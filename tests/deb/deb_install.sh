@@ -185,18 +185,19 @@ for plugin in "$work/c_plugin" "$work/cxx_plugin" "$work/consumer/cxx_consumer";
   loaded=$(ldd "$plugin" | awk '$1 == "libpkgctx.so.1" {print $3}')
   [ -n "$loaded" ] && [ "$(readlink -f "$loaded")" = "$libdir/$sover" ] ||
     fail "$plugin does not load the installed libpkgctx.so.1: $(ldd "$plugin")"
-  "$plugin" "$segment" web 0 20000 >"$work/plugin.out" 2>&1 &
+  v=$((v + 1))
+  log=$work/plugin-$v.out  # one per plugin: the shell truncates a reused file only once the child runs
+  "$plugin" "$segment" web 0 20000 >"$log" 2>&1 &
   pid=$!
   for _ in $(seq 2000); do
-    grep -qx waiting "$work/plugin.out" && break
+    grep -qx waiting "$log" 2>/dev/null && break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.01
   done
-  grep -qx waiting "$work/plugin.out" || fail "$plugin does not wait: $(cat "$work/plugin.out")"
-  v=$((v + 1))
+  grep -qx waiting "$log" || fail "$plugin does not wait: $(cat "$log")"
   /usr/bin/pkgctl update web "$v.0" >/dev/null || fail "pkgctl update web $v.0"
-  wait "$pid" || fail "$plugin exited $?: $(cat "$work/plugin.out")"
-  grep -qx 'cancelled while waiting: cause=version_changed' "$work/plugin.out" || fail "$plugin: $(cat "$work/plugin.out")"
+  wait "$pid" || fail "$plugin exited $?: $(cat "$log")"
+  grep -qx 'cancelled while waiting: cause=version_changed' "$log" || fail "$plugin: $(cat "$log")"
 done
 echo "ok: C and C++ plugins (pkg-config, find_package) built against libpkgctx-dev, cancelled by /usr/bin/pkgctl"
 
