@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# pkgctx build driver. Usage: ./build.sh [build|test|demo|bench|fuzz [SECONDS]|sanitize|install [PREFIX]|deps|clean]
+# pkgctx build driver. Usage: ./build.sh [build|test|demo|bench|fuzz [SECONDS]|sanitize|install [PREFIX]|deb [DIR]|deps|clean]
 #
 #   build     configure and compile (default)
 #   test      build, then run every test suite (ctest)
@@ -8,6 +8,7 @@
 #   fuzz      build the libFuzzer targets with clang and run each for SECONDS (default 60)
 #   sanitize  the whole suite under ASan+UBSan, the concurrency suites under TSan
 #   install   cmake --install into PREFIX (default /usr/local)
+#   deb       build the Debian packages (debian/, dpkg-buildpackage) into DIR (default build-deb)
 #   deps      install the Debian packages this needs (done automatically by the others)
 #
 # Environment: BUILD_DIR (default build), JOBS (default nproc), CI=true adds -Werror.
@@ -20,8 +21,13 @@ JOBS=${JOBS:-$(nproc)}
 log() { printf '==> %s\n' "$*" >&2; }
 
 BASE_PACKAGES=(cmake ninja-build g++ pkg-config libboost1.81-dev libboost-test1.81-dev libboost-json1.81-dev
-  libxxhash-dev libbenchmark-dev libsystemd-dev libcli11-dev systemd python3 python3-pytest python3-jsonschema scdoc)
+  libxxhash-dev libbenchmark-dev libsystemd-dev libcli11-dev systemd python3 python3-pytest python3-jsonschema python3-prometheus-client scdoc)
 CLANG_PACKAGES=(clang-14 libclang-rt-14-dev)
+# The etcd follower's tests and bench start real etcd processes (tests/etcd, bench/etcd_bench).
+ETCD_PACKAGES=(etcd-server etcd-client)
+DEB_PACKAGES=(debhelper dh-python dpkg-dev)
+# The .deb install test (tests/deb) also runs lintian on them.
+TEST_PACKAGES=("${DEB_PACKAGES[@]}" lintian)
 
 # Installs whichever of the named Debian packages are missing (apt-get update once).
 ensure_packages() {
@@ -59,18 +65,36 @@ build() {  # build DIR [targets…]
   cmake --build "$dir" -j "$JOBS" ${1:+--target "$@"}
 }
 
+# Builds the Debian packages into DIR: dpkg-buildpackage writes them beside the source tree, so it
+# runs on a copy in DIR/src (without build trees, .git or node_modules); the .debs land in DIR.
+build_debs() {  # build_debs DIR
+  local out version werror=OFF
+  mkdir -p "$1"
+  out=$(cd "$1" && pwd)
+  version=$(dpkg-parsechangelog -l "$ROOT/debian/changelog" -S Version)
+  [ "${CI:-}" = true ] && werror=ON
+  rm -rf "$out/src" "$out"/pkgctxd_* "$out"/libpkgctx* "$out"/python3-pkgctx_* "$out"/pkgctx_*
+  mkdir "$out/src"
+  tar -C "$ROOT" --exclude-vcs --exclude=./build --exclude='./build-*' --exclude=./out \
+      --exclude='./cmake-build*' --exclude=node_modules --exclude=./debian/.debhelper -cf - . | tar -C "$out/src" -xf -
+  log "dpkg-buildpackage pkgctx $version → $out"
+  (cd "$out/src" && PKGCTX_DEB_CMAKE_ARGS="-DPKGCTX_WERROR=$werror" DEB_BUILD_OPTIONS="parallel=$JOBS ${DEB_BUILD_OPTIONS:-}" \
+     dpkg-buildpackage -b -uc -us >"$out/build.log" 2>&1) || { tail -n 60 "$out/build.log" >&2; log "dpkg-buildpackage failed: $out/build.log"; return 1; }
+  ls "$out"/*.deb
+}
+
 cmd=${1:-build}
 [ $# -gt 0 ] && shift
 case "$cmd" in
   deps)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     ensure_node_modules ;;
   build)
     ensure_packages "${BASE_PACKAGES[@]}"
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR" ;;
   test)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}" "${TEST_PACKAGES[@]}"
     ensure_node_modules
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=ON
     build "$BUILD_DIR"
@@ -82,7 +106,7 @@ case "$cmd" in
     build "$BUILD_DIR"
     exec bash "$ROOT/tools/demo.sh" "$BUILD_DIR" ;;
   bench)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}" dbus  # dbus-daemon: the D-Bus row of the comparison
     configure "$BUILD_DIR-bench" -DCMAKE_BUILD_TYPE=Release -DPKGCTX_BUILD_TESTS=OFF -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR-bench"
     exec bash "$ROOT/bench/run.sh" "$BUILD_DIR-bench" "$BUILD_DIR/bench" ;;
@@ -92,7 +116,7 @@ case "$cmd" in
     build "$BUILD_DIR-fuzz" pkgctx_fuzz_all
     exec bash "$ROOT/tests/fuzz/run.sh" "$BUILD_DIR-fuzz" "${1:-60}" ;;
   sanitize)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}"
     ensure_node_modules
     # -O1 -g1 and assertions on: a third of the -O2 -g compile time under the sanitizers, still
     # fast enough to run, with file:line in every report.
@@ -118,9 +142,12 @@ case "$cmd" in
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF  # release binaries carry no crash points
     build "$BUILD_DIR"
     cmake --install "$BUILD_DIR" --prefix "${1:-/usr/local}" ;;
+  deb)
+    ensure_packages "${BASE_PACKAGES[@]}" "${DEB_PACKAGES[@]}"
+    build_debs "${1:-$BUILD_DIR-deb}" ;;
   clean)
     rm -rf "$BUILD_DIR" "$BUILD_DIR"-* ;;
   *)
-    sed -n '2,14p' "$0" >&2
+    sed -n '2,15p' "$0" >&2
     exit 2 ;;
 esac

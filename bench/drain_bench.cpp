@@ -58,6 +58,9 @@ void drain_after_last_holder(benchmark::State& st) {
   if (::pipe(to) != 0 || ::pipe(from) != 0) return st.SkipWithError("pipe");
   const pid_t child = ::fork();
   if (child == 0) {
+    // Our copy of the command pipe's write end would keep the parent's final close from being EOF.
+    ::close(to[1]);
+    ::close(from[0]);
     auto w = Worker::attach(seg);
     if (!w || !w->register_daemon(sock)) ::_exit(1);
     for (char cmd; ::read(to[0], &cmd, 1) == 1;) {

@@ -5,6 +5,9 @@
 //                    (Store::handle_event(schedule)); the child stamps when wait() returns.
 //                    Both processes pinned to CPU 0 (see pin()).
 //   futex_floor      the same with a bare futex word in shared memory: stamp, bump, FUTEX_WAKE.
+//   wake_unpinned, futex_floor_unpinned
+//                    the same two, nothing pinned: wherever the scheduler puts them, usually
+//                    across CPUs (what users get).
 //   socket_echo      a raw Unix stream socket echo server (a forked child) answering each line.
 //   daemon           pkgctxd's control socket, the same client code, one "schedule" event a line.
 //
@@ -86,7 +89,8 @@ Samples time_wakes(const char* what, Stamp& sh, const bench::Pipe& ack, int warm
 
 // --- wake of a blocked Token::wait ------------------------------------------------------------
 
-Samples token_wake(int warmup, int n) {
+// `pinned`: the child runs on CPU 0, as its parent then does (else both go where they are put).
+Samples token_wake(int warmup, int n, bool pinned) {
   const std::string name = bench::segment_name("wake");
   Segment::remove(name);
   SegmentOptions o;
@@ -101,7 +105,7 @@ Samples token_wake(int warmup, int n) {
   auto* sh = bench::shared_anon<Stamp>();
   bench::Pipe ack;
   const pid_t child = bench::spawn([&] {
-    pin(0);
+    if (pinned) pin(0);
     View v = View::open(name).value();
     while (true) {
       auto t = v.token("app", kEventSchedule);
@@ -121,11 +125,11 @@ Samples token_wake(int warmup, int n) {
 
 // --- the floor: a bare futex word -------------------------------------------------------------
 
-Samples futex_floor(int warmup, int n) {
+Samples futex_floor(int warmup, int n, bool pinned) {
   auto* sh = bench::shared_anon<Stamp>();
   bench::Pipe ack;
   const pid_t child = bench::spawn([&] {
-    pin(0);
+    if (pinned) pin(0);
     while (true) {
       const std::uint32_t seen = sh->word.load();
       while (sh->word.load() == seen) futex::wait(&sh->word, seen, std::chrono::seconds(10));
@@ -450,21 +454,28 @@ int main(int argc, char** argv) {
   }
   std::signal(SIGPIPE, SIG_IGN);
   // Interleave token and floor wakes in rounds so both see the same background load.
-  Samples wake, floor;
+  // Pinned first (both on CPU 0), then unpinned, each pair interleaved.
+  Samples wake, floor, wake_free, floor_free;
   cpu_set_t all;
   ::sched_getaffinity(0, sizeof all, &all);
-  pin(0);
   const int rounds = 5;
-  for (int r = 0; r < rounds; ++r) {
-    const int n = wakes / rounds + (r < wakes % rounds ? 1 : 0);
-    auto a = token_wake(50, n);
-    auto b = futex_floor(50, n);
-    wake.ns.insert(wake.ns.end(), a.ns.begin(), a.ns.end());
-    floor.ns.insert(floor.ns.end(), b.ns.begin(), b.ns.end());
+  for (const bool pinned : {true, false}) {
+    if (pinned) pin(0);
+    for (int r = 0; r < rounds; ++r) {
+      const int n = wakes / rounds + (r < wakes % rounds ? 1 : 0);
+      auto a = token_wake(50, n, pinned);
+      auto b = futex_floor(50, n, pinned);
+      Samples& w = pinned ? wake : wake_free;
+      Samples& f = pinned ? floor : floor_free;
+      w.ns.insert(w.ns.end(), a.ns.begin(), a.ns.end());
+      f.ns.insert(f.ns.end(), b.ns.begin(), b.ns.end());
+    }
+    ::sched_setaffinity(0, sizeof all, &all);
   }
-  ::sched_setaffinity(0, sizeof all, &all);
-  std::fprintf(stderr, "wake: p50 %.1f us p99 %.1f us | futex floor: p50 %.1f us p99 %.1f us\n", wake.p(50) / 1e3,
-               wake.p(99) / 1e3, floor.p(50) / 1e3, floor.p(99) / 1e3);
+  std::fprintf(stderr, "wake: p50 %.1f us p99 %.1f us | futex floor: p50 %.1f us p99 %.1f us (pinned to one CPU)\n",
+               wake.p(50) / 1e3, wake.p(99) / 1e3, floor.p(50) / 1e3, floor.p(99) / 1e3);
+  std::fprintf(stderr, "wake: p50 %.1f us p99 %.1f us | futex floor: p50 %.1f us p99 %.1f us (unpinned)\n",
+               wake_free.p(50) / 1e3, wake_free.p(99) / 1e3, floor_free.p(50) / 1e3, floor_free.p(99) / 1e3);
   const SocketRun sr = sockets(requests, pipelined, daemon, daemon_log);
   std::fprintf(stderr, "echo: rtt p50 %.1f us, %.0f req/s sequential (median of rounds), %.0f req/s pipelined\n",
                sr.echo.rtt.p(50) / 1e3, sr.echo.seq_rps(), sr.echo.pipelined_rps);
@@ -477,6 +488,7 @@ int main(int argc, char** argv) {
 
   std::ostringstream o;
   o << "{\"wake\":" << samples_json(wake) << ",\n\"futex_floor\":" << samples_json(floor)
+    << ",\n\"wake_unpinned\":" << samples_json(wake_free) << ",\n\"futex_floor_unpinned\":" << samples_json(floor_free)
     << ",\n\"socket_echo\":" << socket_json(sr.echo) << ",\n\"daemon\":{\"available\":"
     << (sr.daemon_available ? "true" : "false") << ",\"reason\":\"" << json_escape(sr.daemon_reason)
     << "\",\"figures\":" << socket_json(sr.daemon) << "}}\n";

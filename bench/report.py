@@ -5,7 +5,8 @@ Inputs: Google Benchmark JSON of pkgctx_micro_bench (medians of repetitions) and
 pkgctx_ipc_bench. Outputs: a table on stdout, report.json ({"results": [...]}) and an SVG plot of
 the wake-latency distribution. Standard library only.
 
-Usage: report.py --micro micro.json --ipc ipc.json [--flood flood.json] [--e2e e2e.json] --out report.json
+Usage: report.py --micro micro.json --ipc ipc.json [--flood flood.json] [--e2e e2e.json]
+                 [--task task.json] [--drain drain.json] [--fanout fanout.json] --out report.json
                  --svg wake_latency.svg
                  [--load "uptime text"]
 """
@@ -51,6 +52,8 @@ def fmt(v, unit):
     if v is None:
         return "—"
     if unit == "ns":
+        if v >= 10_000_000:
+            return f"{v / 1e6:.1f} ms"
         if v >= 10000:
             return f"{v / 1000:.1f} µs"
         return f"{v:.3g} ns" if v < 10 else f"{v:.0f} ns"
@@ -59,7 +62,7 @@ def fmt(v, unit):
     return f"{v:g} {unit}"
 
 
-def build(micro, ipc, flood=None, e2e=None):
+def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, etcd=None):
     results = []
 
     def t(name):
@@ -155,6 +158,12 @@ def build(micro, ipc, flood=None, e2e=None):
         w.get("p50_ns") is not None and w["p50_ns"] <= 10_000, samples=w.get("n"))
     add("wake_p99", w.get("p99_ns"), "ns", fl.get("p99_ns"), "raw futex wake p99", "≤ 30 µs",
         w.get("p99_ns") is not None and w["p99_ns"] <= 30_000, samples=w.get("n"))
+    # The same unpinned: waker and sleeper wherever the scheduler puts them (what users get).
+    w, fl = ipc.get("wake_unpinned", {}), ipc.get("futex_floor_unpinned", {})
+    for q in ("p50", "p99"):
+        add(f"wake_unpinned_{q}", w.get(f"{q}_ns"), "ns", fl.get(f"{q}_ns"), f"raw futex wake {q}, unpinned",
+            "reference (no target): cross-CPU", None, samples=w.get("n"),
+            note="nothing pinned; the floor is a bare futex word woken the same way in the same run" if q == "p50" else None)
 
     # Control socket.
     echo = ipc.get("socket_echo", {})
@@ -222,13 +231,172 @@ def build(micro, ipc, flood=None, e2e=None):
         e, rtt, fw = q(rw, "e2e", "p99_ns"), q(rw, "echo_rtt", "p99_ns"), q(rw, "futex_wake", "p99_ns")
         add("request_to_worker_awake_p99", e, "ns", rtt + fw if rtt is not None and fw is not None else None,
             "raw echo + raw futex wake, p99", "reference", None)
+    # Tasks (DESIGN §2.2): begin+end write only the worker's own lease page, ≤ 20 ns, 0 syscalls;
+    # the acquire load of the same run is the floor shown beside it.
+    if task is not None:
+        def tt(name):
+            r = task.get(name)
+            return r["time"] if r and "time" in r else None
+        v, fl = tt("task_begin_end"), tt("floor_acquire_load")
+        add("task_begin_end", v, "ns", fl, "acquire load, same run", "≤ 20 ns, 0 syscalls",
+            v is not None and v <= 20)
+        add("task_begin_end_by_name", tt("task_begin_end_by_name"), "ns", None, None, "reference (no target)",
+            None, note="begin by name: the token lookup, then the lease")
+    # Drain: the last holder's task end → the drain's answer at the controller, p50 ≤ 100 µs.
+    if drain is not None:
+        r = drain.get("drain_after_last_holder", {})
+        p50 = r.get("counters", {}).get("p50_us")
+        v = p50 * 1e3 if p50 is not None else None
+        add("drain_after_last_holder_p50", v, "ns", None, None, "≤ 100 µs", v is not None and v <= 100e3,
+            note=f"p90 {r.get('counters', {}).get('p90_us', 0):.0f} µs")
+    if fanout is not None:
+        fanout_rows(add, fanout)
+    if etcd is not None:
+        w, fl = etcd["etcd_put_wake"], etcd["etcd_watch"]
+        v, f = w.get("p50_ns"), fl.get("p50_ns")
+        add("etcd_put_to_worker_awake_p50", v, "ns", f, "etcd's own watch latency (put → plain watcher), p50, same run",
+            "≤ floor + 1 ms", None if v is None or f is None else v <= f + 1_000_000, samples=w.get("n"),
+            note=f"p99 {w.get('p99_ns', 0) / 1e3:.0f} µs vs the watcher's {fl.get('p99_ns', 0) / 1e3:.0f} µs")
     return results
+
+
+def fanout_rows(add, fo):
+    """One cancel waking N workers (DESIGN §8: ≤ 1.3× a raw futex broadcast) and the comparison."""
+    fan = fo.get("fanout", {})
+    pk, raw = fan.get("pkgctx", {}), fan.get("raw_futex", {})
+    v, fl = pk.get("last", {}).get("p50_ns"), raw.get("last", {}).get("p50_ns")
+    n = fo.get("n", 1000)
+    why = fo.get("failure")
+    sc = pk.get("notify_syscalls", -1)
+    syscalls = (f"the Store write made {sc} syscall(s) (one FUTEX_WAKE of every sleeper on the slot's wake word)"
+                if sc is not None and sc >= 0 else "syscalls not counted (no perf tracepoint access)")
+    note = ("pending: " + why) if why and v is None else (
+        f"{n} processes blocked in pkgctx_wait on one package, one Store write (handle_event schedule) vs "
+        f"FUTEX_WAKE(INT_MAX) on one word, {pk.get('last', {}).get('n', 0)} rounds each interleaved, until the last "
+        f"child runs; worst {(pk.get('last', {}).get('max_ns') or 0) / 1e6:.1f} ms vs "
+        f"{(raw.get('last', {}).get('max_ns') or 0) / 1e6:.1f} ms; first awake p50 "
+        f"{(pk.get('first', {}).get('p50_ns') or 0) / 1e3:.0f} µs vs {(raw.get('first', {}).get('p50_ns') or 0) / 1e3:.0f} µs; "
+        f"the waker's call returned after {(pk.get('notify_call', {}).get('p50_ns') or 0) / 1e6:.1f} ms vs "
+        f"{(raw.get('notify_call', {}).get('p50_ns') or 0) / 1e6:.1f} ms (p50); {syscalls}")
+    add(f"wake_{n}_last_p50", v, "ns", fl, f"raw futex broadcast to {n} processes, last awake p50", "≤ 1.3× floor",
+        None if v is None or not fl else v <= 1.3 * fl, samples=pk.get("last", {}).get("n"), note=note)
+    add(f"wake_{n}_last_worst", pk.get("last", {}).get("max_ns"), "ns", raw.get("last", {}).get("max_ns"),
+        f"raw futex broadcast to {n} processes, worst", "reference", None)
+
+    # The comparison (compare group): per mechanism, check cost, notify-1 p50/p99, notify-N (last
+    # awake, p50 of rounds), memory per subscriber. Each row's floor is pkgctx's own figure of the
+    # same run (pkgctx's rows: the raw futex, or for the check the bare load of a local flag).
+    one = fo.get("notify1", {})
+    chk = fo.get("check_ns", {})
+    rss = fo.get("rss_delta_kb", {})
+    priv = fo.get("private_delta_kb", {})
+    bus = fo.get("dbus", {})
+    nin = fo.get("inotify_n")
+
+    def p(d, k="p50_ns"):
+        x = (d or {}).get(k)
+        return x if x is not None and (d or {}).get("n", 1) else None
+
+    pk_n1 = {q: p(one.get("pkgctx"), f"{q}_ns") for q in ("p50", "p99")}
+    pk_last = p(pk.get("last"))
+    mem_pk = rss.get("pkgctx")
+    bus_note = None if bus.get("available") else "not measured: " + (bus.get("reason") or "no dbus-daemon")
+    daemon_why = fo.get("daemon_reason")
+    rows = [
+        ("pkgctx", "check", chk.get("pkgctx"), "ns", chk.get("local_flag"), "bare load of a local flag",
+         "pkgctx_cancelled(token): one acquire load of the shared generation word, no syscall"),
+        ("pkgctx", "notify1_p50", pk_n1["p50"], "ns", p(one.get("raw_futex")), "raw futex wake, same harness",
+         "a Store write (handle_event schedule) → one child blocked in pkgctx_wait runs; unpinned"),
+        ("pkgctx", "notify1_p99", pk_n1["p99"], "ns", p(one.get("raw_futex"), "p99_ns"), "raw futex wake p99", None),
+        ("pkgctx", f"notify{n}_last_p50", pk_last, "ns", p(raw.get("last")), f"raw futex broadcast to {n}", None),
+        ("pkgctx", "memory_per_subscriber", mem_pk * 1024 if mem_pk is not None else None, "B", None, None,
+         "resident growth of a worker from pkgctx_attach + pkgctx_token (median over the children): the "
+         f"segment and code pages it touched, shared with every other worker; of it private: {priv.get('pkgctx')} kB"),
+        ("daemon_per_check", "check", p(chk.get("daemon")), "ns", chk.get("pkgctx"), "pkgctx check",
+         (f"pending: {daemon_why}" if daemon_why else
+          '{"op":"need_update"} with the worker\'s version and checksum over a persistent Unix socket, answer '
+          f"parsed (p50 of {(chk.get('daemon') or {}).get('n', 0)}); a change is seen only at the next check: no "
+          "push, so notify latency is the polling interval, and 1,000 workers polling every ms would need 1M "
+          "requests/s (see socket_pipelined for what the daemon answers)")),
+        ("dbus_signal", "check", chk.get("local_flag"), "ns", chk.get("pkgctx"), "pkgctx check",
+         "a local flag set by the signal handler (an acquire load), valid only while a thread runs the bus "
+         "(sd_bus_wait + sd_bus_process)" + (f"; {bus_note}" if bus_note else "")),
+        ("dbus_signal", "notify1_p50", p(one.get("dbus")), "ns", pk_n1["p50"], "pkgctx notify-1 p50",
+         "sd_bus_emit_signal + flush in the controller → a subscriber's match callback ran (private dbus-daemon)"),
+        ("dbus_signal", "notify1_p99", p(one.get("dbus"), "p99_ns"), "ns", pk_n1["p99"], "pkgctx notify-1 p99", None),
+        ("dbus_signal", f"notify{n}_last_p50", p(fan.get("dbus", {}).get("last")), "ns", pk_last,
+         f"pkgctx notify-{n}", f"{n} subscribers, {(fan.get('dbus', {}).get('last') or {}).get('n', 0)} rounds"),
+        ("dbus_signal", "memory_per_subscriber",
+         (rss.get("dbus") + (bus.get("daemon_rss_growth_kb") or 0) / n) * 1024
+         if rss.get("dbus") is not None and bus.get("available") else None, "B", None, None,
+         f"subscriber's resident growth from connecting and adding the match ({rss.get('dbus')} kB, of it private "
+         f"{priv.get('dbus')} kB) plus the dbus-daemon's growth per subscriber "
+         f"({(bus.get('daemon_rss_growth_kb') or 0) / n:.1f} kB)"),
+        ("inotify_file", "check", chk.get("stat"), "ns", chk.get("pkgctx"), "pkgctx check",
+         "stat() of the file (its inode changes on each rename over it)"),
+        ("inotify_file", "notify1_p50", p(one.get("inotify")), "ns", pk_n1["p50"], "pkgctx notify-1 p50",
+         "the controller writes a new file and renames it over the old → a child blocked in read() of an "
+         "inotify watch (IN_MOVED_TO on the directory) runs"),
+        ("inotify_file", "notify1_p99", p(one.get("inotify"), "p99_ns"), "ns", pk_n1["p99"], "pkgctx notify-1 p99",
+         None),
+        ("inotify_file", f"notify{nin}_last_p50", p(fan.get("inotify", {}).get("last")), "ns", None, None,
+         f"{nin} watchers only: inotify instances are limited per user (fs.inotify.max_user_instances, shared with "
+         f"every process of the user); the bench takes a quarter of it (--inotify-n N for more)"),
+        ("inotify_file", "memory_per_subscriber",
+         rss.get("inotify") * 1024 if rss.get("inotify") is not None else None, "B", None, None,
+         f"resident growth from inotify_init1 + inotify_add_watch (of it private {priv.get('inotify')} kB; the "
+         "rest is shared code pages; the kernel's watch and queue memory is not counted)"),
+    ]
+    for mech, metric, value, unit, floor, floor_name, rnote in rows:
+        extra = {}
+        if metric == "memory_per_subscriber":
+            k = {"pkgctx": "pkgctx", "dbus_signal": "dbus", "inotify_file": "inotify"}.get(mech)
+            if priv.get(k) is not None:
+                extra["private_bytes"] = priv[k] * 1024
+        add(f"compare_{mech}_{metric}", value, unit, floor, floor_name, "comparison", None, note=rnote,
+            compare=mech, metric=metric, **extra)
+
+
+def compare_table(results):
+    """The comparison as one table: a mechanism per row, a metric per column."""
+    rows = [r for r in results if r.get("compare")]
+    if not rows:
+        return ""
+    mechs, metrics = [], []
+    for r in rows:
+        if r["compare"] not in mechs:
+            mechs.append(r["compare"])
+    cols = [("check", "check"), ("notify1_p50", "notify-1 p50"), ("notify1_p99", "notify-1 p99"),
+            ("notify_last", "notify-N last p50"), ("memory_per_subscriber", "memory/subscriber")]
+    head = ("mechanism",) + tuple(c[1] for c in cols)
+    body = []
+    for m in mechs:
+        cells = [m]
+        for key, _ in cols:
+            r = next((x for x in rows if x["compare"] == m and (x["metric"] == key or (
+                key == "notify_last" and x["metric"].startswith("notify") and x["metric"].endswith("_last_p50")))), None)
+            if r is None or r["value"] is None:
+                cells.append("—")
+            elif r["unit"] == "B":
+                pv = r.get("private_bytes")
+                cells.append(f"{r['value'] / 1024:.0f} kB" + (f" ({pv / 1024:.0f} kB private)" if pv is not None else ""))
+            else:
+                v = fmt(r["value"], r["unit"])
+                if key == "notify_last":
+                    v += f" (N={r['metric'][len('notify'):-len('_last_p50')]})"
+                cells.append(v)
+        body.append(tuple(cells))
+    widths = [max(len(str(x[i])) for x in body + [head]) for i in range(len(head))]
+    line = "  ".join(h.ljust(w) for h, w in zip(head, widths))
+    return "\n".join([line, "-" * len(line)] + ["  ".join(str(c).ljust(w) for c, w in zip(b, widths)) for b in body])
 
 
 def table(results):
     head = ("measure", "value", "floor", "ratio", "target", "met")
     rows = []
     for r in results:
+        if r.get("compare"):
+            continue  # printed as their own table
         met = {True: "yes", False: "NO", None: "—"}[r["met"]]
         if r["value"] is None and r.get("note", "").startswith("pending"):
             met = "pending"
@@ -312,7 +480,11 @@ def main():
     ap.add_argument("--svg", required=True)
     ap.add_argument("--flood", default=None)
     ap.add_argument("--e2e", default=None)
+    ap.add_argument("--task", default=None)
+    ap.add_argument("--drain", default=None)
+    ap.add_argument("--fanout", default=None)
     ap.add_argument("--load", default="")
+    ap.add_argument("--etcd", default=None)
     a = ap.parse_args()
     micro, ctx = load_micro(a.micro)
     with open(a.ipc) as f:
@@ -322,11 +494,30 @@ def main():
     if a.e2e:
         with open(a.e2e) as f:
             e2e = json.load(f)
-    results = build(micro, ipc, flood, e2e)
+    task = load_micro(a.task)[0] if a.task else None
+    drain = load_micro(a.drain)[0] if a.drain else None
+    fanout = None
+    if a.fanout:
+        try:
+            with open(a.fanout) as f:
+                fanout = json.load(f)
+        except (OSError, ValueError) as e:
+            fanout = {"failure": f"pkgctx_fanout_bench left no report ({e}); see fanout.err"}
+    etcd = None
+    if a.etcd:
+        with open(a.etcd) as f:
+            etcd = json.load(f)
+    results = build(micro, ipc, flood, e2e, task, drain, fanout, etcd)
     print(table(results))
     for r in results:
-        if r.get("note"):
+        if r.get("note") and not r.get("compare"):
             print(f"  {r['name']}: {r['note']}")
+    if fanout is not None:
+        print("\ncomparison with the alternatives (same run; check = cost of one \"am I cancelled?\"):")
+        print(compare_table(results))
+        for r in results:
+            if r.get("compare") and r.get("note"):
+                print(f"  {r['name']}: {r['note']}")
     report = {"results": results,
               "machine": {"cpus": ctx.get("num_cpus"), "mhz": ctx.get("mhz_per_cpu"), "load": a.load},
               "plot": a.svg.split("/")[-1]}

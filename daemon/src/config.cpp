@@ -234,6 +234,56 @@ const std::vector<Key>& keys() {
        [](const Config& c) { return format_group(c.socket_group); }},
       {"heartbeat_ms", false, [](Config& c, std::string_view v) { return set_number(c.heartbeat_ms, v, 10, 60000, false); },
        [](const Config& c) { return std::to_string(c.heartbeat_ms); }},
+      {"follow", false,
+       [](Config& c, std::string_view v) -> Result<void> {
+         if (!v.empty() && v != "etcd") return make_error(Errc::invalid_settings, quote(v) + " is not \"\" or \"etcd\"");
+         c.follow = std::string(v);
+         return {};
+       },
+       [](const Config& c) { return c.follow; }},
+      {"etcd_endpoints", false,
+       [](Config& c, std::string_view v) -> Result<void> {
+         std::vector<std::string> urls;
+         for (std::string_view u : split_list(v)) {
+           if (!u.starts_with("http://") || u.size() <= 7)
+             return make_error(Errc::invalid_settings, quote(u) + " is not an http://HOST:PORT URL");
+           urls.emplace_back(u);
+         }
+         if (urls.empty()) return make_error(Errc::invalid_settings, "at least one endpoint is needed");
+         c.etcd_endpoints = std::move(urls);
+         return {};
+       },
+       [](const Config& c) {
+         std::string s;
+         for (const std::string& u : c.etcd_endpoints) s += (s.empty() ? "" : ", ") + u;
+         return s;
+       }},
+      {"etcd_prefix", false,
+       [](Config& c, std::string_view v) -> Result<void> {
+         if (v.empty() || v.back() == '/' || v.find_first_of(" \t\n") != std::string_view::npos)
+           return make_error(Errc::invalid_settings, quote(v) + " is not a key prefix (non-empty, no blanks, no trailing /)");
+         c.etcd_prefix = std::string(v);
+         return {};
+       },
+       [](const Config& c) { return c.etcd_prefix; }},
+      {"etcd_host", false,
+       [](Config& c, std::string_view v) -> Result<void> {
+         if (!v.empty())
+           if (auto ok = validate_name(v, Limits{}); !ok) return make_error(Errc::invalid_settings, quote(v) + " is not a host name ([A-Za-z0-9._-]{1,128})");
+         c.etcd_host = std::string(v);
+         return {};
+       },
+       [](const Config& c) { return c.etcd_host; }},
+      {"etcd_status_ttl_s", false,
+       [](Config& c, std::string_view v) { return set_number(c.etcd_status_ttl_s, v, 2, 3600, false); },
+       [](const Config& c) { return std::to_string(c.etcd_status_ttl_s); }},
+      {"etcd_owns", true,
+       [](Config& c, std::string_view v) -> Result<void> {
+         if (v != "true" && v != "false") return make_error(Errc::invalid_settings, quote(v) + " is not true or false");
+         c.etcd_owns = v == "true";
+         return {};
+       },
+       [](const Config& c) { return std::string(c.etcd_owns ? "true" : "false"); }},
       {"allow_uids", true, [](Config& c, std::string_view v) { return set_id_list(c.allow_uids, v, resolve_user); },
        [](const Config& c) { return format_ids(c.allow_uids); }},
       {"allow_gids", true, [](Config& c, std::string_view v) { return set_id_list(c.allow_gids, v, resolve_group); },

@@ -4,6 +4,7 @@
 #include "pkgctx/daemon/log.hpp"
 #include "pkgctx/daemon/registry.hpp"
 #include "pkgctx/dump.hpp"
+#include "pkgctx/metrics.hpp"
 
 #include <boost/json/basic_parser_impl.hpp>
 #include <boost/json/serialize.hpp>
@@ -248,6 +249,28 @@ struct Request {
   Audit* audit = nullptr;
   Session* session = nullptr;
   Registry* registry = nullptr;
+  RequestStats* stats = nullptr;
+  const OwnerCheck* owned = nullptr;  // set when packages may belong to a cluster store
+
+  // An event served here cancelled the contexts it replaced, with `cause`.
+  void cancelled(std::string_view cause) const {
+    if (!stats) return;
+    auto it = stats->cancellations.find(cause);
+    if (it == stats->cancellations.end()) it = stats->cancellations.emplace(std::string(cause), 0).first;
+    ++it->second;
+  }
+
+  // Starts a drain whose answer the registry sends later (see Registry::drain), timing it for the
+  // metrics op.
+  void drain(std::string prefix, std::uint32_t slot, std::optional<std::uint32_t> key, std::uint64_t timeout_ms,
+             Registry::Finish finish = {}) const {
+    session->waiting = true;
+    registry->drain(session->conn, std::move(prefix), slot, key, timeout_ms,
+                    [st = stats, t0 = mono_now_ns(), finish = std::move(finish)](bool drained) {
+                      if (st) st->record_drain(drained, mono_now_ns() - t0);
+                      return finish ? finish(drained) : std::string();
+                    });
+  }
 
   // Drains need a server connection and the registry (a line fed without one cannot wait).
   Checked<> can_wait() const {
@@ -308,16 +331,25 @@ struct Request {
   }
 
   // The one place where a write is authorised.
-  Checked<> require_write() const {
+  // `changes_package`: the op writes the named package, which a cluster store may own (§10).
+  Checked<> require_write(bool changes_package = true) const {
     const bool ok = allow.allows(peer);
     if (audit) {
       audit->write = true;
       audit->allowed = ok;
     }
-    if (ok) return {};
-    return refusal(code::kForbidden, "peer " + peer.describe() + " may not \"" + op +
-                                         "\": writes need uid 0, the daemon's uid, or a uid or group on the "
-                                         "allow-list (allow_uids, allow_gids)");
+    if (!ok)
+      return refusal(code::kForbidden, "peer " + peer.describe() + " may not \"" + op +
+                                           "\": writes need uid 0, the daemon's uid, or a uid or group on the "
+                                           "allow-list (allow_uids, allow_gids)");
+    if (const Member* m = fields.member("name"); changes_package && owned && *owned && m && m->value.is_string()) {
+      const std::string_view name = m->value.get_string();
+      if ((*owned)(name))
+        return refusal(make_error(Errc::owned_by_etcd, "package \"" + std::string(name) +
+                                                           "\" follows etcd: change its key there (or set etcd_owns = "
+                                                           "false in pkgctxd's config)"));
+    }
+    return {};
   }
 };
 
@@ -461,14 +493,14 @@ Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std:
   }
   w.key("change").str(change_name(r->change));
   if (rq.audit) rq.audit->change = change_name(r->change);
+  if (r->change == Change::version) rq.cancelled(opts.cause.empty() ? "version_changed" : opts.cause);
   if (rq.fields.member("drain_ms")) {
     // The update cancelled the old context (if it changed anything): wait for its tasks.
     auto slot = store.view().find(*name);
     if (!slot) return refusal(slot.error());
-    rq.session->waiting = true;
     std::string prefix = out.substr(start);
     out.resize(start);
-    rq.registry->drain(rq.session->conn, std::move(prefix), *slot, std::nullopt, *drain_ms);
+    rq.drain(std::move(prefix), *slot, std::nullopt, *drain_ms);
     return {};
   }
   end_ok(w, out);
@@ -506,6 +538,12 @@ Checked<> op_event(Store& store, const Request& rq, std::string& out) {
   if (*cause && cause->value().empty()) return refusal(validate_cause_name("").error());
   auto r = store.handle_event(*event, *name, cause->value_or(""));
   if (!r) return refusal(r.error());
+  // A new context means the previous one was cancelled (an absent package gets none).
+  if (*r)
+    rq.cancelled(*cause ? **cause
+                 : *event == kEventUpdate ? std::string_view("update_event")
+                 : *event == kEventRemove ? std::string_view("removed")
+                                          : std::string_view("rescheduled"));
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("context");
   if (*r) {
@@ -570,6 +608,7 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
   const auto slot = store.view().find(*name);
   auto r = store.erase(*name);
   if (!r) return refusal(r.error());
+  if (*r) rq.cancelled("deleted");
   const std::size_t start = out.size();
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("deleted").boolean(*r);
@@ -578,11 +617,10 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
     // what is left when the drain ends.
     Registry& reg = *rq.registry;
     const std::uint32_t s = *slot;
-    rq.session->waiting = true;
     std::string prefix = out.substr(start);
     out.resize(start);
-    reg.drain(rq.session->conn, std::move(prefix), s, std::nullopt, *drain_ms,
-              [&reg, s](bool) { return ",\"in_flight\":" + std::to_string(reg.leases_on(s)); });
+    rq.drain(std::move(prefix), s, std::nullopt, *drain_ms,
+             [&reg, s](bool) { return ",\"in_flight\":" + std::to_string(reg.leases_on(s)); });
     return {};
   }
   w.key("in_flight").num(rq.registry && *r && slot ? rq.registry->leases_on(*slot) : std::uint64_t{0});
@@ -605,7 +643,7 @@ Checked<> op_register(const Request& rq, std::string& out) {
 }
 
 Checked<> op_drain(Store& store, const Request& rq) {
-  if (auto ok = rq.require_write(); !ok) return ok;
+  if (auto ok = rq.require_write(false); !ok) return ok;
   if (auto ok = rq.only({"name", "event", "timeout_ms"}); !ok) return ok;
   if (auto ok = rq.can_wait(); !ok) return ok;
   const auto name = rq.string_field("name");
@@ -623,8 +661,7 @@ Checked<> op_drain(Store& store, const Request& rq) {
   std::string prefix;
   JsonWriter w(prefix);
   begin_ok(w, rq.id).key("name").str(*name);
-  rq.session->waiting = true;
-  rq.registry->drain(rq.session->conn, std::move(prefix), *slot, key, *timeout);
+  rq.drain(std::move(prefix), *slot, key, *timeout);
   return {};
 }
 
@@ -660,6 +697,64 @@ Checked<> op_clients(const Request& rq, std::string& out) {
   } else {
     w.begin_array().end_array();
   }
+  end_ok(w, out);
+  return {};
+}
+
+// The OpenMetrics exposition (DESIGN §6): the segment's families (pkgctx/metrics.hpp), then the
+// daemon's own. Costs O(capacity) word loads (the waiters board) plus O(registered workers ×
+// their leases): nothing per package record.
+Checked<> op_metrics(Store& store, const ConnectionStats& conns, const RequestStats& stats, const Request& rq,
+                     std::string& out) {
+  if (auto ok = rq.only({}); !ok) return ok;
+  using Type = MetricsWriter::Type;
+  const SegmentInfo i = store.segment().info();
+  std::string text;
+  MetricsWriter m(text);
+  write_segment_metrics(m, i, mono_now_ns(), realtime_now_ns(), store.segment().waiter_counts());
+
+  m.family("pkgctx_requests", Type::counter,
+           "Requests answered by op and result (ok or the error code; op none: no op could be read).");
+  for (const auto& [key, n] : stats.answers) m.sample("_total", {{"op", key.first}, {"result", key.second}}, n);
+  m.family("pkgctx_cancellations", Type::counter,
+           "Events served by this daemon that cancelled a package's context, by cause.");
+  for (const auto& [cause, n] : stats.cancellations) m.sample("_total", {{"cause", cause}}, n);
+  m.gauge("pkgctx_clients", "Control connections open now (registered workers' not included).", conns.clients);
+  m.counter("pkgctx_connections_accepted", "Control connections accepted since the daemon started.", conns.accepted);
+  m.counter("pkgctx_connections_dropped",
+            "Connections dropped: not reading their answers, over limits, or refused when full.", conns.dropped);
+
+  std::uint64_t live = 0, cancelled = 0;
+  if (rq.registry) {
+    for (const auto& entry : rq.registry->clients())
+      for (const Registry::LeaseInfo& l : rq.registry->leases(entry.second)) ++(l.cancelled ? cancelled : live);
+  }
+  m.gauge("pkgctx_workers", "Worker processes registered (attached with the SDK).",
+          std::uint64_t{rq.registry ? rq.registry->size() : 0});
+  m.family("pkgctx_leases", Type::gauge, "Tasks running now, by whether their context is cancelled.")
+      .sample("", {{"state", "live"}}, live)
+      .sample("", {{"state", "cancelled"}}, cancelled);
+  m.gauge("pkgctx_drains_pending", "Drains waiting for tasks to end.",
+          std::uint64_t{rq.registry ? rq.registry->pending_drains() : 0});
+  m.family("pkgctx_drains", Type::counter, "Drains answered, by outcome.")
+      .sample("_total", {{"outcome", "drained"}}, stats.drains_drained)
+      .sample("_total", {{"outcome", "timed_out"}}, stats.drains_timed_out);
+  m.family("pkgctx_drain_duration_seconds", Type::histogram,
+           "How long answered drains waited (drained or timed out).", "seconds");
+  std::uint64_t cumulative = 0;
+  for (std::size_t b = 0; b < RequestStats::kDrainBuckets.size(); ++b) {
+    cumulative += stats.drain_buckets[b];
+    const std::string le = format_seconds(static_cast<std::uint64_t>(RequestStats::kDrainBuckets[b] * 1e9));
+    m.sample("_bucket", {{"le", le}}, cumulative);
+  }
+  const std::uint64_t count = stats.drains_drained + stats.drains_timed_out;
+  m.sample("_bucket", {{"le", "+Inf"}}, count);
+  m.sample("_count", {}, count);
+  m.sample("_sum", {}, static_cast<double>(stats.drain_ns_sum) / 1e9);
+  m.eof();
+
+  JsonWriter w(out);
+  begin_ok(w, rq.id).key("content_type").str(kOpenMetricsContentType).key("text").str(text);
   end_ok(w, out);
   return {};
 }
@@ -727,6 +822,16 @@ Checked<> op_dump(Store& store, const ConnectionStats& conns, const RequestStats
   return {};
 }
 
+// The op's name as a metrics label: one of a fixed set, so clients cannot grow the label set.
+std::string_view known_op(std::string_view op) {
+  static constexpr std::string_view kOps[] = {"update", "update_settings", "event",   "need_update", "settings",
+                                              "delete", "dump",            "checksum", "drain",      "clients",
+                                              "metrics", "register"};
+  for (std::string_view k : kOps)
+    if (k == op) return k;
+  return "unknown";
+}
+
 // The audit line of one write request (see protocol.hpp). `result`: "ok" or the error code.
 void audit_write(const Request& rq, const Audit& audit, std::string_view result) {
   const log::Level level = audit.allowed ? log::Level::info : log::Level::notice;
@@ -746,6 +851,17 @@ void audit_write(const Request& rq, const Audit& audit, std::string_view result)
 }
 
 }  // namespace
+
+void RequestStats::record_drain(bool drained, std::uint64_t ns) noexcept {
+  ++(drained ? drains_drained : drains_timed_out);
+  drain_ns_sum += ns;
+  for (std::size_t b = 0; b < kDrainBuckets.size(); ++b) {
+    if (static_cast<double>(ns) <= kDrainBuckets[b] * 1e9) {
+      ++drain_buckets[b];
+      break;
+    }
+  }
+}
 
 Protocol::Protocol(Store& store, ProtocolOptions options, const ConnectionStats* connections)
     : store_(store), options_(std::move(options)), connections_(connections) {}
@@ -769,6 +885,10 @@ void Protocol::append_error(std::string& out, std::string_view id, std::string_v
 void Protocol::refuse_line(std::string& out, std::string_view message) noexcept {
   ++stats_.requests;
   append_error(out, {}, code::kLineTooLong, message);
+  try {
+    ++stats_.answers[{"none", code::kLineTooLong}];
+  } catch (...) {  // out of memory: only the count is lost
+  }
 }
 
 void Protocol::refuse_client(std::string& out, std::string_view message) noexcept {
@@ -780,6 +900,8 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
   ++stats_.requests;
   const std::size_t mark = out.size();
   std::string id;
+  std::string_view op_label = "none";
+  std::string_view outcome = code::kInternalError;  // unless an answer says otherwise
   try {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     DumpCursor whole;  // a dump answered at once when the caller takes no cursor
@@ -792,9 +914,11 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
       opt.max_depth = options_.max_depth + 1;  // the request object wraps "settings"
       json::basic_parser<RequestReader> parser(opt, line);
       if (auto ok = parse_request(line, opt, parser); !ok) return ok;
-      Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit, session, registry_};
+      Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit, session, registry_, &stats_,
+                 options_.etcd_owns ? &owned_ : nullptr};
       auto ok = check_envelope(rq, store_.segment().name());
       id = rq.id;
+      if (!rq.op.empty()) op_label = known_op(rq.op);
       if (!ok) return ok;
       const auto result = [&]() -> Checked<> {
         const std::string& op = rq.op;
@@ -808,16 +932,19 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
         if (op == "register") return op_register(rq, out);
         if (op == "drain") return op_drain(store_, rq);
         if (op == "clients") return op_clients(rq, out);
+        if (op == "metrics")
+          return op_metrics(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out);
         if (op == "dump")
           return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out, cursor);
         std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
         return refusal(code::kBadRequest,
                        "unknown op \"" + shown + "\" (ops: update, update_settings, event, need_update, settings, delete, dump, checksum, "
-                       "drain, clients, register)");
+                       "drain, clients, metrics, register)");
       }();
       if (audit.write) audit_write(rq, audit, result ? std::string_view("ok") : result.error().code);
       return result;
     }();
+    outcome = answer ? std::string_view("ok") : answer.error().code;
     if (!answer) {
       out.resize(mark);
       append_error(out, id, answer.error().code, answer.error().message);
@@ -837,6 +964,10 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
     out.resize(mark);
     if (dump) dump->active = false;
     append_error(out, {}, code::kInternalError, "unexpected failure");
+  }
+  try {
+    ++stats_.answers[{op_label, outcome}];
+  } catch (...) {  // out of memory: the answer went out, only its count is lost
   }
 }
 

@@ -9,6 +9,9 @@
 #include "pkgctx/daemon/protocol.hpp"
 #include "pkgctx/daemon/server.hpp"
 #include "pkgctx/daemon/registry.hpp"
+#if PKGCTX_ETCD
+#include "pkgctx/daemon/follower.hpp"
+#endif
 #include <sys/resource.h>
 
 #include <CLI/CLI.hpp>
@@ -69,6 +72,9 @@ std::variant<Args, int> parse_args(int argc, char** argv) {
   flag("--socket-mode", "socket_mode", "control socket file mode, octal (default 0660)");
   flag("--heartbeat-ms", "heartbeat_ms", "heartbeat period in milliseconds (default 1000)");
   flag("--log-level", "log_level", "err, warning, notice, info (default) or debug");
+  flag("--follow", "follow", "follow the desired state of a cluster store: etcd (config: follow; default none)");
+  flag("--etcd-endpoints", "etcd_endpoints", "etcd client URLs, comma-separated (config: etcd_endpoints)");
+  flag("--prefix", "etcd_prefix", "etcd key prefix (config: etcd_prefix; default /pkgctx)");
   app.add_option_function<std::vector<std::string>>(
          "--set",
          [&](const std::vector<std::string>& kvs) {
@@ -125,7 +131,7 @@ ServerLimits server_limits(const Config& cfg) {
 }
 
 ProtocolOptions protocol_options(const Config& cfg) {
-  return {cfg.max_depth, AllowList{::getuid(), cfg.allow_uids, cfg.allow_gids}};
+  return {cfg.max_depth, AllowList{::getuid(), cfg.allow_uids, cfg.allow_gids}, cfg.etcd_owns};
 }
 
 SegmentOptions segment_options(const Config& cfg) {
@@ -270,6 +276,12 @@ int run(int argc, char** argv) {
 
   // Preconditions.
   check_preconditions(cfg);
+#if !PKGCTX_ETCD
+  if (cfg.follow == "etcd") {
+    log::error("Cannot follow etcd: this pkgctxd was built without etcd support (PKGCTX_ETCD=OFF)");
+    return kExitUsage;
+  }
+#endif
 
   // Signals: blocked before anything is created, so a SIGTERM during start-up is handled by the
   // loop as a clean stop.
@@ -308,6 +320,18 @@ int run(int argc, char** argv) {
   }
   Store& store = *owned->store;
   const Segment& segment = store.segment();
+  // A segment this start created (fresh, or replacing an incompatible one) is removed again if
+  // the start fails from here on: nobody can hold a token of it yet, and a failed start must not
+  // leave megabytes of shared memory behind. One it re-attached to stays, whatever happens.
+  struct CreatedSegment {
+    const Config& cfg;
+    bool remove;
+    ~CreatedSegment() {
+      if (!remove) return;
+      Segment::remove(cfg.segment, cfg.runtime_dir);
+      log::info("Removed segment " + cfg.segment + ", created by this failed start");
+    }
+  } created{cfg, owned->how != Takeover::reattached};
 
   // Socket.
   auto listener = Listener::open(cfg.socket, cfg.socket_mode, cfg.socket_group);
@@ -335,14 +359,41 @@ int run(int argc, char** argv) {
     ::setrlimit(RLIMIT_NOFILE, &rl);
   }
 
-  // READY.
+  // READY: from here on the segment stays, whatever happens.
+  created.remove = false;
   segment.mark_daemon_running(::getpid(), static_cast<std::uint64_t>(cfg.heartbeat_ms) * 1'000'000u);
   keeper.ready();
   log::info("Ready: segment " + cfg.segment + " (" + std::string(takeover_name(owned->how)) + "), socket " +
             cfg.socket + ", pid " + std::to_string(::getpid()));
 
+  // The cluster store, followed from threads of its own: the segment is served meanwhile.
+#if PKGCTX_ETCD
+  std::unique_ptr<EtcdFollower> follower;
+  if (cfg.follow == "etcd") {
+    std::string host = cfg.etcd_host;
+    if (host.empty()) {
+      char buf[256] = {};
+      ::gethostname(buf, sizeof buf - 1);
+      host = buf;
+    }
+    follower = std::make_unique<EtcdFollower>(store, FollowOptions{cfg.etcd_endpoints, cfg.etcd_prefix, host,
+                                                                   cfg.etcd_status_ttl_s});
+    protocol.set_owner_check([&f = *follower](std::string_view name) { return f.owns(name); });
+    if (auto ok = follower->start(); !ok) {
+      log::error("Failed to follow etcd: " + ok.error().message);
+      return kExitFailure;
+    }
+    log::info("Following etcd at " + cfg.etcd_endpoints.front() + (cfg.etcd_endpoints.size() > 1 ? " (and others)" : "") +
+              ", prefix " + cfg.etcd_prefix + ", host " + host + " (applied revision " +
+              std::to_string(store.follow_revision()) + ")");
+  }
+#endif
+
   // Loop.
   auto stopped_by = (*server)->run();
+#if PKGCTX_ETCD
+  if (follower) follower->stop();
+#endif
 
   // STOPPING.
   notify::stopping();

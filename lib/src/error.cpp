@@ -42,6 +42,7 @@ constexpr Hint kHints[] = {
     {"too_many_clients", "try again later, or raise max_clients in pkgctxd's config"},
     {"wrong_segment", "use --socket of the daemon that serves {segment}, or --segment of the daemon at {socket}"},
     {"outcome_unknown", "check with pkgctl settings or pkgctl dump before retrying"},
+    {"owned_by_etcd", "change the package's key under the daemon's etcd prefix, or set etcd_owns = false"},
 };
 
 constexpr Row kTable[] = {
@@ -55,6 +56,7 @@ constexpr Row kTable[] = {
     {Errc::invalid_cause, "invalid_cause", "invalid cause name ([a-z][a-z0-9_]{0,31})", ErrorClass::rejected},
     {Errc::invalid_maintenance, "invalid_maintenance", "invalid maintenance mode (0..64 bytes of [A-Za-z0-9._-])", ErrorClass::rejected},
     {Errc::too_many_causes, "too_many_causes", "too many distinct cause names in this segment", ErrorClass::rejected},
+    {Errc::owned_by_etcd, "owned_by_etcd", "package owned by etcd (write its key there)", ErrorClass::rejected},
     {Errc::no_such_package, "no_such_package", "no such package", ErrorClass::missing},
     {Errc::table_full, "table_full", "package table full", ErrorClass::rejected},
     {Errc::settings_full, "settings_full", "settings area full", ErrorClass::rejected},

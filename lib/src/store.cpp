@@ -149,6 +149,7 @@ struct Write {
   u32 child_key = 0;                // 0: no child event
   Cause child_cause = Cause::kRescheduled;  // the cause of a child event (a root bump's children take root_cause)
   Block release{};                  // settings the old record used and the new one does not
+  u64 follow_revision = 0;          // Header::follow_revision committed with this write (0: kept)
   u32 slot = 0;
 };
 
@@ -345,7 +346,7 @@ class Writer {
       }
     }
     PKGCTX_CRASH_POINT("write", kWritten);
-    commit(s, w.root_cause, w.child_key, w.child_cause);
+    commit(s, w.root_cause, w.child_key, w.child_cause, w.follow_revision);
     PKGCTX_CRASH_POINT("write", kCommitted);
     apply_commit();
     PKGCTX_CRASH_POINT("write", kApplied);
@@ -359,9 +360,10 @@ class Writer {
   // Records the cancellations of a write (the targets, so a redo is idempotent). `child_key`
   // 0 = none. A root bump moves every child generation too: a child token watches one word.
   // A caller-named cause used here that resolve_cause() added is published with the commit.
-  void commit(u32 s, Cause root_cause, u32 child_key, Cause child_cause) {
+  void commit(u32 s, Cause root_cause, u32 child_key, Cause child_cause, u64 follow_revision) {
     const SlotGens& g = m_.slots[s].gens;
     j_.slot = s;
+    j_.new_follow_revision = follow_revision;
     const bool root_bump = root_cause != Cause::kNone;
     j_.root_cause = static_cast<u8>(root_cause);
     j_.child_key = child_key;
@@ -388,6 +390,7 @@ class Writer {
     // The new name's entry is complete; publish it before any ring byte that uses it.
     if (j_.new_cause_count > h_.cause_count.load(std::memory_order_relaxed) && j_.new_cause_count <= kMaxCauseNames)
       h_.cause_count.store(j_.new_cause_count, std::memory_order_release);
+    if (j_.new_follow_revision != 0) h_.follow_revision.store(j_.new_follow_revision, std::memory_order_relaxed);
     if (j_.root_cause != static_cast<u8>(Cause::kNone)) {
       set_ring_cause(slot.causes.root, j_.new_root_gen, static_cast<Cause>(j_.root_cause));
       slot.gens.root.store(j_.new_root_gen, std::memory_order_release);
@@ -546,6 +549,11 @@ class Writer {
     detail::write_end(h_.index_seq);
   }
 
+  // A revision applied by no write (its change was none): stored alone, under the mutex.
+  void set_follow_revision(u64 revision) {
+    if (revision != 0) h_.follow_revision.store(revision, std::memory_order_relaxed);
+  }
+
   const Segment& segment() const { return seg_; }
   static inline thread_local u64 hint_ = 0;  // next-fit start; only a hint
 
@@ -681,7 +689,7 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
     if (!b) return full();
     const u32 s = w.pop_slot();
     const Record r{true, name, hash, version, *b, sum, opts.settings_version, opts.maintenance, w.gens_now(s)};
-    w.publish({.record = &r, .slot = s});
+    w.publish({.record = &r, .follow_revision = opts.follow_revision, .slot = s});
     return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), Change::created};
   }
 
@@ -690,7 +698,10 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   const bool was_removed = w.version_len(s) == 0;
   const bool same_settings = w.checksum(s) == sum;
   const bool same_extras = w.settings_version(s) == opts.settings_version && w.maintenance_is(s, opts.maintenance);
-  if (same_version && same_settings && same_extras) return UpdateResult{std::nullopt, Change::none};
+  if (same_version && same_settings && same_extras) {
+    w.set_follow_revision(opts.follow_revision);
+    return UpdateResult{std::nullopt, Change::none};
+  }
 
   // Settings bytes: reuse the stored block when the checksum is unchanged.
   const Block old = w.block(s);
@@ -701,6 +712,7 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   w.publish({.record = &r,
              .root_cause = version_change ? version_cause : Cause::kNone,
              .release = same_settings ? Block{} : old,
+             .follow_revision = opts.follow_revision,
              .slot = s});
   if (!version_change) return UpdateResult{std::nullopt, Change::settings};
   return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), was_removed ? Change::created : Change::version};
@@ -762,17 +774,31 @@ Result<std::optional<core::Token>> Store::handle_event(int event, std::string_vi
   return std::optional<core::Token>(core::Token::snapshot(seg_.mapping(), s, static_cast<u32>(event)));
 }
 
-Result<bool> Store::erase(std::string_view name) {
+Result<bool> Store::erase(std::string_view name, std::uint64_t follow_revision) {
   if (auto v = validate_name(name, limits_); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
   const u64 hash = name_hash(name);
   Writer w(seg_);
   const std::optional<u32> found = w.find(name, hash);
-  if (!found || w.version_len(*found) != 0) return false;  // absent, or re-created since the remove
+  if (!found || w.version_len(*found) != 0) {  // absent, or re-created since the remove
+    w.set_follow_revision(follow_revision);
+    return false;
+  }
   const u32 s = *found;
   const Record r{false, "", 0, "", Block{0, kEmptyLen}, 0, 0, "", Bases{}};
-  w.publish({.record = &r, .root_cause = Cause::kDeleted, .release = w.block(s), .slot = s});
+  w.publish({.record = &r, .root_cause = Cause::kDeleted, .release = w.block(s), .follow_revision = follow_revision,
+             .slot = s});
   return true;
+}
+
+void Store::set_follow_revision(std::uint64_t revision) {
+  if (!seg_.writable() || revision == 0) return;
+  Writer w(seg_);
+  w.set_follow_revision(revision);
+}
+
+std::uint64_t Store::follow_revision() const noexcept {
+  return seg_.header().follow_revision.load(std::memory_order_relaxed);
 }
 
 Result<bool> Store::need_update(std::string_view name, std::string_view version, std::uint64_t checksum,

@@ -12,7 +12,13 @@ settings consistently, hand tokens around as text. Over the C API of libpkgctx.s
             do_some_work()
         print("cancelled:", token.cause)
 
-Tasks and leases (DESIGN §2.2) are not in the C API yet, so not here either.
+A task also tells the daemon that it is still running (DESIGN §2.2), so a controller's drain
+waits for it to end:
+
+    with worker.task("my-plugin") as task:    # a lease the daemon sees (pkgctl clients)
+        while not task.token.cancelled:
+            do_some_work()
+    # the lease is gone: a drain waiting on it answers drained
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from ._capi import lib as _lib
 
 __all__ = [
     "EVENT_UPDATE", "EVENT_REMOVE", "EVENT_SCHEDULE", "Cause", "Liveness", "PkgctxError",
-    "Worker", "Token", "CancelWatch", "Package", "DaemonStatus", "TokenInfo", "attach",
+    "Worker", "Token", "Task", "CancelWatch", "Package", "DaemonStatus", "TokenInfo", "attach",
     "library_version", "error_class", "checksum",
 ]
 
@@ -126,6 +132,7 @@ if TYPE_CHECKING:  # what _make_classes() generates, spelled out for type checke
     class InvalidCause(PkgctxError, ValueError): ...
     class InvalidMaintenance(PkgctxError, ValueError): ...
     class TooManyCauses(PkgctxError): ...
+    class OwnedByEtcd(PkgctxError): ...
     class NoSuchPackage(PkgctxError, LookupError): ...
     class TableFull(PkgctxError): ...
     class SettingsFull(PkgctxError): ...
@@ -342,6 +349,45 @@ class Token:
         return self._handle
 
 
+# ---- Tasks ----------------------------------------------------------------------------------
+
+class Task:
+    """A running task (DESIGN §2.2): a token plus a lease the daemon sees (``pkgctl clients``),
+    so that a drain of the package waits until the task ends. Beginning and ending one touch only
+    this process's memory. A context manager: the task ends when the ``with`` block exits,
+    however it exits. Ending twice does nothing; a task not ended is ended when collected."""
+
+    def __init__(self, worker: "Worker", handle: int, source: Optional["Token"] = None) -> None:
+        self._worker = worker    # the lease page belongs to the worker: it must outlive the task
+        self._source = source    # pkgctx_task_begin_token: the token must outlive the task
+        self._handle = ctypes.c_void_p(handle)
+        self._end = weakref.finalize(self, _lib.pkgctx_task_end, self._handle)
+        # A copy the caller owns: it stays readable after the task ended.
+        dup = _lib.pkgctx_token_dup(_lib.pkgctx_task_token(self._handle))
+        if not dup:
+            self._end()
+            raise MemoryError("pkgctx_token_dup")
+        self.token = Token(dup)
+        worker._tasks.add(self)
+
+    @property
+    def ended(self) -> bool:
+        return not self._end.alive
+
+    def end(self) -> None:
+        """Ends the task: the lease is gone, and a drain waiting on it is told at once."""
+        self._end()
+
+    def __enter__(self) -> "Task":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.end()
+
+    def __repr__(self) -> str:
+        return f"<pkgctx.Task {self.token!r}{' ended' if self.ended else ''}>"
+
+
 # ---- Worker ---------------------------------------------------------------------------------
 
 class Worker:
@@ -359,6 +405,7 @@ class Worker:
         self.segment = segment
         self._handle = handle
         self._detach = weakref.finalize(self, _lib.pkgctx_detach, handle)
+        self._tasks: "weakref.WeakSet[Task]" = weakref.WeakSet()
 
     def token(self, name: str, event: int = EVENT_UPDATE) -> Token:
         """The token of package `name`'s current context for `event` (EVENT_UPDATE/REMOVE: the
@@ -375,6 +422,35 @@ class Worker:
         out = _capi.token_p()
         _check(_lib.pkgctx_token_parse_n(self._live(), raw, len(raw), ctypes.byref(out)))
         return Token(out.value)
+
+    def register(self, socket: Optional[str] = None) -> bool:
+        """Makes the daemon at `socket` (None: $PKGCTX_SOCKET, else /run/pkgctx/pkgctxd.sock) know
+        this worker, so that its tasks' leases count in drains and ``pkgctl clients`` lists it. One
+        round trip; the first task registers implicitly. True when the daemon knows the worker now;
+        False when it does not answer yet (tasks still work; registration is retried in the
+        background every 200 ms). IoError for another socket than the first call's."""
+        rc = _lib.pkgctx_register(self._live(), None if socket is None else _bytes(socket))
+        if rc == DaemonUnreachable.code:
+            return False
+        _check(rc)
+        return True
+
+    @property
+    def registered(self) -> bool:
+        """True while the daemon knows this worker (registered and connected)."""
+        return _lib.pkgctx_registered(self._live()) == 1
+
+    def task(self, name: Union[str, Token], event: int = EVENT_UPDATE) -> Task:
+        """Begins a task on package `name`'s current context for `event` (as ``token()``), or on
+        a Token's context: ``with worker.task("web") as task: … task.token.cancelled …``.
+        NoSuchPackage etc. as token(); Busy when 1024 tasks already run on this worker."""
+        out = _capi.task_p()
+        if isinstance(name, Token):
+            _check(_lib.pkgctx_task_begin_token(self._live(), name._live(), ctypes.byref(out)))
+            return Task(self, out.value, name)
+        raw = _bytes(name)
+        _check(_lib.pkgctx_task_begin(self._live(), raw, len(raw), event, ctypes.byref(out)))
+        return Task(self, out.value)
 
     def read(self, name: str) -> Package:
         """A consistent snapshot of package `name` (NoSuchPackage if absent)."""
@@ -418,7 +494,10 @@ class Worker:
         return _lib.pkgctx_epoch(self._live())
 
     def close(self) -> None:
-        """Detaches now (also done when collected). Tokens taken from it stay valid."""
+        """Ends its tasks still running, then detaches now (also done when collected). Tokens
+        taken from it stay valid."""
+        for task in list(self._tasks):
+            task.end()
         self._detach()
 
     def __enter__(self) -> "Worker":

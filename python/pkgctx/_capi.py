@@ -44,6 +44,7 @@ class TokenInfo(Structure):
 worker_p = c_void_p  # pkgctx_worker_t *
 token_p = c_void_p   # pkgctx_token_t *
 watch_p = c_void_p   # pkgctx_watch_t *
+task_p = c_void_p    # pkgctx_task_t *
 
 # name: (restype, argtypes) — every pkgctx.h function this module calls, in header order.
 PROTOTYPES: dict[str, tuple[object, list[object]]] = {
@@ -76,6 +77,12 @@ PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "pkgctx_liveness_name": (c_char_p, [c_int]),
     "pkgctx_watch_fd": (c_int, [token_p, POINTER(c_int), POINTER(watch_p)]),
     "pkgctx_unwatch": (None, [watch_p]),
+    "pkgctx_register": (c_int, [worker_p, c_char_p]),
+    "pkgctx_registered": (c_int, [worker_p]),
+    "pkgctx_task_begin": (c_int, [worker_p, c_char_p, c_size_t, c_int, POINTER(task_p)]),
+    "pkgctx_task_begin_token": (c_int, [worker_p, token_p, POINTER(task_p)]),
+    "pkgctx_task_token": (token_p, [task_p]),
+    "pkgctx_task_end": (None, [task_p]),
 }
 
 TOKEN_STR_MAX = 128  # PKGCTX_TOKEN_STR_MAX

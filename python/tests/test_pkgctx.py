@@ -309,14 +309,14 @@ def test_example_plugin_session(daemon):
     assert missing.returncode == 1 and missing.stderr.startswith("plugin: no_such_package: ")
 
 
-@pytest.mark.parametrize("block", [0, 1], ids=["plugin", "asyncio"])
+@pytest.mark.parametrize("block", [0, 1, 2], ids=["plugin", "task", "asyncio"])
 def test_readme_examples_run_as_written(daemon, block):
     """python/README.md's Python blocks, run as they are against the daemon."""
     text = (HERE.parent / "README.md").read_text()
     blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     daemon.ctl("update", "web", "1", "--settings", '{"port":80}')
-    env = dict(os.environ, PKGCTX_SEGMENT=daemon.segment)
+    env = dict(os.environ, PKGCTX_SEGMENT=daemon.segment, PKGCTX_SOCKET=daemon.socket)
     example = Child([sys.executable, "-c", blocks[block]], env=env)
     assert example.expect_line() == "deploying 1 {'port': 80}"
     daemon.ctl("update", "web", "2")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The worker SDK as a plugin author gets it: `cmake --install` into a temporary prefix, then,
 # against that tree only, build the C example with pkg-config and a C++ consumer with
-# find_package(pkgctx), and drive both through the worker_example suite (real processes, a real
+# find_package(pkgctx), the C example once more by worker-sdk/README.md's commands (prefix
+# /opt/pkgctx, rpath), and drive them through the worker_example suite (real processes, a real
 # segment, cancellations). Checks that the installed headers are the contract and nothing else,
 # that libpkgctx.so.1 exports nothing but versioned pkgctx_* symbols and pulls in neither
 # Boost.JSON nor libsystemd, and that find_package refuses another major version. Then installs
@@ -60,6 +61,20 @@ cc -std=c11 -Wall -Wextra -Werror "${sanflags[@]}" "$PKGCTX_SRC/worker-sdk/examp
   $(pkg-config --cflags --libs pkgctx) -Wl,-rpath,"$libdir" -o "$tmp/example_plugin"
 grep -qF "$libdir/libpkgctx.so.1" <<<"$(ldd "$tmp/example_plugin")" || fail "the C example does not load the installed library"
 
+# worker-sdk/README.md's "Use it" commands as written (the prefix a temporary one, plugin.c the
+# example): the plugin finds libpkgctx.so.1 in /opt/pkgctx/lib through its rpath alone.
+readme=$(awk '/^## Use it/{f=1} f&&/^```sh$/{g=1;next} g&&/^```$/{exit} g' "$PKGCTX_SRC/worker-sdk/README.md")
+grep -q -- '--prefix /opt/pkgctx' <<<"$readme" && grep -q -- '-Wl,-rpath,' <<<"$readme" ||
+  fail "worker-sdk/README.md's Use it block lost its /opt/pkgctx prefix or its rpath: $readme"
+readme=$(sed -e "s|^cmake --install build |cmake --install \"$PKGCTX_BIN\" |" -e "s|/opt/pkgctx|$tmp/opt|g" \
+  -e "s|^cc plugin\.c|cc ${sanflags[*]} \"$PKGCTX_SRC/worker-sdk/examples/example_plugin.c\"|" <<<"$readme")
+mkdir "$tmp/readme"
+(cd "$tmp/readme" && unset PKG_CONFIG_PATH LD_LIBRARY_PATH && eval "$readme") >"$tmp/readme.log" 2>&1 ||
+  { cat "$tmp/readme.log"; fail "worker-sdk/README.md's commands failed: $readme"; }
+loaded=$(env -u LD_LIBRARY_PATH ldd "$tmp/readme/a.out" | awk '$1 == "libpkgctx.so.1" {print $3}')
+[ "$(readlink -f "$loaded")" = "$(readlink -f "$tmp/opt/lib/libpkgctx.so.1")" ] ||
+  fail "the README's plugin does not load $tmp/opt/lib/libpkgctx.so.1: $(ldd "$tmp/readme/a.out")"
+
 # C++: a consumer project with find_package(pkgctx).
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
@@ -76,7 +91,7 @@ fi
 grep -q "considered but not accepted" "$tmp/v1.log" || { cat "$tmp/v1.log"; fail "find_package(pkgctx 1.0) failed for another reason"; }
 
 # Both programs, end to end.
-for bin in "$tmp/example_plugin" "$tmp/consumer/cxx_consumer"; do
+for bin in "$tmp/example_plugin" "$tmp/consumer/cxx_consumer" "$tmp/readme/a.out"; do
   PKGCTX_EXAMPLE_BIN=$bin "$PKGCTX_BIN/tests/worker_example_test" --report_level=short ||
     fail "worker_example_test failed against $bin"
 done

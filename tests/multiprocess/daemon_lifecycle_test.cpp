@@ -204,6 +204,30 @@ BOOST_AUTO_TEST_CASE(a_second_daemon_on_the_same_segment_is_refused) {
   BOOST_TEST(third.wait() == 1);
   BOOST_TEST(contains(third.stderr_text(), "Failed to open control socket " + env.sock + ": another process is serving"),
              third.stderr_text());
+  // … and the segment it created for this start is gone again, waiters board included.
+  BOOST_TEST(contains(third.stderr_text(), "Removed segment " + other.str() + ", created by this failed start"),
+             third.stderr_text());
+  BOOST_TEST(::access(test::segment_path(other.str()).c_str(), F_OK) != 0);
+  BOOST_TEST(::access(test::segment_path(other.str() + ".waiters").c_str(), F_OK) != 0);
+
+  // A segment it re-attached to stays, whatever happens to the start.
+  DaemonOptions o3 = o2;
+  o3.args[3] = env.dir / "other.sock";
+  {
+    DaemonProcess owner(env.dir, o3);
+    BOOST_TEST_REQUIRE(owner.ready(), owner.stderr_text());
+    Client oc = connect(env.dir / "other.sock");
+    BOOST_TEST(call(oc, R"({"op":"update","name":"kept","version":"1"})").at("ok") == true);
+    owner.signal(SIGTERM);
+    BOOST_TEST(owner.wait_for(10s).value_or(-1) == 0);
+  }
+  DaemonProcess fourth(env.dir, o2);
+  BOOST_TEST(!fourth.ready());
+  BOOST_TEST(fourth.wait() == 1);
+  BOOST_TEST(!contains(fourth.stderr_text(), "Removed segment"), fourth.stderr_text());
+  auto kept = View::open(other);
+  BOOST_TEST_REQUIRE(kept.has_value(), (kept ? std::string() : kept.error().message));
+  BOOST_TEST(kept->read("kept", false).has_value());
 
   Client c = connect(env.sock);
   BOOST_TEST(call(c, R"({"op":"dump"})").at("daemon").at("pid") == first.pid());

@@ -184,7 +184,10 @@ BOOST_AUTO_TEST_CASE(writer_slots_keep_room_for_root) {
 BOOST_AUTO_TEST_CASE(dump_flood_does_not_delay_writes) {
   constexpr int kPackages = 100000;
   OpenEnv env("secflood");
-  DaemonProcess d(env.dir, env.open_opts({"--capacity", std::to_string(kPackages + 16)}));
+  // root's connection stays quiet while the flood builds up (minutes under TSan): the idle
+  // timeout, tested on its own above, must not close it here.
+  DaemonProcess d(env.dir, env.open_opts({"--capacity", std::to_string(kPackages + 16), "--set",
+                                          "idle_timeout_ms=3600000"}));
   BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
   Client root = connect(env.sock);
   root.set_timeout(60000ms);

@@ -7,6 +7,7 @@
 
 #include "pkgctx/bounded_file.hpp"
 #include "pkgctx/error_class.hpp"
+#include "pkgctx/metrics.hpp"
 #include "pkgctx/segment.hpp"
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
@@ -270,6 +271,32 @@ std::optional<Failure> cmd_clients(const Common& c, bool as_json, Io io) {
                   when, tasks, cancelled);
     io.out << line << waits << '\n';
   }
+  return std::nullopt;
+}
+
+// The daemon's OpenMetrics text. When no daemon answers on the socket, the segment's own
+// families (read straight from the table) still tell a textfile collector what the header
+// knows, the daemon's liveness included; a note on stderr says the daemon's families are missing.
+std::optional<Failure> cmd_metrics(const Common& c, Io io) {
+  json::object a;
+  auto f = call(c, request(c, "metrics"), a, io);
+  if (!f) {
+    const auto* text = a.if_contains("text");
+    if (!text || !text->is_string())
+      return Failure{kExitOutcomeUnknown, "pkgctxd at " + c.socket + " answered metrics without its text"};
+    io.out << std::string_view(text->get_string());
+    return std::nullopt;
+  }
+  if (f->code != kExitUnreachable) return f;
+  pkgctx::View view;
+  if (auto vf = open_view(c, view)) return Failure{vf->code, f->message + "; and " + vf->message};
+  const pkgctx::Segment& seg = view.segment();
+  std::string text;
+  pkgctx::MetricsWriter m(text);
+  pkgctx::write_segment_metrics(m, seg.info(), pkgctx::mono_now_ns(), pkgctx::realtime_now_ns(), seg.waiter_counts());
+  m.eof();
+  io.out << text;
+  io.err << "pkgctl: " << one_line(f->message) << ": only the segment's metrics\n";
   return std::nullopt;
 }
 
@@ -671,6 +698,19 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
       ->check(CLI::Range(0.01, 3600.0));
   watch->add_option("--count", count, "stop after N frames (default: run until quit)")->check(CLI::NonNegativeNumber);
 
+  auto* metrics = app.add_subcommand(
+      "metrics", "the daemon's counters and gauges in OpenMetrics text (the segment's alone when no daemon answers)");
+  add_call_timeout(metrics);
+
+  std::string fleet_endpoints = "http://127.0.0.1:2379", fleet_prefix = "/pkgctx";
+  auto* fleet = app.add_subcommand("fleet", "every host's status from etcd (hosts running pkgctxd --follow etcd)");
+  fleet->add_option("--etcd-endpoints", fleet_endpoints, "etcd client URLs, comma-separated, numeric or localhost "
+                                                         "(env PKGCTX_ETCD_ENDPOINTS)")
+      ->envname("PKGCTX_ETCD_ENDPOINTS")
+      ->capture_default_str();
+  fleet->add_option("--prefix", fleet_prefix, "the daemons' etcd_prefix")->capture_default_str();
+  fleet->add_flag("--json", as_json, "one JSON array of {host, name, version, checksum, ...}");
+
   std::string shell;
   auto* completion = app.add_subcommand("completion", "print a shell completion script (bash or zsh)");
   completion->add_option("SHELL", shell, "bash or zsh")->required()->check(CLI::IsMember({"bash", "zsh"}));
@@ -723,6 +763,7 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   if (*del) return finish(cmd_delete(c, name, del_drain_s, io), io);
   if (*drain) return finish(cmd_drain(c, name, drain_event, drain_timeout_s, io), io);
   if (*clients) return finish(cmd_clients(c, as_json, io), io);
+  if (*metrics) return finish(cmd_metrics(c, io), io);
   if (*run_sub) return run_task(c.segment, c.socket, name, run_event, grace_s, run_cmd, io);
   if (*need) return finish(cmd_need_update(c, name, version, checksum, maintenance, io), io);
   if (*settings) return finish(cmd_settings(c, name, io), io);
@@ -732,6 +773,7 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   if (*wait) return cmd_wait(c, token_text, timeout_s, io);
   if (*dump) return finish(cmd_dump(c, as_json, io), io);
   if (*watch) return run_watch(c.segment, interval_s, count, io);
+  if (*fleet) return run_fleet(fleet_endpoints, fleet_prefix, as_json, io);
   if (*batch_cmd) {
     std::vector<std::string> prefix{"--socket", c.socket};
     if (c.segment_explicit) prefix.insert(prefix.end(), {"--segment", c.segment});

@@ -90,6 +90,7 @@ enum pkgctx_errc {
   PKGCTX_TABLE_FULL = 11,         /* (writers only) */
   PKGCTX_SETTINGS_FULL = 12,      /* (writers only) */
   PKGCTX_TOO_MANY_CAUSES = 13,    /* (writers only) the segment's table of caller-named causes is full */
+  PKGCTX_OWNED_BY_ETCD = 14,      /* (control socket writers only) the package follows etcd (DESIGN §10) */
   /* Segment. */
   PKGCTX_SEGMENT_MISSING = 20,    /* no segment of that name: daemon not started, or wrong name */
   PKGCTX_SEGMENT_FOREIGN = 21,    /* not a pkgctx segment (bad magic, impossible sizes) */

@@ -44,7 +44,9 @@ namespace pkgctx::layout {
 inline constexpr std::uint64_t kMagic = 0x31585443474b50ULL;  // "PKGCTX1\0" little-endian
 // v2: cause rings of 16 entries (v1: 8), so a token's cause stays exact for 8 further events;
 // settings_version, maintenance, per-package base generations and caller-named causes (§2.1).
-// v3: waiter counts in the table, written by the daemon alone (v2's group-writable board is gone).
+// v3: waiter counts in the table, written by the daemon alone (v2's group-writable board is
+// gone), and the followed cluster store's applied revision (Header::follow_revision, DESIGN §10),
+// committed by the same journal as the write that applied it.
 inline constexpr std::uint32_t kLayoutVersion = 3;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kMaxName = 128;
@@ -144,6 +146,7 @@ struct Journal {
   u64 old_data[kDataWords];  // the slot's data words before the write
   u32 old_used;       // slot was in use before the write
   u32 new_cause_count;  // Header::cause_count to store on commit (a name the write registered)
+  u64 new_follow_revision;  // Header::follow_revision to store on commit (0: unchanged)
 };
 
 // One caller-named cause (Header::cause_names): written once, by the mutex holder, before the
@@ -199,6 +202,12 @@ struct alignas(kCacheLine) Header {
   alignas(kCacheLine) AU32 cause_count;
   u32 cause_pad;
   CauseName cause_names[kMaxCauseNames];
+
+  // The last revision of the followed cluster store (etcd, DESIGN §10) whose change this segment
+  // holds (0: none applied). Stored by the mutex holder with the commit of the write that applied
+  // that revision (Journal::new_follow_revision), so a crash never separates the two; readers
+  // load it relaxed.
+  alignas(kCacheLine) AU64 follow_revision;
 };
 
 enum class DaemonState : u32 { kNone = 0, kRunning = 1, kStopped = 2 };
@@ -309,7 +318,8 @@ constexpr u64 abi_fingerprint() {
                        sizeof(pthread_mutex_t), offsetof(Header, journal), offsetof(Header, daemon_pid),
                        offsetof(Header, used_slots), kDataWords,      kChunk,
                        kCauseRing,           kChildKeys,              offsetof(Header, waiters_offset),
-                       offsetof(Header, cause_names), kMaxCauseNames};
+                       offsetof(Header, cause_names), kMaxCauseNames,
+                       offsetof(Header, follow_revision)};
   u64 h = 0xcbf29ce484222325ULL;  // FNV-1a over the parts
   for (u64 p : parts) {
     for (int i = 0; i < 8; ++i) {

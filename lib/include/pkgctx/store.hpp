@@ -36,6 +36,10 @@ struct UpdateOptions {
   std::string_view maintenance;        // pending mode, ≤ 64 bytes of [A-Za-z0-9._-]; "" = managed
   bool force = false;                  // the same version handled as a version change
   std::string_view cause;              // "" or [a-z][a-z0-9_]{0,31}: what cancelled tokens report
+  // Nonzero: the cluster-store revision this write applies (DESIGN §10). It becomes the
+  // segment's follow_revision with the write's commit (or alone, when nothing changed), so
+  // after a crash the segment holds both or neither.
+  std::uint64_t follow_revision = 0;
 };
 
 class Store {
@@ -62,8 +66,13 @@ class Store {
   // what the tokens this call cancels report. Errors: invalid_event, invalid_name, invalid_cause,
   // too_many_causes.
   Result<std::optional<core::Token>> handle_event(int event, std::string_view name, std::string_view cause = {});
-  // Delete(name). Errors: invalid_name.
-  Result<bool> erase(std::string_view name);
+  // Delete(name). A nonzero `follow_revision` is committed with it (or stored alone when there
+  // is nothing to delete), as UpdateOptions::follow_revision. Errors: invalid_name.
+  Result<bool> erase(std::string_view name, std::uint64_t follow_revision = 0);
+  // The followed cluster store's last applied revision (0: none): stored under the mutex by a
+  // write that applied no change (a revision that touched nothing here, or a full resync).
+  void set_follow_revision(std::uint64_t revision);
+  std::uint64_t follow_revision() const noexcept;
   // NeedUpdate(name, version, checksum[, maintenance]): maintenance compared only when given.
   // Errors: invalid_name, invalid_maintenance.
   Result<bool> need_update(std::string_view name, std::string_view version, std::uint64_t checksum,

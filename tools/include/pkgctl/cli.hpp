@@ -50,6 +50,8 @@ int run(int argc, const char* const* argv, Io io);
 // table changes, checked every `interval_s`, until SIGINT/SIGTERM (exit 0). `count` > 0 stops
 // after that many frames (snapshots).
 int run_watch(const std::string& segment, double interval_s, long count, Io io);
+// pkgctl fleet: the status every host following etcd reports under PREFIX/status/ (DESIGN §10).
+int run_fleet(const std::string& endpoints, const std::string& prefix, bool as_json, Io io);
 
 // `pkgctl run NAME [--event K] [--grace SEC] -- CMD…` (tools/src/run_task.cpp): registers with
 // the daemon at `socket` as a worker, begins a task on NAME's current context, runs CMD with

@@ -35,6 +35,7 @@ enum class Errc : int {
   table_full = PKGCTX_TABLE_FULL,        // every package slot is in use
   settings_full = PKGCTX_SETTINGS_FULL,  // the settings area has no room for these bytes
   too_many_causes = PKGCTX_TOO_MANY_CAUSES,  // the segment's caller-named cause table is full
+  owned_by_etcd = PKGCTX_OWNED_BY_ETCD,      // a local write to a package the daemon follows from etcd
   // Segment.
   segment_missing = PKGCTX_SEGMENT_MISSING,      // no shared-memory object of that name
   segment_foreign = PKGCTX_SEGMENT_FOREIGN,      // not a pkgctx segment (bad magic, impossible sizes)

@@ -47,6 +47,12 @@ struct Config {
   mode_t socket_mode = 0660;
   gid_t socket_group = kNoGroup;                        // chgrp the socket (-1: daemon's group)
   std::uint32_t heartbeat_ms = 1000;                    // header heartbeat period
+  // Following a cluster store (DESIGN §10): "" (none) or "etcd".
+  std::string follow;
+  std::vector<std::string> etcd_endpoints = {"http://127.0.0.1:2379"};  // tried in turn
+  std::string etcd_prefix = "/pkgctx";                  // keys under PREFIX/packages/, PREFIX/status/
+  std::string etcd_host;                                // status key's HOST ("": gethostname())
+  std::uint32_t etcd_status_ttl_s = 10;                 // lease TTL of this host's status keys
 
   // --- reloadable (SIGHUP) -------------------------------------------------------------------
   // Writers besides root and the daemon's own uid (always allowed: they can write the segment
@@ -65,6 +71,8 @@ struct Config {
                                             // for this long is dropped
   std::uint32_t idle_timeout_ms = 60000;    // a client that sends no request this long is closed
   log::Level log_level = log::Level::info;
+  bool etcd_owns = true;                    // following etcd: a local write to a package etcd
+                                            // holds is refused (owned_by_etcd)
 };
 
 // Where the configuration comes from: the file and the flags (as key/value pairs, applied after

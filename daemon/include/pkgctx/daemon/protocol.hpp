@@ -21,13 +21,17 @@
 //   {"op":"drain","name":N,"event":K?,"timeout_ms":T?}  (write-class: allow-listed peers)
 //       → later: {"ok":true,"name":N,"drained":bool,"holders":[{"pid","uid","comm","key",
 //         "generation","cause","age_ms"}]}; other clients are served meanwhile.
+//   {"op":"metrics"}            → {"ok":true,"content_type":"application/openmetrics-text; …",
+//       "text":"# TYPE …\n…# EOF\n"}: the OpenMetrics exposition (pkgctx/metrics.hpp) as one JSON
+//       string, so the answer stays one line. Open to anyone who can connect.
 //   {"op":"clients"}            → {"ok":true,"clients":[{"pid","uid","comm","since_realtime_ns",
 //       "tasks":[{"name","key","generation","cancelled","age_ms"}],"waits":[]}]}
 //   delete: "drain_ms" (drains first, then deletes) and answers "in_flight"; update: "drain_ms"
 //       (drains the old context after the update) and answers "drained","holders".
 // Errors: {"ok":false,"error":{"code":C,"message":M}}, C one of the core's errc_name() codes
 // (invalid_name, invalid_version, invalid_settings, settings_too_large, invalid_event,
-// no_such_package, table_full, settings_full, …) or a protocol code below.
+// no_such_package, table_full, settings_full, owned_by_etcd — a write to a package the daemon
+// follows from etcd, DESIGN §10 — …) or a protocol code below.
 //
 // Writes (update, event, delete) need a peer on the allow-list; reads are open to anyone who
 // can connect. The protocol both decides and enforces this (the server only reports the peer).
@@ -41,7 +45,10 @@
 #include "pkgctx/error_class.hpp"
 #include "pkgctx/store.hpp"
 
+#include <array>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -87,16 +94,36 @@ struct ConnectionStats {
   std::uint64_t dropped = 0;          // clients dropped (not reading, over limits)
 };
 
-// Request counters, reported by dump under "daemon": written by the protocol only.
+// Request counters, reported by dump under "daemon" and by the metrics op: written by the
+// protocol only.
 struct RequestStats {
   std::uint64_t requests = 0;         // requests answered
   std::uint64_t errors = 0;           // … of which answered with an error
+  // Answers by (op, result): op one of the protocol's op names, "unknown" (an op it does not
+  // know) or "none" (no op could be read); result "ok" or the error code. Both are static
+  // strings, so the label set stays bounded whatever clients send.
+  std::map<std::pair<std::string_view, std::string_view>, std::uint64_t> answers;
+  // Events served here that cancelled a context, by cause (built-in or caller-named: a segment
+  // holds a bounded number of names).
+  std::map<std::string, std::uint64_t, std::less<>> cancellations;
+  // Drains answered (drained or timed out), and a histogram of how long they waited: counts of
+  // drains that took at most kDrainBuckets[i] seconds (cumulative in the exposition).
+  static constexpr std::array<double, 8> kDrainBuckets{0.0001, 0.001, 0.01, 0.1, 1, 10, 60, 600};
+  std::uint64_t drains_drained = 0;
+  std::uint64_t drains_timed_out = 0;
+  std::array<std::uint64_t, kDrainBuckets.size()> drain_buckets{};
+  std::uint64_t drain_ns_sum = 0;
+  void record_drain(bool drained, std::uint64_t ns) noexcept;
 };
+
+// Whether a cluster store owns a package (DESIGN §10): called from the event loop's thread.
+using OwnerCheck = std::function<bool(std::string_view name)>;
 
 // What may change on SIGHUP.
 struct ProtocolOptions {
   std::size_t max_depth = 64;  // JSON nesting allowed inside "settings" (the request nests one more)
   AllowList allow;             // who may write
+  bool etcd_owns = true;       // refuse writes to packages the owner check claims (owned_by_etcd)
 };
 
 // A dump answered a slice at a time, so that one dump of a large table holds neither the event
@@ -138,6 +165,9 @@ class Protocol {
               Session* session = nullptr) noexcept;
   // The registry of workers and drains (may stay null: those ops then answer unavailable).
   void set_registry(Registry* registry) noexcept { registry_ = registry; }
+  // Packages a followed cluster store owns: local writes to them (update, update_settings, event,
+  // delete) are refused with owned_by_etcd while options().etcd_owns. Unset: nothing is owned.
+  void set_owner_check(OwnerCheck owned) { owned_ = std::move(owned); }
   // Appends the packages in the next `slots` slots; after the last slot, ends the answer and
   // clears dump.active. False when out of memory: half an answer cannot be taken back, so the
   // caller must close the connection.
@@ -157,6 +187,7 @@ class Protocol {
   ProtocolOptions options_;
   const ConnectionStats* connections_;
   Registry* registry_ = nullptr;
+  OwnerCheck owned_;
   RequestStats stats_;
 };
 

@@ -1,0 +1,93 @@
+// pkgctx/daemon/follower.hpp — pkgctxd following the fleet's desired state in etcd (DESIGN §10).
+//
+// Keys: PREFIX/packages/NAME holds {"version","settings","settings_version","maintenance",
+// "force"} (only "version" required); PREFIX/status/HOST/NAME is this host's report.
+//
+// Two threads of their own, so no etcd wait ever holds the event loop:
+//  - the follower applies the watch of PREFIX/packages/ through the Store (thread-safe: every
+//    write takes the segment's robust mutex; the loop's socket writes take the same mutex).
+//    Events are applied in revision order; the revision of the last event of a revision is
+//    committed with that event's write (Store's follow_revision), so after a crash the segment
+//    says exactly which revision it holds and the watch resumes at the next one. Earlier events
+//    of a multi-key revision (a txn) are idempotent when replayed (a put of the same value changes
+//    nothing, a remove of a removed package is skipped) — except "force", which a replay of a
+//    txn cut by a crash may apply twice. With no revision yet, or when etcd compacted the one
+//    needed, it lists the prefix and applies the difference (never with "force": nothing that
+//    did not change is cancelled), deleting packages that etcd no longer has.
+//    A put is Update; a delete is event remove (cancelling the contexts, cause "removed"), then
+//    Delete. The Delete is not held back for the holders to drain: the registry's drains live in
+//    the event loop and answer sockets; the holders' contexts are cancelled either way.
+//    A value that does not parse or that the store refuses is logged and skipped (its revision
+//    counts as applied), so one bad key cannot stall the host.
+//  - the reporter keeps a lease (etcd_status_ttl_s) alive and writes the status of each changed
+//    package (coalesced, one txn per batch), so a dead host's status expires with its lease.
+// etcd unreachable: both retry with backoff (100 ms doubling to 5 s); the daemon meanwhile serves
+// the segment as it is, and the follower catches up from its revision when etcd returns.
+#pragma once
+
+#include "pkgctx/error.hpp"
+#include "pkgctx/store.hpp"
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <set>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+namespace pkgctx::etcd {
+class Client;
+struct Event;
+}  // namespace pkgctx::etcd
+
+namespace pkgctx::daemon {
+
+struct FollowOptions {
+  std::vector<std::string> endpoints;
+  std::string prefix;               // without trailing '/'
+  std::string host;                 // the status keys' HOST
+  std::uint32_t status_ttl_s = 10;
+};
+
+class EtcdFollower {
+ public:
+  EtcdFollower(Store& store, FollowOptions options);
+  ~EtcdFollower();  // stops and joins
+  EtcdFollower(const EtcdFollower&) = delete;
+  EtcdFollower& operator=(const EtcdFollower&) = delete;
+
+  // Starts both threads. Errors: io_error (eventfd, thread).
+  Result<void> start();
+  void stop();
+
+  // Whether etcd holds a key for `name` (as last seen: listed or watched). Any thread.
+  bool owns(std::string_view name) const;
+
+ private:
+  void follow_loop();
+  void status_loop();
+  Result<void> resync(etcd::Client& client);
+  Result<void> refresh_owned(etcd::Client& client);
+  void apply_revision(const std::vector<etcd::Event>& events, std::size_t begin, std::size_t end);
+  void apply_put(const std::string& name, std::string_view value, std::uint64_t revision, bool allow_force);
+  void apply_delete(const std::string& name, std::uint64_t revision);
+  std::string package_name(std::string_view key) const;  // "" when not a valid package key
+  bool pause(std::uint64_t ms) const;  // false when stopping
+  void mark(const std::string& name);
+
+  Store& store_;
+  FollowOptions o_;
+  std::string packages_prefix_, status_prefix_;
+  int stop_fd_ = -1;
+  std::thread follower_, reporter_;
+  mutable std::mutex mu_;  // guards owned_, dirty_, stopping_
+  std::condition_variable changed_;
+  std::set<std::string, std::less<>> owned_;
+  std::set<std::string> dirty_;
+  bool stopping_ = false;
+};
+
+}  // namespace pkgctx::daemon
