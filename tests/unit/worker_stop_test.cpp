@@ -215,8 +215,9 @@ BOOST_AUTO_TEST_CASE(one_thread_serves_many_tokens_in_many_slots) {
     }));
   }
   // At most the one watcher and the worker's registration (through which the daemon counts the
-  // watcher's sleeps).
-  BOOST_TEST(count_threads() <= std::max(threads_before, 3));
+  // watcher's sleeps) more than before, not a thread per token. Relative to the count before:
+  // a sanitizer runtime may run threads of its own (TSan does).
+  BOOST_TEST(count_threads() <= threads_before + 2);
   for (std::uint32_t i = 0; i < kPackages; ++i) f.cancel(i, kEventSchedule);
   for (std::uint32_t i = 0; i < kPackages; ++i) f.cancel(i, kEventUpdate);
   const auto deadline = std::chrono::steady_clock::now() + 20s;
