@@ -483,7 +483,15 @@ void Segment::mark_daemon_running(pid_t pid, std::uint64_t heartbeat_interval_ns
   h.daemon_start_realtime_ns.store(realtime_now_ns(), std::memory_order_relaxed);
   h.heartbeat_interval_ns.store(heartbeat_interval_ns, std::memory_order_relaxed);
   h.heartbeat_mono_ns.store(mono_now_ns(), std::memory_order_relaxed);
-  h.daemon_state.store(static_cast<u32>(DaemonState::kRunning), std::memory_order_release);
+  const u32 before = h.daemon_state.exchange(static_cast<u32>(DaemonState::kRunning), std::memory_order_seq_cst);
+  if (before != static_cast<u32>(DaemonState::kNone)) return;
+  // From now on writers wake only counted waits. A process that began an uncounted wait before
+  // (trusting every cancellation to wake it) read the wake word before the state: bump and wake
+  // every word once so it re-reads the state and re-checks in slices until it registers.
+  for (u32 s = 0; s < map_->capacity; ++s) {
+    map_->slots[s].gens.wake.fetch_add(1, std::memory_order_seq_cst);
+    futex::wake(&map_->slots[s].gens.wake);
+  }
 }
 
 void Segment::heartbeat() const noexcept {

@@ -185,15 +185,22 @@ bool Token::wait(std::chrono::nanoseconds timeout) const noexcept {
     while (clock::now() < deadline) futex::wait(&dummy, 0, deadline - clock::now());
     return false;
   }
-  // Unregistered: no writer counts this sleep, so it re-checks every kWaitSlice.
+  // Unregistered: on a daemon's segment no writer counts this sleep, so it re-checks every
+  // kWaitSlice; on an embedded store's every cancellation wakes it.
   const AU32& wake = map_->slots[slot_].gens.wake;
   while (true) {
     const u32 w = wake.load(std::memory_order_seq_cst);
     if (cancelled()) return true;
     const auto now = clock::now();
     if (now >= deadline) return false;
-    futex::wait(&wake, w, std::min<std::chrono::nanoseconds>(deadline - now, kWaitSlice));
+    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
+    if (writers_count_waits()) left = std::min<std::chrono::nanoseconds>(left, kWaitSlice);
+    futex::wait(&wake, w, left);
   }
+}
+
+bool Token::writers_count_waits() const noexcept {
+  return map_ && map_->header->daemon_state.load(std::memory_order_seq_cst) != static_cast<u32>(layout::DaemonState::kNone);
 }
 
 // A predecessor's token has no slot in this mapping (and is cancelled already).

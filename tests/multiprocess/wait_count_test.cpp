@@ -3,7 +3,8 @@
 // behalf of registered workers; a worker that churns, forges and floods its own wait records
 // cannot suppress or delay another's wake; a waiter killed in its sleep leaves no count and
 // writes make no futex wake for it (the segment's `wakes` statistic); with the daemon gone a
-// wait still ends within its re-check slice.
+// wait still ends within its re-check slice; on a segment no daemon served, every cancellation
+// wakes.
 #define BOOST_TEST_MODULE wait_count
 #include <boost/test/unit_test.hpp>
 
@@ -328,5 +329,62 @@ BOOST_AUTO_TEST_CASE(with_the_daemon_down_a_wait_ends_within_its_slice) {
   const std::uint64_t took2 = ms_since(t1);
   BOOST_TEST_MESSAGE("a wait begun with the daemon down ended " << took2 << " ms after the restarted daemon's cancel");
   BOOST_TEST(took2 <= static_cast<std::uint64_t>(kWaitSlice.count()) + 100u);
+  BOOST_TEST(test::wait_exit(w2) == 0);
+}
+
+// A segment no daemon ever served (a controller embedding the store) has nobody to count waits:
+// every cancellation wakes its slot's word, so an unregistered wait ends at once. A daemon
+// taking the segment over wakes every such sleeper, which then re-checks in slices: its wait
+// still ends within a slice of the daemon's uncounted cancel, never at its timeout.
+BOOST_AUTO_TEST_CASE(without_a_daemon_every_cancellation_wakes_and_a_daemon_taking_over_rearms_the_sleep) {
+  Env env;
+  SegmentOptions o;
+  o.capacity = 16;
+  o.settings_bytes = 4096;
+  auto store = Store::create(env.seg.str(), o);
+  BOOST_TEST_REQUIRE(store.has_value(), (store ? "" : store.error().message));
+  BOOST_TEST_REQUIRE(store->update("app", "1", Settings()).has_value());
+  const auto plain_waiter = [&](const Pipe& from) {
+    return test::spawn([&env, &from]() -> int {
+      auto v = View::open(env.seg.str());
+      if (!v) return 10;
+      auto t = v->token("app", kEventUpdate);
+      if (!t) return 12;
+      from.put('r');
+      if (!t->wait(30s)) return 4;
+      from.put('w');
+      return 0;
+    });
+  };
+
+  Pipe from;
+  const pid_t w = plain_waiter(from);
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w));
+  const std::uint64_t before = store->segment().info().wakes;
+  auto t0 = clock_type::now();
+  BOOST_TEST_REQUIRE(store->update("app", "2", Settings()).has_value());
+  BOOST_TEST(from.get(5s) == 'w');
+  const std::uint64_t took = ms_since(t0);
+  BOOST_TEST_MESSAGE("embedded store: the wait ended " << took << " ms after the cancel");
+  BOOST_TEST(took < static_cast<std::uint64_t>(kWaitSlice.count()), "woken by its slice, not by the write");
+  BOOST_TEST(store->segment().info().wakes == before + 1);
+  BOOST_TEST(test::wait_exit(w) == 0);
+
+  // A sleeper that trusted every cancellation to wake it; then a daemon takes over (writers
+  // now wake only counted waits) and cancels with nobody counted.
+  Pipe from2;
+  const pid_t w2 = plain_waiter(from2);
+  BOOST_TEST_REQUIRE(from2.get() == 'r');
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w2));
+  store->segment().mark_daemon_running(::getpid(), 50'000'000);
+  const std::uint64_t before2 = store->segment().info().wakes;
+  t0 = clock_type::now();
+  BOOST_TEST_REQUIRE(store->update("app", "3", Settings()).has_value());
+  BOOST_TEST(from2.get(5s) == 'w');
+  const std::uint64_t took2 = ms_since(t0);
+  BOOST_TEST_MESSAGE("after the take-over the wait ended " << took2 << " ms after the uncounted cancel");
+  BOOST_TEST(took2 <= static_cast<std::uint64_t>(kWaitSlice.count()) + 100u);
+  BOOST_TEST(store->segment().info().wakes == before2);
   BOOST_TEST(test::wait_exit(w2) == 0);
 }

@@ -2,10 +2,12 @@
 // mappings) are SIGKILLed while blocked in Token::wait and while reading settings and tokens in a
 // loop; the writer and the other workers go on without a hang or an error.
 //
-// Waiters here are not registered (no daemon): nobody counts their sleep, so a killed waiter
+// The store plays pkgctxd (the segment is marked daemon-served, so writers wake only counted
+// waits), but waiters here are not registered: nobody counts their sleep, so a killed waiter
 // leaves nothing behind — the slot's waiter count stays 0 and writers make no futex-wake
 // syscall (the segment's `wakes` statistic does not move) — and the live ones still wake within
-// their re-check slice. Registered waiters killed with a daemon watching: task_drain_test.
+// their re-check slice. Registered waiters killed with a daemon watching: task_drain_test and
+// wait_count_test (which also covers a segment no daemon served: there every cancellation wakes).
 #define BOOST_TEST_MODULE worker_crash
 #include <boost/test/unit_test.hpp>
 
@@ -51,6 +53,7 @@ int exit_within(pid_t pid, std::chrono::milliseconds limit) {
 BOOST_AUTO_TEST_CASE(waiters_killed_while_waiting) {
   test::SegmentName seg{"wkill"};
   Store store = Store::create(seg.str()).value();
+  store.segment().mark_daemon_running(::getpid(), 50'000'000);
   store.update("app", "1", S(R"({"a":1})")).value();
   store.update("other", "1", Settings()).value();
   store.handle_event(kEventSchedule, "app").value();

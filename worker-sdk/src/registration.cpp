@@ -266,7 +266,7 @@ bool Registration::wait(const core::Token& token, std::chrono::nanoseconds timeo
     const auto now = clock::now();
     if (now >= deadline) break;
     auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
-    if (!counted) left = std::min<std::chrono::nanoseconds>(left, kWaitSlice);
+    if (!counted && token.writers_count_waits()) left = std::min<std::chrono::nanoseconds>(left, kWaitSlice);
     sleep_two(wake, w, &state_, st, left);
   }
   wait_withdraw(i);

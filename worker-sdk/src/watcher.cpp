@@ -13,7 +13,8 @@
 // after the generation and before reading the count, so a cancellation after the check changes
 // a word the watcher sleeps on: no lost wake-up (the same argument as Registration::wait).
 // A slot whose acknowledgement is pending is polled every kPollSlice (the daemon answers in
-// microseconds); a slot nobody counts (no registration, the daemon away) every kWaitSlice.
+// microseconds); a slot nobody counts (no registration, the daemon away) every kWaitSlice —
+// unless no daemon ever served the segment, whose writers wake on every cancellation.
 // futex_waitv takes at most 128 words: slots beyond kMaxWords and kernels without futex_waitv
 // (before 5.16, or a seccomp filter) are polled every kPollSlice instead, unarmed.
 //
@@ -76,6 +77,7 @@ struct Armed {
   std::uint32_t published = 0;        // reg's state word then
   std::chrono::steady_clock::time_point published_at{};
   bool ever = false;                  // published at all
+  bool counted = false;               // the daemon acknowledged counting it (this round)
 };
 
 class Watcher {
@@ -267,9 +269,14 @@ std::chrono::nanoseconds Watcher::prepare_sleep(std::vector<WaitV>& vec, std::ve
       }
       if (!it->second) counted = false;  // a lost daemon would not wake us: poll
     }
-    if (!counted) poll_within(kWaitSlice);
+    a.counted = counted;
   }
-  for (auto& [word, a] : armed_) vec.push_back(waitv_entry(word, word->load(std::memory_order_seq_cst)));
+  // Uncounted slots re-check in slices where writers wake only counted waits (a daemon's
+  // segment); decided after the word's load, as Token::wait does.
+  for (auto& [word, a] : armed_) {
+    vec.push_back(waitv_entry(word, word->load(std::memory_order_seq_cst)));
+    if (!a.counted && a.keep.writers_count_waits()) poll_within(kWaitSlice);
+  }
   for (auto& [id, e] : entries_) {
     if (e->pid == pid_ && !e->running && e->token.cancelled()) {
       e->running = true;

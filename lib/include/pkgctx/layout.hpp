@@ -19,7 +19,9 @@
 // Only the daemon writes them, on behalf of registered workers (their lease pages say what they
 // wait on; the daemon raises the count and acknowledges before the worker sleeps, and lowers it
 // when the wait ends or the worker dies). Workers map the whole table read-only: no worker can
-// zero or inflate another's count. A wait without a registration sleeps in bounded slices.
+// zero or inflate another's count. A wait without a registration sleeps in bounded slices. A
+// segment no daemon ever served (daemon_state kNone: an embedded store) counts nothing: its
+// writers wake on every cancellation.
 // (v2 had a group-writable companion object "/<name>.waiters" instead: any worker could zero it.)
 //
 // Memory ordering, in one paragraph: generation counters only grow; a writer stores the new

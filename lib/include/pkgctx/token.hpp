@@ -27,8 +27,9 @@
 
 namespace pkgctx {
 
-// How long a wait that no writer will wake (no registration with the daemon) sleeps before it
-// re-checks its token: a cancellation ends such a wait within this bound.
+// How long a wait that no writer will wake sleeps before it re-checks its token: on a segment a
+// daemon serves, writers wake only the waits the daemon counted for registered workers, so an
+// unregistered wait (the daemon away, no socket) ends within this bound of a cancellation.
 inline constexpr std::chrono::milliseconds kWaitSlice{50};
 
 class Segment;
@@ -82,8 +83,9 @@ class Token {
   Result<std::string> cause_text() const;
 
   // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
-  // word, re-checked every kWaitSlice: a writer wakes only the waits the daemon counted for a
-  // registered worker (the worker SDK's pkgctx_wait), and this one is not registered.
+  // word. On a segment no daemon has served (an embedded store) every cancellation wakes it; on
+  // a daemon's segment a writer wakes only the waits the daemon counted for a registered worker
+  // (the worker SDK's pkgctx_wait), and this one is not registered: it re-checks every kWaitSlice.
   bool wait(std::chrono::nanoseconds timeout) const noexcept;
 
   // Printable form (≤ 128 chars of [A-Za-z0-9._:-]):
@@ -116,6 +118,11 @@ class Token {
   // which only the daemon raises, is not 0). nullptr for a default token and a retired
   // predecessor's. Valid while this token (or another handle on its mapping) lives.
   const std::atomic<std::uint32_t>* wake_word() const noexcept;
+  // True when writers wake only counted waits (a daemon serves or served the segment), so an
+  // uncounted sleep must re-check every kWaitSlice; false when every cancellation wakes the slot's
+  // word (no daemon ever attached) or for a default token. Read it *after* loading the wake word
+  // to sleep on: a daemon that takes over bumps every wake word after setting this (seq_cst).
+  bool writers_count_waits() const noexcept;
 
   // For the store and the SDK: a snapshot of the slot's current generations.
   static Token snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept;

@@ -142,7 +142,8 @@ class Token {
   // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
   // word, counted by the daemon through the worker's registration (started in the background by
   // the first wait), so the writer wakes only when someone waits. Unregistered (the daemon
-  // down), it still works, re-checking every 50 ms.
+  // down), it still works, re-checking every 50 ms (an embedded store's segment, which no daemon
+  // serves, wakes on every cancellation).
   bool wait(std::chrono::nanoseconds timeout) const noexcept {
     if (!handle_) {  // never cancelled: sleep the timeout out
       std::this_thread::sleep_for(timeout);
