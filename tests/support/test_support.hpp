@@ -13,6 +13,7 @@
 #include <new>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <sys/types.h>
 #include <vector>
 
@@ -50,6 +51,10 @@ pid_t spawn(const std::function<int()>& body);
 
 // waitpid(); returns the exit code, or 128+signal if the child was killed.
 int wait_exit(pid_t pid);
+
+// Sends `line` on the stream socket `sock` with descriptor `fd` attached (SCM_RIGHTS), as the
+// SDK registers its lease page ({"op":"register"}); true if the whole line went out.
+bool send_with_fd(int sock, std::string_view line, int fd);
 
 // Blocks until the main thread of process `pid` sleeps in a futex syscall (futex or
 // futex_waitv, read from /proc/<pid>/syscall); false if it does not within 10 s.
