@@ -33,6 +33,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -337,6 +338,49 @@ struct pkgctx_watch_s {
   int fd = -1;           // pkgctx_watch_fd's eventfd, closed by pkgctx_unwatch
 };
 
+namespace {
+
+// pkgctx_read and pkgctx_read2 fill the same snapshot; the v2 struct adds its fields.
+template <class Package>
+int read_package(const char* fn, pkgctx_worker_t* worker, const char* name, size_t name_len, Package* out) {
+  if (out) std::memset(out, 0, sizeof *out);
+  return guarded(fn, [&]() -> int {
+    if (!worker || !out) return fail(Errc::io_error, (std::string(fn) + ": worker or out is NULL").c_str());
+    if (!name && name_len) return fail(Errc::invalid_name, (std::string(fn) + ": name is NULL").c_str());
+    auto r = worker->lookup([&](const View& v) { return v.read(arg(name, name_len), true); });
+    if (!r) return fail(r.error());
+    Package p{};
+    try {
+      p.version = dup_string(r->version);
+      p.settings = dup_string(r->settings);
+    } catch (...) {
+      std::free(p.version);
+      throw;
+    }
+    p.settings_len = r->settings.size();
+    p.checksum = r->checksum;
+    const std::string hex = pkgctx::Settings::format_checksum(r->checksum);
+    std::memcpy(p.checksum_hex, hex.c_str(), sizeof p.checksum_hex);
+    if constexpr (std::is_same_v<Package, pkgctx_package2_t>) {
+      p.settings_version = r->settings_version;
+      // View::read validated it: at most PKGCTX_MAINTENANCE_MAX bytes of [A-Za-z0-9._-].
+      std::memcpy(p.maintenance, r->maintenance.data(), std::min<size_t>(r->maintenance.size(), PKGCTX_MAINTENANCE_MAX));
+    }
+    *out = p;
+    return PKGCTX_OK;
+  });
+}
+
+template <class Package>
+void free_package(Package* package) {
+  if (!package) return;
+  std::free(package->version);
+  std::free(package->settings);
+  std::memset(package, 0, sizeof *package);
+}
+
+}  // namespace
+
 extern "C" {
 
 const char* pkgctx_version(void) { return PKGCTX_VERSION_STRING; }
@@ -517,77 +561,24 @@ size_t pkgctx_token_str(const pkgctx_token_t* token, char* buf, size_t size) {
 }
 
 int pkgctx_read(pkgctx_worker_t* worker, const char* name, pkgctx_package_t* out) {
-  return pkgctx_read_n(worker, name, name ? std::strlen(name) : 0, out);
+  return read_package("pkgctx_read", worker, name, name ? std::strlen(name) : 0, out);
 }
 
 int pkgctx_read_n(pkgctx_worker_t* worker, const char* name, size_t name_len, pkgctx_package_t* out) {
-  if (out) std::memset(out, 0, sizeof *out);
-  return guarded("pkgctx_read", [&]() -> int {
-    if (!worker || !out) return fail(Errc::io_error, "pkgctx_read: worker or out is NULL");
-    if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_read: name is NULL");
-    auto r = worker->lookup([&](const View& v) { return v.read(arg(name, name_len), true); });
-    if (!r) return fail(r.error());
-    pkgctx_package_t p{};
-    try {
-      p.version = dup_string(r->version);
-      p.settings = dup_string(r->settings);
-    } catch (...) {
-      std::free(p.version);
-      throw;
-    }
-    p.settings_len = r->settings.size();
-    p.checksum = r->checksum;
-    const std::string hex = pkgctx::Settings::format_checksum(r->checksum);
-    std::memcpy(p.checksum_hex, hex.c_str(), sizeof p.checksum_hex);
-    *out = p;
-    return PKGCTX_OK;
-  });
+  return read_package("pkgctx_read", worker, name, name_len, out);
 }
 
-void pkgctx_package_free(pkgctx_package_t* package) {
-  if (!package) return;
-  std::free(package->version);
-  std::free(package->settings);
-  std::memset(package, 0, sizeof *package);
-}
+void pkgctx_package_free(pkgctx_package_t* package) { free_package(package); }
 
 int pkgctx_read2(pkgctx_worker_t* worker, const char* name, pkgctx_package2_t* out) {
-  return pkgctx_read2_n(worker, name, name ? std::strlen(name) : 0, out);
+  return read_package("pkgctx_read2", worker, name, name ? std::strlen(name) : 0, out);
 }
 
 int pkgctx_read2_n(pkgctx_worker_t* worker, const char* name, size_t name_len, pkgctx_package2_t* out) {
-  if (out) std::memset(out, 0, sizeof *out);
-  return guarded("pkgctx_read2", [&]() -> int {
-    if (!worker || !out) return fail(Errc::io_error, "pkgctx_read2: worker or out is NULL");
-    if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_read2: name is NULL");
-    auto r = worker->lookup([&](const View& v) { return v.read(arg(name, name_len), true); });
-    if (!r) return fail(r.error());
-    pkgctx_package2_t p{};
-    try {
-      p.version = dup_string(r->version);
-      p.settings = dup_string(r->settings);
-    } catch (...) {
-      std::free(p.version);
-      throw;
-    }
-    p.settings_len = r->settings.size();
-    p.checksum = r->checksum;
-    const std::string hex = pkgctx::Settings::format_checksum(r->checksum);
-    std::memcpy(p.checksum_hex, hex.c_str(), sizeof p.checksum_hex);
-    p.settings_version = r->settings_version;
-    // View::read validated it: at most PKGCTX_MAINTENANCE_MAX bytes of [A-Za-z0-9._-].
-    std::memcpy(p.maintenance, r->maintenance.data(), std::min<size_t>(r->maintenance.size(), PKGCTX_MAINTENANCE_MAX));
-    *out = p;
-    return PKGCTX_OK;
-  });
+  return read_package("pkgctx_read2", worker, name, name_len, out);
 }
 
-void pkgctx_package2_free(pkgctx_package2_t* package) {
-  if (!package) return;
-  std::free(package->version);
-  std::free(package->settings);
-  std::memset(package, 0, sizeof *package);
-}
+void pkgctx_package2_free(pkgctx_package2_t* package) { free_package(package); }
 
 int pkgctx_checksum(const char* json, size_t len, char hex[17], char** canonical) {
   if (hex) hex[0] = '\0';
