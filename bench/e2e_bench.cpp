@@ -20,6 +20,7 @@
 #include "pkgctx/futex.hpp"
 #include "pkgctx/segment.hpp"
 #include "pkgctx/view.hpp"
+#include "pkgctx/worker.hpp"
 
 #include <csignal>
 #include <fcntl.h>
@@ -154,11 +155,13 @@ struct Daemon {
 // --- request → worker awake -------------------------------------------------------------------
 
 // The worker: blocks on the schedule token of "app", stamps when it runs again.
-pid_t start_worker(const std::string& seg, Stamp& sh, const bench::Pipe& ack) {
+pid_t start_worker(const std::string& seg, const std::string& socket, Stamp& sh, const bench::Pipe& ack) {
   return bench::spawn([&] {
-    View v = View::open(seg).value();
+    // A registered worker: pkgctxd counts its wait, so the write wakes it at once.
+    Worker w = Worker::attach(seg).value();
+    (void)w.register_daemon(socket);
     while (true) {
-      auto t = v.token("app", kEventSchedule);
+      auto t = w.token("app", kEventSchedule);
       if (!t) return 1;
       if (!t->wait(std::chrono::seconds(10))) return 2;
       sh.woke.store(bench::now_ns());
@@ -172,16 +175,15 @@ pid_t start_worker(const std::string& seg, Stamp& sh, const bench::Pipe& ack) {
 void request_wakes(const Daemon& d, int n, Samples& e2e, Samples& answer) {
   auto* sh = bench::shared_anon<Stamp>();
   bench::Pipe ack;
-  const pid_t worker = start_worker(d.seg, *sh, ack);
+  const pid_t worker = start_worker(d.seg, d.path, *sh, ack);
   bench::ProcState ps(worker);
   View v = View::open(d.seg).value();
   const std::uint32_t slot = v.find("app").value();
-  const auto* counts = v.segment().waiter_counts();  // the worker registers there before it sleeps
-  const auto* waiting = counts ? &counts[slot] : nullptr;
+  const auto* waiting = &v.segment().waiter_counts()[slot];  // pkgctxd counts it before it sleeps
   const int fd = connect_unix(d.path, 5'000'000'000);
   const std::string req = R"({"op":"event","event":"schedule","name":"app"})" "\n";
   for (int i = 0; i < n; ++i) {
-    if (!bench::spin_until([&] { return (!waiting || waiting->load() != 0) && ps.state() == 'S'; }, 5'000'000'000))
+    if (!bench::spin_until([&] { return waiting->load() != 0 && ps.state() == 'S'; }, 5'000'000'000))
       bench::die("the worker never went to sleep");
     idle_2ms();
     if (i == n - 1) sh->stop.store(1);

@@ -10,6 +10,7 @@
 #include "pkgctx/daemon/test_harness.hpp"
 #include "pkgctx/segment.hpp"
 #include "pkgctx/view.hpp"
+#include "pkgctx/worker.hpp"
 
 #include <arpa/inet.h>
 #include <atomic>
@@ -88,10 +89,12 @@ int main(int argc, char** argv) {
   daemon::testing::DaemonProcess d(dir, o);
   if (!d.ready()) bench::die("pkgctxd did not start");
   if (!c.put(prefix + "/packages/p", R"({"version":"0"})")) bench::die("put");
-  auto opened = Segment::open(seg, Access::read_only);
-  if (!opened) bench::die("segment");
-  const View view(std::move(*opened));
-  while (!view.read("p", false)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  // A worker as a plugin runs one: the SDK, registered, so pkgctxd counts its waits.
+  auto attached = pkgctx::Worker::attach(seg);
+  if (!attached) bench::die("attach");
+  pkgctx::Worker& plugin = *attached;
+  if (!plugin.register_daemon(dir / "ctl.sock")) bench::die("register");
+  while (!plugin.token("p", kEventUpdate)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
 
   // The plain watcher: the time each revision's event reached it.
   std::atomic<std::int64_t> watched_rev{0};
@@ -108,7 +111,7 @@ int main(int argc, char** argv) {
   });
   std::vector<std::uint64_t> wake, watch;
   for (int i = 1; i <= samples; ++i) {
-    auto token = view.token("p", kEventUpdate);
+    auto token = plugin.token("p", kEventUpdate);
     if (!token) bench::die("token");
     std::atomic<std::uint64_t> woke_ns{0};
     std::atomic<bool> armed{false};

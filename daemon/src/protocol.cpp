@@ -679,7 +679,10 @@ void write_clients(JsonWriter& w, const Registry& reg) {
       w.end_object();
     }
     w.end_array();
-    w.key("waits").begin_array().end_array();  // waits are not reported to the daemon yet
+    w.key("waits").begin_array();
+    for (const Registry::WaitInfo& wi : reg.waits(c))
+      w.begin_object().key("name").str(wi.name).key("key").num(std::uint64_t{wi.key}).end_object();
+    w.end_array();
     w.end_object();
   }
   w.end_array();

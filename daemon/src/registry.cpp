@@ -1,5 +1,6 @@
 #include "pkgctx/daemon/registry.hpp"
 
+#include "pkgctx/futex.hpp"
 #include "pkgctx/json_writer.hpp"
 #include "pkgctx/daemon/log.hpp"
 #include "pkgctx/segment.hpp"
@@ -43,9 +44,15 @@ constexpr unsigned kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
 }  // namespace
 
+Registry::Registry(Store& store, std::uint32_t max_clients) : store_(store), max_clients_(max_clients) {
+  const Segment& seg = store_.segment();
+  for (std::uint32_t i = 0; i < seg.capacity(); ++i) seg.waiter_counts()[i].store(0, std::memory_order_seq_cst);
+}
+
 Registry::~Registry() {
   for (auto& [conn, c] : clients_) {
     if (c.pidfd >= 0) ::close(c.pidfd);
+    drop_waits(c);
     ::munmap(c.page, sizeof(lease::Page));
   }
 }
@@ -85,7 +92,8 @@ std::optional<std::pair<std::string_view, std::string>> Registry::add(std::uint6
   c.page = page;
   // A drain waiting now must see this page's leases (a worker re-registering after a restart).
   page->header.notify.store(drains_.empty() ? 0 : 1, std::memory_order_seq_cst);
-  clients_.emplace(conn, std::move(c));
+  auto& added = clients_.emplace(conn, std::move(c)).first->second;
+  sync_waits(added, true);
   log::debug("Registered worker " + peer.describe());
   return std::nullopt;
 }
@@ -100,13 +108,75 @@ void Registry::remove(std::uint64_t conn) {
   auto it = clients_.find(conn);
   if (it == clients_.end()) return;
   if (it->second.pidfd >= 0) ::close(it->second.pidfd);
+  drop_waits(it->second);
   ::munmap(it->second.page, sizeof(lease::Page));
   log::debug("Forgot worker " + it->second.peer.describe());
   clients_.erase(it);
   recheck(conn);
 }
 
-void Registry::ping(std::uint64_t conn) { recheck(conn); }
+void Registry::ping(std::uint64_t conn) {
+  if (auto it = clients_.find(conn); it != clients_.end()) sync_waits(it->second, false);
+  recheck(conn);
+}
+
+void Registry::sync_waits(Client& c, bool wake) {
+  lease::Page& page = *c.page;
+  const Segment& seg = store_.segment();
+  std::atomic<std::uint32_t>* counts = seg.waiter_counts();
+  const std::uint64_t epoch = seg.header().prefix.epoch;
+  const std::uint32_t used = std::min(page.header.waits_used.load(std::memory_order_acquire), lease::kWaits);
+  const auto lower = [&](std::map<std::uint32_t, Client::Counted>::iterator it) {
+    counts[it->second.slot].fetch_sub(1, std::memory_order_seq_cst);
+    return c.waits.erase(it);
+  };
+  for (auto it = c.waits.lower_bound(used); it != c.waits.end();) it = lower(it);
+  for (std::uint32_t i = 0; i < used; ++i) {
+    lease::WaitCopy w;
+    // A record that kept changing keeps what it had: its next byte (the writer sends one after
+    // every change) brings it back here.
+    if (!lease::read_wait(page, i, w)) continue;
+    const bool valid = w.active && w.epoch == epoch && w.slot < seg.capacity() && w.key <= layout::kLastChildKey;
+    auto it = c.waits.find(i);
+    if (it != c.waits.end() && (!valid || it->second.slot != w.slot)) {
+      lower(it);
+      it = c.waits.end();
+    }
+    if (valid && it == c.waits.end()) {
+      // Raised (seq_cst) before the acknowledgement below: any write after the waiter's
+      // re-check sees it and wakes.
+      counts[w.slot].fetch_add(1, std::memory_order_seq_cst);
+      c.waits.emplace(i, Client::Counted{w.slot, w.key});
+      if (wake) futex::wake(&seg.slot(w.slot).gens.wake);
+    } else if (valid) {
+      it->second.key = w.key;
+    }
+    lease::Wait& rec = page.wait[i];
+    if (w.active && rec.ack.load(std::memory_order_relaxed) != w.seq) {
+      rec.counted.store(valid ? 1 : 0, std::memory_order_relaxed);
+      rec.ack.store(w.seq, std::memory_order_seq_cst);
+      futex::wake(&rec.ack);
+    }
+  }
+}
+
+void Registry::drop_waits(Client& c) {
+  std::atomic<std::uint32_t>* counts = store_.segment().waiter_counts();
+  for (const auto& [i, w] : c.waits) counts[w.slot].fetch_sub(1, std::memory_order_seq_cst);
+  c.waits.clear();
+}
+
+std::vector<Registry::WaitInfo> Registry::waits(const Client& c) const {
+  std::vector<WaitInfo> out;
+  for (const auto& [i, w] : c.waits) {
+    WaitInfo info;
+    PackageRecord rec;
+    if (auto r = store_.view().read_slot(w.slot, rec, false); r && *r) info.name = rec.name;
+    info.key = w.key;
+    out.push_back(std::move(info));
+  }
+  return out;
+}
 
 void Registry::scan_client(const Client& c, const Drain& d, std::vector<Holder>* out, bool& holds) const {
   lease::Page& page = *c.page;

@@ -43,6 +43,7 @@ void write_dump_segment(JsonWriter& w, const SegmentInfo& i) {
   w.key("settings_used").num(i.settings_used);
   w.key("commits").num(i.commits);
   w.key("repairs").num(i.repairs);
+  w.key("wakes").num(i.wakes);
   w.key("limits").begin_object();
   w.key("max_name").num(std::uint64_t{i.max_name});
   w.key("max_version").num(std::uint64_t{i.max_version});

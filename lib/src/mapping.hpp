@@ -44,7 +44,6 @@ struct Mapping {
   std::string name;
   std::string dir;  // the runtime directory it was opened in
   Region table;
-  Region waiters;  // empty when the board is not writable
   bool writable = false;
 
   // Validated views into `table` (set once by the opener, never changed).
@@ -58,11 +57,10 @@ struct Mapping {
   std::atomic<std::uint64_t>* arena = nullptr;
   std::uint64_t arena_bytes = 0;
   std::uint32_t capacity = 0;
-  std::atomic<std::uint32_t>* waiter_counts = nullptr;
+  std::atomic<std::uint32_t>* waiter_counts = nullptr;  // capacity counts (daemon-written)
 };
 
 // The object names of a segment.
 inline std::string table_object(const std::string& name) { return name; }
-inline std::string waiters_object(const std::string& name) { return name + ".waiters"; }
 
 }  // namespace pkgctx::detail

@@ -127,7 +127,7 @@ void write_segment_metrics(MetricsWriter& m, const SegmentInfo& i, std::uint64_t
     std::uint64_t waiters = 0;
     for (std::uint32_t s = 0; s < i.capacity; ++s) waiters += waiter_counts[s].load(std::memory_order_relaxed);
     m.gauge("pkgctx_waiters",
-            "Workers asleep in a blocking wait, as they announce it on the waiters board (summed over every slot).",
+            "Registered workers asleep in a blocking wait, as the daemon counts them (summed over every slot).",
             waiters);
   }
 }

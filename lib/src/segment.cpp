@@ -74,14 +74,15 @@ Result<detail::Region> map_fd(int fd, u64 size, bool writable, const std::string
 
 // Sizes of the regions for a capacity and arena size, in layout order.
 struct Plan {
-  u64 slots_offset, index_offset, index_slots, freelist_offset, bitmap_offset, bitmap_words,
+  u64 slots_offset, waiters_offset, index_offset, index_slots, freelist_offset, bitmap_offset, bitmap_words,
       arena_offset, arena_bytes, total;
 };
 
 Plan plan(u32 capacity, u64 settings_bytes) {
   Plan p{};
   p.slots_offset = round_up(sizeof(Header), kCacheLine);
-  p.index_offset = p.slots_offset + u64{capacity} * sizeof(Slot);
+  p.waiters_offset = p.slots_offset + u64{capacity} * sizeof(Slot);
+  p.index_offset = round_up(p.waiters_offset + u64{capacity} * 4, kCacheLine);
   p.index_slots = next_pow2(std::max<u64>(16, u64{capacity} * 2));  // load factor ≤ 1/2
   p.freelist_offset = round_up(p.index_offset + p.index_slots * 8, kCacheLine);
   p.arena_bytes = round_up(std::max<u64>(settings_bytes, kChunk), kChunk);
@@ -132,7 +133,7 @@ Result<void> validate(detail::Mapping& m, u64 object_size) {
     return make_error(Errc::segment_foreign, "segment " + n + ": settings area size is invalid");
   const Plan p = plan(cap, h->arena_bytes);
   if (pre->slots_offset != p.slots_offset || pre->slot_stride != sizeof(Slot) || pre->root_gen_offset != kRootGenOffset ||
-      pre->wake_offset != kWakeOffset || pre->gen_count != kGenCount || h->index_offset != p.index_offset || h->index_slots != p.index_slots ||
+      pre->wake_offset != kWakeOffset || pre->gen_count != kGenCount || h->index_offset != p.index_offset || h->index_slots != p.index_slots || h->waiters_offset != p.waiters_offset ||
       h->freelist_offset != p.freelist_offset || h->bitmap_offset != p.bitmap_offset ||
       h->bitmap_words != p.bitmap_words || h->arena_offset != p.arena_offset || pre->total_bytes != p.total)
     return make_error(Errc::segment_foreign, "segment " + n + ": region offsets do not match its capacity");
@@ -148,26 +149,10 @@ Result<void> validate(detail::Mapping& m, u64 object_size) {
   m.bitmap = reinterpret_cast<AU64*>(m.base + p.bitmap_offset);
   m.arena = reinterpret_cast<AU64*>(m.base + p.arena_offset);
   m.arena_bytes = p.arena_bytes;
+  m.waiter_counts = reinterpret_cast<AU32*>(m.base + p.waiters_offset);
   if (state == State::kRetired)
     return make_error(Errc::segment_retired, "segment " + n + " has been retired; re-attach to the new one");
   return {};
-}
-
-// Maps the waiters board if this process may write it (workers are in the group) and it is
-// trusted. Best effort: without it, waits poll.
-void map_waiters(detail::Mapping& m) {
-  auto fd = open_trusted(m.dir, detail::waiters_object(m.name), O_RDWR, 0, true);
-  if (!fd) return;
-  Fd f(*fd);
-  struct stat st {};
-  const u64 want = sizeof(WaitersHeader) + u64{m.capacity} * 4;
-  if (::fstat(f.fd, &st) != 0 || static_cast<u64>(st.st_size) < want) return;
-  auto r = map_fd(f.fd, want, true, "waiters");
-  if (!r) return;
-  auto* wh = static_cast<const WaitersHeader*>(r->get());
-  if (wh->magic != kWaitersMagic || wh->epoch != m.header->prefix.epoch || wh->capacity != m.capacity) return;
-  m.waiter_counts = reinterpret_cast<AU32*>(static_cast<std::byte*>(r->get()) + sizeof(WaitersHeader));
-  m.waiters = std::move(*r);
 }
 
 // Makes a freshly created object's mode exact (whatever the umask) and its group `group`.
@@ -180,9 +165,9 @@ Result<void> set_owner_mode(int fd, mode_t mode, gid_t group, const std::string&
 
 // Creates `object` in `dir` (exclusive, never through a symlink), sized `size`, and maps it.
 Result<detail::Region> create_object(const std::string& dir, const std::string& object, mode_t mode, gid_t group,
-                                     u64 size, bool group_write_ok) {
+                                     u64 size) {
   const std::string what = object_path(object, dir);
-  auto fd = open_trusted(dir, object, O_RDWR | O_CREAT | O_EXCL, 0600, group_write_ok);
+  auto fd = open_trusted(dir, object, O_RDWR | O_CREAT | O_EXCL, 0600);
   if (!fd) return fd.error();
   Fd f(*fd);
   if (auto ok = set_owner_mode(f.fd, mode, group, what); !ok) return ok.error();
@@ -220,8 +205,7 @@ Result<uid_t> check_runtime_dir(const std::string& dir_in) {
   return st.st_uid;
 }
 
-Result<int> open_trusted(const std::string& dir_in, const std::string& object, int flags, mode_t create_mode,
-                         bool group_write_ok) {
+Result<int> open_trusted(const std::string& dir_in, const std::string& object, int flags, mode_t create_mode) {
   const std::string dir = dir_in.empty() ? runtime_dir() : dir_in;
   const std::string what = dir + "/" + object;
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -244,13 +228,12 @@ Result<int> open_trusted(const std::string& dir_in, const std::string& object, i
   Fd f(fd);
   struct stat st {};
   if (::fstat(f.fd, &st) != 0) return sys_error(errno, what);
-  const mode_t forbidden = group_write_ok ? S_IWOTH : (S_IWGRP | S_IWOTH);
-  if (!S_ISREG(st.st_mode) || st.st_uid != dst.st_uid || (st.st_mode & forbidden))
+  if (!S_ISREG(st.st_mode) || st.st_uid != dst.st_uid || (st.st_mode & (S_IWGRP | S_IWOTH)))
     return make_error(Errc::untrusted_segment,
                       what + " is not to be trusted: " + (S_ISREG(st.st_mode) ? "a file" : "not a regular file") +
                           " owned by uid " + std::to_string(st.st_uid) + " with mode " + octal(st.st_mode) +
                           "; expected the runtime directory's owner (uid " + std::to_string(dst.st_uid) +
-                          ") and no write access for " + (group_write_ok ? "others" : "group or others"));
+                          ") and no write access for group or others");
   // O_NONBLOCK only kept a planted FIFO from blocking the open; it means nothing for a file.
   if (::fcntl(f.fd, F_SETFL, ::fcntl(f.fd, F_GETFL) & ~O_NONBLOCK) != 0) return sys_error(errno, what);
   return std::exchange(f.fd, -1);
@@ -285,7 +268,7 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
   m->name = name;
   m->dir = opts.dir.empty() ? runtime_dir() : opts.dir;
   m->writable = true;
-  auto table = create_object(m->dir, detail::table_object(name), opts.mode, opts.group, p.total, false);
+  auto table = create_object(m->dir, detail::table_object(name), opts.mode, opts.group, p.total);
   if (!table) return table.error();
   m->table = std::move(*table);
   m->base = static_cast<std::byte*>(m->table.get());
@@ -317,6 +300,7 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
   h->bitmap_words = p.bitmap_words;
   h->arena_offset = p.arena_offset;
   h->arena_bytes = p.arena_bytes;
+  h->waiters_offset = p.waiters_offset;
   h->predecessor_epoch = opts.predecessor_epoch;
   h->created_realtime_ns.store(realtime_now_ns(), std::memory_order_relaxed);
 
@@ -331,22 +315,9 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
     bm[p.bitmap_words - 1].store(~u64{0} << (chunks % 64), std::memory_order_relaxed);
   }
 
-  // The waiters board: group-writable so workers may announce that they sleep.
-  {
-    ::unlink(object_path(detail::waiters_object(name), m->dir).c_str());
-    auto board = create_object(m->dir, detail::waiters_object(name), (opts.mode | 0060) & ~mode_t{002}, opts.group,
-                               sizeof(WaitersHeader) + u64{opts.capacity} * 4, true);
-    if (!board) return board.error();
-    auto* wh = static_cast<WaitersHeader*>(board->get());
-    wh->magic = kWaitersMagic;
-    wh->epoch = pre.epoch;
-    wh->capacity = opts.capacity;
-  }
-
   // Ready marker last: an opener never sees a half-built segment as live.
   pre.state.store(static_cast<u32>(State::kLive), std::memory_order_release);
   if (auto v = validate(*m, p.total); !v) return v.error();
-  map_waiters(*m);
   return Segment(std::move(m));
 }
 
@@ -376,14 +347,14 @@ Result<Segment> Segment::open(const std::string& name, Access access, const std:
   m->table = std::move(*r);
   m->base = static_cast<std::byte*>(m->table.get());
   if (auto v = validate(*m, size); !v) return v.error();
-  map_waiters(*m);
   return Segment(std::move(m));
 }
 
 void Segment::remove(const std::string& name, const std::string& dir) noexcept {
   try {
     ::unlink(object_path(detail::table_object(name), dir).c_str());  // unlink(2) never follows the last link
-    ::unlink(object_path(detail::waiters_object(name), dir).c_str());
+    // A v2 daemon's group-writable waiters board, if one is left over: nothing reads it any more.
+    ::unlink(object_path(name + ".waiters", dir).c_str());
   } catch (...) {
   }
 }
@@ -493,6 +464,7 @@ SegmentInfo Segment::info() const {
   i.settings_used = h.settings_used.load(std::memory_order_relaxed);
   i.commits = h.commits.load(std::memory_order_relaxed);
   i.repairs = h.repairs.load(std::memory_order_relaxed);
+  i.wakes = h.wakes.load(std::memory_order_relaxed);
   i.max_name = h.max_name;
   i.max_version = h.max_version;
   i.max_settings = h.max_settings;
@@ -511,7 +483,15 @@ void Segment::mark_daemon_running(pid_t pid, std::uint64_t heartbeat_interval_ns
   h.daemon_start_realtime_ns.store(realtime_now_ns(), std::memory_order_relaxed);
   h.heartbeat_interval_ns.store(heartbeat_interval_ns, std::memory_order_relaxed);
   h.heartbeat_mono_ns.store(mono_now_ns(), std::memory_order_relaxed);
-  h.daemon_state.store(static_cast<u32>(DaemonState::kRunning), std::memory_order_release);
+  const u32 before = h.daemon_state.exchange(static_cast<u32>(DaemonState::kRunning), std::memory_order_seq_cst);
+  if (before != static_cast<u32>(DaemonState::kNone)) return;
+  // From now on writers wake only counted waits. A process that began an uncounted wait before
+  // (trusting every cancellation to wake it) read the wake word before the state: bump and wake
+  // every word once so it re-reads the state and re-checks in slices until it registers.
+  for (u32 s = 0; s < map_->capacity; ++s) {
+    map_->slots[s].gens.wake.fetch_add(1, std::memory_order_seq_cst);
+    futex::wake(&map_->slots[s].gens.wake);
+  }
 }
 
 void Segment::heartbeat() const noexcept {

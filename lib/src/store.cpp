@@ -406,10 +406,16 @@ class Writer {
       cancelled = true;
     }
     if (cancelled) {
-      // Bump the wake word, then look for sleepers (seq_cst pairs with Token::wait): the
-      // syscall is made only when someone sleeps on this slot.
+      // Bump the wake word, then look for sleepers (seq_cst, paired with the daemon's raise of
+      // the count before it acknowledges a wait): on a daemon's segment the syscall is made only
+      // when a counted wait sleeps on this slot (unregistered sleepers wake within their slice).
+      // A segment no daemon ever served has nobody to count waits: every cancellation wakes.
       slot.gens.wake.fetch_add(1, std::memory_order_seq_cst);
-      if (!m_.waiter_counts || m_.waiter_counts[s].load(std::memory_order_seq_cst) != 0) futex::wake(&slot.gens.wake);
+      if (m_.waiter_counts[s].load(std::memory_order_seq_cst) != 0 ||
+          h_.daemon_state.load(std::memory_order_relaxed) == static_cast<u32>(DaemonState::kNone)) {
+        futex::wake(&slot.gens.wake);
+        h_.wakes.store(h_.wakes.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);  // mutex holder only
+      }
     }
   }
 

@@ -25,7 +25,6 @@ const AU64 kNeverChanges{0};
 const AU64 kPredecessorRetired{~u64{0}};
 
 constexpr std::string_view kTokenPrefix = "pkgctx1";
-constexpr auto kPollSlice = std::chrono::milliseconds(10);
 
 u32 check_digits(u64 epoch, u32 slot, u32 key, u64 root, u64 child) {
   const u64 fields[] = {epoch, slot, key, root, child};
@@ -186,31 +185,27 @@ bool Token::wait(std::chrono::nanoseconds timeout) const noexcept {
     while (clock::now() < deadline) futex::wait(&dummy, 0, deadline - clock::now());
     return false;
   }
+  // Unregistered: on a daemon's segment no writer counts this sleep, so it re-checks every
+  // kWaitSlice; on an embedded store's every cancellation wakes it.
   const AU32& wake = map_->slots[slot_].gens.wake;
-  AU32* count = map_->waiter_counts ? &map_->waiter_counts[slot_] : nullptr;
-  // Announce the sleep before reading the wake word; the writer bumps the wake word before
-  // reading the count (both seq_cst), so one of us sees the other: no lost wake-up.
-  if (count) count->fetch_add(1, std::memory_order_seq_cst);
   while (true) {
     const u32 w = wake.load(std::memory_order_seq_cst);
-    if (cancelled()) break;
+    if (cancelled()) return true;
     const auto now = clock::now();
-    if (now >= deadline) break;
-    auto slice = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
-    if (!count) slice = std::min<std::chrono::nanoseconds>(slice, kPollSlice);
-    futex::wait(&wake, w, slice);
+    if (now >= deadline) return false;
+    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
+    if (writers_count_waits()) left = std::min<std::chrono::nanoseconds>(left, kWaitSlice);
+    futex::wait(&wake, w, left);
   }
-  if (count) count->fetch_sub(1, std::memory_order_seq_cst);
-  return cancelled();
+}
+
+bool Token::writers_count_waits() const noexcept {
+  return map_ && map_->header->daemon_state.load(std::memory_order_seq_cst) != static_cast<u32>(layout::DaemonState::kNone);
 }
 
 // A predecessor's token has no slot in this mapping (and is cancelled already).
 const std::atomic<std::uint32_t>* Token::wake_word() const noexcept {
   return map_ && watched_ != &kPredecessorRetired ? &map_->slots[slot_].gens.wake : nullptr;
-}
-
-std::atomic<std::uint32_t>* Token::waiter_count() const noexcept {
-  return map_ && map_->waiter_counts && watched_ != &kPredecessorRetired ? &map_->waiter_counts[slot_] : nullptr;
 }
 
 std::string Token::str() const {

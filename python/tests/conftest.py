@@ -45,7 +45,7 @@ class Daemon:
         self.proc.terminate()
         self.proc.wait(timeout=30)
         self.log.close()
-        for suffix in ("", ".waiters", ".lock"):
+        for suffix in ("", ".lock"):
             try:
                 os.unlink(f"/dev/shm/{self.segment}{suffix}")
             except FileNotFoundError:

@@ -134,7 +134,7 @@ expect 2 pkgctx_drain_duration_seconds_bucket le=+Inf
 expect 0 pkgctx_drains_pending
 expect 2 pkgctx_cancellations_total cause=version_changed
 
-# A sleeping waiter shows on the waiters board until its token is cancelled.
+# A sleeping waiter is counted by the daemon until its token is cancelled.
 token=$("$PKGCTL" token pkg2)
 "$PKGCTL" wait "$token" --timeout 60 >/dev/null &
 WAITER=$!

@@ -2,7 +2,8 @@
 # pkgctl's task commands against a real pkgctxd (DESIGN §2.2, §7): run holds a lease while its
 # command runs; clients lists it; drain lists the holder (124) and then answers drained (0) once
 # the task ended; update --drain waits for the old context's task; delete --drain reports
-# in_flight; run's exit status and its stderr report; exit 3 for a missing package.
+# in_flight; run's exit status and its stderr report; exit 3 for a missing package; a pkgctl wait
+# shows in clients' WAITS and, killed, leaves no waiter count (writes make no wake).
 # Env (set by tests/CMakeLists.txt): PKGCTX_BIN build dir.
 set -euo pipefail
 : "${PKGCTX_BIN:?set PKGCTX_BIN to the build directory}"
@@ -77,6 +78,23 @@ out=$("$PKGCTL" update app 3 --drain 10)
 has "$out" '"change":"version","drained":true,"holders":[]'
 rc=0; wait "$RUN" || rc=$?
 [ "$rc" -eq 143 ] || fail "run exited $rc, want 143 (SIGTERM)"
+
+# pkgctl wait is a registered worker: clients shows what it waits on (WAITS), and a wait killed
+# with SIGKILL leaves no count behind: the next writes make no futex wake (the dump's "wakes").
+wakes() { "$PKGCTL" dump --json | sed -n 's/.*"wakes":\([0-9]*\).*/\1/p'; }
+"$PKGCTL" wait "$("$PKGCTL" token app)" --timeout 60 >/dev/null &
+WAITER=$!
+BG+=("$WAITER")
+for _ in $(seq 500); do "$PKGCTL" clients | grep -q "^$WAITER .* app/0\$" && break; sleep 0.01; done
+"$PKGCTL" clients | grep -q "^$WAITER .* app/0\$" || fail "clients lacks the wait of $WAITER: $("$PKGCTL" clients)"
+has "$("$PKGCTL" clients)" "WAITS" "clients table"
+kill -KILL "$WAITER"
+wait "$WAITER" 2>/dev/null || true
+for _ in $(seq 500); do "$PKGCTL" clients | grep -q "^$WAITER " || break; sleep 0.01; done
+"$PKGCTL" clients | grep -q "^$WAITER " && fail "the killed waiter $WAITER is still a client"
+before=$(wakes)
+"$PKGCTL" update app 4 >/dev/null
+[ "$(wakes)" = "$before" ] || fail "a write after the killed wait made a futex wake ($before -> $(wakes))"
 
 "$PKGCTL" event remove app >/dev/null
 out=$("$PKGCTL" delete app --drain 1)

@@ -1,6 +1,6 @@
 // pkgctxd as a process: systemd notifications, ownership of the segment, crash and restart,
 // replacing incompatible segments, SIGHUP reloads. Every step waits on a real condition: READY=1
-// on a fake NOTIFY_SOCKET, a process exit, a waiter registered on the waiters board.
+// on a fake NOTIFY_SOCKET, a process exit, a waiter asleep on its futex.
 #define BOOST_TEST_MODULE daemon_lifecycle
 #include <boost/test/unit_test.hpp>
 
@@ -248,13 +248,8 @@ BOOST_AUTO_TEST_CASE(an_incompatible_segment_is_retired_and_its_waiters_woken) {
     const bool cancelled = token.wait(30s);
     return cancelled && token.cause() == Cause::kSegmentRetired ? 0 : 1;
   });
-  // Start the daemon only once the waiter sleeps (it announces itself on the waiters board).
-  auto* counts = old->segment().waiter_counts();
-  BOOST_TEST_REQUIRE(counts != nullptr);
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (counts[token.slot()].load() == 0 && std::chrono::steady_clock::now() < deadline)
-    std::this_thread::sleep_for(1ms);
-  BOOST_TEST_REQUIRE(counts[token.slot()].load() > 0u);
+  // Start the daemon only once the waiter sleeps.
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(waiter));
 
   DaemonProcess d(env.dir, env.opts());
   BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());

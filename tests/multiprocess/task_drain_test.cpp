@@ -231,20 +231,7 @@ BOOST_AUTO_TEST_CASE(register_refuses_a_page_without_seals_or_descriptor) {
   // An unsealed memfd of the right size: the worker could shrink it under the daemon (SIGBUS).
   const int fd = ::memfd_create("unsealed", MFD_CLOEXEC);
   BOOST_TEST_REQUIRE(::ftruncate(fd, sizeof(lease::Page)) == 0);
-  char line[] = "{\"op\":\"register\"}\n";
-  iovec iov{line, sizeof line - 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(cm), &fd, sizeof fd);
-  BOOST_TEST_REQUIRE(::sendmsg(c.fd(), &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(iov.iov_len));
+  BOOST_TEST_REQUIRE(test::send_with_fd(c.fd(), "{\"op\":\"register\"}\n", fd));
   ::close(fd);
   auto refused = c.receive();
   BOOST_TEST_REQUIRE(refused.has_value());

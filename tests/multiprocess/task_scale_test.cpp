@@ -41,20 +41,7 @@ void update(Client& c, const std::string& name, const std::string& version) {
 
 // Registers `page_fd` on connection `c` by hand (what the SDK does), returns the answer.
 json::object register_page(Client& c, int page_fd) {
-  char line[] = "{\"op\":\"register\"}\n";
-  iovec iov{line, sizeof line - 1};
-  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  msghdr msg{};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
-  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
-  cm->cmsg_level = SOL_SOCKET;
-  cm->cmsg_type = SCM_RIGHTS;
-  cm->cmsg_len = CMSG_LEN(sizeof(int));
-  std::memcpy(CMSG_DATA(cm), &page_fd, sizeof page_fd);
-  BOOST_TEST_REQUIRE(::sendmsg(c.fd(), &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(iov.iov_len));
+  BOOST_TEST_REQUIRE(test::send_with_fd(c.fd(), "{\"op\":\"register\"}\n", page_fd));
   auto a = c.receive();
   BOOST_TEST_REQUIRE(a.has_value());
   return *a;

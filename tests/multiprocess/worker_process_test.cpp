@@ -26,20 +26,9 @@ SegmentOptions small() { return test::segment_options(64, 256 * 1024); }
 
 Store make_store(const SegmentName& n) { return test::create_store_with(n, small(), "1"); }
 
-// Blocks until `count` sleepers wait on `slot`'s wake word (each announces itself on the
-// board); false if that does not happen within 10 s. No Boost.Test calls: threads use it too.
-bool sleepers(const Store& store, std::uint32_t slot, std::uint32_t count = 1) {
-  const auto deadline = std::chrono::steady_clock::now() + 10s;
-  while (store.segment().waiter_counts()[slot].load() < count) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::yield();
-  }
-  return true;
-}
-
-void await_sleeper(const Store& store, std::uint32_t slot) {
-  BOOST_TEST_REQUIRE(sleepers(store, slot), "no process started waiting");
-}
+// Blocks until process `pid` sleeps in its wait (an unregistered one: no daemon here, so it
+// re-checks every kWaitSlice; a write wakes it within that).
+void await_sleeper(pid_t pid) { BOOST_TEST_REQUIRE(test::await_futex_sleep(pid), "no process started waiting"); }
 
 bool faulted(int code) { return code == 128 + SIGSEGV || code == 128 + SIGBUS; }
 
@@ -100,16 +89,15 @@ BOOST_AUTO_TEST_CASE(wait_wakes_on_root_cancellation) {
     return t->cause() == Cause::kUpdateEvent ? 0 : 5;
   });
   BOOST_TEST_REQUIRE(ready.await());
-  await_sleeper(store, slot);
+  await_sleeper(pid);
   BOOST_TEST_REQUIRE(store.handle_event(kEventUpdate, "pkg").has_value());
   BOOST_TEST(wait_exit(pid) == 0);
-  BOOST_TEST(store.segment().waiter_counts()[slot].load() == 0u);  // the sleeper withdrew
+  BOOST_TEST(store.segment().waiter_counts()[slot].load() == 0u);  // only the daemon counts waits
 }
 
 BOOST_AUTO_TEST_CASE(wait_wakes_on_child_cancellation_and_root_ignores_it) {
   SegmentName n;
   Store store = make_store(n);
-  const std::uint32_t slot = store.view().find("pkg").value();
   Pipe ready;
   // Child 1 waits on a schedule (key 2) context; child 2 on the root with a short timeout.
   const pid_t child_waiter = spawn([&]() -> int {
@@ -131,7 +119,8 @@ BOOST_AUTO_TEST_CASE(wait_wakes_on_child_cancellation_and_root_ignores_it) {
     return std::chrono::steady_clock::now() - t0 >= 500ms ? 0 : 7;
   });
   BOOST_TEST_REQUIRE(ready.await());
-  BOOST_TEST_REQUIRE(sleepers(store, slot, 2));
+  await_sleeper(child_waiter);
+  await_sleeper(root_waiter);
   BOOST_TEST_REQUIRE(store.handle_event(kEventSchedule, "pkg").has_value());
   BOOST_TEST(wait_exit(child_waiter) == 0);
   BOOST_TEST(wait_exit(root_waiter) == 0);
@@ -146,7 +135,7 @@ BOOST_AUTO_TEST_CASE(wait_wakes_on_child_cancellation_and_root_ignores_it) {
     return t->cause() == Cause::kVersionChanged ? 0 : 5;
   });
   BOOST_TEST_REQUIRE(ready.await());
-  await_sleeper(store, slot);
+  await_sleeper(via_root);
   BOOST_TEST_REQUIRE(store.update("pkg", "2", Settings()).has_value());
   BOOST_TEST(wait_exit(via_root) == 0);
 }
@@ -249,7 +238,6 @@ BOOST_AUTO_TEST_CASE(reads_are_never_torn_across_processes) {
 BOOST_AUTO_TEST_CASE(retirement_by_another_process_wakes_and_reattaches) {
   SegmentName n;
   std::optional<Store> store = make_store(n);
-  const std::uint32_t slot = store->view().find("pkg").value();
   Worker w = Worker::attach(n).value();
   const Token t = w.token("pkg", kEventSchedule).value();
   Pipe go, created;
@@ -267,7 +255,7 @@ BOOST_AUTO_TEST_CASE(retirement_by_another_process_wakes_and_reattaches) {
     return 0;
   });
   std::thread trigger([&] {
-    sleepers(*store, slot);  // this thread sleeps in t.wait() below
+    test::await_futex_sleep(::getpid());  // the main thread sleeps in t.wait() below
     go.signal();
   });
   BOOST_TEST(t.wait(30s));

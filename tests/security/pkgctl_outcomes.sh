@@ -22,7 +22,7 @@ DAEMON=
 cleanup() {
   [ -n "$DAEMON" ] && { kill -CONT "$DAEMON" 2>/dev/null || true; kill -TERM "$DAEMON" 2>/dev/null || true
                         wait "$DAEMON" 2>/dev/null || true; }
-  rm -f "/dev/shm/$SEG" "/dev/shm/$SEG.waiters" "/dev/shm/$SEG.lock"
+  rm -f "/dev/shm/$SEG" "/dev/shm/$SEG.lock"
   rm -rf "$TMP"
 }
 trap cleanup EXIT

@@ -20,7 +20,7 @@ cleanup() {
   [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
   getent group "$group" >/dev/null && groupdel "$group"
   rm -rf "$work"
-  rm -f "/dev/shm/$seg" "/dev/shm/$seg.waiters" "/dev/shm/$seg.lock"
+  rm -f "/dev/shm/$seg" "/dev/shm/$seg.lock"
 }
 trap cleanup EXIT
 

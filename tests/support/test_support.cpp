@@ -12,8 +12,14 @@
 #include <grp.h>
 #include <poll.h>
 #include <sys/mman.h>
+#include <chrono>
+#include <fstream>
+#include <cstring>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <thread>
 #include <unistd.h>
 
 namespace pkgctx::test {
@@ -54,7 +60,7 @@ SegmentName::SegmentName(const std::string& tag)
 SegmentName::~SegmentName() { remove_segment(name_); }
 
 void remove_segment(const std::string& name) {
-  for (const char* suffix : {"", ".waiters", ".lock"}) ::unlink(segment_path(name + suffix).c_str());
+  for (const char* suffix : {"", ".lock"}) ::unlink(segment_path(name + suffix).c_str());
 }
 
 pid_t spawn(const std::function<int()>& body) {
@@ -85,6 +91,38 @@ int wait_exit(pid_t pid) {
   if (WIFEXITED(status)) return WEXITSTATUS(status);
   if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
   return -1;
+}
+
+bool send_with_fd(int sock, std::string_view line, int fd) {
+  iovec iov{const_cast<char*>(line.data()), line.size()};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(cm), &fd, sizeof fd);
+  return ::sendmsg(sock, &msg, MSG_NOSIGNAL) == static_cast<ssize_t>(line.size());
+}
+
+bool await_futex_sleep(pid_t pid) {
+#ifndef SYS_futex_waitv
+  constexpr long kWaitv = 449;
+#else
+  constexpr long kWaitv = SYS_futex_waitv;
+#endif
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/syscall");
+    long nr = -1;
+    if (f >> nr && (nr == SYS_futex || nr == kWaitv)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
 }
 
 int as_nobody(const std::vector<gid_t>& groups, const std::function<int()>& body) {

@@ -13,6 +13,7 @@
 #include <new>
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <sys/types.h>
 #include <vector>
 
@@ -38,7 +39,7 @@ class SegmentName {
 // fixture makes a mkdtemp directory under /dev/shm (mode 0755, so `nobody` may traverse it),
 // sets PKGCTX_RUNTIME_DIR to it (forked daemons, pkgctl and workers inherit it) and removes it
 // at the end. A PKGCTX_RUNTIME_DIR set by the caller is kept.
-// The path of segment object `object` ("<name>", "<name>.waiters", "<name>.lock") there.
+// The path of segment object `object` ("<name>", "<name>.lock") there.
 std::string segment_path(const std::string& object);
 
 // Removes every pkgctx object that belongs to `name` (the table and its companions).
@@ -50,6 +51,14 @@ pid_t spawn(const std::function<int()>& body);
 
 // waitpid(); returns the exit code, or 128+signal if the child was killed.
 int wait_exit(pid_t pid);
+
+// Sends `line` on the stream socket `sock` with descriptor `fd` attached (SCM_RIGHTS), as the
+// SDK registers its lease page ({"op":"register"}); true if the whole line went out.
+bool send_with_fd(int sock, std::string_view line, int fd);
+
+// Blocks until the main thread of process `pid` sleeps in a futex syscall (futex or
+// futex_waitv, read from /proc/<pid>/syscall); false if it does not within 10 s.
+bool await_futex_sleep(pid_t pid);
 
 // Runs `body` in a child (as spawn() does) that first drops to nobody:nogroup with the
 // supplementary `groups`; waits and returns its exit code (90 if it could not drop).

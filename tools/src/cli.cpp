@@ -12,6 +12,7 @@
 #include "pkgctx/settings.hpp"
 #include "pkgctx/token.hpp"
 #include "pkgctx/view.hpp"
+#include "pkgctx/worker.hpp"
 
 #include <CLI/CLI.hpp>
 #include <boost/json/parse.hpp>
@@ -20,6 +21,7 @@
 #include <charconv>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <istream>
 #include <ostream>
 #include <limits>
@@ -231,7 +233,7 @@ std::optional<Failure> cmd_clients(const Common& c, bool as_json, Io io) {
     io.out << json::serialize(json::object{{"clients", list}}) << '\n';
     return std::nullopt;
   }
-  io.out << "PID      UID    COMMAND          SINCE                TASKS  CANCELLED\n";
+  io.out << "PID      UID    COMMAND          SINCE                TASKS  CANCELLED  WAITS\n";
   if (!list.is_array()) return std::nullopt;
   for (const json::value& v : list.get_array()) {
     if (!v.is_object()) continue;
@@ -242,7 +244,20 @@ std::optional<Failure> cmd_clients(const Common& c, bool as_json, Io io) {
       for (const json::value& l : t->get_array())
         if (l.is_object() && l.get_object().if_contains("cancelled") && l.get_object().at("cancelled") == true) ++cancelled;
     }
-    char line[160];
+    // What it sleeps on: "name/key" of each wait, comma-separated.
+    std::string waits;
+    if (const auto* ws = o.if_contains("waits"); ws && ws->is_array()) {
+      for (const json::value& x : ws->get_array()) {
+        if (!x.is_object()) continue;
+        const auto* n = x.get_object().if_contains("name");
+        const auto* k = x.get_object().if_contains("key");
+        if (!waits.empty()) waits += ',';
+        waits += (n && n->is_string() ? one_line(std::string(n->get_string())) : std::string("?")) + "/" +
+                 (k && k->is_number() ? std::to_string(k->to_number<long long>()) : std::string("?"));
+      }
+    }
+    if (waits.empty()) waits = "-";
+    char line[200];
     const auto num = [&](std::string_view k) -> long long {
       const auto* x = o.if_contains(k);
       return x && x->is_number() ? x->to_number<long long>() : -1;
@@ -252,9 +267,9 @@ std::optional<Failure> cmd_clients(const Common& c, bool as_json, Io io) {
     const time_t since = static_cast<time_t>(num("since_realtime_ns") / 1'000'000'000);
     char when[32] = "?";
     if (tm t{}; ::localtime_r(&since, &t)) std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", &t);
-    std::snprintf(line, sizeof line, "%-8lld %-6lld %-16.16s %-20s %-6zu %zu\n", num("pid"), num("uid"), cm.c_str(), when,
-                  tasks, cancelled);
-    io.out << line;
+    std::snprintf(line, sizeof line, "%-8lld %-6lld %-16.16s %-20s %-6zu %-10zu ", num("pid"), num("uid"), cm.c_str(),
+                  when, tasks, cancelled);
+    io.out << line << waits << '\n';
   }
   return std::nullopt;
 }
@@ -466,6 +481,18 @@ int cmd_wait(const Common& c, const std::string& text, std::optional<double> tim
     io.err << "pkgctl: " << one_line(f->message) << '\n';
     return f->code;
   }
+  // Sleep as a registered worker: pkgctxd counts the wait (a writer wakes it at once) and forgets
+  // it when this process ends, however it ends. The SDK registers in the background at the
+  // first wait, with $PKGCTX_SOCKET; meanwhile (or with the daemon down) it re-checks in slices.
+  std::optional<pkgctx::Worker> worker;
+  std::optional<pkgctx::Token> counted;
+  if (t.valid()) {
+    ::setenv("PKGCTX_SOCKET", c.socket.c_str(), 1);  // single-threaded still: no thread reads the environment
+    if (auto w = pkgctx::Worker::attach(c.segment)) {
+      worker.emplace(std::move(*w));
+      if (auto sdk = worker->parse_token(text)) counted.emplace(std::move(*sdk));
+    }
+  }
   using clock = std::chrono::steady_clock;
   const auto slice = std::chrono::nanoseconds(std::chrono::hours(1));
   std::optional<clock::time_point> deadline;
@@ -474,7 +501,8 @@ int cmd_wait(const Common& c, const std::string& text, std::optional<double> tim
   for (;;) {
     auto left = slice;
     if (deadline) left = std::min<std::chrono::nanoseconds>(slice, *deadline - clock::now());
-    if (t.wait(left)) break;
+    if (counted ? counted->wait(left) : t.wait(left)) break;
+    if (t.cancelled()) break;
     if (deadline && clock::now() >= *deadline) {
       io.out << cancel_json(t) << '\n';
       return kExitTimedOut;
@@ -616,7 +644,7 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   drain->add_option("--event", drain_event, "only contexts of this key (update/remove: root; schedule/2..7: child)");
   drain->add_option("--timeout", drain_timeout_s, "seconds to wait")->capture_default_str()->check(seconds(0));
 
-  auto* clients = app.add_subcommand("clients", "the workers the daemon knows: pid, uid, command, since, tasks");
+  auto* clients = app.add_subcommand("clients", "the workers the daemon knows: pid, uid, command, since, tasks, waits");
   clients->add_flag("--json", as_json, "one JSON object instead of the table");
 
   std::string run_event = "update";

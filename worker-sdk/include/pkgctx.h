@@ -32,8 +32,9 @@
  *
  *  - Read-only map. The table is mapped PROT_READ. A plugin cannot change it; a stray write
  *    into it kills the process with SIGSEGV. The process needs read access to
- *    <runtime dir>/<segment> and read-write access to <runtime dir>/<segment>.waiters (membership of the
- *    daemon's group); without the latter pkgctx_wait() still works but polls every 10 ms.
+ *    <runtime dir>/<segment> (membership of the daemon's group). pkgctx_wait() is counted by the
+ *    daemon (registered through its socket): without that it still works, re-checking every 50 ms
+ *    (on a segment no daemon serves, an embedded store's, every cancellation wakes it at once).
  *  - Handles. A token stays valid after the worker that made it is detached, and after the
  *    segment is retired (it then reports "segment_retired"). Free each handle exactly once.
  *  - Threads. Every function may be called from any thread. A worker handle may be shared by
@@ -308,7 +309,10 @@ int pkgctx_cause_text(const pkgctx_token_t *token, char *buf, size_t size, size_
 
 /* Sleeps until the token is cancelled or `timeout_ms` passes (negative: no limit). Returns
  * PKGCTX_OK once cancelled, PKGCTX_TIMED_OUT otherwise, PKGCTX_INVALID_TOKEN for NULL.
- * Costs the writer a futex wake only while someone waits. */
+ * The first wait registers the worker with pkgctxd in the background ($PKGCTX_SOCKET): the daemon
+ * counts the wait (acknowledged before the sleep), so the writer wakes it at once, and costs the
+ * writer a futex wake only while someone waits. Unregistered, it re-checks every 50 ms (on a
+ * segment no daemon ever served, every cancellation wakes it). */
 int pkgctx_wait(const pkgctx_token_t *token, int64_t timeout_ms);
 
 /* pkgctx_wait with a timeout in nanoseconds. */

@@ -33,6 +33,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -131,6 +132,21 @@ char* dup_string(const std::string& s) {
 
 }  // namespace
 
+namespace {
+
+// A worker handle's registration, shared with every token the handle made (their waits and
+// watches are counted through it). Started by the first task, pkgctx_register or wait; it ends
+// with the handle, once no wait in progress still uses it: a token that outlives its worker
+// waits unregistered (in slices).
+struct RegLink {
+  std::mutex mu;
+  std::shared_ptr<pkgctx::detail::Registration> reg;   // under mu
+  std::atomic<pkgctx::detail::Registration*> fast{nullptr};  // reg.get(), set once
+  bool closed = false;                                 // under mu: the worker handle is gone
+};
+
+}  // namespace
+
 struct pkgctx_worker_s {
   struct Attachment {
     View view;
@@ -144,8 +160,17 @@ struct pkgctx_worker_s {
   std::mutex mu;                                  // guards `all`, `current_id` and switching
   std::vector<std::unique_ptr<Attachment>> all;   // every mapping attached; never shrinks
   ObjectId current_id;                            // the object `current` was opened from
-  std::atomic<pkgctx::detail::Registration*> reg{nullptr};  // set once (under mu), freed by the handle
-  ~pkgctx_worker_s() { delete reg.load(); }
+  std::shared_ptr<RegLink> link = std::make_shared<RegLink>();
+  ~pkgctx_worker_s() {
+    bool had = false;
+    {
+      std::lock_guard lk(link->mu);
+      link->closed = true;
+      had = link->reg != nullptr;
+      link->reg.reset();  // the daemon sees EOF once no wait in progress holds it
+    }
+    if (had) pkgctx::detail::watch_kick();  // the watcher lets it go too
+  }
 
   const Attachment* cur() const noexcept { return current.load(std::memory_order_acquire); }
 
@@ -243,6 +268,7 @@ struct pkgctx_worker_s {
 
 struct pkgctx_token_s {
   CoreToken token;
+  std::shared_ptr<RegLink> link;  // its worker's (null: never registered through one)
 };
 
 namespace {
@@ -254,17 +280,40 @@ std::string default_socket() {
 
 // The worker's registration, started on first use with `path` (empty: the default).
 Result<pkgctx::detail::Registration*> registration(pkgctx_worker_t* w, std::string path) {
-  if (auto* r = w->reg.load(std::memory_order_acquire)) {
+  RegLink& link = *w->link;
+  if (auto* r = link.fast.load(std::memory_order_acquire)) {
     if (!path.empty() && path != r->socket())
       return pkgctx::make_error(Errc::io_error, "pkgctx_register: already registered with " + r->socket());
     return r;
   }
-  std::lock_guard lk(w->mu);
-  if (auto* r = w->reg.load(std::memory_order_acquire)) return r;
+  std::lock_guard lk(link.mu);
+  if (link.reg) return link.reg.get();
   auto r = pkgctx::detail::Registration::start(path.empty() ? default_socket() : std::move(path));
   if (!r) return r.error();
-  w->reg.store(*r, std::memory_order_release);
-  return *r;
+  link.reg = std::move(*r);
+  link.fast.store(link.reg.get(), std::memory_order_release);
+  return link.reg.get();
+}
+
+// The registration a wait or watch of `token` is counted through: its worker's, started now
+// (in the background: a wait never blocks on the daemon) if it has none. Null when the worker is
+// gone, in a forked child (the registration is the parent's), or when none can be made: the
+// wait then re-checks in slices.
+std::shared_ptr<pkgctx::detail::Registration> wait_registration(const pkgctx_token_t& token) noexcept {
+  if (!token.link || !token.token.valid()) return nullptr;
+  try {
+    RegLink& link = *token.link;
+    std::lock_guard lk(link.mu);
+    if (!link.reg && !link.closed) {
+      auto r = pkgctx::detail::Registration::start(default_socket(), false);
+      if (!r) return nullptr;
+      link.reg = std::move(*r);
+      link.fast.store(link.reg.get(), std::memory_order_release);
+    }
+    return link.reg && link.reg->owned_here() ? link.reg : nullptr;
+  } catch (...) {
+    return nullptr;
+  }
 }
 
 int begin_lease(pkgctx::detail::Registration* reg, const pkgctx_token_t* token, pkgctx_task_t** out) {
@@ -288,6 +337,49 @@ struct pkgctx_watch_s {
   std::uint64_t id = 0;  // 0: the callback already ran, or nothing to watch
   int fd = -1;           // pkgctx_watch_fd's eventfd, closed by pkgctx_unwatch
 };
+
+namespace {
+
+// pkgctx_read and pkgctx_read2 fill the same snapshot; the v2 struct adds its fields.
+template <class Package>
+int read_package(const char* fn, pkgctx_worker_t* worker, const char* name, size_t name_len, Package* out) {
+  if (out) std::memset(out, 0, sizeof *out);
+  return guarded(fn, [&]() -> int {
+    if (!worker || !out) return fail(Errc::io_error, (std::string(fn) + ": worker or out is NULL").c_str());
+    if (!name && name_len) return fail(Errc::invalid_name, (std::string(fn) + ": name is NULL").c_str());
+    auto r = worker->lookup([&](const View& v) { return v.read(arg(name, name_len), true); });
+    if (!r) return fail(r.error());
+    Package p{};
+    try {
+      p.version = dup_string(r->version);
+      p.settings = dup_string(r->settings);
+    } catch (...) {
+      std::free(p.version);
+      throw;
+    }
+    p.settings_len = r->settings.size();
+    p.checksum = r->checksum;
+    const std::string hex = pkgctx::Settings::format_checksum(r->checksum);
+    std::memcpy(p.checksum_hex, hex.c_str(), sizeof p.checksum_hex);
+    if constexpr (std::is_same_v<Package, pkgctx_package2_t>) {
+      p.settings_version = r->settings_version;
+      // View::read validated it: at most PKGCTX_MAINTENANCE_MAX bytes of [A-Za-z0-9._-].
+      std::memcpy(p.maintenance, r->maintenance.data(), std::min<size_t>(r->maintenance.size(), PKGCTX_MAINTENANCE_MAX));
+    }
+    *out = p;
+    return PKGCTX_OK;
+  });
+}
+
+template <class Package>
+void free_package(Package* package) {
+  if (!package) return;
+  std::free(package->version);
+  std::free(package->settings);
+  std::memset(package, 0, sizeof *package);
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -345,7 +437,7 @@ int pkgctx_token_n(pkgctx_worker_t* worker, const char* name, size_t name_len, i
     if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_token: name is NULL");
     auto t = worker->lookup([&](const View& v) { return v.token(arg(name, name_len), event); });
     if (!t) return fail(t.error());
-    *out = new pkgctx_token_t{std::move(*t)};
+    *out = new pkgctx_token_t{std::move(*t), worker->link};
     return PKGCTX_OK;
   });
 }
@@ -361,14 +453,14 @@ int pkgctx_token_parse_n(pkgctx_worker_t* worker, const char* text, size_t text_
     if (!text && text_len) return fail(Errc::invalid_token, "pkgctx_token_parse: text is NULL");
     auto t = worker->parse(arg(text, text_len));
     if (!t) return fail(t.error());
-    *out = new pkgctx_token_t{std::move(*t)};
+    *out = new pkgctx_token_t{std::move(*t), worker->link};
     return PKGCTX_OK;
   });
 }
 
 pkgctx_token_t* pkgctx_token_dup(const pkgctx_token_t* token) {
   if (!token) return nullptr;
-  return new (std::nothrow) pkgctx_token_t{token->token};
+  return new (std::nothrow) pkgctx_token_t{token->token, token->link};
 }
 
 void pkgctx_token_free(pkgctx_token_t* token) { delete token; }
@@ -435,12 +527,14 @@ int pkgctx_wait_ns(const pkgctx_token_t* token, int64_t timeout_ns) {
   const CoreToken& t = token->token;
   // Clamp so the deadline arithmetic cannot overflow (about 36 years is "no limit" enough).
   timeout_ns = timeout_ns > int64_t{1} << 60 ? int64_t{1} << 60 : timeout_ns;
+  const std::shared_ptr<pkgctx::detail::Registration> reg = t.cancelled() ? nullptr : wait_registration(*token);
+  const auto wait = [&](std::chrono::nanoseconds d) { return reg ? reg->wait(t, d) : t.wait(d); };
   if (timeout_ns < 0) {
-    while (!t.wait(std::chrono::hours(1))) {
+    while (!wait(std::chrono::hours(1))) {
     }
     return PKGCTX_OK;
   }
-  return t.wait(std::chrono::nanoseconds(timeout_ns)) ? PKGCTX_OK : static_cast<int>(Errc::timed_out);
+  return wait(std::chrono::nanoseconds(timeout_ns)) ? PKGCTX_OK : static_cast<int>(Errc::timed_out);
 }
 
 int pkgctx_wait(const pkgctx_token_t* token, int64_t timeout_ms) {
@@ -467,77 +561,24 @@ size_t pkgctx_token_str(const pkgctx_token_t* token, char* buf, size_t size) {
 }
 
 int pkgctx_read(pkgctx_worker_t* worker, const char* name, pkgctx_package_t* out) {
-  return pkgctx_read_n(worker, name, name ? std::strlen(name) : 0, out);
+  return read_package("pkgctx_read", worker, name, name ? std::strlen(name) : 0, out);
 }
 
 int pkgctx_read_n(pkgctx_worker_t* worker, const char* name, size_t name_len, pkgctx_package_t* out) {
-  if (out) std::memset(out, 0, sizeof *out);
-  return guarded("pkgctx_read", [&]() -> int {
-    if (!worker || !out) return fail(Errc::io_error, "pkgctx_read: worker or out is NULL");
-    if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_read: name is NULL");
-    auto r = worker->lookup([&](const View& v) { return v.read(arg(name, name_len), true); });
-    if (!r) return fail(r.error());
-    pkgctx_package_t p{};
-    try {
-      p.version = dup_string(r->version);
-      p.settings = dup_string(r->settings);
-    } catch (...) {
-      std::free(p.version);
-      throw;
-    }
-    p.settings_len = r->settings.size();
-    p.checksum = r->checksum;
-    const std::string hex = pkgctx::Settings::format_checksum(r->checksum);
-    std::memcpy(p.checksum_hex, hex.c_str(), sizeof p.checksum_hex);
-    *out = p;
-    return PKGCTX_OK;
-  });
+  return read_package("pkgctx_read", worker, name, name_len, out);
 }
 
-void pkgctx_package_free(pkgctx_package_t* package) {
-  if (!package) return;
-  std::free(package->version);
-  std::free(package->settings);
-  std::memset(package, 0, sizeof *package);
-}
+void pkgctx_package_free(pkgctx_package_t* package) { free_package(package); }
 
 int pkgctx_read2(pkgctx_worker_t* worker, const char* name, pkgctx_package2_t* out) {
-  return pkgctx_read2_n(worker, name, name ? std::strlen(name) : 0, out);
+  return read_package("pkgctx_read2", worker, name, name ? std::strlen(name) : 0, out);
 }
 
 int pkgctx_read2_n(pkgctx_worker_t* worker, const char* name, size_t name_len, pkgctx_package2_t* out) {
-  if (out) std::memset(out, 0, sizeof *out);
-  return guarded("pkgctx_read2", [&]() -> int {
-    if (!worker || !out) return fail(Errc::io_error, "pkgctx_read2: worker or out is NULL");
-    if (!name && name_len) return fail(Errc::invalid_name, "pkgctx_read2: name is NULL");
-    auto r = worker->lookup([&](const View& v) { return v.read(arg(name, name_len), true); });
-    if (!r) return fail(r.error());
-    pkgctx_package2_t p{};
-    try {
-      p.version = dup_string(r->version);
-      p.settings = dup_string(r->settings);
-    } catch (...) {
-      std::free(p.version);
-      throw;
-    }
-    p.settings_len = r->settings.size();
-    p.checksum = r->checksum;
-    const std::string hex = pkgctx::Settings::format_checksum(r->checksum);
-    std::memcpy(p.checksum_hex, hex.c_str(), sizeof p.checksum_hex);
-    p.settings_version = r->settings_version;
-    // View::read validated it: at most PKGCTX_MAINTENANCE_MAX bytes of [A-Za-z0-9._-].
-    std::memcpy(p.maintenance, r->maintenance.data(), std::min<size_t>(r->maintenance.size(), PKGCTX_MAINTENANCE_MAX));
-    *out = p;
-    return PKGCTX_OK;
-  });
+  return read_package("pkgctx_read2", worker, name, name_len, out);
 }
 
-void pkgctx_package2_free(pkgctx_package2_t* package) {
-  if (!package) return;
-  std::free(package->version);
-  std::free(package->settings);
-  std::memset(package, 0, sizeof *package);
-}
+void pkgctx_package2_free(pkgctx_package2_t* package) { free_package(package); }
 
 int pkgctx_checksum(const char* json, size_t len, char hex[17], char** canonical) {
   if (hex) hex[0] = '\0';
@@ -625,7 +666,7 @@ int pkgctx_watch_ex(const pkgctx_token_t* token, void (*fn)(void* arg), void* ar
     if (!token) return fail(Errc::invalid_token, "pkgctx_watch: token is NULL");
     if (!fn || !out) return fail(Errc::io_error, "pkgctx_watch: fn or out is NULL");
     auto w = std::make_unique<pkgctx_watch_t>();
-    auto id = pkgctx::detail::watch_register(token->token, [fn, a = std::move(owned)] { fn(a.get()); });
+    auto id = pkgctx::detail::watch_register(token->token, wait_registration(*token), [fn, a = std::move(owned)] { fn(a.get()); });
     if (!id) return fail(id.error());
     w->id = *id;
     *out = w.release();
@@ -649,7 +690,7 @@ int pkgctx_watch_fd(const pkgctx_token_t* token, int* fd_out, pkgctx_watch_t** o
     // The fd outlives every run of the callback: pkgctx_unwatch unregisters before closing it.
     // A write to an eventfd only fails when its counter would overflow, which one write cannot.
     const int fd = w->fd;
-    auto id = pkgctx::detail::watch_register(token->token, [fd] {
+    auto id = pkgctx::detail::watch_register(token->token, wait_registration(*token), [fd] {
       const std::uint64_t one = 1;
       [[maybe_unused]] const ssize_t n = ::write(fd, &one, sizeof one);
     });
@@ -684,7 +725,7 @@ int pkgctx_register(pkgctx_worker_t* worker, const char* socket_path) {
 }
 
 int pkgctx_registered(const pkgctx_worker_t* worker) {
-  const auto* r = worker ? worker->reg.load(std::memory_order_acquire) : nullptr;
+  const auto* r = worker ? worker->link->fast.load(std::memory_order_acquire) : nullptr;
   return r && r->registered() ? 1 : 0;
 }
 
@@ -708,7 +749,7 @@ int pkgctx_task_begin(pkgctx_worker_t* worker, const char* name, size_t name_len
 int pkgctx_task_begin_token(pkgctx_worker_t* worker, const pkgctx_token_t* token, pkgctx_task_t** out) {
   if (out) *out = nullptr;
   if (!worker || !token || !out) return fail(Errc::io_error, "pkgctx_task_begin_token: worker, token or out is NULL");
-  auto* reg = worker->reg.load(std::memory_order_acquire);
+  auto* reg = worker->link->fast.load(std::memory_order_acquire);
   if (__builtin_expect(reg == nullptr, 0)) {
     return guarded("pkgctx_task_begin_token", [&]() -> int {
       auto r = registration(worker, "");

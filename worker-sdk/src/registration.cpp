@@ -1,15 +1,22 @@
 #include "registration.hpp"
 
+#include "pkgctx/futex.hpp"
+#include "waitv.hpp"
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
 #include <new>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <system_error>
 #include <unistd.h>
 
 namespace pkgctx::detail {
@@ -27,10 +34,45 @@ std::uint64_t coarse_now_ns() noexcept {
 
 int new_socket() noexcept { return ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); }
 
+// Cleared for good when the kernel refuses futex_waitv: counted waits then re-check in slices.
+std::atomic<bool> have_waitv{true};
+
+// Sleeps on `wake` (== w) and the registration's state word (== st) at once, at most `left`.
+void sleep_two(const std::atomic<std::uint32_t>* wake, std::uint32_t w, const std::atomic<std::uint32_t>* state,
+               std::uint32_t st, std::chrono::nanoseconds left) noexcept {
+  if (have_waitv.load(std::memory_order_relaxed)) {
+    WaitV v[2] = {waitv_entry(wake, w), waitv_entry(state, st)};
+    const timespec deadline = mono_deadline(left.count());
+    if (!waitv_unusable(futex_waitv(v, 2, &deadline))) return;
+    have_waitv.store(false, std::memory_order_relaxed);
+  }
+  futex::wait(wake, w, std::min<std::chrono::nanoseconds>(left, kWaitSlice));
+}
+
+// Claims a free bit of `bits` (words of 64) and raises `used` past it; -1 when none is free.
+template <std::size_t N>
+int claim_bit(std::atomic<std::uint64_t> (&bits)[N], std::atomic<std::uint32_t>& used) noexcept {
+  for (std::uint32_t w = 0; w < N; ++w) {
+    std::uint64_t v = bits[w].load(std::memory_order_relaxed);
+    while (~v != 0) {
+      const int bit = __builtin_ctzll(~v);
+      if (bits[w].compare_exchange_weak(v, v | (1ull << bit), std::memory_order_acquire, std::memory_order_relaxed)) {
+        const std::uint32_t i = w * 64 + static_cast<std::uint32_t>(bit);
+        // The daemon reads no record at or past `used`: raise it before the record is written.
+        std::uint32_t u = used.load(std::memory_order_relaxed);
+        while (u <= i && !used.compare_exchange_weak(u, i + 1, std::memory_order_release)) {
+        }
+        return static_cast<int>(i);
+      }
+    }
+  }
+  return -1;
+}
+
 }  // namespace
 
-Result<Registration*> Registration::start(std::string socket) {
-  auto r = std::unique_ptr<Registration>(new Registration());
+Result<std::shared_ptr<Registration>> Registration::start(std::string socket, bool connect_now) {
+  auto r = std::shared_ptr<Registration>(new Registration());
   r->socket_ = std::move(socket);
   r->memfd_ = ::memfd_create("pkgctx-leases", MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (r->memfd_ < 0) return make_error(Errc::io_error, std::string("memfd_create: ") + std::strerror(errno));
@@ -43,9 +85,19 @@ Result<Registration*> Registration::start(std::string socket) {
   r->sock_ = new_socket();
   r->stop_fd_ = ::eventfd(0, EFD_CLOEXEC);
   if (r->sock_ < 0 || r->stop_fd_ < 0) return make_error(Errc::io_error, std::string("socket: ") + std::strerror(errno));
-  r->connect_and_register();
-  r->thread_ = std::thread([raw = r.get()] { raw->run(); });
-  return r.release();
+  if (connect_now) r->connect_and_register();
+  // Born with every signal blocked, as the watcher: the process's signals go to its own threads.
+  sigset_t all{}, old{};
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_SETMASK, &all, &old);
+  try {
+    r->thread_ = std::thread([raw = r.get()] { raw->run(); });
+  } catch (const std::system_error& e) {
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    return make_error(Errc::io_error, std::string("cannot start the registration thread: ") + e.what());
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  return r;
 }
 
 Registration::~Registration() {
@@ -100,7 +152,7 @@ bool Registration::connect_and_register() noexcept {
   // Atomically the registered connection from now on (see the header).
   if (::dup3(s, sock_, O_CLOEXEC) < 0) return fail();
   ::close(s);
-  registered_.store(true, std::memory_order_release);
+  set_registered(true);
   return true;
 }
 
@@ -122,7 +174,7 @@ void Registration::run() noexcept {
       if (r > 0 || (r < 0 && errno == EAGAIN)) continue;  // nothing is expected; ignore it
       // The daemon went away: an unconnected socket takes the number, so task ends in flight
       // write nowhere, until the next registration.
-      registered_.store(false, std::memory_order_release);
+      set_registered(false);
       if (const int fresh = new_socket(); fresh >= 0) {
         ::dup3(fresh, sock_, O_CLOEXEC);
         ::close(fresh);
@@ -131,22 +183,94 @@ void Registration::run() noexcept {
   }
 }
 
-int Registration::claim() noexcept {
-  for (std::uint32_t w = 0; w < lease::kLeases / 64; ++w) {
-    std::uint64_t v = bits_[w].load(std::memory_order_relaxed);
-    while (~v != 0) {
-      const int bit = __builtin_ctzll(~v);
-      if (bits_[w].compare_exchange_weak(v, v | (1ull << bit), std::memory_order_acquire, std::memory_order_relaxed)) {
-        const std::uint32_t i = w * 64 + static_cast<std::uint32_t>(bit);
-        // The daemon reads no lease at or past `used`: raise it before the lease is written.
-        std::uint32_t used = page_->header.used.load(std::memory_order_relaxed);
-        while (used <= i && !page_->header.used.compare_exchange_weak(used, i + 1, std::memory_order_release)) {
-        }
-        return static_cast<int>(i);
+void Registration::set_registered(bool up) noexcept {
+  registered_.store(up, std::memory_order_seq_cst);
+  state_.fetch_add(1, std::memory_order_seq_cst);
+  futex::wake(&state_);
+}
+
+void Registration::ping() noexcept {
+  static constexpr char kPing = '\n';
+  [[maybe_unused]] const ssize_t w = ::send(sock_, &kPing, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+int Registration::claim() noexcept { return claim_bit(bits_, page_->header.used); }
+
+int Registration::wait_claim() noexcept { return claim_bit(wait_bits_, page_->header.waits_used); }
+
+std::uint32_t Registration::wait_publish(int i, const core::Token& token) noexcept {
+  lease::Wait& r = page_->wait[i];
+  const std::uint32_t s = r.seq.load(std::memory_order_relaxed);
+  r.seq.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  r.slot.store(token.slot(), std::memory_order_relaxed);
+  r.key.store(token.key(), std::memory_order_relaxed);
+  r.epoch.store(token.epoch(), std::memory_order_relaxed);
+  r.active.store(1, std::memory_order_relaxed);
+  r.seq.store(s + 2, std::memory_order_seq_cst);
+  ping();
+  return s + 2;
+}
+
+bool Registration::wait_acked(int i, std::uint32_t seq, bool& counted) const noexcept {
+  const lease::Wait& r = page_->wait[i];
+  if (r.ack.load(std::memory_order_acquire) != seq) return false;
+  counted = r.counted.load(std::memory_order_relaxed) != 0;
+  return true;
+}
+
+void Registration::wait_withdraw(int i) noexcept {
+  lease::Wait& r = page_->wait[i];
+  const std::uint32_t s = r.seq.load(std::memory_order_relaxed);
+  r.seq.store(s + 1, std::memory_order_relaxed);
+  std::atomic_thread_fence(std::memory_order_release);
+  r.active.store(0, std::memory_order_relaxed);
+  r.seq.store(s + 2, std::memory_order_seq_cst);
+  wait_bits_[static_cast<std::uint32_t>(i) / 64].fetch_and(~(1ull << (static_cast<std::uint32_t>(i) % 64)),
+                                                           std::memory_order_release);
+  if (registered()) ping();
+}
+
+bool Registration::wait(const core::Token& token, std::chrono::nanoseconds timeout) noexcept {
+  using clock = std::chrono::steady_clock;
+  if (token.cancelled()) return true;
+  const std::atomic<std::uint32_t>* wake = token.wake_word();
+  const int i = wake ? wait_claim() : -1;
+  if (i < 0) return token.wait(timeout);  // nothing to count (a default token), or no record free
+  const auto deadline = clock::now() + timeout;
+  const std::atomic<std::uint32_t>& ack = page_->wait[i].ack;
+  std::uint32_t published = 0, seq = 0;
+  bool ever_published = false;
+  while (true) {
+    const std::uint32_t st = state_.load(std::memory_order_seq_cst);
+    bool counted = false;
+    if (registered()) {
+      if (!ever_published || published != st) {  // (re)registered since: ask this daemon
+        seq = wait_publish(i, token);
+        published = st;
+        ever_published = true;
+      }
+      // The acknowledgement comes in microseconds from a healthy daemon; a stopped one is
+      // waited for in slices, the token re-checked between them.
+      while (!wait_acked(i, seq, counted)) {
+        const std::uint32_t a = ack.load(std::memory_order_seq_cst);
+        if (wait_acked(i, seq, counted)) break;
+        const auto now = clock::now();
+        if (token.cancelled() || now >= deadline || state_.load(std::memory_order_seq_cst) != st) break;
+        futex::wait(&ack, a, std::min<std::chrono::nanoseconds>(deadline - now, kWaitSlice));
       }
     }
+    // Counted (or not) before this load: a write after it wakes us, or we see its cancellation.
+    const std::uint32_t w = wake->load(std::memory_order_seq_cst);
+    if (token.cancelled()) break;
+    const auto now = clock::now();
+    if (now >= deadline) break;
+    auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(deadline - now);
+    if (!counted && token.writers_count_waits()) left = std::min<std::chrono::nanoseconds>(left, kWaitSlice);
+    sleep_two(wake, w, &state_, st, left);
   }
-  return -1;
+  wait_withdraw(i);
+  return token.cancelled();
 }
 
 void Registration::begin(int i, std::uint32_t slot, std::uint32_t key, std::uint64_t epoch, std::uint64_t snapshot,
@@ -176,10 +300,7 @@ void Registration::end(int i) noexcept {
   l.seq.store(s + 2, std::memory_order_seq_cst);
   bits_[static_cast<std::uint32_t>(i) / 64].fetch_and(~(1ull << (static_cast<std::uint32_t>(i) % 64)),
                                                       std::memory_order_release);
-  if (page_->header.notify.load(std::memory_order_seq_cst) != 0) {
-    static constexpr char kPing = '\n';
-    [[maybe_unused]] const ssize_t w = ::send(sock_, &kPing, 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-  }
+  if (page_->header.notify.load(std::memory_order_seq_cst) != 0) ping();
 }
 
 }  // namespace pkgctx::detail

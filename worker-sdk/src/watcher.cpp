@@ -1,24 +1,28 @@
 // The per-process cancellation watcher: one thread serves every CancelCallback and StopBridge.
 //
 // How it sleeps. A token is cancelled when its slot's generation moves, and every cancellation
-// also bumps the slot's 32-bit wake word and, if the waiters board shows a sleeper, makes the
-// futex-wake syscall. The watcher therefore:
-//   1. raises the waiter count of every slot it watches ("arms" the slot's wake word) — once per
-//      slot, not per registration and not per sleep;
+// also bumps the slot's 32-bit wake word and, when the daemon counts a waiter on the slot, makes
+// the futex-wake syscall. The watcher therefore:
+//   1. "arms" every slot it watches — once per slot, not per registration and not per sleep:
+//      through the token's worker registration it publishes a wait record and, once the daemon
+//      acknowledged counting it, the slot is *counted* (registration.hpp);
 //   2. reads each armed wake word, then checks every pending registration's cancelled();
-//   3. sleeps in futex_waitv(2) on all armed wake words plus its private control word at once.
+//   3. sleeps in futex_waitv(2) on all armed wake words, the registrations' state words (a
+//      lost daemon uncounts every slot at once) and its private control word.
 // Step 2 reads the wake words before checking the tokens, and a writer bumps the wake word
 // after the generation and before reading the count, so a cancellation after the check changes
-// a word the watcher sleeps on: no lost wake-up (the same argument as Token::wait).
-// futex_waitv takes at most 128 words: the control word and 127 slots. Slots beyond that, slots
-// without a writable waiters board (a writer would not wake us) and kernels without futex_waitv
-// (before 5.16, or a seccomp filter) are polled every kPollSlice instead.
+// a word the watcher sleeps on: no lost wake-up (the same argument as Registration::wait).
+// A slot whose acknowledgement is pending is polled every kPollSlice (the daemon answers in
+// microseconds); a slot nobody counts (no registration, the daemon away) every kWaitSlice —
+// unless no daemon ever served the segment, whose writers wake on every cancellation.
+// futex_waitv takes at most 128 words: slots beyond kMaxWords and kernels without futex_waitv
+// (before 5.16, or a seccomp filter) are polled every kPollSlice instead, unarmed.
 //
 // Registration takes the registry mutex; it costs no syscall when the token's slot is already
 // armed (the watcher is already sleeping on that word), otherwise it bumps and wakes the control
 // word so the watcher re-arms. Unregistration never wakes the watcher: a slot left armed with no
 // registration costs writers a spurious wake on its next cancellation, after which the watcher
-// disarms it.
+// disarms it (withdrawing its record).
 //
 // Callbacks run on the watcher thread with the mutex released. Unregistration waits for a
 // running callback (on the done_seq_ futex) unless it is called from that callback.
@@ -29,6 +33,7 @@
 #include "watcher.hpp"
 
 #include "pkgctx/futex.hpp"
+#include "waitv.hpp"
 
 #include <cerrno>
 #include <cstdlib>
@@ -46,23 +51,18 @@
 #include <unordered_set>
 #include <vector>
 
-#ifndef SYS_futex_waitv
-#define SYS_futex_waitv 449
-#endif
-#ifndef FUTEX_32
-#define FUTEX_32 2
-#endif
-
 namespace pkgctx::detail {
 namespace {
 
 using AU32 = std::atomic<std::uint32_t>;
 
 constexpr auto kPollSlice = std::chrono::milliseconds(1);
-constexpr std::size_t kMaxWords = 127;  // FUTEX_WAITV_MAX (128) minus the control word
+constexpr std::size_t kMaxWaitv = 128;  // FUTEX_WAITV_MAX
+constexpr std::size_t kMaxWords = 120;  // armed slots; the rest: the control and state words
 
 struct Entry {
   Token token;
+  std::weak_ptr<Registration> reg;  // the token's worker registration (may be null)
   std::function<void()> fn;
   pid_t pid = 0;              // the process that registered it
   bool running = false;       // fn is being called (by `runner`)
@@ -70,18 +70,15 @@ struct Entry {
 };
 
 struct Armed {
-  Token keep;    // keeps the mapping, and so the words, alive while armed
-  AU32* count;   // the slot's waiter count on the board
+  Token keep;                       // keeps the mapping, and so the words, alive while armed
+  std::weak_ptr<Registration> reg;  // through which the slot is counted (gone with its worker)
+  int record = -1;                    // its wait record on reg's page (-1: none)
+  std::uint32_t seq = 0;              // the record's last publication
+  std::uint32_t published = 0;        // reg's state word then
+  std::chrono::steady_clock::time_point published_at{};
+  bool ever = false;                  // published at all
+  bool counted = false;               // the daemon acknowledged counting it (this round)
 };
-
-// Mirror of the kernel's struct futex_waitv (linux/futex.h has it from 5.16 headers on).
-struct WaitV {
-  std::uint64_t val;
-  std::uint64_t uaddr;
-  std::uint32_t flags;
-  std::uint32_t reserved;
-};
-static_assert(sizeof(WaitV) == 24);
 
 class Watcher {
  public:
@@ -91,8 +88,12 @@ class Watcher {
     return *w;
   }
 
-  Result<std::uint64_t> add(const Token& token, std::function<void()>& fn);
+  Result<std::uint64_t> add(const Token& token, std::shared_ptr<Registration>& reg, std::function<void()>& fn);
   void remove(std::uint64_t id) noexcept;
+  void kick() {
+    std::lock_guard lk(mu_);
+    if (thread_pid_ == pid_) wake_watcher();
+  }
   WatchMode mode() {
     std::lock_guard lk(mu_);
     return thread_pid_ == pid_ ? mode_ : WatchMode::idle;
@@ -107,14 +108,16 @@ class Watcher {
     w.pid_ = ::getpid();
     w.mode_ = WatchMode::idle;
     w.removers_waiting_ = 0;
-    w.armed_.clear();  // the parent's watcher owns those waiter counts: never lower them here
+    w.armed_.clear();  // the parent's watcher owns those wait records: never withdraw them here
     w.mu_.unlock();
   }
 
   void run();
   // Rebuilds the armed set and the futex_waitv vector; collects cancelled registrations.
-  // Returns whether some watched slot must be polled. Under mu_.
-  bool prepare_sleep(std::vector<WaitV>& vec, std::vector<std::uint64_t>& fire);
+  // Returns how soon some watched slot must be polled (0: none). Under mu_.
+  // `holding` keeps the registrations whose words are in `vec` alive during the sleep.
+  std::chrono::nanoseconds prepare_sleep(std::vector<WaitV>& vec, std::vector<std::uint64_t>& fire,
+                                         std::vector<std::shared_ptr<Registration>>& holding);
   void wake_watcher() noexcept {
     control_.fetch_add(1, std::memory_order_seq_cst);
     futex::wake(&control_, 1);
@@ -133,7 +136,7 @@ class Watcher {
   bool have_waitv_ = true;  // watcher thread only
 };
 
-Result<std::uint64_t> Watcher::add(const Token& token, std::function<void()>& fn) {
+Result<std::uint64_t> Watcher::add(const Token& token, std::shared_ptr<Registration>& reg, std::function<void()>& fn) {
   if (!token.valid()) return std::uint64_t{0};  // can never be cancelled
   std::unique_lock lk(mu_);
   if (token.cancelled()) {
@@ -160,6 +163,7 @@ Result<std::uint64_t> Watcher::add(const Token& token, std::function<void()>& fn
   const std::uint64_t id = next_id_++;
   auto e = std::make_unique<Entry>();
   e->token = token;
+  e->reg = std::move(reg);
   e->fn = std::move(fn);
   e->pid = pid_;
   entries_.emplace(id, std::move(e));
@@ -192,15 +196,21 @@ void Watcher::remove(std::uint64_t id) noexcept {
   }
 }
 
-bool Watcher::prepare_sleep(std::vector<WaitV>& vec, std::vector<std::uint64_t>& fire) {
-  bool poll = false;
-  // The slots pending registrations need, each once.
-  std::unordered_map<const AU32*, const Token*> want;
+std::chrono::nanoseconds Watcher::prepare_sleep(std::vector<WaitV>& vec, std::vector<std::uint64_t>& fire,
+                                                std::vector<std::shared_ptr<Registration>>& holding) {
+  using std::chrono::nanoseconds;
+  holding.clear();  // a worker detached since lets its registration go here
+  nanoseconds poll{0};
+  const auto poll_within = [&](nanoseconds d) { poll = poll.count() == 0 ? d : std::min(poll, d); };
+  // The slots pending registrations need, each once (with a registration to count it, if any).
+  std::unordered_map<const AU32*, const Entry*> want;
   for (auto& [id, e] : entries_) {
-    if (e->pid == pid_ && !e->running) want.emplace(e->token.wake_word(), &e->token);
+    if (e->pid != pid_ || e->running) continue;
+    auto [it, fresh] = want.emplace(e->token.wake_word(), e.get());
+    if (!fresh && it->second->reg.expired() && !e->reg.expired()) it->second = e.get();
   }
   if (!have_waitv_) {  // nothing to sleep on but the control word: poll, and arm nothing
-    poll = !want.empty();
+    if (!want.empty()) poll_within(kPollSlice);
     want.clear();
   }
   // Disarm slots nobody needs any more.
@@ -208,25 +218,64 @@ bool Watcher::prepare_sleep(std::vector<WaitV>& vec, std::vector<std::uint64_t>&
     if (want.contains(it->first)) {
       ++it;
     } else {
-      it->second.count->fetch_sub(1, std::memory_order_seq_cst);
+      if (auto reg = it->second.reg.lock(); reg && it->second.record >= 0) reg->wait_withdraw(it->second.record);
       it = armed_.erase(it);
     }
   }
-  // Arm the new ones while there is room; a slot without a board cannot be woken: poll it.
-  for (auto& [word, token] : want) {
-    if (armed_.contains(word)) continue;
-    AU32* count = token->waiter_count();
-    if (!count || armed_.size() >= kMaxWords) {
-      poll = true;
+  // Arm the new ones while there is room.
+  for (auto& [word, e] : want) {
+    if (auto it = armed_.find(word); it != armed_.end()) {
+      // Armed uncounted, and now a registration can count it.
+      auto reg = it->second.record < 0 ? e->reg.lock() : nullptr;
+      if (reg && (it->second.record = reg->wait_claim()) >= 0) {
+        it->second.reg = e->reg;
+        it->second.ever = false;
+      }
       continue;
     }
-    count->fetch_add(1, std::memory_order_seq_cst);
-    armed_.emplace(word, Armed{*token, count});
+    if (armed_.size() >= kMaxWords) {
+      poll_within(kPollSlice);
+      continue;
+    }
+    Armed a{e->token, e->reg};
+    if (auto reg = a.reg.lock()) a.record = reg->wait_claim();
+    armed_.emplace(word, std::move(a));
   }
-  // Wake words first, tokens second (see the top of this file).
+  // Count each armed slot through its registration, then read the wake words (see the top of
+  // this file); the registrations' state words go into the sleep too.
   vec.resize(1);
-  for (auto& [word, armed] : armed_) {
-    vec.push_back(WaitV{word->load(std::memory_order_seq_cst), reinterpret_cast<std::uintptr_t>(word), FUTEX_32, 0});
+  std::unordered_map<const Registration*, bool> states;  // → its state word is in the sleep
+  for (auto& [word, a] : armed_) {
+    bool counted = false;
+    auto reg = a.record >= 0 ? a.reg.lock() : nullptr;
+    if (!reg) a.record = -1;  // its worker is gone, and the daemon forgot the record with it
+    if (reg) {
+      const std::uint32_t st = reg->state_word().load(std::memory_order_seq_cst);
+      if (reg->registered()) {
+        if (!a.ever || a.published != st) {
+          a.seq = reg->wait_publish(a.record, a.keep);
+          a.published = st;
+          a.published_at = std::chrono::steady_clock::now();
+          a.ever = true;
+        }
+        // A healthy daemon acknowledges within microseconds; a stopped one is not polled hard.
+        if (!reg->wait_acked(a.record, a.seq, counted) && std::chrono::steady_clock::now() - a.published_at < kWaitSlice)
+          poll_within(kPollSlice);
+      }
+      auto [it, fresh] = states.emplace(reg.get(), vec.size() < kMaxWaitv - kMaxWords);
+      if (fresh && it->second) {
+        vec.push_back(waitv_entry(&reg->state_word(), st));
+        holding.push_back(reg);
+      }
+      if (!it->second) counted = false;  // a lost daemon would not wake us: poll
+    }
+    a.counted = counted;
+  }
+  // Uncounted slots re-check in slices where writers wake only counted waits (a daemon's
+  // segment); decided after the word's load, as Token::wait does.
+  for (auto& [word, a] : armed_) {
+    vec.push_back(waitv_entry(word, word->load(std::memory_order_seq_cst)));
+    if (!a.counted && a.keep.writers_count_waits()) poll_within(kWaitSlice);
   }
   for (auto& [id, e] : entries_) {
     if (e->pid == pid_ && !e->running && e->token.cancelled()) {
@@ -235,7 +284,7 @@ bool Watcher::prepare_sleep(std::vector<WaitV>& vec, std::vector<std::uint64_t>&
       fire.push_back(id);
     }
   }
-  mode_ = poll ? WatchMode::polling : WatchMode::waitv;
+  mode_ = poll.count() != 0 ? WatchMode::polling : WatchMode::waitv;
   return poll;
 }
 
@@ -244,14 +293,15 @@ void Watcher::run() {
   have_waitv_ = std::getenv("PKGCTX_WATCHER_NO_WAITV") == nullptr;
   std::vector<WaitV> vec;
   std::vector<std::uint64_t> fire;
+  std::vector<std::shared_ptr<Registration>> holding;
   std::vector<std::unique_ptr<Entry>> done;
   while (true) {
-    bool poll = false;
+    std::chrono::nanoseconds poll{0};
     {
       std::lock_guard lk(mu_);
       const std::uint32_t c = control_.load(std::memory_order_seq_cst);
-      poll = prepare_sleep(vec, fire);
-      vec[0] = WaitV{c, reinterpret_cast<std::uintptr_t>(&control_), FUTEX_32, 0};
+      poll = prepare_sleep(vec, fire, holding);
+      vec[0] = waitv_entry(&control_, c);
     }
     if (!fire.empty()) {
       for (std::uint64_t id : fire) {
@@ -277,35 +327,28 @@ void Watcher::run() {
       continue;  // re-check: more may have been cancelled meanwhile
     }
     if (have_waitv_) {
-      timespec deadline{};
-      if (poll) {
-        ::clock_gettime(CLOCK_MONOTONIC, &deadline);
-        deadline.tv_nsec += std::chrono::nanoseconds(kPollSlice).count();
-        if (deadline.tv_nsec >= 1'000'000'000) {
-          deadline.tv_sec += 1;
-          deadline.tv_nsec -= 1'000'000'000;
-        }
-      }
-      const long rc = ::syscall(SYS_futex_waitv, vec.data(), static_cast<unsigned>(vec.size()), 0u,
-                                poll ? &deadline : nullptr, CLOCK_MONOTONIC);
-      // ENOSYS: a kernel before 5.16; EPERM: a seccomp filter. Anything but the expected
-      // outcomes means this sleeper cannot be trusted: poll rather than spin.
-      if (rc < 0 && errno != EAGAIN && errno != ETIMEDOUT && errno != EINTR) have_waitv_ = false;
+      const timespec deadline = mono_deadline(poll.count());
+      const long rc = futex_waitv(vec.data(), static_cast<unsigned>(vec.size()), poll.count() != 0 ? &deadline : nullptr);
+      // Anything but the expected outcomes means this sleeper cannot be trusted: poll rather
+      // than spin.
+      if (waitv_unusable(rc)) have_waitv_ = false;
     } else {
       // Without futex_waitv: sleep on the control word alone, polling the tokens when any exist.
       futex::wait(&control_, static_cast<std::uint32_t>(vec[0].val),
-                  poll ? std::chrono::nanoseconds(kPollSlice) : std::chrono::nanoseconds(std::chrono::hours(1)));
+                  poll.count() != 0 ? poll : std::chrono::nanoseconds(std::chrono::hours(1)));
     }
   }
 }
 
 }  // namespace
 
-Result<std::uint64_t> watch_register(const Token& token, std::function<void()> fn) noexcept {
-  return Watcher::instance().add(token, fn);
+Result<std::uint64_t> watch_register(const Token& token, std::shared_ptr<Registration> reg, std::function<void()> fn) noexcept {
+  return Watcher::instance().add(token, reg, fn);
 }
 
 void watch_unregister(std::uint64_t id) noexcept { Watcher::instance().remove(id); }
+
+void watch_kick() noexcept { Watcher::instance().kick(); }
 
 WatchMode watch_mode() noexcept { return Watcher::instance().mode(); }
 

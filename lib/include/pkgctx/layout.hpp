@@ -8,14 +8,21 @@
 //               newer daemon can retire a segment whose layout it does not otherwise know.
 //   [Header  ]  layout v2: limits, daemon liveness, occupancy counters, crash journal, offsets.
 //   [Slots   ]  capacity × Slot (640 bytes): generations, cause rings, seqlocked package data.
+//   [Waiters ]  capacity × u32 waiter counts (v3), written by the daemon alone (see below).
 //   [Index   ]  open-addressing hash of name → slot, 2^k atomic 64-bit entries.
 //   [FreeList]  capacity × u32 free slot numbers (writer-only, rebuilt on crash repair).
 //   [Bitmap  ]  one bit per 64-byte chunk of the settings arena (writer-only, rebuilt).
 //   [Arena   ]  canonical settings bytes, 64-byte chunks.
 //
-// A companion object "/<name>.waiters" (group-writable) holds one waiter count per slot: a worker
-// that sleeps on a slot's wake word raises its count first, so a writer knows whether it needs
-// the futex-wake syscall at all. Workers map the table itself read-only.
+// Waiter counts: one u32 per slot, the number of registered waits the daemon knows of on that
+// slot's wake word, so a writer makes the futex-wake syscall only when someone sleeps there.
+// Only the daemon writes them, on behalf of registered workers (their lease pages say what they
+// wait on; the daemon raises the count and acknowledges before the worker sleeps, and lowers it
+// when the wait ends or the worker dies). Workers map the whole table read-only: no worker can
+// zero or inflate another's count. A wait without a registration sleeps in bounded slices. A
+// segment no daemon ever served (daemon_state kNone: an embedded store) counts nothing: its
+// writers wake on every cancellation.
+// (v2 had a group-writable companion object "/<name>.waiters" instead: any worker could zero it.)
 //
 // Memory ordering, in one paragraph: generation counters only grow; a writer stores the new
 // cause into the ring *before* the release-store of the generation, so a reader that
@@ -39,7 +46,8 @@ namespace pkgctx::layout {
 inline constexpr std::uint64_t kMagic = 0x31585443474b50ULL;  // "PKGCTX1\0" little-endian
 // v2: cause rings of 16 entries (v1: 8), so a token's cause stays exact for 8 further events;
 // settings_version, maintenance, per-package base generations and caller-named causes (§2.1).
-// v3: the followed cluster store's applied revision (Header::follow_revision, DESIGN §10),
+// v3: waiter counts in the table, written by the daemon alone (v2's group-writable board is
+// gone), and the followed cluster store's applied revision (Header::follow_revision, DESIGN §10),
 // committed by the same journal as the write that applied it.
 inline constexpr std::uint32_t kLayoutVersion = 3;
 inline constexpr std::size_t kCacheLine = 64;
@@ -166,6 +174,7 @@ struct alignas(kCacheLine) Header {
   u64 bitmap_words;
   u64 arena_offset;
   u64 arena_bytes;      // multiple of kChunk
+  u64 waiters_offset;   // capacity × AU32 waiter counts (daemon-written)
   // The epoch of the segment this one replaced when the daemon retired it (0: none), so a token
   // printed from the old one still reads "cancelled: segment_retired" in a fresh process.
   u64 predecessor_epoch;
@@ -186,6 +195,7 @@ struct alignas(kCacheLine) Header {
   AU64 repairs;           // crash repairs performed
   AU64 index_tombstones;
   AU64 index_seq;         // odd while the index is being rebuilt; readers retry
+  AU64 wakes;             // futex-wake syscalls writers made (someone waited on the slot)
 
   alignas(kCacheLine) Journal journal;
 
@@ -259,15 +269,6 @@ struct alignas(kCacheLine) Slot {
   SlotData data;
 };
 
-// Companion "/<name>.waiters" object.
-struct alignas(kCacheLine) WaitersHeader {
-  u64 magic;                 // kWaitersMagic
-  u64 epoch;                 // equals the table's epoch
-  u32 capacity;
-  u32 pad;
-};
-inline constexpr u64 kWaitersMagic = 0x5352455449415750ULL;  // "PWAITERS"
-
 // Index entries.
 inline constexpr u64 kIndexEmpty = 0;
 inline constexpr u64 kIndexTomb = ~u64{0};
@@ -318,7 +319,7 @@ constexpr u64 abi_fingerprint() {
                        sizeof(SlotData),     sizeof(Journal),         alignof(Slot),
                        sizeof(pthread_mutex_t), offsetof(Header, journal), offsetof(Header, daemon_pid),
                        offsetof(Header, used_slots), kDataWords,      kChunk,
-                       kCauseRing,           kChildKeys,              sizeof(WaitersHeader),
+                       kCauseRing,           kChildKeys,              offsetof(Header, waiters_offset),
                        offsetof(Header, cause_names), kMaxCauseNames,
                        offsetof(Header, follow_revision)};
   u64 h = 0xcbf29ce484222325ULL;  // FNV-1a over the parts

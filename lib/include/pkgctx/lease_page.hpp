@@ -7,9 +7,18 @@
 // under its sequence counter, fields are range-checked, and a lying worker can only make drains
 // that name its own leases wait (or miss them: only its own acknowledgement suffers).
 //
-// The one word the daemon writes is `notify`: non-zero while a drain waits on one of this
-// page's leases. A task ends with one load of it and, only when set, one byte sent on the
-// registration connection, so the daemon re-checks the page at once.
+// The daemon writes the `notify` word: non-zero while a drain waits on one of this page's
+// leases. A task ends with one load of it and, only when set, one byte sent on the registration
+// connection, so the daemon re-checks the page at once.
+//
+// Waits. A thread about to sleep on a slot's wake word publishes a `Wait` record here and sends
+// one byte; the daemon reads the page's records (validated like leases), raises the waiter count
+// of each waited slot in the table (layout.hpp) — one per record — and acknowledges each record
+// it read by storing its sequence in `ack` (with `counted`) and futex-waking `ack`. The thread
+// sleeps on the wake word only after the acknowledgement, re-checking its token first, so no
+// write between the two is lost. Withdrawing a record sends a byte too; the daemon lowers the
+// count. A client's counts all go when it dies. A worker that lies here can only raise counts
+// (writers then make a futex syscall for nothing) or lose its own wake-ups.
 #pragma once
 
 #include <atomic>
@@ -19,6 +28,7 @@ namespace pkgctx::lease {
 
 inline constexpr std::uint64_t kMagic = 0x3165676170736c70ull;  // "plspage1"
 inline constexpr std::uint32_t kLeases = 1024;                  // leases per process at once
+inline constexpr std::uint32_t kWaits = 256;                    // waits per process at once
 
 // One lease. The owner thread writes it as a seqlock writer (seq odd while writing); the
 // daemon copies it and keeps the copy only if seq was even and unchanged around the copy.
@@ -33,17 +43,33 @@ struct alignas(64) Lease {
   std::atomic<std::uint64_t> begin_ns{0};  // CLOCK_MONOTONIC_COARSE at begin
 };
 
+// One wait record: seqlocked like a lease (worker-written), plus the daemon's acknowledgement.
+struct alignas(64) Wait {
+  std::atomic<std::uint32_t> seq{0};
+  std::atomic<std::uint32_t> active{0};  // 1 while the thread waits
+  std::atomic<std::uint32_t> slot{0};
+  std::atomic<std::uint32_t> key{0};     // reported by the clients op
+  std::atomic<std::uint64_t> epoch{0};   // the segment the token belongs to
+  // Daemon-written: the last `seq` it read (a futex word), and whether it counted the wait then
+  // (0: it could not — another segment, a bad slot — so the waiter must re-check in slices).
+  alignas(32) std::atomic<std::uint32_t> ack{0};
+  std::atomic<std::uint32_t> counted{0};
+};
+static_assert(sizeof(Wait) == 64);
+
 struct Header {
   std::uint64_t magic = kMagic;
   std::uint32_t leases = kLeases;
   std::uint32_t pad = 0;
   std::atomic<std::uint32_t> used{0};  // hint: no lease at or past this index is active
+  std::atomic<std::uint32_t> waits_used{0};  // hint: no wait at or past this index is active
   alignas(64) std::atomic<std::uint32_t> notify{0};  // daemon-written (see above)
 };
 
 struct Page {
   alignas(64) Header header;
   Lease lease[kLeases];
+  Wait wait[kWaits];
 };
 
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free);
@@ -76,6 +102,29 @@ inline bool read_lease(const Page& page, std::uint32_t i, LeaseCopy& out, bool& 
     return active != 0;
   }
   busy = true;
+  return false;
+}
+
+// A wait record as the daemon read it, consistent.
+struct WaitCopy {
+  std::uint32_t seq = 0;
+  bool active = false;
+  std::uint32_t slot = 0;
+  std::uint32_t key = 0;
+  std::uint64_t epoch = 0;
+};
+
+// Reads wait record `i` (untrusted). False when it kept changing.
+inline bool read_wait(const Page& page, std::uint32_t i, WaitCopy& out) noexcept {
+  const Wait& w = page.wait[i];
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    const std::uint32_t s1 = w.seq.load(std::memory_order_acquire);
+    if (s1 & 1u) continue;
+    out = {s1, w.active.load(std::memory_order_relaxed) != 0, w.slot.load(std::memory_order_relaxed),
+           w.key.load(std::memory_order_relaxed), w.epoch.load(std::memory_order_relaxed)};
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (w.seq.load(std::memory_order_relaxed) == s1) return true;
+  }
   return false;
 }
 

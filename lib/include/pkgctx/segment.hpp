@@ -1,6 +1,6 @@
 // pkgctx/segment.hpp — creating, opening, retiring and removing a pkgctx segment.
 //
-// A `Segment` is a cheap, copyable handle on one mapping of the table (and its waiters board).
+// A `Segment` is a cheap, copyable handle on one mapping of the table.
 // Tokens keep the mapping alive, so a token taken before the segment was retired and unlinked
 // still reads valid memory (and reports `segment_retired`).
 //
@@ -25,9 +25,9 @@ struct Mapping;
 }
 
 // Where segments live (DESIGN §4.1): a directory only its owner may write. Every object in it
-// (the table "<name>", "<name>.waiters", the daemon's "<name>.lock") is opened without following
-// a symlink and checked on the descriptor: a regular file owned by the directory's owner and not
-// writable by others (the table and the lock not by the group either). Readers thus learn whom to
+// (the table "<name>", the daemon's "<name>.lock") is opened without following a symlink and
+// checked on the descriptor: a regular file owned by the directory's owner and not writable by
+// group or others. Readers thus learn whom to
 // trust from the directory, never from the object.
 inline constexpr const char* kDefaultRuntimeDir = "/run/pkgctx";
 // $PKGCTX_RUNTIME_DIR if set and non-empty, else kDefaultRuntimeDir.
@@ -38,18 +38,15 @@ std::string object_path(const std::string& object, const std::string& dir = {});
 // Returns its owner. Errors: segment_missing (no such directory), untrusted_segment, io_error.
 Result<uid_t> check_runtime_dir(const std::string& dir = {});
 // Opens `object` in `dir` as described above, with open(2) `flags` (O_NOFOLLOW and O_CLOEXEC are
-// added; with O_CREAT, `create_mode`); `group_write_ok` allows a group-writable object (the
-// waiters board). Returns the descriptor (the caller closes it). Errors: segment_missing,
+// added; with O_CREAT, `create_mode`). Returns the descriptor (the caller closes it). Errors: segment_missing,
 // untrusted_segment (naming owner and mode), permission_denied, segment_exists (O_EXCL), io_error.
-Result<int> open_trusted(const std::string& dir, const std::string& object, int flags, mode_t create_mode = 0,
-                         bool group_write_ok = false);
+Result<int> open_trusted(const std::string& dir, const std::string& object, int flags, mode_t create_mode = 0);
 
 struct SegmentOptions {
   std::uint32_t capacity = 4096;                    // package slots
   std::uint64_t settings_bytes = 16ull << 20;       // settings arena (rounded up to 64 bytes)
   Limits limits;                                    // enforced by writers; stored in the header
-  mode_t mode = 0640;                               // table (no group/other write: refused); the
-                                                    // waiters board gets mode|0060 without o+w
+  mode_t mode = 0640;                               // table (no group/other write: refused)
   gid_t group = static_cast<gid_t>(-1);             // chown the objects to this group (-1: keep)
   std::string dir;                                  // runtime directory ("": runtime_dir())
   std::uint64_t predecessor_epoch = 0;              // the retired segment this one replaces (0: none)
@@ -71,6 +68,7 @@ struct SegmentInfo {
   std::uint64_t settings_used = 0;
   std::uint64_t commits = 0;
   std::uint64_t repairs = 0;
+  std::uint64_t wakes = 0;  // futex-wake syscalls writers made (a counted waiter on the slot)
   std::uint32_t max_name = 0, max_version = 0;
   std::uint64_t max_settings = 0;
   std::uint64_t created_realtime_ns = 0;
@@ -86,15 +84,15 @@ Liveness liveness(const SegmentInfo& info) noexcept;  // uses CLOCK_MONOTONIC no
 
 class Segment {
  public:
-  // Creates "<dir>/<name>" and "<dir>/<name>.waiters" (dir: opts.dir). Errors: segment_exists,
+  // Creates "<dir>/<name>" (dir: opts.dir). Errors: segment_exists,
   // permission_denied, untrusted_segment, io_error, invalid_name (validate_segment_name).
   static Result<Segment> create(const std::string& name, const SegmentOptions& opts = {});
   // Opens and validates an existing segment in `dir` ("": runtime_dir()). Errors:
   // segment_missing, segment_not_ready, segment_foreign, segment_version, segment_truncated,
   // segment_retired, permission_denied, untrusted_segment.
   static Result<Segment> open(const std::string& name, Access access, const std::string& dir = {});
-  // Removes both objects (mappings stay valid; a symlink is removed, never followed). Missing
-  // objects are not an error.
+  // Removes the table (and a v2 waiters board left over; mappings stay valid; a symlink is
+  // removed, never followed). Missing objects are not an error.
   static void remove(const std::string& name, const std::string& dir = {}) noexcept;
   // Marks the existing segment "<dir>/<name>" retired, whatever its layout version, using only
   // the frozen prefix: bumps the root generations and wake word of every slot whose words were
@@ -120,7 +118,9 @@ class Segment {
   std::uint32_t* freelist() const noexcept;
   std::atomic<std::uint64_t>* bitmap() const noexcept;
   std::atomic<std::uint64_t>* arena() const noexcept;  // arena_bytes / 8 words
-  std::atomic<std::uint32_t>* waiter_counts() const noexcept;  // nullptr if the board is not writable
+  // The slots' waiter counts (layout.hpp): the daemon's registry raises and lowers them; writers
+  // read them to decide on a futex wake. Read-only (a write faults) in a read-only mapping.
+  std::atomic<std::uint32_t>* waiter_counts() const noexcept;
   std::uint32_t capacity() const noexcept;
   const std::shared_ptr<detail::Mapping>& mapping() const noexcept { return map_; }
 

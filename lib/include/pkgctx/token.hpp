@@ -27,6 +27,11 @@
 
 namespace pkgctx {
 
+// How long a wait that no writer will wake sleeps before it re-checks its token: on a segment a
+// daemon serves, writers wake only the waits the daemon counted for registered workers, so an
+// unregistered wait (the daemon away, no socket) ends within this bound of a cancellation.
+inline constexpr std::chrono::milliseconds kWaitSlice{50};
+
 class Segment;
 namespace detail {
 struct Mapping;
@@ -78,8 +83,9 @@ class Token {
   Result<std::string> cause_text() const;
 
   // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
-  // word; the writer wakes only when someone waits. Without a writable waiters board (no
-  // permission) it still works, re-checking every 10 ms.
+  // word. On a segment no daemon has served (an embedded store) every cancellation wakes it; on
+  // a daemon's segment a writer wakes only the waits the daemon counted for a registered worker
+  // (the worker SDK's pkgctx_wait), and this one is not registered: it re-checks every kWaitSlice.
   bool wait(std::chrono::nanoseconds timeout) const noexcept;
 
   // Printable form (≤ 128 chars of [A-Za-z0-9._:-]):
@@ -107,13 +113,16 @@ class Token {
   const std::atomic<std::uint64_t>* watched_word() const noexcept { return watched_; }
   std::uint64_t snapshot() const noexcept { return snap_; }
 
-  // For code that multiplexes many tokens onto one sleeper (the worker SDK's stop_token watcher):
-  // the slot's futex wake word (bumped on every cancellation in the slot) and the slot's waiter
-  // count on the waiters board (raise it before sleeping on the wake word, lower it after; nullptr
-  // when this process may not write the board, so a writer will not wake it). Both nullptr for a
-  // default token. Valid while this token (or another handle on its mapping) lives.
+  // For the worker SDK's registered waits and its stop_token watcher: the slot's futex wake word
+  // (bumped on every cancellation in the slot; a writer wakes it when the slot's waiter count,
+  // which only the daemon raises, is not 0). nullptr for a default token and a retired
+  // predecessor's. Valid while this token (or another handle on its mapping) lives.
   const std::atomic<std::uint32_t>* wake_word() const noexcept;
-  std::atomic<std::uint32_t>* waiter_count() const noexcept;
+  // True when writers wake only counted waits (a daemon serves or served the segment), so an
+  // uncounted sleep must re-check every kWaitSlice; false when every cancellation wakes the slot's
+  // word (no daemon ever attached) or for a default token. Read it *after* loading the wake word
+  // to sleep on: a daemon that takes over bumps every wake word after setting this (seq_cst).
+  bool writers_count_waits() const noexcept;
 
   // For the store and the SDK: a snapshot of the slot's current generations.
   static Token snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept;

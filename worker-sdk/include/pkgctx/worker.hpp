@@ -22,10 +22,10 @@
 // Process and thread rules (read these before you ship a plugin)
 //
 // * Read-only map. The table is mapped PROT_READ: a worker cannot change it, and a stray write
-//   through a pointer into it kills the process with SIGSEGV. The only thing a worker writes is
-//   its waiter count on the small "<name>.waiters" board, so writers know when a futex wake is
-//   needed. Workers need read access to "<dir>/<name>" and read-write access to
-//   "<dir>/<name>.waiters" (the daemon's group); without the latter, wait() polls every 10 ms.
+//   through a pointer into it kills the process with SIGSEGV. A worker writes only its own lease
+//   page (tasks, and the waits the daemon counts for it, so writers know when a futex wake is
+//   needed). Workers need read access to "<dir>/<name>" (the daemon's group), and the daemon's
+//   socket for exact wake-ups; without a registration, wait() re-checks every 50 ms.
 //   <dir> is $PKGCTX_RUNTIME_DIR, else /run/pkgctx; objects there that the directory's owner
 //   does not own, or that others may write, are refused (untrusted_segment).
 // * Lifetime. A Token keeps its mapping alive: it stays valid after the Worker that made it is
@@ -140,8 +140,10 @@ class Token {
   }
 
   // Sleeps until cancelled or `timeout` passes; returns cancelled(). Futex on the slot's wake
-  // word; the writer wakes only when someone waits. Without a writable waiters board (no
-  // permission) it still works, re-checking every 10 ms.
+  // word, counted by the daemon through the worker's registration (started in the background by
+  // the first wait), so the writer wakes only when someone waits. Unregistered (the daemon
+  // down), it still works, re-checking every 50 ms (an embedded store's segment, which no daemon
+  // serves, wakes on every cancellation).
   bool wait(std::chrono::nanoseconds timeout) const noexcept {
     if (!handle_) {  // never cancelled: sleep the timeout out
       std::this_thread::sleep_for(timeout);
@@ -420,8 +422,8 @@ class Worker {
 //
 // One watcher thread per process serves every registration (it is started by the first one and
 // then lives for the process). It sleeps in futex_waitv(2) on the wake words of all watched
-// slots at once (up to 127 distinct slots; beyond that, and on kernels before 5.16 or without a
-// writable waiters board, it also polls every millisecond). A writer wakes it like any waiter,
+// slots at once (up to 120 distinct slots; beyond that and on kernels before 5.16 it also polls
+// every millisecond; a slot the daemon does not count, every 50 ms). A writer wakes it like any waiter,
 // so a callback runs a few microseconds after the cancelling write: p50 5 µs, p99 8 µs measured
 // on a 2-core machine (tests/unit/worker_stop_test.cpp prints it); within a millisecond for a
 // polled slot. Registering a token whose slot is already watched costs no syscall.

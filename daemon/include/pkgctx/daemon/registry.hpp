@@ -11,6 +11,12 @@
 // the leases (both sides seq_cst), so a task that ends after the scan always sends its byte; the
 // registry re-checks that page on the byte (ping), on the client's death, and on every tick
 // (which also catches a page that lies or stays busy). The answer is queued for the server.
+//
+// Waits (lease_page.hpp): the registry alone writes the table's waiter counts. It zeroes them when
+// it starts (no client is known yet), raises one per wait record a client publishes and
+// acknowledges the record, lowers it when the record is withdrawn, and lowers all of a client's
+// when it is removed. Records are re-read on every byte of the client (and when it registers,
+// when the raise also wakes the slot: a re-registering worker may sleep on a stale value).
 #pragma once
 
 #include "pkgctx/daemon/protocol.hpp"
@@ -47,6 +53,16 @@ class Registry {
     std::uint64_t since_realtime_ns = 0;
     int pidfd = -1;
     lease::Page* page = nullptr;
+    struct Counted {
+      std::uint32_t slot = 0;
+      std::uint32_t key = 0;
+    };
+    std::map<std::uint32_t, Counted> waits;  // wait record index → the count it raised
+  };
+  // One counted wait of a client, as shown by the clients op.
+  struct WaitInfo {
+    std::string name;  // the package now in the slot ("" if none)
+    std::uint32_t key = 0;
   };
   // One active lease of a client, as read now (for the clients op and tests).
   struct LeaseInfo {
@@ -57,7 +73,9 @@ class Registry {
     std::uint64_t age_ms = 0;
   };
 
-  explicit Registry(Store& store, std::uint32_t max_clients = 4096) : store_(store), max_clients_(max_clients) {}
+  // Zeroes the store's waiter counts: whatever a previous daemon raised is forgotten (its
+  // clients re-register and publish their waits again).
+  explicit Registry(Store& store, std::uint32_t max_clients = 4096);
   ~Registry();
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;
@@ -74,12 +92,14 @@ class Registry {
   std::size_t size() const noexcept { return clients_.size(); }
   const std::map<std::uint64_t, Client>& clients() const noexcept { return clients_; }
   std::vector<LeaseInfo> leases(const Client& c) const;
+  std::vector<WaitInfo> waits(const Client& c) const;
   // Leases on package slot `slot` (any context), for delete's in_flight.
   std::uint64_t leases_on(std::uint32_t slot) const;
 
   // The client's connection or process ended: its leases are released, drains re-checked.
   void remove(std::uint64_t conn);
-  // A byte arrived on the registration connection: a notified task ended.
+  // A byte arrived on the registration connection: a notified task ended, or a wait record
+  // changed.
   void ping(std::uint64_t conn);
 
   // Starts a drain for the answer of connection `conn`. `prefix` is the answer's opening, up to
@@ -117,6 +137,9 @@ class Registry {
   void finish(std::list<Drain>::iterator it, bool drained);
   void recheck(std::uint64_t conn);
   void clear_notify_unused();
+  // Re-reads `c`'s wait records: raises, lowers and acknowledges (`wake`: wake raised slots).
+  void sync_waits(Client& c, bool wake);
+  void drop_waits(Client& c);
 
   Store& store_;
   std::uint32_t max_clients_;

@@ -1,0 +1,377 @@
+// Waits nobody can sabotage and nothing leaks (DESIGN §4.1 "Workers cannot hurt each other"),
+// with real processes and a real pkgctxd: only the daemon writes the table's waiter counts, on
+// behalf of registered workers; a worker that churns, forges and floods its own wait records
+// cannot suppress or delay another's wake; a waiter killed in its sleep leaves no count and
+// writes make no futex wake for it (the segment's `wakes` statistic); with the daemon gone a
+// wait still ends within its re-check slice; on a segment no daemon served, every cancellation
+// wakes.
+#define BOOST_TEST_MODULE wait_count
+#include <boost/test/unit_test.hpp>
+
+#include "daemon_env.hpp"
+#include "pkgctx/lease_page.hpp"
+#include "pkgctx/store.hpp"
+#include "pkgctx/view.hpp"
+#include "pkgctx/worker.hpp"
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <thread>
+#include <unistd.h>
+
+using namespace pkgctx;
+using namespace std::chrono_literals;
+namespace json = boost::json;
+using daemon::testing::DaemonProcess;
+
+namespace {
+
+using test::call;
+using test::connect;
+using clock_type = std::chrono::steady_clock;
+
+struct Env : test::DaemonEnv {
+  Env() : DaemonEnv("waitc") {}
+};
+
+// A pipe the test and a child talk over, one byte per step.
+struct Pipe {
+  int fd[2];
+  Pipe() { BOOST_TEST_REQUIRE(::pipe2(fd, O_CLOEXEC) == 0); }
+  ~Pipe() {
+    ::close(fd[0]);
+    ::close(fd[1]);
+  }
+  void put(char c) const { [[maybe_unused]] const ssize_t n = ::write(fd[1], &c, 1); }
+  // The next byte, or 0 after `timeout` (or EOF).
+  char get(std::chrono::milliseconds timeout = 10s) const {
+    pollfd p{fd[0], POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return 0;
+    char c = 0;
+    return ::read(fd[0], &c, 1) == 1 ? c : 0;
+  }
+};
+
+void update(Client& c, const std::string& name, const std::string& version) {
+  auto a = call(c, R"({"op":"update","name":")" + name + R"(","version":")" + version + R"("})");
+  BOOST_TEST_REQUIRE(a.at("ok") == true, json::serialize(a));
+}
+
+// A worker that registers and waits on `name`'s root token: says 'r' once registered (or, with
+// `daemon_down`, once it tried: the SDK keeps trying in the background), then 'w' when the wait
+// ended with the token cancelled (exit 0), or exits 4 on its timeout.
+pid_t waiter(const Env& env, const std::string& name, const Pipe& from_child, bool daemon_down = false) {
+  return test::spawn([&env, name, &from_child, daemon_down]() -> int {
+    auto w = Worker::attach(env.seg.str());
+    if (!w) return 10;
+    if (!w->register_daemon(env.sock) && !daemon_down) return 11;
+    auto t = w->token(name, kEventUpdate);
+    if (!t) return 12;
+    from_child.put('r');
+    if (!t->wait(30s)) return 4;
+    from_child.put('w');
+    return 0;
+  });
+}
+
+// The table's waiter count of `name`'s slot, through a read-only mapping.
+std::uint32_t count_of(const View& v, const std::string& name) {
+  return v.segment().waiter_counts()[v.find(name).value()].load();
+}
+
+// Polls `pred` every millisecond for at most `limit`; true once it holds.
+template <class Pred>
+bool within(std::chrono::milliseconds limit, Pred pred) {
+  const auto end = clock_type::now() + limit;
+  while (!pred()) {
+    if (clock_type::now() > end) return false;
+    std::this_thread::sleep_for(1ms);
+  }
+  return true;
+}
+
+std::uint64_t wakes(Client& c) {
+  return call(c, R"({"op":"dump"})").at("segment").at("wakes").to_number<std::uint64_t>();
+}
+
+std::uint64_t ms_since(clock_type::time_point t0) {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now() - t0).count());
+}
+
+// Registers a raw page with the daemon on a new connection; returns the connection and the page.
+std::pair<int, lease::Page*> raw_register(const std::string& sock) {
+  const int s = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
+  if (s < 0 || ::connect(s, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) return {-1, nullptr};
+  const int fd = ::memfd_create("forged", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 || ::ftruncate(fd, sizeof(lease::Page)) != 0 ||
+      ::fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0)
+    return {-1, nullptr};
+  void* p = ::mmap(nullptr, sizeof(lease::Page), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) return {-1, nullptr};
+  auto* page = new (p) lease::Page();
+  if (!test::send_with_fd(s, "{\"op\":\"register\"}\n", fd)) return {-1, nullptr};
+  ::close(fd);
+  char answer[256];
+  pollfd pfd{s, POLLIN, 0};
+  if (::poll(&pfd, 1, 5000) <= 0 || ::read(s, answer, sizeof answer) <= 0 || std::strncmp(answer, "{\"ok\":true", 10) != 0)
+    return {-1, nullptr};
+  return {s, page};
+}
+
+bool faulted(int code) { return code == 128 + SIGSEGV || code == 128 + SIGBUS; }
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(a_worker_cannot_suppress_or_delay_another_workers_wake) {
+  Env env;
+  DaemonProcess d(env.dir, env.opts());
+  auto c = connect(env.sock);
+  update(c, "app", "1");
+  View view = View::open(env.seg.str()).value();
+  const std::uint32_t slot = view.find("app").value();
+
+  Pipe from;
+  const pid_t victim = waiter(env, "app", from);
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }), "the victim's wait was never counted");
+
+  // There is no shared writable board left to zero.
+  BOOST_TEST(::access(test::segment_path(env.seg.str() + ".waiters").c_str(), F_OK) != 0);
+  // The counts live in the table, which a worker maps read-only: zeroing them faults.
+  const int zeroed = test::wait_exit(test::spawn([&]() -> int {
+    auto v = View::open(env.seg.str());
+    if (!v) return 2;
+    v->segment().waiter_counts()[slot].store(0);
+    return 0;  // reached only if the write went through
+  }));
+  BOOST_TEST(faulted(zeroed), "zeroing a count through a worker's mapping: exit " << zeroed);
+
+  // What a worker can write is its own page: an attacker registers one and forges, withdraws,
+  // garbles and floods wait records on the victim's slot (and out of range), pinging each time.
+  const int attacked = test::wait_exit(test::spawn([&]() -> int {
+    auto [s, page] = raw_register(env.sock);
+    if (!page) return 2;
+    const std::uint64_t epoch = View::open(env.seg.str()).value().segment().header().prefix.epoch;
+    for (int round = 0; round < 200; ++round) {
+      for (std::uint32_t i = 0; i < lease::kWaits; ++i) {
+        lease::Wait& w = page->wait[i];
+        w.seq.store(w.seq.load() + 2);
+        w.active.store(round % 2 == 0 ? 1 : 0);
+        w.slot.store(i % 3 == 0 ? ~0u : slot);
+        w.key.store(i % 5 == 0 ? 99 : 0);
+        w.epoch.store(i % 7 == 0 ? epoch + 1 : epoch);
+        w.ack.store(0);
+      }
+      page->header.waits_used.store(round % 3 == 0 ? ~0u : lease::kWaits);
+      [[maybe_unused]] const ssize_t n = ::send(s, "\n\n\n", 3, MSG_NOSIGNAL);
+    }
+    // Leaves with every record withdrawn (the victim's count must be exactly 1 again) …
+    for (std::uint32_t i = 0; i < lease::kWaits; ++i) {
+      page->wait[i].seq.store(page->wait[i].seq.load() + 2);
+      page->wait[i].active.store(0);
+    }
+    [[maybe_unused]] const ssize_t n = ::send(s, "\n", 1, MSG_NOSIGNAL);
+    return 0;  // exiting closes the connection: the daemon forgets whatever it still counted
+  }));
+  BOOST_TEST(attacked == 0);
+  BOOST_TEST(within(5s, [&] { return count_of(view, "app") == 1; }), "count " << count_of(view, "app"));
+
+  // … and another attacker dies with forged records raised: its raises go with it.
+  Pipe raised;
+  const pid_t forger = test::spawn([&]() -> int {
+    auto [s, page] = raw_register(env.sock);
+    if (!page) return 2;
+    const std::uint64_t epoch = View::open(env.seg.str()).value().segment().header().prefix.epoch;
+    page->header.waits_used.store(8);
+    for (std::uint32_t i = 0; i < 8; ++i) {
+      page->wait[i].slot.store(slot);
+      page->wait[i].epoch.store(epoch);
+      page->wait[i].active.store(1);
+      page->wait[i].seq.store(2);
+    }
+    [[maybe_unused]] const ssize_t n = ::send(s, "\n", 1, MSG_NOSIGNAL);
+    raised.put('f');
+    ::pause();
+    return 0;
+  });
+  BOOST_TEST_REQUIRE(raised.get() == 'f');
+  BOOST_TEST(within(5s, [&] { return count_of(view, "app") == 9; }), "count " << count_of(view, "app"));
+  ::kill(forger, SIGKILL);
+  BOOST_TEST(test::wait_exit(forger) == 128 + SIGKILL);
+  BOOST_TEST(within(5s, [&] { return count_of(view, "app") == 1; }), "count " << count_of(view, "app"));
+
+  // The victim still wakes at once on the cancellation.
+  const auto t0 = clock_type::now();
+  update(c, "app", "2");
+  BOOST_TEST(from.get(5s) == 'w');
+  const std::uint64_t took = ms_since(t0);
+  BOOST_TEST_MESSAGE("the victim woke " << took << " ms after the cancel");
+  BOOST_TEST(took < 1000u);
+  BOOST_TEST(test::wait_exit(victim) == 0);
+  BOOST_TEST(within(5s, [&] { return count_of(view, "app") == 0; }));
+}
+
+BOOST_AUTO_TEST_CASE(a_waiter_killed_while_waiting_leaves_no_count_and_costs_no_wake) {
+  Env env;
+  DaemonProcess d(env.dir, env.opts());
+  auto c = connect(env.sock);
+  update(c, "app", "1");
+  View view = View::open(env.seg.str()).value();
+
+  // A counted waiter makes the write wake it: the statistic moves by one.
+  {
+    Pipe from;
+    const pid_t w = waiter(env, "app", from);
+    BOOST_TEST_REQUIRE(from.get() == 'r');
+    BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }));
+    auto clients = call(c, R"({"op":"clients"})").at("clients").as_array();
+    BOOST_TEST_REQUIRE(clients.size() == 1u);
+    const auto& waits = clients[0].at("waits").as_array();
+    BOOST_TEST_REQUIRE(waits.size() == 1u, json::serialize(clients));
+    BOOST_TEST(waits[0].at("name").as_string() == "app");
+    BOOST_TEST(waits[0].at("key").to_number<std::int64_t>() == 0);
+    const std::uint64_t before = wakes(c);
+    update(c, "app", "2");
+    BOOST_TEST(from.get() == 'w');
+    BOOST_TEST(test::wait_exit(w) == 0);
+    BOOST_TEST(wakes(c) == before + 1);
+  }
+
+  // A waiter killed in its sleep: the daemon drops its count as it notices the death.
+  Pipe from;
+  const pid_t victim = waiter(env, "app", from);
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }));
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(victim));
+  const auto t0 = clock_type::now();
+  ::kill(victim, SIGKILL);
+  BOOST_TEST(test::wait_exit(victim) == 128 + SIGKILL);
+  BOOST_TEST(within(1s, [&] { return count_of(view, "app") == 0; }), "count " << count_of(view, "app"));
+  BOOST_TEST_MESSAGE("count dropped " << ms_since(t0) << " ms after the kill");
+  BOOST_TEST(call(c, R"({"op":"clients"})").at("clients").as_array().empty());
+
+  // Writes to the slot make no futex wake any more.
+  const std::uint64_t before = wakes(c);
+  update(c, "app", "3");
+  auto ev = call(c, R"({"op":"event","event":"update","name":"app"})");
+  BOOST_TEST(ev.at("ok") == true);
+  BOOST_TEST(wakes(c) == before);
+  BOOST_TEST(view.segment().info().wakes == before);
+}
+
+BOOST_AUTO_TEST_CASE(with_the_daemon_down_a_wait_ends_within_its_slice) {
+  Env env;
+  auto d = std::make_unique<DaemonProcess>(env.dir, env.opts());
+  {
+    auto c = connect(env.sock);
+    update(c, "app", "1");
+  }
+  View view = View::open(env.seg.str()).value();
+  Pipe from;
+  const pid_t w = waiter(env, "app", from);
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }));
+
+  // The daemon stops (its counts go with it); a store in this process writes the cancel. Nobody
+  // counts the waiter, so the write makes no wake: the wait ends by its own re-check.
+  d->signal(SIGTERM);
+  d->wait();
+  d.reset();
+  BOOST_TEST(count_of(view, "app") == 0u);
+  auto store = Store::open(env.seg.str());
+  BOOST_TEST_REQUIRE(store.has_value(), (store ? "" : store.error().message));
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w));
+  const std::uint64_t before = store->segment().info().wakes;
+  const auto t0 = clock_type::now();
+  BOOST_TEST_REQUIRE(store->update("app", "2", Settings()).has_value());
+  BOOST_TEST(from.get(5s) == 'w');
+  const std::uint64_t took = ms_since(t0);
+  BOOST_TEST_MESSAGE("unregistered wait ended " << took << " ms after the cancel (slice "
+                                                << std::chrono::milliseconds(kWaitSlice).count() << " ms)");
+  BOOST_TEST(took <= static_cast<std::uint64_t>(kWaitSlice.count()) + 100u);
+  BOOST_TEST(store->segment().info().wakes == before);
+  BOOST_TEST(test::wait_exit(w) == 0);
+
+  // Another waiter sleeps with the daemon down; a restarted daemon's cancel ends its wait
+  // (counted again once it re-registered, else within its slice).
+  Pipe from2;
+  const pid_t w2 = waiter(env, "app", from2, true);
+  BOOST_TEST_REQUIRE(from2.get() == 'r');
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w2));
+  d = std::make_unique<DaemonProcess>(env.dir, env.opts());
+  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  auto c = connect(env.sock);
+  const auto t1 = clock_type::now();
+  update(c, "app", "3");
+  BOOST_TEST(from2.get(5s) == 'w');
+  const std::uint64_t took2 = ms_since(t1);
+  BOOST_TEST_MESSAGE("a wait begun with the daemon down ended " << took2 << " ms after the restarted daemon's cancel");
+  BOOST_TEST(took2 <= static_cast<std::uint64_t>(kWaitSlice.count()) + 100u);
+  BOOST_TEST(test::wait_exit(w2) == 0);
+}
+
+// A segment no daemon ever served (a controller embedding the store) has nobody to count waits:
+// every cancellation wakes its slot's word, so an unregistered wait ends at once. A daemon
+// taking the segment over wakes every such sleeper, which then re-checks in slices: its wait
+// still ends within a slice of the daemon's uncounted cancel, never at its timeout.
+BOOST_AUTO_TEST_CASE(without_a_daemon_every_cancellation_wakes_and_a_daemon_taking_over_rearms_the_sleep) {
+  Env env;
+  SegmentOptions o;
+  o.capacity = 16;
+  o.settings_bytes = 4096;
+  auto store = Store::create(env.seg.str(), o);
+  BOOST_TEST_REQUIRE(store.has_value(), (store ? "" : store.error().message));
+  BOOST_TEST_REQUIRE(store->update("app", "1", Settings()).has_value());
+  const auto plain_waiter = [&](const Pipe& from) {
+    return test::spawn([&env, &from]() -> int {
+      auto v = View::open(env.seg.str());
+      if (!v) return 10;
+      auto t = v->token("app", kEventUpdate);
+      if (!t) return 12;
+      from.put('r');
+      if (!t->wait(30s)) return 4;
+      from.put('w');
+      return 0;
+    });
+  };
+
+  Pipe from;
+  const pid_t w = plain_waiter(from);
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w));
+  const std::uint64_t before = store->segment().info().wakes;
+  auto t0 = clock_type::now();
+  BOOST_TEST_REQUIRE(store->update("app", "2", Settings()).has_value());
+  BOOST_TEST(from.get(5s) == 'w');
+  const std::uint64_t took = ms_since(t0);
+  BOOST_TEST_MESSAGE("embedded store: the wait ended " << took << " ms after the cancel");
+  BOOST_TEST(took < static_cast<std::uint64_t>(kWaitSlice.count()), "woken by its slice, not by the write");
+  BOOST_TEST(store->segment().info().wakes == before + 1);
+  BOOST_TEST(test::wait_exit(w) == 0);
+
+  // A sleeper that trusted every cancellation to wake it; then a daemon takes over (writers
+  // now wake only counted waits) and cancels with nobody counted.
+  Pipe from2;
+  const pid_t w2 = plain_waiter(from2);
+  BOOST_TEST_REQUIRE(from2.get() == 'r');
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w2));
+  store->segment().mark_daemon_running(::getpid(), 50'000'000);
+  const std::uint64_t before2 = store->segment().info().wakes;
+  t0 = clock_type::now();
+  BOOST_TEST_REQUIRE(store->update("app", "3", Settings()).has_value());
+  BOOST_TEST(from2.get(5s) == 'w');
+  const std::uint64_t took2 = ms_since(t0);
+  BOOST_TEST_MESSAGE("after the take-over the wait ended " << took2 << " ms after the uncounted cancel");
+  BOOST_TEST(took2 <= static_cast<std::uint64_t>(kWaitSlice.count()) + 100u);
+  BOOST_TEST(store->segment().info().wakes == before2);
+  BOOST_TEST(test::wait_exit(w2) == 0);
+}
