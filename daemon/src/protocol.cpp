@@ -834,17 +834,22 @@ void audit_write(const Request& rq, const Audit& audit, std::string_view result)
   const log::Level level = audit.allowed ? log::Level::info : log::Level::notice;
   if (!log::enabled(level)) return;
   std::string name = "-";
+  std::string_view raw_name;
   if (const Member* m = rq.fields.member("name"); m && m->value.is_string()) {
     const json::string& s = m->value.get_string();
+    raw_name = std::string_view(s.data(), std::min<std::size_t>(s.size(), 160));  // long ones are cut
     name.clear();
-    // Quoted and escaped: a hostile name cannot forge log fields; long ones are cut.
-    append_json_string(name, std::string_view(s.data(), std::min<std::size_t>(s.size(), 160)));
+    // Quoted and escaped: a hostile name cannot forge fields of the line.
+    append_json_string(name, raw_name);
   }
   std::string line = audit.allowed ? "Write" : "Refused write";
-  line += " op=" + rq.op + " name=" + name + " peer_uid=" + std::to_string(rq.peer.uid) +
-          " peer_pid=" + std::to_string(rq.peer.pid) + " result=" + std::string(result);
+  const std::string uid = std::to_string(rq.peer.uid), pid = std::to_string(rq.peer.pid);
+  line += " op=" + rq.op + " name=" + name + " peer_uid=" + uid + " peer_pid=" + pid + " result=" + std::string(result);
   if (!audit.change.empty()) line += " change=" + std::string(audit.change);
-  log::write(level, line);
+  // The journal gets the name as sent: its native protocol frames any bytes.
+  log::write(level, line,
+             {{"PKGCTX_OP", rq.op}, {"PKGCTX_PACKAGE", raw_name}, {"PKGCTX_RESULT", result},
+              {"PKGCTX_CHANGE", audit.change}, {"PKGCTX_PEER_UID", uid}, {"PKGCTX_PEER_PID", pid}});
 }
 
 }  // namespace
