@@ -141,8 +141,6 @@ void set_segment(std::string_view segment) {
   s.segment = std::string(segment);
 }
 
-bool to_journal() noexcept { return state().journal_fd >= 0; }
-
 void set_max_level(Level level) noexcept { state().max.store(level, std::memory_order_relaxed); }
 Level max_level() noexcept { return state().max.load(std::memory_order_relaxed); }
 bool enabled(Level level) noexcept { return static_cast<int>(level) <= static_cast<int>(max_level()); }

@@ -14,6 +14,7 @@ Three daemons:
   3. no journal socket at all: every line on stderr.
 Usage: journal_check.py BUILD_DIR WORKDIR
 """
+import atexit
 import json
 import os
 import signal
@@ -28,6 +29,10 @@ PKGCTXD = os.path.join(BIN, "daemon", "pkgctxd")
 JOURNAL = "/run/systemd/journal/socket"
 SEG = f"e2e-journal-{os.getpid()}"
 TIMEOUT = 20
+# The client that runs as nobody needs an interpreter nobody may execute (not one under /root).
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+running = []  # daemons a failure leaves behind are killed at exit
+atexit.register(lambda: [p.kill() for p in running if p.poll() is None])
 
 
 def fail(msg):
@@ -82,6 +87,7 @@ class Daemon:
                    PKGCTX_RUNTIME_DIR=os.path.join(self.dir, "run"))
         self.proc = subprocess.Popen([PKGCTXD, "--segment", SEG + "-" + tag, "--socket", self.sock, "--socket-mode", "0666"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err, env=env)
+        running.append(self.proc)
         err.close()
         try:
             while b"READY=1" not in notify.recv(4096):
@@ -99,7 +105,10 @@ class Daemon:
     def ask(self, req):
         self.f.write((json.dumps(req) + "\n").encode())
         self.f.flush()
-        line = self.f.readline()
+        try:
+            line = self.f.readline()
+        except socket.timeout:
+            fail(f"no answer within {TIMEOUT} s to {req}: the daemon is blocked; stderr: {self.stderr()}")
         if not line:
             fail(f"no answer to {req}; stderr: {self.stderr()}")
         return json.loads(line)
@@ -141,7 +150,7 @@ class Reader:
     def __init__(self):
         self.r = receiver()
         self.entries = []
-        self.thread = threading.Thread(target=self.run)
+        self.thread = threading.Thread(target=self.run, daemon=True)
         self.thread.start()
 
     def run(self):
@@ -174,7 +183,7 @@ if a["ok"] or a["error"]["code"] != "invalid_name":
     fail(f"hostile name: {a}")
 # A write by a peer not on the allow-list (nobody), refused as forbidden.
 nobody = subprocess.run(
-    [sys.executable, "-c",
+    [PYTHON, "-c",
      "import json,os,socket,sys\n"
      "s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); f=s.makefile('rwb')\n"
      "f.write(b'{\"op\":\"delete\",\"name\":\"journaled\"}\\n'); f.flush()\n"

@@ -40,8 +40,6 @@ enum class Level : int { err = 3, warning = 4, notice = 5, info = 6, debug = 7 }
 void init(std::string_view ident);
 // The segment named by PKGCTX_SEGMENT on every journal entry from now on.
 void set_segment(std::string_view segment);
-// Whether init() chose the journal (for tests and the startup line).
-bool to_journal() noexcept;
 void set_max_level(Level level) noexcept;
 Level max_level() noexcept;
 bool enabled(Level level) noexcept;
@@ -54,11 +52,11 @@ struct Field {
 };
 
 void write(Level level, std::string_view message, std::initializer_list<Field> fields = {}) noexcept;
-inline void error(std::string_view m) noexcept { write(Level::err, m); }
-inline void warning(std::string_view m) noexcept { write(Level::warning, m); }
-inline void notice(std::string_view m) noexcept { write(Level::notice, m); }
-inline void info(std::string_view m) noexcept { write(Level::info, m); }
-inline void debug(std::string_view m) noexcept { write(Level::debug, m); }
+inline void error(std::string_view m, std::initializer_list<Field> f = {}) noexcept { write(Level::err, m, f); }
+inline void warning(std::string_view m, std::initializer_list<Field> f = {}) noexcept { write(Level::warning, m, f); }
+inline void notice(std::string_view m, std::initializer_list<Field> f = {}) noexcept { write(Level::notice, m, f); }
+inline void info(std::string_view m, std::initializer_list<Field> f = {}) noexcept { write(Level::info, m, f); }
+inline void debug(std::string_view m, std::initializer_list<Field> f = {}) noexcept { write(Level::debug, m, f); }
 
 // While a Batch lives, stderr lines are gathered and written together — by flush(), when 64 KiB have
 // gathered, and when the Batch ends — so a burst of audit lines costs one write(2), not one a
