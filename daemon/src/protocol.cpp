@@ -239,6 +239,18 @@ struct Audit {
   std::string_view change;  // update: what changed
 };
 
+// A drain that ended with tasks still on the old context: who is holding a rollout up.
+void log_drain_timeout(std::string_view op, std::string_view raw_name, uid_t uid, pid_t pid, std::size_t holders) {
+  if (!log::enabled(log::Level::notice)) return;
+  std::string name;
+  append_json_string(name, raw_name);
+  const std::string n = std::to_string(holders), u = std::to_string(uid), p = std::to_string(pid);
+  log::notice("Drain timed out op=" + std::string(op) + " name=" + name + " holders=" + n + " peer_uid=" + u +
+                  " peer_pid=" + p,
+              {{"PKGCTX_OP", op}, {"PKGCTX_PACKAGE", raw_name}, {"PKGCTX_RESULT", "timed_out"},
+               {"PKGCTX_HOLDERS", n}, {"PKGCTX_PEER_UID", u}, {"PKGCTX_PEER_PID", p}});
+}
+
 // A request that parsed, with its top-level fields checked.
 struct Request {
   const RequestReader& fields;
@@ -265,10 +277,15 @@ struct Request {
   void drain(std::string prefix, std::uint32_t slot, std::optional<std::uint32_t> key, std::uint64_t timeout_ms,
              Registry::Finish finish = {}) const {
     session->waiting = true;
+    std::string name;
+    if (const Member* m = fields.member("name"); m && m->value.is_string())
+      name.assign(m->value.get_string().data(), m->value.get_string().size());
     registry->drain(session->conn, std::move(prefix), slot, key, timeout_ms,
-                    [st = stats, t0 = mono_now_ns(), finish = std::move(finish)](bool drained) {
+                    [st = stats, t0 = mono_now_ns(), finish = std::move(finish), op = op, name = std::move(name),
+                     uid = peer.uid, pid = peer.pid](bool drained, std::size_t holders) {
                       if (st) st->record_drain(drained, mono_now_ns() - t0);
-                      return finish ? finish(drained) : std::string();
+                      if (!drained) log_drain_timeout(op, name, uid, pid, holders);
+                      return finish ? finish(drained, holders) : std::string();
                     });
   }
 
@@ -620,7 +637,7 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
     std::string prefix = out.substr(start);
     out.resize(start);
     rq.drain(std::move(prefix), s, std::nullopt, *drain_ms,
-             [&reg, s](bool) { return ",\"in_flight\":" + std::to_string(reg.leases_on(s)); });
+             [&reg, s](bool, std::size_t) { return ",\"in_flight\":" + std::to_string(reg.leases_on(s)); });
     return {};
   }
   w.key("in_flight").num(rq.registry && *r && slot ? rq.registry->leases_on(*slot) : std::uint64_t{0});

@@ -7,8 +7,8 @@ stderr is a file and JOURNAL_STREAM names that file's dev:ino, which is how syst
 service that stderr is the journal (systemd.exec(5)).
 
 Three daemons:
-  1. a reading receiver: audit entries carry the structured fields, newlines in client values
-     stay inside their field, and nothing of them reaches stderr;
+  1. a reading receiver: audit entries (and a drain's timeout) carry the structured fields,
+     newlines in client values stay inside their field, and nothing of them reaches stderr;
   2. a receiver that never reads: the daemon keeps answering (the send never blocks) and each
      line it could not send is on stderr instead — none lost;
   3. no journal socket at all: every line on stderr.
@@ -26,6 +26,7 @@ import threading
 
 BIN, WORK = sys.argv[1], sys.argv[2]
 PKGCTXD = os.path.join(BIN, "daemon", "pkgctxd")
+PKGCTL = os.path.join(BIN, "tools", "pkgctl")
 JOURNAL = "/run/systemd/journal/socket"
 SEG = f"e2e-journal-{os.getpid()}"
 TIMEOUT = 20
@@ -194,13 +195,43 @@ if nobody.returncode != 0:
 nobody_pid, nobody_code = nobody.stdout.split()
 if nobody_code != "forbidden":
     fail(f"nobody's delete answered {nobody_code}")
+# A drain that times out: a task (pkgctl run, its command ignoring SIGTERM) holds the context an
+# update replaced. It says "up" on a FIFO once running.
+fifo = os.path.join(d.dir, "up")
+os.mkfifo(fifo)
+holder = subprocess.Popen(
+    [PKGCTL, "run", "journaled", "--grace", "60", "--", "sh", "-c",
+     f'trap "" TERM; echo up > {fifo}; while :; do sleep 0.05; done'],
+    env=dict(os.environ, PKGCTX_SEGMENT=SEG + "-fields", PKGCTX_SOCKET=d.sock,
+             PKGCTX_RUNTIME_DIR=os.path.join(d.dir, "run")),
+    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+atexit.register(lambda: holder.poll() is None and os.killpg(holder.pid, signal.SIGKILL))
+with open(fifo) as f:
+    f.readline()
+a = d.ask({"op": "update", "name": "journaled", "version": "2", "settings": {}})
+if not a["ok"]:
+    fail(f"update to 2: {a}")
+a = d.ask({"op": "drain", "name": "journaled", "timeout_ms": 100})
+if not a["ok"] or a["drained"] or len(a["holders"]) != 1:
+    fail(f"drain of a held context: {a}")
+os.killpg(holder.pid, signal.SIGKILL)
+holder.wait()
 d.stop()
 entries = reader.stop()
 
 got = audits(entries)
-if len(got) != 3:
-    fail(f"want 3 audit entries, got {len(got)}: {got}")
-ok, bad, refused = got
+if len(got) != 6:
+    fail(f"want 6 entries with PKGCTX_OP, got {len(got)}: {got}")
+ok, bad, refused, _, drain_audit, timed_out = got
+want = {"PKGCTX_OP": "drain", "PKGCTX_PACKAGE": "journaled", "PKGCTX_RESULT": "ok", "PKGCTX_PEER_PID": me}
+for k, v in want.items():
+    if one(drain_audit, k) != v:
+        fail(f"drain: {k}={one(drain_audit, k)!r}, want {v!r}: {drain_audit}")
+want = {"PKGCTX_OP": "drain", "PKGCTX_PACKAGE": "journaled", "PKGCTX_RESULT": "timed_out", "PKGCTX_HOLDERS": "1",
+        "PKGCTX_PEER_UID": "0", "PKGCTX_PEER_PID": me, "PRIORITY": "5"}
+for k, v in want.items():
+    if one(timed_out, k) != v:
+        fail(f"drain timeout: {k}={one(timed_out, k)!r}, want {v!r}: {timed_out}")
 for e in entries:  # every entry names the daemon and its segment
     if one(e, "SYSLOG_IDENTIFIER") != "pkgctxd" or one(e, "PKGCTX_SEGMENT") != SEG + "-fields":
         fail(f"entry without identifier or segment: {e}")
@@ -230,7 +261,7 @@ if not any(one(e, "MESSAGE").startswith("Ready:") for e in entries):
     fail(f"no Ready entry in the journal: {entries}")
 if "Write op=" in d.stderr() or "Ready:" in d.stderr():
     fail(f"lines sent to the journal also went to stderr: {d.stderr()}")
-print(f"ok: structured fields ({len(entries)} entries; accepted, invalid and forbidden writes)")
+print(f"ok: structured fields ({len(entries)} entries; accepted, invalid and forbidden writes, a drain timeout)")
 
 # --- 2. a journald that does not read: no wait, no loss ----------------------------------------
 r = receiver()  # bound, never read until the end
