@@ -157,20 +157,27 @@ void EtcdFollower::apply_put(const std::string& name, std::string_view value, st
     auto r = store_.update(name, d->version, d->settings, opts);
     if (r) {
       if (r->change != Change::none) {
+        const std::string rev = revision ? std::to_string(revision) : std::string();
         log::info("etcd: applied " + name + " " + d->version + " (" + std::string(change_name(r->change)) +
-                  (revision ? ", revision " + std::to_string(revision) : std::string()) + ")");
+                      (revision ? ", revision " + rev : std::string()) + ")",
+                  {{"PKGCTX_OP", "update"}, {"PKGCTX_PACKAGE", name}, {"PKGCTX_RESULT", "ok"},
+                   {"PKGCTX_CHANGE", change_name(r->change)}, {"PKGCTX_REVISION", rev}});
         mark(name);
       }
       return;
     }
     d = r.error();
   }
-  log::error("etcd: skipping " + packages_prefix_ + name + (revision ? " at revision " + std::to_string(revision) : "") +
-             ": " + d.error().message);
+  const std::string rev = revision ? std::to_string(revision) : std::string();
+  log::error("etcd: skipping " + packages_prefix_ + name + (revision ? " at revision " + rev : "") + ": " +
+                 d.error().message,
+             {{"PKGCTX_OP", "update"}, {"PKGCTX_PACKAGE", name}, {"PKGCTX_RESULT", errc_name(d.error().code)},
+              {"PKGCTX_REVISION", rev}});
   store_.set_follow_revision(revision);  // applied as far as it can be: never retried
 }
 
 void EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision) {
+  const std::string rev = revision ? std::to_string(revision) : std::string();
   {
     std::lock_guard lock(mu_);
     owned_.erase(name);
@@ -179,16 +186,21 @@ void EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision)
   // crash already did it: a replay must not cancel twice.
   if (auto rec = store_.view().read(name, false); rec && !rec->version.empty()) {
     if (auto r = store_.handle_event(kEventRemove, name); !r)
-      log::error("etcd: removing " + name + ": " + r.error().message);
+      log::error("etcd: removing " + name + ": " + r.error().message,
+                 {{"PKGCTX_OP", "event"}, {"PKGCTX_PACKAGE", name}, {"PKGCTX_RESULT", errc_name(r.error().code)},
+                  {"PKGCTX_REVISION", rev}});
   }
   auto r = store_.erase(name, revision);
   if (!r) {
-    log::error("etcd: deleting " + name + ": " + r.error().message);
+    log::error("etcd: deleting " + name + ": " + r.error().message,
+               {{"PKGCTX_OP", "delete"}, {"PKGCTX_PACKAGE", name}, {"PKGCTX_RESULT", errc_name(r.error().code)},
+                {"PKGCTX_REVISION", rev}});
     store_.set_follow_revision(revision);
     return;
   }
   if (*r) {
-    log::info("etcd: deleted " + name + (revision ? " (revision " + std::to_string(revision) + ")" : std::string()));
+    log::info("etcd: deleted " + name + (revision ? " (revision " + rev + ")" : std::string()),
+              {{"PKGCTX_OP", "delete"}, {"PKGCTX_PACKAGE", name}, {"PKGCTX_RESULT", "ok"}, {"PKGCTX_REVISION", rev}});
     mark(name);
   }
 }

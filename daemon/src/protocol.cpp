@@ -239,6 +239,18 @@ struct Audit {
   std::string_view change;  // update: what changed
 };
 
+// A drain that ended with tasks still on the old context: who is holding a rollout up.
+void log_drain_timeout(std::string_view op, std::string_view raw_name, uid_t uid, pid_t pid, std::size_t holders) {
+  if (!log::enabled(log::Level::notice)) return;
+  std::string name;
+  append_json_string(name, raw_name);
+  const std::string n = std::to_string(holders), u = std::to_string(uid), p = std::to_string(pid);
+  log::notice("Drain timed out op=" + std::string(op) + " name=" + name + " holders=" + n + " peer_uid=" + u +
+                  " peer_pid=" + p,
+              {{"PKGCTX_OP", op}, {"PKGCTX_PACKAGE", raw_name}, {"PKGCTX_RESULT", "timed_out"},
+               {"PKGCTX_HOLDERS", n}, {"PKGCTX_PEER_UID", u}, {"PKGCTX_PEER_PID", p}});
+}
+
 // A request that parsed, with its top-level fields checked.
 struct Request {
   const RequestReader& fields;
@@ -265,10 +277,15 @@ struct Request {
   void drain(std::string prefix, std::uint32_t slot, std::optional<std::uint32_t> key, std::uint64_t timeout_ms,
              Registry::Finish finish = {}) const {
     session->waiting = true;
+    std::string name;
+    if (const Member* m = fields.member("name"); m && m->value.is_string())
+      name.assign(m->value.get_string().data(), m->value.get_string().size());
     registry->drain(session->conn, std::move(prefix), slot, key, timeout_ms,
-                    [st = stats, t0 = mono_now_ns(), finish = std::move(finish)](bool drained) {
+                    [st = stats, t0 = mono_now_ns(), finish = std::move(finish), op = op, name = std::move(name),
+                     uid = peer.uid, pid = peer.pid](bool drained, std::size_t holders) {
                       if (st) st->record_drain(drained, mono_now_ns() - t0);
-                      return finish ? finish(drained) : std::string();
+                      if (!drained) log_drain_timeout(op, name, uid, pid, holders);
+                      return finish ? finish(drained, holders) : std::string();
                     });
   }
 
@@ -620,7 +637,7 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
     std::string prefix = out.substr(start);
     out.resize(start);
     rq.drain(std::move(prefix), s, std::nullopt, *drain_ms,
-             [&reg, s](bool) { return ",\"in_flight\":" + std::to_string(reg.leases_on(s)); });
+             [&reg, s](bool, std::size_t) { return ",\"in_flight\":" + std::to_string(reg.leases_on(s)); });
     return {};
   }
   w.key("in_flight").num(rq.registry && *r && slot ? rq.registry->leases_on(*slot) : std::uint64_t{0});
@@ -837,17 +854,22 @@ void audit_write(const Request& rq, const Audit& audit, std::string_view result)
   const log::Level level = audit.allowed ? log::Level::info : log::Level::notice;
   if (!log::enabled(level)) return;
   std::string name = "-";
+  std::string_view raw_name;
   if (const Member* m = rq.fields.member("name"); m && m->value.is_string()) {
     const json::string& s = m->value.get_string();
+    raw_name = std::string_view(s.data(), std::min<std::size_t>(s.size(), 160));  // long ones are cut
     name.clear();
-    // Quoted and escaped: a hostile name cannot forge log fields; long ones are cut.
-    append_json_string(name, std::string_view(s.data(), std::min<std::size_t>(s.size(), 160)));
+    // Quoted and escaped: a hostile name cannot forge fields of the line.
+    append_json_string(name, raw_name);
   }
   std::string line = audit.allowed ? "Write" : "Refused write";
-  line += " op=" + rq.op + " name=" + name + " peer_uid=" + std::to_string(rq.peer.uid) +
-          " peer_pid=" + std::to_string(rq.peer.pid) + " result=" + std::string(result);
+  const std::string uid = std::to_string(rq.peer.uid), pid = std::to_string(rq.peer.pid);
+  line += " op=" + rq.op + " name=" + name + " peer_uid=" + uid + " peer_pid=" + pid + " result=" + std::string(result);
   if (!audit.change.empty()) line += " change=" + std::string(audit.change);
-  log::write(level, line);
+  // The journal gets the name as sent: its native protocol frames any bytes.
+  log::write(level, line,
+             {{"PKGCTX_OP", rq.op}, {"PKGCTX_PACKAGE", raw_name}, {"PKGCTX_RESULT", result},
+              {"PKGCTX_CHANGE", audit.change}, {"PKGCTX_PEER_UID", uid}, {"PKGCTX_PEER_PID", pid}});
 }
 
 }  // namespace

@@ -240,7 +240,7 @@ void Registry::finish(std::list<Drain>::iterator it, bool drained) {
   std::vector<Holder> holders;
   if (!drained) full_scan(*it, &holders);
   std::string line = std::move(it->prefix);
-  if (it->finish) line += it->finish(drained);
+  if (it->finish) line += it->finish(drained, holders.size());
   line += drained ? ",\"drained\":true,\"holders\":" : ",\"drained\":false,\"holders\":";
   JsonWriter w(line);
   w.begin_array();

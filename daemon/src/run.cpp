@@ -273,6 +273,7 @@ int run(int argc, char** argv) {
     return kExitOk;
   }
   log::set_max_level(cfg.log_level);
+  log::set_segment(cfg.segment);
 
   // Preconditions.
   check_preconditions(cfg);

@@ -60,6 +60,11 @@ rc=0; out=$("$PKGCTL" drain app --timeout 0.2 2>/dev/null) || rc=$?
 has "$out" '"drained":false'
 has "$out" "\"pid\":$RUN"
 has "$out" '"cause":"version_changed"'
+# The daemon says who held the rollout up (once: the drained drain above logged none).
+timeouts=$(grep -c 'Drain timed out' "$TMP/daemon.log" || true)
+[ "$timeouts" -eq 1 ] || fail "want one 'Drain timed out' line, got $timeouts: $(cat "$TMP/daemon.log")"
+grep -q "^<5>pkgctxd: Drain timed out op=drain name=\"app\" holders=1 peer_uid=$(id -u) peer_pid=[0-9]*\$" "$TMP/daemon.log" ||
+  fail "drain timeout line: $(grep 'Drain timed out' "$TMP/daemon.log")"
 
 rc=0; out=$("$PKGCTL" drain app --timeout 10) || rc=$?
 [ "$rc" -eq 0 ] || fail "drain after the grace period exited $rc: $out"

@@ -104,9 +104,10 @@ class Registry {
 
   // Starts a drain for the answer of connection `conn`. `prefix` is the answer's opening, up to
   // and including its last member (e.g. {"ok":true,"id":1,"name":"x"), without a trailing comma;
-  // `finish(drained)` may append more members (delete's) before "drained" and "holders".
+  // `finish(drained, holders)` may append more members (delete's) before "drained" and
+  // "holders"; `holders` is how many the answer lists (0 when drained).
   // Answers at once (into the ready queue) when nothing holds.
-  using Finish = std::function<std::string(bool drained)>;
+  using Finish = std::function<std::string(bool drained, std::size_t holders)>;
   void drain(std::uint64_t conn, std::string prefix, std::uint32_t slot, std::optional<std::uint32_t> key,
              std::uint64_t timeout_ms, Finish finish = {});
   // The connection waiting for a drain's answer went away.
