@@ -311,7 +311,7 @@ BOOST_AUTO_TEST_CASE(watch_json_line_is_the_dump_object_with_its_event) {
   BOOST_TEST(v.at("event").as_string() == "changed");
   auto rest = v;
   rest.erase("event");
-  BOOST_TEST(boost::json::serialize(rest) == pkgctl::dump_package_json(p));
+  BOOST_TEST((rest == boost::json::parse(pkgctl::dump_package_json(p)).as_object()));  // erase() reorders
   BOOST_TEST(line.rfind("{\"event\":\"changed\",\"name\":\"pkg2\",", 0) == 0u, line);
 }
 
