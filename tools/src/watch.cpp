@@ -13,8 +13,6 @@
 #include <chrono>
 #include <csignal>
 #include <cstdlib>
-#include <cstring>
-#include <ctime>
 #include <fnmatch.h>
 #include <iostream>
 #include <limits>
