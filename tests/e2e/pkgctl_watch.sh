@@ -39,7 +39,8 @@ until_ok 2000 test -S "$PKGCTX_SOCKET" || fail "pkgctxd did not start: $(cat "$w
 J=$work/json.out
 (
   set +e
-  "$C" watch --json --filter 'pkg*' --interval 0.02 2>"$work/json.err" | stdbuf -oL head -n 6 >"$J"  # line-buffered: each line seen at once
+  # head line-buffered: each line shows in the file at once.
+  "$C" watch --json --filter 'pkg*' --interval 0.02 2>"$work/json.err" | stdbuf -oL head -n 6 >"$J"
   echo "${PIPESTATUS[*]}" >"$work/json.rc"
 ) &
 BG+=($!)
@@ -125,7 +126,8 @@ until_ok 1000 holds || fail "pkgctl run took no lease: $(cat "$work/run.err")"
 BG+=($!)
 waits() { OUT=$("$C" watch --count 1); grep -Eq '^pkg1 .* 1 +0$' <<<"$OUT"; }
 until_ok 1000 waits || fail "pkg1 shows no waiter: $OUT"
-grep -Eq '^pkg2 .* [0-9]+ +1$' <<<"$OUT" || fail "pkg2 shows no lease holder: $OUT"  # (pkgctl run waits on its token too)
+# (pkgctl run also waits on its token: a waiter too)
+grep -Eq '^pkg2 .* [0-9]+ +1$' <<<"$OUT" || fail "pkg2 shows no lease holder: $OUT"
 grep -Eq '^pkg0 .* 0 +0$' <<<"$OUT" || fail "pkg0 row: $OUT"
 grep -q "^clients   1 attached, 1 task(s) running$" <<<"$OUT" || fail "clients line with a task: $OUT"
 OUT=$("$C" watch --count 1 --sort holders)

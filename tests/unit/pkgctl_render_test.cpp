@@ -235,7 +235,8 @@ BOOST_AUTO_TEST_CASE(watch_frame_fits_the_screen_scrolls_and_marks_changes) {
   scroll.top += scroll.page;
   f = pkgctl::render_watch_frame(s, rows, clients, t, 10, trows, cols, scroll, "", true);
   lines = visible_lines(f);
-  const auto head = std::find_if(lines.begin(), lines.end(), [](const std::string& l) { return l.rfind("NAME ", 0) == 0; });
+  const auto head =
+      std::find_if(lines.begin(), lines.end(), [](const std::string& l) { return l.rfind("NAME ", 0) == 0; });
   BOOST_TEST_REQUIRE((head != lines.end()));
   BOOST_TEST((head + 1)->rfind("pkg" + std::to_string(10 + scroll.page) + " ", 0) == 0u, *(head + 1));
   // Past the end: clamped so the last page is full.

@@ -671,7 +671,9 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
       ->check(CLI::Range(0.01, 3600.0));
   watch->add_option("--count", count, "stop after N frames (--json: lines) (default: run until quit)")
       ->check(CLI::NonNegativeNumber);
-  watch->add_flag("--json", wo.json, "one JSON line per package change: event (present, created, changed, deleted) and the package as in dump --json");
+  watch->add_flag("--json", wo.json,
+                  "one JSON line per package change: event (present, created, changed, deleted) and the package "
+                  "as in dump --json");
   watch->add_option("--sort", wo.sort, "order rows by COL: " + sort_column_names() + " (names in natural order)")
       ->capture_default_str();
   watch->add_option("--filter", wo.filter, "only packages whose name matches GLOB (fnmatch(3), e.g. web-*)");

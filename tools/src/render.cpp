@@ -148,7 +148,8 @@ template <std::size_t N>
 using Widths = std::array<std::size_t, N>;
 
 constexpr std::size_t kColumns = 9;
-const Cells<kColumns> kHead = {"NAME", "VERSION", "CHECKSUM", "ROOT", "CHILD GENS", "LAST CAUSE", "SETTINGS", "SV", "MAINT"};
+const Cells<kColumns> kHead = {"NAME",       "VERSION",  "CHECKSUM", "ROOT", "CHILD GENS",
+                               "LAST CAUSE", "SETTINGS", "SV",       "MAINT"};
 // Numbers right-aligned (ROOT, SETTINGS, SV, and watch's WAITERS, HOLDERS), text left-aligned.
 constexpr bool right_aligned(std::size_t c) { return c == 3 || c == 6 || c == 7 || c >= kColumns; }
 
@@ -335,15 +336,15 @@ bool natural_less(std::string_view a, std::string_view b) noexcept {
 namespace {
 
 constexpr std::pair<std::string_view, SortColumn> kSortNames[] = {
-    {"name", SortColumn::name},       {"version", SortColumn::version},   {"checksum", SortColumn::checksum},
+    {"name", SortColumn::name},         {"version", SortColumn::version},   {"checksum", SortColumn::checksum},
     {"generation", SortColumn::generation}, {"root", SortColumn::generation}, {"children", SortColumn::children},
-    {"cause", SortColumn::cause},     {"settings", SortColumn::settings}, {"sv", SortColumn::sv},
-    {"maint", SortColumn::maint},     {"waiters", SortColumn::waiters},   {"holders", SortColumn::holders},
+    {"cause", SortColumn::cause},       {"settings", SortColumn::settings}, {"sv", SortColumn::sv},
+    {"maint", SortColumn::maint},       {"waiters", SortColumn::waiters},   {"holders", SortColumn::holders},
 };
 
 constexpr std::size_t kWatchColumns = kColumns + 2;
-const Cells<kWatchColumns> kWatchHead = {"NAME",     "VERSION", "CHECKSUM", "ROOT",  "CHILD GENS", "LAST CAUSE",
-                                         "SETTINGS", "SV",      "MAINT",    "WAITERS", "HOLDERS"};
+const Cells<kWatchColumns> kWatchHead = {"NAME",       "VERSION",  "CHECKSUM", "ROOT",  "CHILD GENS", "LAST CAUSE",
+                                         "SETTINGS",   "SV",       "MAINT",    "WAITERS", "HOLDERS"};
 
 std::string optional_count(const std::optional<std::uint32_t>& n) { return n ? std::to_string(*n) : "-"; }
 
