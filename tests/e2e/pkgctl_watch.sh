@@ -28,6 +28,11 @@ until_ok() {
   return 1
 }
 lines() { [ -f "$1" ] && [ "$(wc -l <"$1")" -ge "$2" ]; }
+exited() {  # exited PID: the process ended (a zombie not yet waited for counts)
+  local st
+  st=$(ps -o stat= -p "$1") || return 0
+  [[ $st == Z* ]]
+}
 
 "$D" --segment "$PKGCTX_SEGMENT" --socket "$PKGCTX_SOCKET" --capacity 64 2>"$work/daemon.log" &
 pid=$!
@@ -37,13 +42,15 @@ until_ok 2000 test -S "$PKGCTX_SOCKET" || fail "pkgctxd did not start: $(cat "$w
 
 # --- --json: one line per change ------------------------------------------------------------------
 J=$work/json.out
-(
-  set +e
-  # head line-buffered: each line shows in the file at once.
-  "$C" watch --json --filter 'pkg*' --interval 0.02 2>"$work/json.err" | stdbuf -oL head -n 6 >"$J"
-  echo "${PIPESTATUS[*]}" >"$work/json.rc"
-) &
-BG+=($!)
+# watch | head -n 6 through a FIFO, so both pids are known (cleanup ends them if a check fails)
+# and watch's own exit status is waited for. head line-buffered: each line shows in $J at once.
+mkfifo "$work/json.fifo"
+stdbuf -oL head -n 6 <"$work/json.fifo" >"$J" &
+head_pid=$!
+BG+=($head_pid)
+"$C" watch --json --filter 'pkg*' --interval 0.02 >"$work/json.fifo" 2>"$work/json.err" &
+watch_pid=$!
+BG+=($watch_pid)
 # Each change waits for the line of the one before, so none are coalesced into one read.
 until_ok 1000 lines "$J" 1 || fail "no 'present' line: $(cat "$J")"
 "$C" update pkg2 1 >/dev/null
@@ -56,9 +63,12 @@ until_ok 1000 lines "$J" 4 || fail "pkg2 changed: $(cat "$J")"
 "$C" event remove pkg10 >/dev/null
 until_ok 1000 lines "$J" 5 || fail "pkg10 removed: $(cat "$J")"
 "$C" delete pkg10 >/dev/null
-# head -6 exits after the sixth line; watch sees its reader gone (no further write needed).
-until_ok 1000 test -s "$work/json.rc" || fail "watch --json did not end after head: $(cat "$J")"
-[ "$(cat "$work/json.rc")" = "0 0" ] || fail "watch | head exited $(cat "$work/json.rc"), want 0 0"
+# head exits after the sixth line; watch sees its reader gone (no further write needed).
+until_ok 1000 exited "$watch_pid" || fail "watch --json did not end after head: $(cat "$J")"
+watch_rc=0
+wait "$watch_pid" || watch_rc=$?
+[ "$watch_rc" -eq 0 ] || fail "watch | head: watch exited $watch_rc, want 0"
+wait "$head_pid" || fail "head failed"
 [ ! -s "$work/json.err" ] || fail "watch --json wrote to stderr: $(cat "$work/json.err")"
 ! grep -q $'\e' "$J" || fail "escape codes in --json output"
 python3 - "$J" "${PKGCTX_SRC:-}" <<'PY' || fail "json lines: $(cat "$J")"
