@@ -24,7 +24,9 @@ complete_line() {
 [ "$(complete_line dump --j)" = "--json" ] || fail "dump --j: $(complete_line dump --j)"
 [ "$(complete_line --segment dump dump --j)" = "--json" ] || fail "--segment's value taken for the command"
 watch=$(complete_line watch --)
-grep -qx -- --interval <<<"$watch" && grep -qx -- --count <<<"$watch" || fail "watch --: $watch"
+for o in --interval --count --json --sort --filter; do
+  grep -qx -- "$o" <<<"$watch" || fail "watch -- lacks $o: $watch"
+done
 [ -z "$(complete_line dump --interv)" ] || fail "dump offers watch's options"
 
 # Every subcommand of --help is completed at the top level.

@@ -27,6 +27,18 @@ for c in $commands; do
   grep -Eq "^   $c( |$)" <<<"$pkgctl" || fail "pkgctl(1) has no section for \"$c\""
 done
 
+# Every option a subcommand's --help lists is named somewhere in pkgctl(1); watch's (issue 16) in
+# watch's own section.
+for c in $commands; do
+  for o in $("$PKGCTX_BIN/tools/pkgctl" "$c" --help | grep -oE -- '--[a-z][a-z-]+' | sort -u); do
+    grep -q -- "$o" <<<"$pkgctl" || fail "pkgctl(1) does not describe $c $o"
+  done
+done
+watch_section=$(awk '/^   [a-z]/ {on = ($1 == "watch")} on' <<<"$pkgctl")
+for o in $("$PKGCTX_BIN/tools/pkgctl" watch --help | grep -oE -- '--[a-z][a-z-]+' | grep -vx -- --help | sort -u); do
+  grep -q -- "$o" <<<"$watch_section" || fail "pkgctl(1)'s watch section does not describe $o"
+done
+
 pkgctxd=$(render pkgctxd.8)
 for o in $("$PKGCTX_BIN/daemon/pkgctxd" --help | grep -oE -- '--[a-z-]+' | sort -u); do
   grep -q -- "$o" <<<"$pkgctxd" || fail "pkgctxd(8) does not describe $o"

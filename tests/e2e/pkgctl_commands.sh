@@ -271,7 +271,7 @@ eq "$rc" 0 "watch exit on SIGINT"
 grep -Eq '^p1 .* 2:[0-9]+ ' "$TMP/watch.out" || fail "watch missed the change: $(cat "$TMP/watch.out")"
 # On a terminal (script(1) gives it a pty): alternate screen in and out, exits on q.
 if command -v script >/dev/null; then
-  (sleep 0.5; printf q) | timeout 10 script -qec "$PKGCTL watch --interval 0.05" /dev/null >"$TMP/tty.out" || fail "watch on a tty"
+  (sleep 0.5; printf q) | TERM=xterm timeout 10 script -qec "$PKGCTL watch --interval 0.05" /dev/null >"$TMP/tty.out" || fail "watch on a tty"
   grep -q $'\e\[?1049h' "$TMP/tty.out" || fail "watch did not enter the alternate screen"
   grep -q $'\e\[?1049l' "$TMP/tty.out" || fail "watch did not restore the screen"
   grep -q 'p3 ' "$TMP/tty.out" || fail "watch on a tty showed no table"

@@ -213,6 +213,43 @@ BOOST_FIXTURE_TEST_CASE(watch_without_a_terminal_prints_snapshots, Fixture) {
   BOOST_TEST(w.out.find("\x1b") == std::string::npos);  // no escape codes when not on a terminal
 }
 
+BOOST_FIXTURE_TEST_CASE(watch_filters_sorts_naturally_and_says_the_daemon_is_unreachable, Fixture) {
+  for (const char* n : {"pkg10", "pkg2", "pkg1"}) BOOST_REQUIRE(store.update(n, "1", Settings()));
+  const Run w = cli({"watch", "--count", "1", "--filter", "pkg*"});
+  BOOST_TEST(w.code == 0, w.err);
+  const auto at = [&](const char* row) { return w.out.find(std::string("\n") + row + " "); };
+  BOOST_TEST(at("pkg1") < at("pkg2"));
+  BOOST_TEST(at("pkg2") < at("pkg10"));
+  BOOST_TEST(at("pkg10") != std::string::npos);
+  BOOST_TEST(at("web") == std::string::npos);  // filtered out
+  BOOST_TEST(w.out.find("\nclients   daemon: not reachable") != std::string::npos, w.out);
+}
+
+BOOST_FIXTURE_TEST_CASE(watch_json_lists_what_is_there_first, Fixture) {
+  BOOST_REQUIRE(store.update("pkg2", "1", Settings()));
+  const Run w = cli({"watch", "--json", "--count", "2", "--interval", "0.01"});
+  BOOST_TEST(w.code == 0, w.err);
+  BOOST_TEST(w.out.find("\x1b") == std::string::npos);
+  std::istringstream lines(w.out);
+  std::vector<std::string> names;
+  for (std::string l; std::getline(lines, l);) {
+    const auto v = boost::json::parse(l).as_object();
+    BOOST_TEST(v.at("event").as_string() == "present");
+    names.emplace_back(v.at("name").as_string());
+  }
+  BOOST_TEST((names == std::vector<std::string>{"pkg2", "web"}));
+}
+
+BOOST_FIXTURE_TEST_CASE(watch_rejects_a_bad_sort_or_filter, Fixture) {
+  expect_error(cli({"watch", "--sort", "age"}), 2, "one of: name, version, checksum, generation");
+  expect_error(cli({"watch", "--filter", ""}), 2, "empty pattern");
+  expect_error(cli({"watch", "--filter", "web["}), 2, "unclosed [");
+  expect_error(cli({"watch", "--filter", "[[:alpha]"}), 2, "unclosed [: class");
+  expect_error(cli({"watch", "--filter", "web\\"}), 2, "lone backslash");
+  BOOST_TEST(cli({"watch", "--count", "1", "--filter", "[[:alpha:]]*", "--sort", "holders"}).code == 0);
+  BOOST_TEST(cli({"watch", "--count", "1", "--filter", "[]w]eb"}).out.find("\nweb ") != std::string::npos);
+}
+
 BOOST_FIXTURE_TEST_CASE(writes_validate_before_calling_the_daemon, Fixture) {
   expect_error(cli({"update", "web", "2", "--settings", "{bad"}), 5, "settings");
   expect_error(cli({"update", "web", "2", "--settings", "[]"}), 5, "settings");

@@ -11,6 +11,7 @@
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <sstream>
 
@@ -177,7 +178,34 @@ BOOST_AUTO_TEST_CASE(change_tracker_highlights_recent_changes) {
   BOOST_TEST(t.recently_deleted(1400).empty());
 }
 
-BOOST_AUTO_TEST_CASE(watch_frame_fits_the_screen_and_marks_changes) {
+std::vector<pkgctl::WatchRow> rows_of(const std::vector<PackageRecord>& ps) {
+  std::vector<pkgctl::WatchRow> rows;
+  for (const auto& p : ps) rows.push_back({p, std::nullopt, std::nullopt});
+  pkgctl::sort_rows(rows, pkgctl::SortColumn::name);
+  return rows;
+}
+
+// What a terminal shows of a frame: its lines without escape sequences.
+std::vector<std::string> visible_lines(const std::string& f) {
+  std::vector<std::string> out;
+  std::string cur;
+  for (std::size_t i = 0; i < f.size(); ++i) {
+    if (f[i] == '\x1b') {
+      while (i < f.size() && !std::isalpha(static_cast<unsigned char>(f[i]))) ++i;
+      continue;
+    }
+    if (f[i] == '\n') {
+      out.push_back(cur);
+      cur.clear();
+    } else {
+      cur += f[i];
+    }
+  }
+  out.push_back(cur);  // the status line
+  return out;
+}
+
+BOOST_AUTO_TEST_CASE(watch_frame_fits_the_screen_scrolls_and_marks_changes) {
   pkgctl::ChangeTracker t(1000);
   std::vector<PackageRecord> ps;
   for (int i = 0; i < 30; ++i) ps.push_back(pkg("pkg" + std::to_string(10 + i), "1", 1));
@@ -186,35 +214,116 @@ BOOST_AUTO_TEST_CASE(watch_frame_fits_the_screen_and_marks_changes) {
   ps[1].root_generation = 2;
   const Snapshot s = snapshot(ps);
   t.observe(s, 10);
-  const int rows = 20, cols = 60;
-  const std::string f = pkgctl::render_watch_frame(s, t, 10, rows, cols, " q quit");
+  const auto rows = rows_of(ps);
+  const int trows = 20, cols = 60;
+  pkgctl::ClientsInfo clients;
+  pkgctl::Scroll scroll;
+  std::string f = pkgctl::render_watch_frame(s, rows, clients, t, 10, trows, cols, scroll, " q quit", true);
   BOOST_TEST(f.rfind("\x1b[H", 0) == 0u);  // redrawn in place from the top
-  // Visible lines: at most rows-1 before the status line, each cut to the width.
-  std::size_t shown = 0;
-  for (std::size_t b = 3, e; (e = f.find('\n', b)) != std::string::npos; b = e + 1) {
-    std::string l = f.substr(b, e - b);
-    std::string visible;
-    for (std::size_t i = 0; i < l.size(); ++i) {
-      if (l[i] == '\x1b') {
-        while (i < l.size() && !std::isalpha(static_cast<unsigned char>(l[i]))) ++i;
-        continue;
-      }
-      visible += l[i];
-    }
-    BOOST_TEST(visible.size() <= static_cast<std::size_t>(cols), visible);
-    ++shown;
-  }
-  BOOST_TEST(shown <= static_cast<std::size_t>(rows - 1));
-  BOOST_TEST(f.find("more (enlarge the window)") != std::string::npos);
+  auto lines = visible_lines(f);
+  BOOST_TEST(lines.size() <= static_cast<std::size_t>(trows));
+  for (const auto& l : lines) BOOST_TEST(l.size() <= static_cast<std::size_t>(cols) + 2, l);  // + the dash's bytes
+  BOOST_TEST(f.find("clients   daemon: not reachable") != std::string::npos);
   BOOST_TEST(f.find("\x1b[7mpkg11 ") != std::string::npos);  // the changed row, in reverse video
   BOOST_TEST(f.find("\x1b[7mpkg10 ") == std::string::npos);
-  BOOST_TEST(f.find("\x1b[20;1H\x1b[7m q quit") != std::string::npos);  // status on the last row
+  const std::string first = "\x1b[20;1H\x1b[7m rows 1\u2013" + std::to_string(scroll.page) + " of 30 | q quit";
+  BOOST_TEST(f.find(first) != std::string::npos, f.substr(f.rfind("\x1b[20;1H")));
+  BOOST_TEST(scroll.page > 5u);
+  BOOST_TEST(scroll.page < 30u);
 
-  // The daemon being down shows in red.
+  // Scrolled down a page: the header row stays, the body starts at row page+1.
+  scroll.top += scroll.page;
+  f = pkgctl::render_watch_frame(s, rows, clients, t, 10, trows, cols, scroll, "", true);
+  lines = visible_lines(f);
+  const auto head =
+      std::find_if(lines.begin(), lines.end(), [](const std::string& l) { return l.rfind("NAME ", 0) == 0; });
+  BOOST_TEST_REQUIRE((head != lines.end()));
+  BOOST_TEST((head + 1)->rfind("pkg" + std::to_string(10 + scroll.page) + " ", 0) == 0u, *(head + 1));
+  // Past the end: clamped so the last page is full.
+  scroll.top = 1000;
+  f = pkgctl::render_watch_frame(s, rows, clients, t, 10, trows, cols, scroll, "", true);
+  BOOST_TEST(scroll.top == 30 - scroll.page);
+  BOOST_TEST(f.find(" rows " + std::to_string(31 - scroll.page) + "\u2013" + "30 of 30") != std::string::npos);
+  BOOST_TEST(visible_lines(f)[trows - 2].rfind("pkg39 ", 0) == 0u, visible_lines(f)[trows - 2]);
+
+  // The daemon being down shows in red, unless NO_COLOR; reverse video stays (not a colour).
   Snapshot down = s;
   down.liveness = Liveness::stopped;
-  BOOST_TEST(pkgctl::render_watch_frame(down, t, 10, rows, cols, "").find("\x1b[31mdaemon    stopped") !=
-             std::string::npos);
+  BOOST_TEST(pkgctl::render_watch_frame(down, rows, clients, t, 10, trows, cols, scroll, "", true)
+                 .find("\x1b[31mdaemon    stopped") != std::string::npos);
+  const std::string plain = pkgctl::render_watch_frame(down, rows, clients, t, 10, trows, cols, scroll, "", false);
+  BOOST_TEST(plain.find("\x1b[31m") == std::string::npos);
+  BOOST_TEST(plain.find("daemon    stopped") != std::string::npos);
+}
+
+BOOST_AUTO_TEST_CASE(natural_order_compares_digit_runs_as_numbers) {
+  using pkgctl::natural_less;
+  BOOST_TEST(natural_less("pkg2", "pkg10"));
+  BOOST_TEST(!natural_less("pkg10", "pkg2"));
+  BOOST_TEST(natural_less("pkg", "pkg1"));  // a prefix first
+  BOOST_TEST(natural_less("a1b2", "a1b10"));
+  BOOST_TEST(natural_less("a1", "a01"));  // equal values: fewer leading zeros first
+  BOOST_TEST(!natural_less("a01", "a1"));
+  BOOST_TEST(natural_less("a-9", "a.1"));  // '-' < '.' bytewise
+  BOOST_TEST(natural_less("x99999999999999999999998", "x99999999999999999999999"));  // no overflow
+  BOOST_TEST(natural_less("x9", "x10000000000000000000000"));
+  BOOST_TEST(!natural_less("web", "web"));
+  // A strict weak order over a mixed set: sorting gives the expected sequence.
+  std::vector<std::string> names{"pkg10", "pkg2", "pkg1", "db", "pkg02", "pkg", "pkg1a", "Pkg3"};
+  std::sort(names.begin(), names.end(), [](const auto& a, const auto& b) { return natural_less(a, b); });
+  const std::vector<std::string> want{"Pkg3", "db", "pkg", "pkg1", "pkg1a", "pkg2", "pkg02", "pkg10"};
+  BOOST_TEST(names == want, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(watch_rows_sort_by_any_column) {
+  BOOST_TEST((pkgctl::parse_sort_column("holders") == pkgctl::SortColumn::holders));
+  BOOST_TEST((pkgctl::parse_sort_column("root") == pkgctl::SortColumn::generation));
+  BOOST_TEST(!pkgctl::parse_sort_column("age").has_value());
+  BOOST_TEST(pkgctl::sort_column_names().find("name, version") == 0u);
+  std::vector<pkgctl::WatchRow> rows{{pkg("pkg10", "1.10", 1), 0u, 3u},
+                                     {pkg("pkg2", "1.9", 5), 2u, 0u},
+                                     {pkg("pkg1", "1.9", 5), std::nullopt, 1u}};
+  const auto names = [&] {
+    std::string out;
+    for (const auto& r : rows) out += r.p.name + " ";
+    return out;
+  };
+  pkgctl::sort_rows(rows, pkgctl::SortColumn::name);
+  BOOST_TEST(names() == "pkg1 pkg2 pkg10 ");
+  pkgctl::sort_rows(rows, pkgctl::SortColumn::generation);
+  BOOST_TEST(names() == "pkg10 pkg1 pkg2 ");  // ties by name
+  pkgctl::sort_rows(rows, pkgctl::SortColumn::version);
+  BOOST_TEST(names() == "pkg1 pkg2 pkg10 ");  // 1.9 < 1.10
+  pkgctl::sort_rows(rows, pkgctl::SortColumn::holders);
+  BOOST_TEST(names() == "pkg2 pkg1 pkg10 ");
+  pkgctl::sort_rows(rows, pkgctl::SortColumn::waiters);
+  BOOST_TEST(names() == "pkg1 pkg10 pkg2 ");  // unknown first
+  const auto table = pkgctl::render_watch_table(rows);
+  BOOST_TEST(table[0].substr(table[0].size() - 16) == "WAITERS  HOLDERS", table[0]);
+  BOOST_TEST(table[1].rfind("pkg1 ", 0) == 0u);
+  BOOST_TEST(table[1].substr(table[1].size() - 16) == "      -        1", table[1]);
+}
+
+BOOST_AUTO_TEST_CASE(watch_json_line_is_the_dump_object_with_its_event) {
+  auto p = pkg("pkg2", "1.0", 3);
+  const std::string line = pkgctl::watch_json_line("changed", pkgctl::dump_package_json(p));
+  BOOST_TEST(line.find('\n') == std::string::npos);
+  const auto v = boost::json::parse(line).as_object();
+  BOOST_TEST(v.at("event").as_string() == "changed");
+  auto rest = v;
+  rest.erase("event");
+  BOOST_TEST((rest == boost::json::parse(pkgctl::dump_package_json(p)).as_object()));  // erase() reorders
+  BOOST_TEST(line.rfind("{\"event\":\"changed\",\"name\":\"pkg2\",", 0) == 0u, line);
+}
+
+BOOST_AUTO_TEST_CASE(watch_keys_from_terminal_bytes) {
+  using K = pkgctl::WatchKey;
+  const auto keys = pkgctl::parse_watch_keys("\x1b[A\x1b[B\x1b[5~\x1b[6~\x1b[H\x1b[F\x1bOH\x1b[4~xjkgG q");
+  const std::vector<K> want{K::up, K::down, K::page_up, K::page_down, K::home, K::end, K::home, K::end,
+                            K::down, K::up, K::home, K::end, K::page_down, K::quit};
+  BOOST_TEST((keys == want));
+  BOOST_TEST((pkgctl::parse_watch_keys("\x03") == std::vector<K>{K::quit}));
+  BOOST_TEST(pkgctl::parse_watch_keys("\x1b[Z").empty());  // unknown: ignored, byte by byte
 }
 
 // `pkgctl dump` streams (issue 15): the same bytes as rendering a whole snapshot, table and JSON,

@@ -692,11 +692,19 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
       "{\"ok\":false,\"error\":{\"code\",\"message\",\"exit\"}} for a failed one (exit 5 if any failed; 4, 6 or 7\n"
       "if one could not reach the daemon, has an unknown outcome or was forbidden)");
 
-  auto* watch = app.add_subcommand("watch", "a live view of the table (q or Ctrl-C quits)");
+  WatchOptions wo;
+  auto* watch = app.add_subcommand("watch", "a live view of the table (q or Ctrl-C quits; arrows, PgUp/PgDn scroll)");
   watch->add_option("--interval", interval_s, "refresh period in seconds")
       ->capture_default_str()
       ->check(CLI::Range(0.01, 3600.0));
-  watch->add_option("--count", count, "stop after N frames (default: run until quit)")->check(CLI::NonNegativeNumber);
+  watch->add_option("--count", count, "stop after N frames (--json: lines) (default: run until quit)")
+      ->check(CLI::NonNegativeNumber);
+  watch->add_flag("--json", wo.json,
+                  "one JSON line per package change: event (present, created, changed, deleted) and the package "
+                  "as in dump --json");
+  watch->add_option("--sort", wo.sort, "order rows by COL: " + sort_column_names() + " (names in natural order)")
+      ->capture_default_str();
+  watch->add_option("--filter", wo.filter, "only packages whose name matches GLOB (fnmatch(3), e.g. web-*)");
 
   auto* metrics = app.add_subcommand(
       "metrics", "the daemon's counters and gauges in OpenMetrics text (the segment's alone when no daemon answers)");
@@ -772,7 +780,14 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   if (*check) return cmd_check(c, token_text, io);
   if (*wait) return cmd_wait(c, token_text, timeout_s, io);
   if (*dump) return finish(cmd_dump(c, as_json, io), io);
-  if (*watch) return run_watch(c.segment, interval_s, count, io);
+  if (*watch) {
+    wo.segment = c.segment;
+    wo.socket = c.socket;
+    wo.clients_request = json::serialize(request(c, "clients"));
+    wo.interval_s = interval_s;
+    wo.count = count;
+    return run_watch(wo, io);
+  }
   if (*fleet) return run_fleet(fleet_endpoints, fleet_prefix, as_json, io);
   if (*batch_cmd) {
     std::vector<std::string> prefix{"--socket", c.socket};

@@ -142,49 +142,61 @@ std::string render_header(const Snapshot& s) {
 
 namespace {
 
-constexpr std::size_t kColumns = 9;
-using Cells = std::array<std::string, kColumns>;
-const Cells kHead = {"NAME", "VERSION", "CHECKSUM", "ROOT", "CHILD GENS", "LAST CAUSE", "SETTINGS", "SV", "MAINT"};
+template <std::size_t N>
+using Cells = std::array<std::string, N>;
+template <std::size_t N>
+using Widths = std::array<std::size_t, N>;
 
-Cells table_cells(const PackageRecord& p) {
+constexpr std::size_t kColumns = 9;
+const Cells<kColumns> kHead = {"NAME",       "VERSION",  "CHECKSUM", "ROOT", "CHILD GENS",
+                               "LAST CAUSE", "SETTINGS", "SV",       "MAINT"};
+// Numbers right-aligned (ROOT, SETTINGS, SV, and watch's WAITERS, HOLDERS), text left-aligned.
+constexpr bool right_aligned(std::size_t c) { return c == 3 || c == 6 || c == 7 || c >= kColumns; }
+
+Cells<kColumns> table_cells(const PackageRecord& p) {
   return {p.name, version_text(p), pkgctx::Settings::format_checksum(p.checksum), std::to_string(p.root_generation),
           child_generations_text(p), cause_text(p), human_bytes(p.settings_size), std::to_string(p.settings_version),
           p.maintenance.empty() ? "-" : p.maintenance};
 }
 
-using Widths = std::array<std::size_t, kColumns>;
-
-void widen(Widths& width, const Cells& row) {
-  for (std::size_t c = 0; c < kColumns; ++c) width[c] = std::max(width[c], row[c].size());
+template <std::size_t N>
+void widen(Widths<N>& width, const Cells<N>& row) {
+  for (std::size_t c = 0; c < N; ++c) width[c] = std::max(width[c], row[c].size());
 }
 
-std::string table_line(const Cells& row, const Widths& width) {
+template <std::size_t N>
+std::string table_line(const Cells<N>& row, const Widths<N>& width) {
   std::string out;
-  for (std::size_t c = 0; c < kColumns; ++c) {
-    // Numbers right-aligned (ROOT, SETTINGS, SV), text left-aligned; no trailing blanks.
-    const bool right = c == 3 || c == 6 || c == 7;
+  for (std::size_t c = 0; c < N; ++c) {
     std::string cell = row[c];
-    if (right && cell.size() < width[c]) cell = std::string(width[c] - cell.size(), ' ') + cell;
-    out += c + 1 == kColumns ? cell : pad(cell, width[c]) + "  ";
+    if (right_aligned(c) && cell.size() < width[c]) cell = std::string(width[c] - cell.size(), ' ') + cell;
+    out += c + 1 == N ? cell : pad(cell, width[c]) + "  ";
   }
-  while (!out.empty() && out.back() == ' ') out.pop_back();
+  while (!out.empty() && out.back() == ' ') out.pop_back();  // no trailing blanks
   return out;
+}
+
+// A header row and one line per row of `cells`, widths fitting the widest cell.
+template <std::size_t N>
+std::vector<std::string> table_lines(const Cells<N>& head, const std::vector<Cells<N>>& cells) {
+  Widths<N> width{};
+  widen(width, head);
+  for (const auto& row : cells) widen(width, row);
+  std::vector<std::string> lines;
+  lines.reserve(cells.size() + 1);
+  lines.push_back(table_line(head, width));
+  for (const auto& row : cells) lines.push_back(table_line(row, width));
+  if (cells.empty()) lines.emplace_back("(no packages)");
+  return lines;
 }
 
 }  // namespace
 
 std::vector<std::string> render_table(const std::vector<PackageRecord>& packages) {
-  std::vector<Cells> cells;
+  std::vector<Cells<kColumns>> cells;
   cells.reserve(packages.size());
   for (const auto& p : packages) cells.push_back(table_cells(p));
-  Widths width{};
-  widen(width, kHead);
-  for (const auto& row : cells) widen(width, row);
-  std::vector<std::string> lines;
-  lines.push_back(table_line(kHead, width));
-  for (const auto& row : cells) lines.push_back(table_line(row, width));
-  if (packages.empty()) lines.emplace_back("(no packages)");
-  return lines;
+  return table_lines(kHead, cells);
 }
 
 std::string render_dump_text(const Snapshot& s) {
@@ -281,7 +293,7 @@ pkgctx::Result<void> write_dump(const pkgctx::View& view, bool as_json, std::ost
     out << "]}\n";
     return {};
   }
-  Widths width{};
+  Widths<kColumns> width{};
   widen(width, kHead);
   auto order = sorted_slots(view, [&](const PackageRecord& p) { widen(width, table_cells(p)); });
   if (!order) return order.error();
@@ -293,6 +305,120 @@ pkgctx::Result<void> write_dump(const pkgctx::View& view, bool as_json, std::ost
 }
 
 // --- watch ------------------------------------------------------------------------------------
+
+bool natural_less(std::string_view a, std::string_view b) noexcept {
+  const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+  std::size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (digit(a[i]) && digit(b[j])) {
+      // Compare the runs as numbers: skip leading zeros, then the longer run is larger, then
+      // digit by digit (no overflow whatever the length).
+      std::size_t ei = i, ej = j;
+      while (ei < a.size() && digit(a[ei])) ++ei;
+      while (ej < b.size() && digit(b[ej])) ++ej;
+      std::size_t zi = i, zj = j;
+      while (zi + 1 < ei && a[zi] == '0') ++zi;
+      while (zj + 1 < ej && b[zj] == '0') ++zj;
+      if (ei - zi != ej - zj) return ei - zi < ej - zj;
+      if (const int c = a.substr(zi, ei - zi).compare(b.substr(zj, ej - zj)); c != 0) return c < 0;
+      if (ei - i != ej - j) return ei - i < ej - j;  // equal values: fewer leading zeros first
+      i = ei;
+      j = ej;
+    } else {
+      if (a[i] != b[j]) return static_cast<unsigned char>(a[i]) < static_cast<unsigned char>(b[j]);
+      ++i;
+      ++j;
+    }
+  }
+  return a.size() - i < b.size() - j;  // a proper prefix first
+}
+
+namespace {
+
+constexpr std::pair<std::string_view, SortColumn> kSortNames[] = {
+    {"name", SortColumn::name},         {"version", SortColumn::version},   {"checksum", SortColumn::checksum},
+    {"generation", SortColumn::generation}, {"root", SortColumn::generation}, {"children", SortColumn::children},
+    {"cause", SortColumn::cause},       {"settings", SortColumn::settings}, {"sv", SortColumn::sv},
+    {"maint", SortColumn::maint},       {"waiters", SortColumn::waiters},   {"holders", SortColumn::holders},
+};
+
+constexpr std::size_t kWatchColumns = kColumns + 2;
+const Cells<kWatchColumns> kWatchHead = {"NAME",       "VERSION",  "CHECKSUM", "ROOT",  "CHILD GENS", "LAST CAUSE",
+                                         "SETTINGS",   "SV",       "MAINT",    "WAITERS", "HOLDERS"};
+
+std::string optional_count(const std::optional<std::uint32_t>& n) { return n ? std::to_string(*n) : "-"; }
+
+}  // namespace
+
+std::optional<SortColumn> parse_sort_column(std::string_view s) noexcept {
+  for (const auto& [name, col] : kSortNames)
+    if (name == s) return col;
+  return std::nullopt;
+}
+
+std::string sort_column_names() {
+  std::string out;
+  for (const auto& [name, col] : kSortNames) out += (out.empty() ? "" : ", ") + std::string(name);
+  return out;
+}
+
+void sort_rows(std::vector<WatchRow>& rows, SortColumn col) {
+  // Each column's key; an unknown count (nullopt) sorts before every known one.
+  const auto three_way = [col](const WatchRow& x, const WatchRow& y) -> int {
+    const auto cmp = [](const auto& u, const auto& v) { return u < v ? -1 : v < u ? 1 : 0; };
+    const PackageRecord &a = x.p, &b = y.p;
+    switch (col) {
+      case SortColumn::name: return 0;
+      case SortColumn::version:
+        return natural_less(a.version, b.version) ? -1 : natural_less(b.version, a.version) ? 1 : 0;
+      case SortColumn::checksum: return cmp(a.checksum, b.checksum);
+      case SortColumn::generation: return cmp(a.root_generation, b.root_generation);
+      case SortColumn::children: return cmp(child_generations_text(a), child_generations_text(b));
+      case SortColumn::cause: return cmp(cause_text(a), cause_text(b));
+      case SortColumn::settings: return cmp(a.settings_size, b.settings_size);
+      case SortColumn::sv: return cmp(a.settings_version, b.settings_version);
+      case SortColumn::maint: return cmp(a.maintenance, b.maintenance);
+      case SortColumn::waiters: return cmp(x.waiters, y.waiters);
+      case SortColumn::holders: return cmp(x.holders, y.holders);
+    }
+    return 0;
+  };
+  std::sort(rows.begin(), rows.end(), [&](const WatchRow& x, const WatchRow& y) {
+    if (const int c = three_way(x, y); c != 0) return c < 0;
+    return natural_less(x.p.name, y.p.name);
+  });
+}
+
+std::vector<std::string> render_watch_table(const std::vector<WatchRow>& rows) {
+  std::vector<Cells<kWatchColumns>> cells;
+  cells.reserve(rows.size());
+  for (const auto& r : rows) {
+    const auto base = table_cells(r.p);
+    Cells<kWatchColumns> c;
+    std::copy(base.begin(), base.end(), c.begin());
+    c[kColumns] = optional_count(r.waiters);
+    c[kColumns + 1] = optional_count(r.holders);
+    cells.push_back(std::move(c));
+  }
+  return table_lines(kWatchHead, cells);
+}
+
+std::string render_clients_line(const ClientsInfo& c) {
+  if (!c.reachable) return "clients   daemon: not reachable" + (c.why.empty() ? std::string() : " (" + c.why + ")");
+  std::size_t leases = 0;
+  for (const auto& [name, n] : c.holders) leases += n;
+  return "clients   " + std::to_string(c.clients) + " attached, " + std::to_string(leases) + " task(s) running";
+}
+
+std::string watch_json_line(std::string_view event, std::string_view package_json) {
+  std::string out;
+  pkgctx::JsonWriter w(out);
+  w.begin_object().key("event").str(event).end_object();
+  out.pop_back();  // the '}': the package's members follow
+  out += ',';
+  out += package_json.substr(1);
+  return out;
+}
 
 void ChangeTracker::observe(const Snapshot& s, std::uint64_t now_ns) {
   std::map<std::string, Seen> next;
@@ -339,18 +465,36 @@ std::vector<std::string> ChangeTracker::recently_deleted(std::uint64_t now_ns) c
   return out;
 }
 
-std::string render_watch_frame(const Snapshot& s, const ChangeTracker& changes, std::uint64_t now_ns, int rows,
-                               int cols, const std::string& status) {
+namespace {
+
+// The first `n` characters of UTF-8 `s` (each takes one terminal column: the frame's text is
+// ASCII but for the status line's dash), and how many that is.
+std::pair<std::string, std::size_t> cut_columns(std::string_view s, std::size_t n) {
+  std::size_t chars = 0, i = 0;
+  for (; i < s.size(); ++i) {
+    if ((static_cast<unsigned char>(s[i]) & 0xC0) == 0x80) continue;  // a continuation byte
+    if (chars == n) break;
+    ++chars;
+  }
+  return {std::string(s.substr(0, i)), chars};
+}
+
+}  // namespace
+
+std::string render_watch_frame(const Snapshot& s, const std::vector<WatchRow>& rows, const ClientsInfo& clients,
+                               const ChangeTracker& changes, std::uint64_t now_ns, int term_rows, int term_cols,
+                               Scroll& scroll, const std::string& status, bool colour) {
   constexpr std::string_view kHome = "\x1b[H", kClearLine = "\x1b[K", kClearBelow = "\x1b[J";
-  constexpr std::string_view kBold = "\x1b[1m", kReverse = "\x1b[7m", kRed = "\x1b[31m", kReset = "\x1b[0m";
-  rows = std::max(rows, 4);
-  cols = std::max(cols, 20);
+  constexpr std::string_view kBold = "\x1b[1m", kReverse = "\x1b[7m", kRedCode = "\x1b[31m", kReset = "\x1b[0m";
+  const std::string_view kRed = colour ? kRedCode : std::string_view{};
+  term_rows = std::max(term_rows, 6);
+  term_cols = std::max(term_cols, 20);
   std::string out(kHome);
   int used = 0;
   auto emit = [&](const std::string& text, std::string_view style = {}) {
-    if (used >= rows - 1) return;  // the last row is the status line
+    if (used >= term_rows - 1) return;  // the last row is the status line
     out += style;
-    out += cut(text, cols);
+    out += cut(text, term_cols);
     if (!style.empty()) out += kReset;
     out += kClearLine;
     out += "\n";  // the terminal keeps OPOST: "\n" moves to the next line start
@@ -365,28 +509,35 @@ std::string render_watch_frame(const Snapshot& s, const ChangeTracker& changes, 
     const bool alarm = line.rfind("daemon", 0) == 0 && s.liveness != Liveness::alive;
     emit(line, alarm ? kRed : std::string_view{});
   }
-  emit("");
-  const auto table = render_table(s.packages);
-  const int room = rows - 1 - used;  // lines left for the table
-  const std::size_t shown_rows =
-      table.size() <= static_cast<std::size_t>(room) ? table.size() : static_cast<std::size_t>(std::max(room - 1, 1));
-  for (std::size_t r = 0; r < shown_rows; ++r) {
-    const bool hl = r > 0 && r - 1 < s.packages.size() && changes.highlighted(s.packages[r - 1].name, now_ns);
-    emit(table[r], r == 0 ? kBold : hl ? kReverse : std::string_view{});
-  }
-  if (shown_rows < table.size()) emit("... " + std::to_string(table.size() - shown_rows) + " more (enlarge the window)");
+  emit(render_clients_line(clients), clients.reachable ? std::string_view{} : kRed);
   const auto gone = changes.recently_deleted(now_ns);
   if (!gone.empty()) {
     std::string g = "deleted:";
     for (const auto& n : gone) g += " " + n;
     emit(g, kReverse);
   }
+  emit("");
+  const auto table = render_watch_table(rows);
+  emit(table[0], kBold);
+  // The body scrolls under the header: as many rows as fit above the status line.
+  const std::size_t body = table.size() - 1;
+  scroll.page = static_cast<std::size_t>(std::max(term_rows - 1 - used, 1));
+  scroll.top = std::min(scroll.top, body > scroll.page ? body - scroll.page : 0);
+  const std::size_t end = std::min(body, scroll.top + scroll.page);
+  for (std::size_t r = scroll.top; r < end; ++r) {
+    const bool hl = r < rows.size() && changes.highlighted(rows[r].p.name, now_ns);
+    emit(table[r + 1], hl ? kReverse : std::string_view{});
+  }
   out += kClearBelow;
   // Status line on the last row.
-  out += "\x1b[" + std::to_string(rows) + ";1H";
+  out += "\x1b[" + std::to_string(term_rows) + ";1H";
   out += kReverse;
-  std::string st = cut(status, cols);
-  out += st + std::string(static_cast<std::size_t>(cols) - st.size(), ' ');
+  std::string st = rows.empty() ? " rows 0 of 0"
+                                : " rows " + std::to_string(scroll.top + 1) + "\u2013" + std::to_string(end) + " of " +
+                                      std::to_string(rows.size());
+  if (!status.empty()) st += " |" + status;
+  const auto [line, width] = cut_columns(st, static_cast<std::size_t>(term_cols));
+  out += line + std::string(static_cast<std::size_t>(term_cols) - width, ' ');
   out += kReset;
   return out;
 }

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <iosfwd>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,12 +45,25 @@ struct Io {
 // Errors are one line on io.err, "pkgctl: <what>: <why>".
 int run(int argc, const char* const* argv, Io io);
 
-// `pkgctl watch`. On a terminal (stdout is a tty): a full-screen view refreshed every
-// `interval_s`, changed rows highlighted, quit with q or Ctrl-C; the terminal is restored on
-// every exit path. Otherwise: a plain snapshot (the dump table with a time stamp) each time the
-// table changes, checked every `interval_s`, until SIGINT/SIGTERM (exit 0). `count` > 0 stops
-// after that many frames (snapshots).
-int run_watch(const std::string& segment, double interval_s, long count, Io io);
+// `pkgctl watch` (tools/src/watch.cpp). On a terminal (stdout a tty, TERM set and not "dumb"): a
+// full-screen view refreshed every `interval_s`, changed rows highlighted, scrolled with the
+// arrows, PgUp/PgDn and Home/End, quit with q or Ctrl-C; the terminal is restored on every exit
+// path. Otherwise: a plain snapshot (the dump header, the daemon's clients, the table) each time
+// it changes, checked every `interval_s`, until SIGINT/SIGTERM (exit 0). With `json`: one line per
+// package change (render.hpp watch_json_line). `count` > 0 stops after that many frames,
+// snapshots or lines. A reader that goes away (EPIPE) ends it with exit 0. A bad --filter or
+// --sort is exit 2.
+struct WatchOptions {
+  std::string segment;
+  std::string socket;
+  std::string clients_request;  // the `clients` op as sent (with "segment" when one was named)
+  double interval_s = 0.2;
+  long count = 0;
+  bool json = false;
+  std::string sort = "name";
+  std::optional<std::string> filter;  // a glob on the package name (fnmatch(3))
+};
+int run_watch(const WatchOptions& o, Io io);
 // pkgctl fleet: the status every host following etcd reports under PREFIX/status/ (DESIGN §10).
 int run_fleet(const std::string& endpoints, const std::string& prefix, bool as_json, Io io);
 

@@ -9,7 +9,9 @@
 #include <cstdint>
 #include <iosfwd>
 #include <map>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace pkgctl {
@@ -67,6 +69,55 @@ pkgctx::Result<void> write_dump(const pkgctx::View& view, bool as_json, std::ost
 
 // --- watch ------------------------------------------------------------------------------------
 
+// Natural order: runs of digits compare as numbers ("pkg2" < "pkg10", "a01" == "a1" broken by
+// length, then bytes), everything else bytewise. A strict weak order.
+bool natural_less(std::string_view a, std::string_view b) noexcept;
+
+// What the daemon's `clients` op says (DESIGN §2.2), when it answered.
+struct ClientsInfo {
+  bool reachable = false;
+  std::string why;                               // when not reachable: the call's error
+  std::size_t clients = 0;                       // registered workers
+  std::map<std::string, std::uint32_t> holders;  // package name -> tasks (leases) running on it
+};
+
+// One row of the watch table: the dump table's columns, then WAITERS (workers asleep on the
+// package, from the waiters board; unknown when this user may not map it) and HOLDERS (leases,
+// from the daemon; unknown when it does not answer).
+struct WatchRow {
+  pkgctx::PackageRecord p;
+  std::optional<std::uint32_t> waiters;
+  std::optional<std::uint32_t> holders;
+};
+
+// The columns `--sort` accepts, as the user spells them.
+enum class SortColumn { name, version, checksum, generation, children, cause, settings, sv, maint, waiters, holders };
+// "name", "version", "checksum", "generation" (or "root"), "children", "cause", "settings", "sv",
+// "maint", "waiters", "holders"; nullopt for anything else.
+std::optional<SortColumn> parse_sort_column(std::string_view s) noexcept;
+// The accepted spellings, comma-separated (for the usage error).
+std::string sort_column_names();
+// Sorts ascending by `col`, ties by name in natural order (names are unique).
+void sort_rows(std::vector<WatchRow>& rows, SortColumn col);
+
+// The watch table, one string per line without '\n': a header row, then one row per package (or
+// "(no packages)"). Column widths fit the widest cell.
+std::vector<std::string> render_watch_table(const std::vector<WatchRow>& rows);
+// The line under the dump header that says what the daemon reported: "clients   N attached" or
+// "clients   daemon: not reachable (why)".
+std::string render_clients_line(const ClientsInfo& c);
+
+// `pkgctl watch --json`: one line without '\n', {"event":EVENT, then the members of the package's
+// dump object `package_json` (dump_package_json(), docs/dump.schema.json)}. EVENT is "present"
+// (there at start), "created", "changed" or "deleted" (the package as last seen).
+std::string watch_json_line(std::string_view event, std::string_view package_json);
+
+// The keys the terminal view acts on, from the bytes a read of the tty returned: q/Q/Ctrl-C/
+// Ctrl-D quit; arrows (and k/j) scroll a row, PgUp/PgDn (and space) a page, Home/End (and g/G)
+// to either end, in the escape sequences xterm and the Linux console send. Other bytes are ignored.
+enum class WatchKey { quit, up, down, page_up, page_down, home, end };
+std::vector<WatchKey> parse_watch_keys(std::string_view bytes);
+
 // Remembers, per package, what it looked like and when it last changed, so a frame can highlight
 // rows that changed recently (a change stays highlighted for `hold_ns`, long enough to be seen
 // at a 200 ms refresh).
@@ -97,10 +148,20 @@ class ChangeTracker {
   std::map<std::string, std::uint64_t> deleted_;  // name -> when
 };
 
+// Where the terminal view is scrolled to. render_watch_frame() clamps `top` to the table (so
+// "End" may set it past the end) and sets `page` (table rows that fit on the screen).
+struct Scroll {
+  std::size_t top = 0;   // first table row shown (0-based, header excluded)
+  std::size_t page = 1;  // rows that fit under the header (set by the render)
+};
+
 // One full screen of `pkgctl watch` for a terminal of `rows` × `cols`: cursor home, each line
-// cut to `cols` and cleared to its end, the rest of the screen cleared. Changed rows are drawn in
-// reverse video. `status` is the bottom line (e.g. "q quit").
-std::string render_watch_frame(const Snapshot& s, const ChangeTracker& changes, std::uint64_t now_ns, int rows,
-                               int cols, const std::string& status);
+// cut to `cols` and cleared to its end, the rest of the screen cleared. The table's header row
+// stays; its body shows `rows` from `scroll.top`, as many as fit. Changed rows are drawn in
+// reverse video; with `colour`, a daemon that is not alive in red (NO_COLOR turns colour off,
+// not bold or reverse video). The bottom line is "rows A–B of N" then `status` (e.g. "q quit").
+std::string render_watch_frame(const Snapshot& s, const std::vector<WatchRow>& rows, const ClientsInfo& clients,
+                               const ChangeTracker& changes, std::uint64_t now_ns, int term_rows, int term_cols,
+                               Scroll& scroll, const std::string& status, bool colour);
 
 }  // namespace pkgctl
