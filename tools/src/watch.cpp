@@ -135,7 +135,7 @@ class Attachment {
 };
 
 // What the watch shows: the packages matching the filter, in the chosen order, with the
-// waiters board's counts and the daemon's leases.
+// daemon-written waiter counts of the table and the daemon's leases.
 struct Selection {
   std::optional<std::string> glob;
   SortColumn sort = SortColumn::name;
@@ -218,12 +218,12 @@ class ClientsQuery {
 };
 
 std::vector<WatchRow> watch_rows(const Snapshot& s, const pkgctx::View& v, const ClientsInfo& c, SortColumn sort) {
-  const std::atomic<std::uint32_t>* board = v.segment().waiter_counts();
+  const std::atomic<std::uint32_t>* counts = v.segment().waiter_counts();
   std::vector<WatchRow> rows;
   rows.reserve(s.packages.size());
   for (const auto& p : s.packages) {
     WatchRow r{p, std::nullopt, std::nullopt};
-    if (board) r.waiters = board[p.slot].load(std::memory_order_relaxed);
+    r.waiters = counts[p.slot].load(std::memory_order_relaxed);
     if (c.reachable) {
       const auto it = c.holders.find(p.name);
       r.holders = it == c.holders.end() ? 0 : it->second;
