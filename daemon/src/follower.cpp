@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <memory>
+#include <optional>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -22,6 +24,10 @@ namespace json = boost::json;
 constexpr std::uint64_t kFirstBackoffMs = 100, kMaxBackoffMs = 5000;
 constexpr std::chrono::milliseconds kCallTimeout{5000};
 constexpr std::size_t kOpsPerTxn = 100;  // etcd's default --max-txn-ops is 128
+// Workers re-register within their retry period (200 ms, worker-sdk registration.cpp) of the
+// daemon's start; a drain begun before that would not see their leases. A drain in this first
+// stretch of the daemon's life waits the rest of it out first.
+constexpr std::chrono::milliseconds kReregisterGrace{2000};
 
 std::string hex16(std::uint64_t v) {
   static const char* digits = "0123456789abcdef";
@@ -86,6 +92,7 @@ EtcdFollower::~EtcdFollower() {
 }
 
 Result<void> EtcdFollower::start() {
+  started_ = std::chrono::steady_clock::now();
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_fd_ < 0) return make_error(Errc::io_error, std::string("eventfd: ") + std::strerror(errno));
   try {
@@ -104,6 +111,7 @@ void EtcdFollower::stop() {
     stopping_ = true;
   }
   changed_.notify_all();
+  drained_.notify_all();
   if (stop_fd_ >= 0) {
     const std::uint64_t one = 1;
     [[maybe_unused]] const ssize_t n = ::write(stop_fd_, &one, sizeof one);
@@ -170,30 +178,87 @@ void EtcdFollower::apply_put(const std::string& name, std::string_view value, st
   store_.set_follow_revision(revision);  // applied as far as it can be: never retried
 }
 
-void EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision) {
+bool EtcdFollower::drain(const std::string& name) {
+  if (const auto now = std::chrono::steady_clock::now(); now < started_ + kReregisterGrace &&
+      !pause(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(started_ + kReregisterGrace - now).count())))
+    return false;
+  std::uint64_t id = 0;
+  {
+    std::lock_guard lock(mu_);
+    id = ++drain_seq_;
+    draining_[name];
+  }
+  // Shared with the loop's callback, which may come after this wait gave up.
+  struct Outcome {
+    bool drained = true;
+    std::vector<Holder> left;
+  };
+  auto outcome = std::make_shared<Outcome>();
+  // The callbacks run on the loop thread, which stops before this object is destroyed.
+  o_.drain(
+      name, o_.drain_ms,
+      [this, name](const std::vector<Holder>& holders) {
+        {
+          std::lock_guard lock(mu_);
+          if (auto it = draining_.find(name); it != draining_.end()) it->second = holders;
+        }
+        mark(name);
+      },
+      [this, id, outcome](bool drained, const std::vector<Holder>& holders) {
+        std::lock_guard lock(mu_);
+        outcome->drained = drained;
+        outcome->left = holders;
+        drain_done_ = std::max(drain_done_, id);
+        drained_.notify_all();
+      });
+  std::unique_lock lock(mu_);
+  // The loop ends the drain by its deadline; the margin only covers a loop that stopped first.
+  const bool ended = drained_.wait_for(lock, std::chrono::milliseconds(o_.drain_ms + 5000),
+                                       [&] { return stopping_ || drain_done_ >= id; });
+  draining_.erase(name);
+  if (stopping_ && drain_done_ < id) return false;
+  const bool drained = outcome->drained;
+  const std::vector<Holder> left = outcome->left;
+  lock.unlock();
+  if (!ended) {
+    log::warning("etcd: the drain of " + name + " got no answer from the event loop; deleting it");
+  } else if (!drained) {
+    std::string who;
+    for (const Holder& h : left)
+      who += (who.empty() ? "" : ", ") + ("pid " + std::to_string(h.pid) + " (" + h.comm + ") key " + std::to_string(h.key));
+    log::warning("etcd: deleting " + name + " with " + std::to_string(left.size()) + " task(s) still running after " +
+                 std::to_string(o_.drain_ms) + " ms (etcd_drain_ms): " + who);
+  }
+  return true;
+}
+
+bool EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision) {
   {
     std::lock_guard lock(mu_);
     owned_.erase(name);
   }
   // The remove first (cancels the contexts with cause "removed"), unless a run cut short by a
   // crash already did it: a replay must not cancel twice.
-  if (auto rec = store_.view().read(name, false); rec && !rec->version.empty()) {
+  auto rec = store_.view().read(name, false);
+  if (rec && !rec->version.empty()) {
     if (auto r = store_.handle_event(kEventRemove, name); !r)
       log::error("etcd: removing " + name + ": " + r.error().message);
   }
+  if (rec && o_.drain && !drain(name)) return false;
   auto r = store_.erase(name, revision);
   if (!r) {
     log::error("etcd: deleting " + name + ": " + r.error().message);
     store_.set_follow_revision(revision);
-    return;
+    return true;
   }
   if (*r) {
     log::info("etcd: deleted " + name + (revision ? " (revision " + std::to_string(revision) + ")" : std::string()));
     mark(name);
   }
+  return true;
 }
 
-void EtcdFollower::apply_revision(const std::vector<etcd::Event>& events, std::size_t begin, std::size_t end) {
+bool EtcdFollower::apply_revision(const std::vector<etcd::Event>& events, std::size_t begin, std::size_t end) {
   for (std::size_t i = begin; i < end; ++i) {
     const etcd::Event& e = events[i];
     // Only the revision's last event commits the revision (see the header).
@@ -203,11 +268,13 @@ void EtcdFollower::apply_revision(const std::vector<etcd::Event>& events, std::s
       store_.set_follow_revision(rev);
       continue;
     }
-    if (e.is_delete)
-      apply_delete(name, rev);
-    else
+    if (e.is_delete) {
+      if (!apply_delete(name, rev)) return false;
+    } else {
       apply_put(name, e.kv.value, rev, true);
+    }
   }
+  return true;
 }
 
 Result<void> EtcdFollower::resync(etcd::Client& client) {
@@ -223,7 +290,8 @@ Result<void> EtcdFollower::resync(etcd::Client& client) {
   auto present = store_.view().list(false);
   if (!present) return present.error();
   for (const PackageRecord& p : *present)
-    if (desired.find(p.name) == desired.end()) apply_delete(p.name, 0);
+    if (desired.find(p.name) == desired.end() && !apply_delete(p.name, 0))
+      return make_error(Errc::io_error, "stopped during the resynchronisation");
   {
     std::lock_guard lock(mu_);
     owned_ = std::move(desired);
@@ -247,6 +315,7 @@ Result<void> EtcdFollower::refresh_owned(etcd::Client& client) {
 
 void EtcdFollower::follow_loop() {
   etcd::Client client(o_.endpoints, stop_fd_, kCallTimeout);
+  std::unique_ptr<etcd::Client> probe;  // on the watched member, kept while it stays the same
   std::uint64_t backoff = kFirstBackoffMs;
   bool need_resync = false, reachable = true;
   const auto failed = [&](const Error& e) {
@@ -281,7 +350,24 @@ void EtcdFollower::follow_loop() {
     reachable = true;
     backoff = kFirstBackoffMs;
     while (true) {
-      auto w = client.next();
+      auto w = client.next(std::chrono::milliseconds(o_.watch_idle_ms));
+      if (!w && w.error().code == Errc::timed_out) {
+        // A quiet prefix, or a member that hangs (stopped, or cut off from its quorum while its
+        // socket stays open): ask it on a second connection, bounded by the same time.
+        if (!probe || probe->endpoint() != client.endpoint())
+          probe = std::make_unique<etcd::Client>(std::vector<std::string>{client.endpoint()}, stop_fd_,
+                                                 std::chrono::milliseconds(o_.watch_idle_ms));
+        auto p = probe->probe(packages_prefix_);
+        if (p) continue;
+        {
+          std::lock_guard lock(mu_);
+          if (stopping_) return;
+        }
+        log::warning("etcd: " + client.endpoint() + " does not answer (" + p.error().message +
+                     "); following through the next member");
+        client.next_endpoint();
+        break;
+      }
       if (!w) {
         std::lock_guard lock(mu_);
         if (stopping_) return;
@@ -301,8 +387,9 @@ void EtcdFollower::follow_loop() {
       for (std::size_t i = 0; i < w->events.size();) {
         std::size_t j = i + 1;
         while (j < w->events.size() && w->events[j].kv.mod_revision == w->events[i].kv.mod_revision) ++j;
-        if (static_cast<std::uint64_t>(w->events[i].kv.mod_revision) > store_.follow_revision())
-          apply_revision(w->events, i, j);
+        if (static_cast<std::uint64_t>(w->events[i].kv.mod_revision) > store_.follow_revision() &&
+            !apply_revision(w->events, i, j))
+          return;  // stopped mid-revision: the restarted daemon applies it again
         i = j;
       }
     }
@@ -360,7 +447,13 @@ void EtcdFollower::status_loop() {
     const std::uint64_t revision = store_.follow_revision();
     for (const std::string& name : batch) {
       auto rec = store_.view().read(name, false);
-      if (!rec || rec->version.empty()) {
+      std::optional<std::vector<Holder>> holders;
+      {
+        std::lock_guard lock(mu_);
+        if (auto it = draining_.find(name); it != draining_.end()) holders = it->second;
+      }
+      // A removed package waiting for its tasks stays reported (with them) until it is deleted.
+      if (!rec || (rec->version.empty() && !holders)) {
         ops.push_back({status_prefix_ + name, {}, true});
         continue;
       }
@@ -369,6 +462,13 @@ void EtcdFollower::status_loop() {
                       {"settings_version", rec->settings_version},
                       {"maintenance", rec->maintenance},
                       {"revision", revision}};
+      if (holders) {
+        json::array list;
+        for (const Holder& h : *holders)
+          list.push_back(json::object{{"pid", h.pid}, {"uid", h.uid}, {"comm", h.comm}, {"key", h.key},
+                                      {"generation", h.generation}, {"cause", h.cause}, {"age_ms", h.age_ms}});
+        st["holders"] = std::move(list);
+      }
       ops.push_back({status_prefix_ + name, json::serialize(st), false});
     }
     bool ok = true;

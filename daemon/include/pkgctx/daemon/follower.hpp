@@ -15,8 +15,13 @@
 //    needed, it lists the prefix and applies the difference (never with "force": nothing that
 //    did not change is cancelled), deleting packages that etcd no longer has.
 //    A put is Update; a delete is event remove (cancelling the contexts, cause "removed"), then
-//    Delete. The Delete is not held back for the holders to drain: the registry's drains live in
-//    the event loop and answer sockets; the holders' contexts are cancelled either way.
+//    a drain, then Delete (DESIGN §10). The registry's drains live in the event loop, so the
+//    follower hands the drain over (FollowOptions::drain, posted to the loop) and waits for its
+//    end, at most etcd_drain_ms (then it deletes anyway, logging who still held): while it waits
+//    the host status of the package lists the holders. SIGTERM ends the wait at once without the
+//    Delete, so the revision stays unapplied and the restarted daemon drains and deletes again
+//    (the remove itself is not repeated: the record says it was done). A drain in the daemon's
+//    first 2 s waits until then, so the workers (retrying every 200 ms) have re-registered.
 //    A value that does not parse or that the store refuses is logged and skipped (its revision
 //    counts as applied), so one bad key cannot stall the host.
 //  - the reporter keeps a lease (etcd_status_ttl_s) alive and writes the status of each changed
@@ -25,12 +30,15 @@
 // the segment as it is, and the follower catches up from its revision when etcd returns.
 #pragma once
 
+#include "pkgctx/daemon/registry.hpp"
 #include "pkgctx/error.hpp"
 #include "pkgctx/store.hpp"
 
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -50,6 +58,11 @@ struct FollowOptions {
   std::string prefix;               // without trailing '/'
   std::string host;                 // the status keys' HOST
   std::uint32_t status_ttl_s = 10;
+  std::uint64_t drain_ms = 30000;   // longest wait for a deleted package's tasks to end
+  std::uint64_t watch_idle_ms = 2000;  // a watch silent this long: the member is probed
+  // Starts a drain of `name`'s cancelled contexts on the event loop (Registry's own drain); the
+  // callbacks run there. Called from the follower thread. Unset: deletes do not wait.
+  std::function<void(const std::string& name, std::uint64_t timeout_ms, Registry::Holders, Registry::Done)> drain;
 };
 
 class EtcdFollower {
@@ -71,9 +84,11 @@ class EtcdFollower {
   void status_loop();
   Result<void> resync(etcd::Client& client);
   Result<void> refresh_owned(etcd::Client& client);
-  void apply_revision(const std::vector<etcd::Event>& events, std::size_t begin, std::size_t end);
+  // false: stopped before the revision (or the resync) was applied in full.
+  bool apply_revision(const std::vector<etcd::Event>& events, std::size_t begin, std::size_t end);
   void apply_put(const std::string& name, std::string_view value, std::uint64_t revision, bool allow_force);
-  void apply_delete(const std::string& name, std::uint64_t revision);
+  bool apply_delete(const std::string& name, std::uint64_t revision);
+  bool drain(const std::string& name);  // false: stopped while waiting
   std::string package_name(std::string_view key) const;  // "" when not a valid package key
   bool pause(std::uint64_t ms) const;  // false when stopping
   void mark(const std::string& name);
@@ -82,9 +97,13 @@ class EtcdFollower {
   FollowOptions o_;
   std::string packages_prefix_, status_prefix_;
   int stop_fd_ = -1;
+  std::chrono::steady_clock::time_point started_;
   std::thread follower_, reporter_;
-  mutable std::mutex mu_;  // guards owned_, dirty_, stopping_
-  std::condition_variable changed_;
+  mutable std::mutex mu_;  // guards owned_, dirty_, draining_, drain_done_, stopping_
+  std::condition_variable changed_;  // dirty_ or stopping_ (the reporter waits on it)
+  std::condition_variable drained_;  // drain_done_ or stopping_ (the follower waits on it)
+  std::map<std::string, std::vector<Holder>, std::less<>> draining_;  // pending drains' holders
+  std::uint64_t drain_seq_ = 0, drain_done_ = 0;
   std::set<std::string, std::less<>> owned_;
   std::set<std::string> dirty_;
   bool stopping_ = false;
