@@ -393,7 +393,7 @@ Result<std::int64_t> Client::probe(std::string_view key) {
   return int_field(object_at(*r, "header"), "revision");
 }
 
-void Client::next_endpoint() { impl_->fail("left"); }
+void Client::next_endpoint() { static_cast<void>(impl_->fail("left")); }
 
 Result<std::int64_t> Client::put(std::string_view key, std::string_view value, std::int64_t lease) {
   json::object rq{{"key", b64(key)}, {"value", b64(value)}};

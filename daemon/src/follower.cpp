@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fcntl.h>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <optional>
@@ -93,6 +95,7 @@ EtcdFollower::~EtcdFollower() {
 
 Result<void> EtcdFollower::start() {
   started_ = std::chrono::steady_clock::now();
+  load_owned();
   stop_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (stop_fd_ < 0) return make_error(Errc::io_error, std::string("eventfd: ") + std::strerror(errno));
   try {
@@ -151,10 +154,12 @@ std::string EtcdFollower::package_name(std::string_view key) const {
 // --- applying --------------------------------------------------------------------------------
 
 void EtcdFollower::apply_put(const std::string& name, std::string_view value, std::uint64_t revision, bool allow_force) {
+  bool added = false;
   {
     std::lock_guard lock(mu_);
-    owned_.insert(name);
+    added = owned_.insert(name).second;
   }
+  if (added) save_owned();  // before the package exists: the file never misses one etcd owns
   auto d = parse_desired(value, store_.limits());
   if (d) {
     UpdateOptions opts;
@@ -233,10 +238,15 @@ bool EtcdFollower::drain(const std::string& name) {
 }
 
 bool EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision) {
-  {
-    std::lock_guard lock(mu_);
-    owned_.erase(name);
-  }
+  // The package stays etcd's (local writes refused) until it is deleted; the file forgets it
+  // only then, so it never misses a package etcd owns.
+  const auto disown = [&] {
+    {
+      std::lock_guard lock(mu_);
+      owned_.erase(name);
+    }
+    save_owned();
+  };
   // The remove first (cancels the contexts with cause "removed"), unless a run cut short by a
   // crash already did it: a replay must not cancel twice.
   auto rec = store_.view().read(name, false);
@@ -246,6 +256,7 @@ bool EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision)
   }
   if (rec && o_.drain && !drain(name)) return false;
   auto r = store_.erase(name, revision);
+  disown();
   if (!r) {
     log::error("etcd: deleting " + name + ": " + r.error().message);
     store_.set_follow_revision(revision);
@@ -280,7 +291,11 @@ bool EtcdFollower::apply_revision(const std::vector<etcd::Event>& events, std::s
 Result<void> EtcdFollower::resync(etcd::Client& client) {
   auto listed = client.range_prefix(packages_prefix_);
   if (!listed) return listed.error();
-  std::set<std::string, std::less<>> desired;
+  std::set<std::string, std::less<>> desired, owned_before;
+  {
+    std::lock_guard lock(mu_);
+    owned_before = owned_;
+  }
   for (const etcd::KeyValue& kv : listed->kvs) {
     const std::string name = package_name(kv.key);
     if (name.empty()) continue;
@@ -289,13 +304,16 @@ Result<void> EtcdFollower::resync(etcd::Client& client) {
   }
   auto present = store_.view().list(false);
   if (!present) return present.error();
+  // Only what etcd owned goes: a package created through the socket is not etcd's to delete.
   for (const PackageRecord& p : *present)
-    if (desired.find(p.name) == desired.end() && !apply_delete(p.name, 0))
+    if (desired.find(p.name) == desired.end() && owned_before.find(p.name) != owned_before.end() &&
+        !apply_delete(p.name, 0))
       return make_error(Errc::io_error, "stopped during the resynchronisation");
   {
     std::lock_guard lock(mu_);
     owned_ = std::move(desired);
   }
+  save_owned();
   store_.set_follow_revision(static_cast<std::uint64_t>(listed->revision));
   log::notice("etcd: synchronised with " + client.endpoint() + " at revision " + std::to_string(listed->revision) +
               " (" + std::to_string(listed->kvs.size()) + " packages)");
@@ -308,9 +326,61 @@ Result<void> EtcdFollower::refresh_owned(etcd::Client& client) {
   std::set<std::string, std::less<>> names;
   for (const etcd::KeyValue& kv : listed->kvs)
     if (std::string name = package_name(kv.key); !name.empty()) names.insert(std::move(name));
+  {
+    std::lock_guard lock(mu_);
+    if (owned_ == names) return {};
+    owned_ = std::move(names);
+  }
+  save_owned();
+  return {};
+}
+
+// --- the owned set's file ----------------------------------------------------------------------
+//
+// "pkgctx-etcd-owned 1 EPOCH PREFIX" then one package name a line (names have no blanks). Kept
+// beside the segment (same runtime directory, same lifetime: a tmpfs both), tied to the segment's
+// epoch and the prefix, so a recreated segment or another prefix starts with an empty set.
+
+void EtcdFollower::load_owned() {
+  if (o_.owned_file.empty()) return;
+  std::ifstream f(o_.owned_file);
+  if (!f) return;  // none yet
+  std::string magic, version, epoch, prefix;
+  f >> magic >> version >> epoch >> prefix;
+  if (magic != "pkgctx-etcd-owned" || version != "1" || epoch != hex16(store_.segment().header().prefix.epoch) ||
+      prefix != o_.prefix) {
+    log::notice("etcd: ignoring " + o_.owned_file + ": written for another segment or prefix");
+    return;
+  }
+  std::set<std::string, std::less<>> names;
+  for (std::string name; f >> name;)
+    if (validate_name(name, store_.limits())) names.insert(std::move(name));
   std::lock_guard lock(mu_);
   owned_ = std::move(names);
-  return {};
+}
+
+void EtcdFollower::save_owned() {
+  if (o_.owned_file.empty()) return;
+  std::string text = "pkgctx-etcd-owned 1 " + hex16(store_.segment().header().prefix.epoch) + " " + o_.prefix + "\n";
+  {
+    std::lock_guard lock(mu_);
+    for (const std::string& name : owned_) text += name + "\n";
+  }
+  // A whole new file renamed over the old one: a crash leaves one or the other, never half.
+  const std::string tmp = o_.owned_file + ".new";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+  bool ok = fd >= 0;
+  for (std::size_t done = 0; ok && done < text.size();) {
+    const ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    ok = n > 0;
+    done += ok ? static_cast<std::size_t>(n) : 0;
+  }
+  if (fd >= 0) ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), o_.owned_file.c_str()) != 0) {
+    log::error("etcd: cannot write " + o_.owned_file + ": " + std::strerror(errno) +
+               " (after a restart with etcd unreachable, local writes to etcd's packages would pass)");
+    ::unlink(tmp.c_str());
+  }
 }
 
 void EtcdFollower::follow_loop() {

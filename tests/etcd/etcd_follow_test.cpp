@@ -424,3 +424,50 @@ BOOST_AUTO_TEST_CASE(a_drain_that_times_out_deletes_anyway_and_sigterm_ends_a_dr
   BOOST_TEST(test::wait_exit(child) == 0);
   BOOST_TEST(test::wait_exit(child2) == 0);
 }
+
+// The owned set persists beside the segment: restarted while etcd is down, the daemon still
+// refuses local writes to etcd's packages; the full resync that follows (the revision it needs
+// was compacted) deletes the package etcd deleted, never the one created through the socket.
+BOOST_AUTO_TEST_CASE(the_owned_set_survives_a_restart_with_etcd_down_and_a_resync_spares_local_packages) {
+  EtcdCluster etcd(1);
+  etcd.start_all();
+  auto c = etcd.client();
+  DaemonEnv env("etcdp");
+  const std::string prefix = unique_prefix("owned");
+  const auto key = [&](const std::string& n) { return prefix + "/packages/" + n; };
+  auto d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
+  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  auto seg = std::make_unique<SegmentReader>(env.seg);
+  put(*c, key("p"), R"({"version":"1"})");
+  wait_applied(*seg, put(*c, key("gone"), R"({"version":"1"})"));
+  {
+    Client ctl = connect(env.sock);
+    BOOST_TEST(call(ctl, R"({"op":"update","name":"mine","version":"1"})").at("ok") == true);
+  }
+  d->signal(SIGTERM);
+  d->wait();
+  del(*c, key("gone"));
+  const std::int64_t rev = put(*c, key("q"), R"({"version":"1"})");
+  BOOST_TEST_REQUIRE(c->compact(rev).has_value());
+  etcd.kill(0);
+
+  d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
+  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  {
+    Client ctl = connect(env.sock);
+    auto refused = call(ctl, R"({"op":"update","name":"p","version":"local"})");
+    BOOST_TEST(refused.at("ok") == false);
+    BOOST_TEST(refused.at("error").at("code") == "owned_by_etcd", boost::json::serialize(refused));
+    BOOST_TEST(call(ctl, R"({"op":"update","name":"mine","version":"2"})").at("ok") == true);
+  }
+  BOOST_TEST(d->stderr_text().find("synchronised") == std::string::npos);  // etcd is still down
+
+  etcd.start(0);
+  seg = std::make_unique<SegmentReader>(env.seg);
+  wait_applied(*seg, rev);
+  BOOST_TEST(d->stderr_text().find("synchronised") != std::string::npos, d->stderr_text());
+  BOOST_TEST(read(*seg, "q").version == "1");
+  BOOST_TEST(read(*seg, "p").version == "1");
+  BOOST_TEST(seg->view().read("gone", false).error().code == Errc::no_such_package);
+  BOOST_TEST(read(*seg, "mine").version == "2");  // local: not etcd's to delete
+}

@@ -24,6 +24,11 @@
 //    first 2 s waits until then, so the workers (retrying every 200 ms) have re-registered.
 //    A value that does not parse or that the store refuses is logged and skipped (its revision
 //    counts as applied), so one bad key cannot stall the host.
+//    The owned set (the packages etcd holds, whose local writes are refused) persists in
+//    FollowOptions::owned_file beside the segment, so a daemon restarted while etcd is
+//    unreachable still refuses local writes to them, and a full resync deletes only packages etcd
+//    owned, never ones created through the socket. It is saved before a put creates a package and
+//    after a delete removes one, so the file never misses a package etcd owns.
 //  - the reporter keeps a lease (etcd_status_ttl_s) alive and writes the status of each changed
 //    package (coalesced, one txn per batch), so a dead host's status expires with its lease.
 // etcd unreachable: both retry with backoff (100 ms doubling to 5 s); the daemon meanwhile serves
@@ -60,6 +65,7 @@ struct FollowOptions {
   std::uint32_t status_ttl_s = 10;
   std::uint64_t drain_ms = 30000;   // longest wait for a deleted package's tasks to end
   std::uint64_t watch_idle_ms = 2000;  // a watch silent this long: the member is probed
+  std::string owned_file;           // where the owned set persists ("": nowhere)
   // Starts a drain of `name`'s cancelled contexts on the event loop (Registry's own drain); the
   // callbacks run there. Called from the follower thread. Unset: deletes do not wait.
   std::function<void(const std::string& name, std::uint64_t timeout_ms, Registry::Holders, Registry::Done)> drain;
@@ -76,7 +82,8 @@ class EtcdFollower {
   Result<void> start();
   void stop();
 
-  // Whether etcd holds a key for `name` (as last seen: listed or watched). Any thread.
+  // Whether etcd holds a key for `name` (as last seen: listed or watched, or as the owned set's
+  // file said at start, before etcd answered). Any thread.
   bool owns(std::string_view name) const;
 
  private:
@@ -90,6 +97,8 @@ class EtcdFollower {
   bool apply_delete(const std::string& name, std::uint64_t revision);
   bool drain(const std::string& name);  // false: stopped while waiting
   std::string package_name(std::string_view key) const;  // "" when not a valid package key
+  void load_owned();
+  void save_owned();  // the follower thread only
   bool pause(std::uint64_t ms) const;  // false when stopping
   void mark(const std::string& name);
 
