@@ -326,12 +326,14 @@ Result<void> EtcdFollower::refresh_owned(etcd::Client& client) {
   std::set<std::string, std::less<>> names;
   for (const etcd::KeyValue& kv : listed->kvs)
     if (std::string name = package_name(kv.key); !name.empty()) names.insert(std::move(name));
+  // Added to, not replaced: a package etcd deleted while nobody watched is still etcd's until its
+  // delete event (replayed next) or the resync (when that was compacted) deletes it.
+  bool added = false;
   {
     std::lock_guard lock(mu_);
-    if (owned_ == names) return {};
-    owned_ = std::move(names);
+    for (const std::string& name : names) added = owned_.insert(name).second || added;
   }
-  save_owned();
+  if (added) save_owned();
   return {};
 }
 

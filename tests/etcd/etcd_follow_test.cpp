@@ -11,7 +11,6 @@
 #include "test_support.hpp"
 
 #include <atomic>
-#include <poll.h>
 
 using namespace pkgctx;
 using namespace pkgctx::test;
@@ -52,37 +51,20 @@ PackageRecord read(const SegmentReader& seg, const std::string& name) {
 
 std::uint64_t checksum_of(const std::string& settings) { return Settings::parse(settings)->checksum(); }
 
-// A pipe the test and a child talk over, one byte per step.
-struct Pipe {
-  int fd[2];
-  Pipe() { BOOST_TEST_REQUIRE(::pipe2(fd, O_CLOEXEC) == 0); }
-  ~Pipe() {
-    ::close(fd[0]);
-    ::close(fd[1]);
-  }
-  void put(char c) const { BOOST_TEST_REQUIRE(::write(fd[1], &c, 1) == 1); }
-  char get(std::chrono::milliseconds timeout = std::chrono::seconds(10)) const {
-    pollfd p{fd[0], POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(timeout.count())) <= 0) return 0;
-    char c = 0;
-    return ::read(fd[0], &c, 1) == 1 ? c : 0;
-  }
-};
-
 // A registered worker holding a task on `name`: says 'b' once it began, ends the task on 'e'
 // (saying 'd'), exits on 'x'. Exit codes name the failed step.
-pid_t holder(const DaemonEnv& env, const std::string& name, const Pipe& to_child, const Pipe& from_child) {
+pid_t holder(const DaemonEnv& env, const std::string& name, const test::Pipe& to_child, const test::Pipe& from_child) {
   return test::spawn([&]() -> int {
     auto w = Worker::attach(env.seg.str());
     if (!w) return 10;
     if (!w->register_daemon(env.sock)) return 11;
     auto task = w->begin(name, 0);
     if (!task) return 12;
-    from_child.put('b');
-    for (char c; (c = to_child.get(std::chrono::seconds(120))) != 0;) {
+    from_child.send('b');
+    for (char c; (c = to_child.recv()) != 0;) {
       if (c == 'e') {
         task->end();
-        from_child.put('d');
+        from_child.send('d');
       }
       if (c == 'x') return 0;
     }
@@ -331,9 +313,9 @@ BOOST_AUTO_TEST_CASE(a_delete_waits_for_the_tasks_listing_them_in_the_status_the
   wait_applied(seg, put(*c, key, R"({"version":"1"})"));
   auto t = seg.view().token("p", kEventUpdate);
   BOOST_TEST_REQUIRE(t.has_value());
-  Pipe to, from;
+  test::Pipe to, from;
   const pid_t child = holder(env, "p", to, from);
-  BOOST_TEST_REQUIRE(from.get() == 'b');
+  BOOST_TEST_REQUIRE(from.await(std::chrono::seconds(10)));
 
   const std::int64_t rev = del(*c, key);
   // The remove is applied at once (the contexts cancelled); the Delete waits on the task.
@@ -358,12 +340,12 @@ BOOST_AUTO_TEST_CASE(a_delete_waits_for_the_tasks_listing_them_in_the_status_the
   BOOST_TEST(fleet.find("holder pid " + std::to_string(child)) != std::string::npos, fleet);
 
   // The task ends: the drain ends, the package is deleted and its status goes.
-  to.put('e');
-  BOOST_TEST(from.get() == 'd');
+  to.send('e');
+  BOOST_TEST(from.await(std::chrono::seconds(10)));
   wait_applied(seg, rev);
   BOOST_TEST(seg.view().read("p", false).error().code == Errc::no_such_package);
   BOOST_TEST(eventually([&] { return status_of(*c, prefix, "p").is_null(); }));
-  to.put('x');
+  to.send('x');
   BOOST_TEST(test::wait_exit(child) == 0);
 }
 
@@ -380,16 +362,16 @@ BOOST_AUTO_TEST_CASE(a_drain_that_times_out_deletes_anyway_and_sigterm_ends_a_dr
   auto seg = std::make_unique<SegmentReader>(env.seg);
   put(*c, key("slow"), R"({"version":"1"})");
   wait_applied(*seg, put(*c, key("held"), R"({"version":"1"})"));
-  Pipe to, from, to2, from2;
+  test::Pipe to, from, to2, from2;
   const pid_t child = holder(env, "slow", to, from);
   const pid_t child2 = holder(env, "held", to2, from2);
-  BOOST_TEST_REQUIRE(from.get() == 'b');
-  BOOST_TEST_REQUIRE(from2.get() == 'b');
+  BOOST_TEST_REQUIRE(from.await(std::chrono::seconds(10)));
+  BOOST_TEST_REQUIRE(from2.await(std::chrono::seconds(10)));
 
   // A task that does not end: deleted after etcd_drain_ms, naming it in the log.
   const auto t0 = std::chrono::steady_clock::now();
   wait_applied(*seg, del(*c, key("slow")));
-  BOOST_TEST(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(300));
+  BOOST_TEST((std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(300)));
   BOOST_TEST(seg->view().read("slow", false).error().code == Errc::no_such_package);
   BOOST_TEST(d->stderr_text().find("still running after 300 ms") != std::string::npos, d->stderr_text());
 
@@ -415,12 +397,12 @@ BOOST_AUTO_TEST_CASE(a_drain_that_times_out_deletes_anyway_and_sigterm_ends_a_dr
   BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
   BOOST_TEST_REQUIRE(eventually([&] { return holders_in(status_of(*c, prefix, "held")) == 1; }), d->stderr_text());
   BOOST_TEST(seg->view().read("held", false)->root_generation == gen);
-  to2.put('e');
-  BOOST_TEST(from2.get() == 'd');
+  to2.send('e');
+  BOOST_TEST(from2.await(std::chrono::seconds(10)));
   wait_applied(*seg, rev);
   BOOST_TEST(seg->view().read("held", false).error().code == Errc::no_such_package);
-  to.put('x');
-  to2.put('x');
+  to.send('x');
+  to2.send('x');
   BOOST_TEST(test::wait_exit(child) == 0);
   BOOST_TEST(test::wait_exit(child2) == 0);
 }
