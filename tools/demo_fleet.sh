@@ -115,7 +115,7 @@ scene "Two hosts: pkgctxd --follow etcd, each on its own segment"
 for host in host-a host-b; do
   "$PKGCTXD" --config "$DIR/pkgctxd.conf" --segment "$SEG-$host" --socket "$DIR/$host.sock" --heartbeat-ms 250 \
     --runtime-dir "$DIR/run-$host" --follow etcd --etcd-endpoints "$ETCD" --prefix "$PREFIX" \
-    --set "etcd_host=$host" --set etcd_drain_ms=10000 >"$DIR/$host.log" 2>&1 &
+    --set "etcd_host=$host" --set etcd_drain_ms=10000>"$DIR/$host.log" 2>&1 &
   DPID[$host]=$!
   say "  ${D}\$${R} pkgctxd --segment $SEG-$host --follow etcd --etcd-endpoints $ETCD --prefix $PREFIX --set etcd_host=$host"
 done
@@ -137,12 +137,13 @@ PKGCTX_RUNTIME_DIR=$DIR/run-host-b "$WORKER" --segment "$SEG-host-b" --label "de
 WPID[deploy]=$!
 wait_for 5 grep -q '\] working' "$DIR/deploy.log" || die "the worker did not start: $(cat "$DIR/deploy.log")"
 sed 's/^/    /' "$DIR/deploy.log"
+SHOWN=$(wc -l <"$DIR/deploy.log")
 SENT=$(date +%s%N)
 etcdctl_ put "$PREFIX/packages/web" '{"version":"1.1","settings":{"image":"web:1.1","replicas":2}}'
 wait_for 10 grep -q '^RESULT' "$DIR/deploy.log" || die "the worker was not cancelled: $(cat "$DIR/deploy.log")"
 wait "${WPID[deploy]}" 2>/dev/null || true
 unset "WPID[deploy]"
-grep -v '^RESULT' "$DIR/deploy.log" | tail -n +2 | sed "s/^/    ${Y}/; s/\$/${R}/"
+tail -n +$((SHOWN + 1)) "$DIR/deploy.log" | grep -v '^RESULT' | sed "s/^/    ${Y}/; s/\$/${R}/"
 read -r _ _ cause woke <<<"$(grep '^RESULT' "$DIR/deploy.log")"
 [ "$cause" = version_changed ] || die "cancelled with cause $cause"
 echo "    ${G}-> stopped: cause ${B}$cause${R}${G}, woke $(( (woke - SENT) / 1000000 )) ms after etcdctl started (etcdctl's own start-up included)${R}"

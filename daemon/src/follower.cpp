@@ -26,10 +26,6 @@ namespace json = boost::json;
 constexpr std::uint64_t kFirstBackoffMs = 100, kMaxBackoffMs = 5000;
 constexpr std::chrono::milliseconds kCallTimeout{5000};
 constexpr std::size_t kOpsPerTxn = 100;  // etcd's default --max-txn-ops is 128
-// Workers re-register within their retry period (200 ms, worker-sdk registration.cpp) of the
-// daemon's start; a drain begun before that would not see their leases. A drain in this first
-// stretch of the daemon's life waits the rest of it out first.
-constexpr std::chrono::milliseconds kReregisterGrace{2000};
 
 std::string hex16(std::uint64_t v) {
   static const char* digits = "0123456789abcdef";
@@ -184,14 +180,24 @@ void EtcdFollower::apply_put(const std::string& name, std::string_view value, st
 }
 
 bool EtcdFollower::drain(const std::string& name) {
-  if (const auto now = std::chrono::steady_clock::now(); now < started_ + kReregisterGrace &&
-      !pause(static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(started_ + kReregisterGrace - now).count())))
-    return false;
   std::uint64_t id = 0;
   {
     std::lock_guard lock(mu_);
     id = ++drain_seq_;
     draining_[name];
+  }
+  // Workers of a re-attached segment re-register within their retry period (200 ms,
+  // worker-sdk registration.cpp) of the daemon's start; a drain begun before that would not see
+  // their leases, so one in that first stretch waits the rest of it out.
+  const auto grace_end = started_ + std::chrono::milliseconds(o_.reregister_grace_ms);
+  if (const auto now = std::chrono::steady_clock::now(); now < grace_end) {
+    mark(name);  // pending meanwhile: reported with no holders yet
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(grace_end - now).count();
+    if (!pause(static_cast<std::uint64_t>(left) + 1)) {
+      std::lock_guard lock(mu_);
+      draining_.erase(name);
+      return false;
+    }
   }
   // Shared with the loop's callback, which may come after this wait gave up.
   struct Outcome {

@@ -20,8 +20,9 @@
 //    end, at most etcd_drain_ms (then it deletes anyway, logging who still held): while it waits
 //    the host status of the package lists the holders. SIGTERM ends the wait at once without the
 //    Delete, so the revision stays unapplied and the restarted daemon drains and deletes again
-//    (the remove itself is not repeated: the record says it was done). A drain in the daemon's
-//    first 2 s waits until then, so the workers (retrying every 200 ms) have re-registered.
+//    (the remove itself is not repeated: the record says it was done). On a re-attached segment
+//    a drain in the daemon's first 2 s waits until then, so the workers (retrying every 200 ms)
+//    have re-registered.
 //    A value that does not parse or that the store refuses is logged and skipped (its revision
 //    counts as applied), so one bad key cannot stall the host.
 //    The owned set (the packages etcd holds, whose local writes are refused) persists in
@@ -66,6 +67,9 @@ struct FollowOptions {
   std::uint64_t drain_ms = 30000;   // longest wait for a deleted package's tasks to end
   std::uint64_t watch_idle_ms = 2000;  // a watch silent this long: the member is probed
   std::string owned_file;           // where the owned set persists ("": nowhere)
+  // A drain this soon after start() waits until then: the daemon re-attached its segment and
+  // the workers have not all re-registered yet (0: a new segment, no one to wait for).
+  std::uint64_t reregister_grace_ms = 0;
   // Starts a drain of `name`'s cancelled contexts on the event loop (Registry's own drain); the
   // callbacks run there. Called from the follower thread. Unset: deletes do not wait.
   std::function<void(const std::string& name, std::uint64_t timeout_ms, Registry::Holders, Registry::Done)> drain;
