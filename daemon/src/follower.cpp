@@ -244,15 +244,6 @@ bool EtcdFollower::drain(const std::string& name) {
 }
 
 bool EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision) {
-  // The package stays etcd's (local writes refused) until it is deleted; the file forgets it
-  // only then, so it never misses a package etcd owns.
-  const auto disown = [&] {
-    {
-      std::lock_guard lock(mu_);
-      owned_.erase(name);
-    }
-    save_owned();
-  };
   // The remove first (cancels the contexts with cause "removed"), unless a run cut short by a
   // crash already did it: a replay must not cancel twice.
   auto rec = store_.view().read(name, false);
@@ -262,7 +253,13 @@ bool EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision)
   }
   if (rec && o_.drain && !drain(name)) return false;
   auto r = store_.erase(name, revision);
-  disown();
+  // The package stayed etcd's (local writes refused) until now; the file forgets it only after
+  // the Delete, so it never misses a package etcd owns.
+  {
+    std::lock_guard lock(mu_);
+    owned_.erase(name);
+  }
+  save_owned();
   if (!r) {
     log::error("etcd: deleting " + name + ": " + r.error().message);
     store_.set_follow_revision(revision);

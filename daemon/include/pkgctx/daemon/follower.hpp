@@ -13,7 +13,7 @@
 //    nothing, a remove of a removed package is skipped) — except "force", which a replay of a
 //    txn cut by a crash may apply twice. With no revision yet, or when etcd compacted the one
 //    needed, it lists the prefix and applies the difference (never with "force": nothing that
-//    did not change is cancelled), deleting packages that etcd no longer has.
+//    did not change is cancelled), deleting the packages etcd owned and no longer has.
 //    A put is Update; a delete is event remove (cancelling the contexts, cause "removed"), then
 //    a drain, then Delete (DESIGN §10). The registry's drains live in the event loop, so the
 //    follower hands the drain over (FollowOptions::drain, posted to the loop) and waits for its
@@ -25,13 +25,18 @@
 //    have re-registered.
 //    A value that does not parse or that the store refuses is logged and skipped (its revision
 //    counts as applied), so one bad key cannot stall the host.
+//    A watch silent for etcd_watch_idle_ms has its member probed on a second connection (a
+//    linearizable read, same bound): no answer (hung, or cut off from its quorum) → the watch
+//    resumes through the next endpoint.
 //    The owned set (the packages etcd holds, whose local writes are refused) persists in
 //    FollowOptions::owned_file beside the segment, so a daemon restarted while etcd is
 //    unreachable still refuses local writes to them, and a full resync deletes only packages etcd
 //    owned, never ones created through the socket. It is saved before a put creates a package and
 //    after a delete removes one, so the file never misses a package etcd owns.
 //  - the reporter keeps a lease (etcd_status_ttl_s) alive and writes the status of each changed
-//    package (coalesced, one txn per batch), so a dead host's status expires with its lease.
+//    package (coalesced, one txn per batch), so a dead host's status expires with its lease; a
+//    package whose delete is draining adds "holders" (pid, uid, comm, key, generation, cause,
+//    age_ms), reported again whenever the set of holding workers changes.
 // etcd unreachable: both retry with backoff (100 ms doubling to 5 s); the daemon meanwhile serves
 // the segment as it is, and the follower catches up from its revision when etcd returns.
 #pragma once
