@@ -345,6 +345,10 @@ BOOST_AUTO_TEST_CASE(a_delete_waits_for_the_tasks_listing_them_in_the_status_the
   wait_applied(seg, rev);
   BOOST_TEST(seg.view().read("p", false).error().code == Errc::no_such_package);
   BOOST_TEST(eventually([&] { return status_of(*c, prefix, "p").is_null(); }));
+  // pkgctl dump shows the applied revision.
+  const auto dump = boost::json::parse(
+      run_capture(std::string(PKGCTX_BINARY_DIR) + "/tools/pkgctl --segment " + env.seg.str() + " dump --json"));
+  BOOST_TEST(dump.at("segment").at("follow_revision").to_number<std::uint64_t>() == seg.revision());
   to.send('x');
   BOOST_TEST(test::wait_exit(child) == 0);
 }
