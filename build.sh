@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# pkgctx build driver. Usage: ./build.sh [build|test|demo|bench|fuzz [SECONDS]|sanitize|install [PREFIX]|deb [DIR]|deps|clean]
+# pkgctx build driver. Usage: ./build.sh [build|test|demo [fleet]|bench|fuzz [SECONDS]|sanitize|install [PREFIX]|deb [DIR]|deps|clean]
 #
 #   build     configure and compile (default)
 #   test      build, then run every test suite (ctest)
 #   demo      build, then run the end-to-end demo (daemon, workers, pkgctl)
+#   demo fleet  … the second demo: two daemons following a real etcd (tools/demo_fleet.sh)
 #   bench     build optimised, run the benchmarks, write build/bench/report.json
 #   fuzz      build the libFuzzer targets with clang and run each for SECONDS (default 60)
 #   sanitize  the whole suite under ASan+UBSan, the concurrency suites under TSan
@@ -101,9 +102,15 @@ case "$cmd" in
     log "running the test suites"
     ctest --test-dir "$BUILD_DIR" -j "$JOBS" --output-on-failure "$@" ;;
   demo)
-    ensure_packages "${BASE_PACKAGES[@]}"
+    # `demo fleet`: the second scene, two hosts following a real etcd (tools/demo_fleet.sh).
+    case "${1:-}" in
+      "") ensure_packages "${BASE_PACKAGES[@]}" ;;
+      fleet) ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}" ;;
+      *) log "unknown demo '$1' (demo, or demo fleet)"; exit 2 ;;
+    esac
     configure "$BUILD_DIR" -DPKGCTX_FAULT_INJECTION=OFF
     build "$BUILD_DIR"
+    if [ "${1:-}" = fleet ]; then exec bash "$ROOT/tools/demo_fleet.sh" "$BUILD_DIR"; fi
     exec bash "$ROOT/tools/demo.sh" "$BUILD_DIR" ;;
   bench)
     ensure_packages "${BASE_PACKAGES[@]}" "${ETCD_PACKAGES[@]}" dbus  # dbus-daemon: the D-Bus row of the comparison

@@ -277,6 +277,12 @@ const std::vector<Key>& keys() {
       {"etcd_status_ttl_s", false,
        [](Config& c, std::string_view v) { return set_number(c.etcd_status_ttl_s, v, 2, 3600, false); },
        [](const Config& c) { return std::to_string(c.etcd_status_ttl_s); }},
+      {"etcd_drain_ms", false,
+       [](Config& c, std::string_view v) { return set_number(c.etcd_drain_ms, v, 0, 86'400'000, false); },
+       [](const Config& c) { return std::to_string(c.etcd_drain_ms); }},
+      {"etcd_watch_idle_ms", false,
+       [](Config& c, std::string_view v) { return set_number(c.etcd_watch_idle_ms, v, 100, 3'600'000, false); },
+       [](const Config& c) { return std::to_string(c.etcd_watch_idle_ms); }},
       {"etcd_owns", true,
        [](Config& c, std::string_view v) -> Result<void> {
          if (v != "true" && v != "false") return make_error(Errc::invalid_settings, quote(v) + " is not true or false");

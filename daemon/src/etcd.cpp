@@ -387,6 +387,14 @@ Result<RangeResult> Client::range_prefix(std::string_view prefix, bool keys_only
   return out;
 }
 
+Result<std::int64_t> Client::probe(std::string_view key) {
+  auto r = impl_->call("/v3/kv/range", json::object{{"key", b64(key)}, {"count_only", true}});
+  if (!r) return r.error();
+  return int_field(object_at(*r, "header"), "revision");
+}
+
+void Client::next_endpoint() { static_cast<void>(impl_->fail("left")); }
+
 Result<std::int64_t> Client::put(std::string_view key, std::string_view value, std::int64_t lease) {
   json::object rq{{"key", b64(key)}, {"value", b64(value)}};
   if (lease != 0) rq["lease"] = std::to_string(lease);
@@ -466,7 +474,7 @@ Result<void> Client::watch(std::string_view prefix, std::int64_t start_revision)
   return {};
 }
 
-Result<WatchResponse> Client::next() {
+Result<WatchResponse> Client::next(std::chrono::milliseconds idle) {
   Impl& m = *impl_;
   if (!m.stream || !m.sock) return make_error(Errc::daemon_unreachable, "etcd: no watch stream open");
   while (true) {
@@ -506,7 +514,12 @@ Result<WatchResponse> Client::next() {
     body.clear();
     if (m.stream->is_done()) return m.fail("/v3/watch: the stream ended");
     error_code ec;
+    m.sock->set_deadline(idle.count() > 0 ? now_ms() + static_cast<std::uint64_t>(idle.count()) : 0);
     http::read_some(*m.sock, m.buf, *m.stream, ec);
+    m.sock->set_deadline(0);
+    if (ec == boost::asio::error::timed_out)
+      return make_error(Errc::timed_out, "etcd " + m.endpoints[m.current].url + ": the watch brought nothing for " +
+                                             std::to_string(idle.count()) + " ms");
     if (ec) return m.fail("/v3/watch: " + ec.message());
   }
 }

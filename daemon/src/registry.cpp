@@ -220,6 +220,13 @@ bool Registry::full_scan(Drain& d, std::vector<Holder>* out) {
   return d.holding.empty();
 }
 
+std::list<Registry::Drain>::iterator Registry::start(Drain d, std::uint64_t timeout_ms) {
+  const std::uint64_t cap = 86'400'000ull;  // a day: keeps the arithmetic far from overflow
+  d.deadline_ns = mono_ns() + std::min(timeout_ms, cap) * 1'000'000ull;
+  drains_.push_back(std::move(d));
+  return std::prev(drains_.end());
+}
+
 void Registry::drain(std::uint64_t conn, std::string prefix, std::uint32_t slot, std::optional<std::uint32_t> key,
                      std::uint64_t timeout_ms, Finish finish_fn) {
   Drain d;
@@ -227,18 +234,41 @@ void Registry::drain(std::uint64_t conn, std::string prefix, std::uint32_t slot,
   d.prefix = std::move(prefix);
   d.slot = slot;
   d.key = key;
-  const std::uint64_t cap = 86'400'000ull;  // a day: keeps the arithmetic far from overflow
-  d.deadline_ns = mono_ns() + std::min(timeout_ms, cap) * 1'000'000ull;
   d.finish = std::move(finish_fn);
-  drains_.push_back(std::move(d));
-  auto it = std::prev(drains_.end());
+  auto it = start(std::move(d), timeout_ms);
   if (full_scan(*it, nullptr) || timeout_ms == 0) finish(it, it->holding.empty());
   clear_notify_unused();
+}
+
+void Registry::drain(std::uint32_t slot, std::uint64_t timeout_ms, Holders holders, Done done) {
+  Drain d;
+  d.slot = slot;
+  d.on_holders = std::move(holders);
+  d.on_done = std::move(done);
+  auto it = start(std::move(d), timeout_ms);
+  if (full_scan(*it, nullptr) || timeout_ms == 0)
+    finish(it, it->holding.empty());
+  else
+    report_if_changed(*it, {});
+  clear_notify_unused();
+}
+
+// The daemon's own drains hear of every change in who holds them.
+void Registry::report_if_changed(Drain& d, const std::set<std::uint64_t>& before) {
+  if (!d.on_holders || d.holding == before) return;
+  std::vector<Holder> holders;
+  full_scan(d, &holders);
+  d.on_holders(holders);
 }
 
 void Registry::finish(std::list<Drain>::iterator it, bool drained) {
   std::vector<Holder> holders;
   if (!drained) full_scan(*it, &holders);
+  if (it->on_done) {
+    it->on_done(drained, holders);
+    drains_.erase(it);
+    return;
+  }
   std::string line = std::move(it->prefix);
   if (it->finish) line += it->finish(drained, holders.size());
   line += drained ? ",\"drained\":true,\"holders\":" : ",\"drained\":false,\"holders\":";
@@ -260,6 +290,7 @@ void Registry::finish(std::list<Drain>::iterator it, bool drained) {
 void Registry::recheck(std::uint64_t conn) {
   for (auto it = drains_.begin(); it != drains_.end();) {
     auto next = std::next(it);
+    const std::set<std::uint64_t> before = it->holding;
     if (it->holding.erase(conn)) {
       if (auto c = clients_.find(conn); c != clients_.end()) {
         bool holds = false;
@@ -267,7 +298,10 @@ void Registry::recheck(std::uint64_t conn) {
         if (holds) it->holding.insert(conn);
       }
       // The last known holder let go: one full pass catches leases begun since.
-      if (it->holding.empty() && full_scan(*it, nullptr)) finish(it, true);
+      if (it->holding.empty() && full_scan(*it, nullptr))
+        finish(it, true);
+      else
+        report_if_changed(*it, before);
     }
     it = next;
   }
@@ -275,6 +309,7 @@ void Registry::recheck(std::uint64_t conn) {
 }
 
 void Registry::forget_drains(std::uint64_t conn) {
+  // conn 0 is no connection: the daemon's own drains end only by finishing.
   for (auto it = drains_.begin(); it != drains_.end();) it = it->conn == conn ? drains_.erase(it) : std::next(it);
 }
 
@@ -282,10 +317,13 @@ void Registry::tick() {
   const std::uint64_t now = mono_ns();
   for (auto it = drains_.begin(); it != drains_.end();) {
     auto next = std::next(it);
+    const std::set<std::uint64_t> before = it->holding;
     if (full_scan(*it, nullptr)) {
       finish(it, true);
     } else if (now >= it->deadline_ns) {
       finish(it, false);
+    } else {
+      report_if_changed(*it, before);
     }
     it = next;
   }

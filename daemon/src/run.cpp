@@ -377,8 +377,20 @@ int run(int argc, char** argv) {
       ::gethostname(buf, sizeof buf - 1);
       host = buf;
     }
-    follower = std::make_unique<EtcdFollower>(store, FollowOptions{cfg.etcd_endpoints, cfg.etcd_prefix, host,
-                                                                   cfg.etcd_status_ttl_s});
+    FollowOptions fo{cfg.etcd_endpoints, cfg.etcd_prefix, host, cfg.etcd_status_ttl_s, cfg.etcd_drain_ms,
+                     cfg.etcd_watch_idle_ms, object_path(cfg.segment + ".etcd-owned", cfg.runtime_dir),
+                     // Workers of a re-attached segment re-register within 200 ms: ten times that.
+                     owned->how == Takeover::reattached ? 2000u : 0u, {}};
+    // A delete's drain runs in the loop, where the registry lives.
+    fo.drain = [&loop = **server, &registry, &store](const std::string& name, std::uint64_t timeout_ms,
+                                                    Registry::Holders holders, Registry::Done done) {
+      loop.post([&registry, &store, name, timeout_ms, holders = std::move(holders), done = std::move(done)]() mutable {
+        auto slot = store.view().find(name);
+        if (!slot) return done(true, {});
+        registry.drain(*slot, timeout_ms, std::move(holders), std::move(done));
+      });
+    };
+    follower = std::make_unique<EtcdFollower>(store, std::move(fo));
     protocol.set_owner_check([&f = *follower](std::string_view name) { return f.owns(name); });
     if (auto ok = follower->start(); !ok) {
       log::error("Failed to follow etcd: " + ok.error().message);

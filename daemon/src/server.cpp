@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -29,6 +30,7 @@ namespace {
 constexpr std::uint64_t kListenerId = 1;
 constexpr std::uint64_t kSignalId = 2;
 constexpr std::uint64_t kTimerId = 3;
+constexpr std::uint64_t kPostId = 4;
 constexpr std::uint64_t kPidfdBit = 1ull << 63;  // epoll id of a registered client's pidfd: bit | conn id
 constexpr std::size_t kReadChunk = 64 * 1024;
 constexpr std::size_t kReadBudget = 256 * 1024;  // per client per wake-up: fairness
@@ -264,6 +266,7 @@ Server::~Server() {
     ::close(c->fd);
   }
   if (timer_fd_ >= 0) ::close(timer_fd_);
+  if (post_fd_ >= 0) ::close(post_fd_);
   if (epoll_fd_ >= 0) ::close(epoll_fd_);
 }
 
@@ -279,7 +282,10 @@ Result<void> Server::watch(std::chrono::nanoseconds tick) {
   its.it_value = its.it_interval;
   if (::timerfd_settime(timer_fd_, 0, &its, nullptr) != 0)
     return make_error(Errc::io_error, "cannot arm timer: " + errno_text(errno));
-  const std::pair<int, std::uint64_t> fds[] = {{listener_.fd(), kListenerId}, {signal_fd_, kSignalId}, {timer_fd_, kTimerId}};
+  post_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (post_fd_ < 0) return make_error(Errc::io_error, "cannot create eventfd: " + errno_text(errno));
+  const std::pair<int, std::uint64_t> fds[] = {
+      {listener_.fd(), kListenerId}, {signal_fd_, kSignalId}, {timer_fd_, kTimerId}, {post_fd_, kPostId}};
   for (auto [fd, id] : fds) {
     epoll_event ev{};
     ev.events = EPOLLIN;
@@ -336,6 +342,8 @@ Result<int> Server::run() {
         std::uint64_t expirations = 0;
         [[maybe_unused]] const ssize_t r = ::read(timer_fd_, &expirations, sizeof expirations);
         on_tick();
+      } else if (id == kPostId) {
+        run_posted();
       }
     }
     // Then writers, whatever the budget; then readers while it lasts (level-triggered: a reader
@@ -356,6 +364,26 @@ Result<int> Server::run() {
       deliver_answers();
     }
   }
+}
+
+void Server::post(std::function<void()> task) {
+  {
+    std::lock_guard lock(post_mu_);
+    posted_.push_back(std::move(task));
+  }
+  const std::uint64_t one = 1;
+  [[maybe_unused]] const ssize_t n = ::write(post_fd_, &one, sizeof one);
+}
+
+void Server::run_posted() {
+  std::uint64_t count = 0;
+  [[maybe_unused]] const ssize_t r = ::read(post_fd_, &count, sizeof count);
+  std::vector<std::function<void()>> tasks;
+  {
+    std::lock_guard lock(post_mu_);
+    tasks.swap(posted_);
+  }
+  for (auto& task : tasks) task();
 }
 
 void Server::set_registry(Registry* registry) noexcept {

@@ -50,6 +50,7 @@ void write_dump_segment(JsonWriter& w, const SegmentInfo& i) {
   w.key("max_settings").num(i.max_settings);
   w.end_object();
   w.key("created_realtime_ns").num(i.created_realtime_ns);
+  w.key("follow_revision").num(i.follow_revision);
 }
 
 std::uint64_t heartbeat_age_ns(const SegmentInfo& i, std::uint64_t mono_now_ns) noexcept {

@@ -469,6 +469,7 @@ SegmentInfo Segment::info() const {
   i.max_version = h.max_version;
   i.max_settings = h.max_settings;
   i.created_realtime_ns = h.created_realtime_ns.load(std::memory_order_relaxed);
+  i.follow_revision = h.follow_revision.load(std::memory_order_relaxed);
   i.daemon_pid = h.daemon_pid.load(std::memory_order_relaxed);
   i.daemon_state = static_cast<DaemonState>(h.daemon_state.load(std::memory_order_acquire));
   i.daemon_start_realtime_ns = h.daemon_start_realtime_ns.load(std::memory_order_relaxed);

@@ -1,6 +1,6 @@
-// pkgctxd following a 3-member etcd cluster on 127.0.0.1 (a member killed, leader changes), and
-// a fleet converging: N daemons, each its own segment (a simulated host), follow one prefix
-// through 1,000 changes and end identical to etcd with every cancellation made exactly once
+// pkgctxd following a 3-member etcd cluster on 127.0.0.1 (a member killed, leader changes, a
+// member that hangs while watched), and a fleet converging: N daemons, each its own segment (a
+// simulated host), follow one prefix through 1,000 changes and end identical to etcd with every cancellation made exactly once
 // (DESIGN §10). N: PKGCTX_ETCD_HOSTS (default 10).
 #define BOOST_TEST_MODULE etcd_cluster
 #include "etcd_harness.hpp"
@@ -64,6 +64,56 @@ BOOST_AUTO_TEST_CASE(follows_through_a_killed_member_and_two_leader_changes) {
     }));
   }
   BOOST_TEST(seg.view().read("p", false)->root_generation == 2u);  // each change cancelled once
+}
+
+// A member that hangs while connected (SIGSTOP: its sockets stay open, nothing answers). With
+// etcd_watch_idle_ms = I the watch is silent for I, the probe on the same member times out after
+// I, and the follower resumes through the next member: a put through another member reaches the
+// segment within 2 I + 3 s of the SIGSTOP (the 3 s cover a new leader's election, when the
+// stopped member led, and the reconnect's own calls).
+BOOST_AUTO_TEST_CASE(a_member_that_hangs_while_watched_is_left_for_another) {
+  constexpr int kIdleMs = 1000;
+  EtcdCluster etcd(3);
+  etcd.start_all();
+  DaemonEnv env("etcdh");
+  const std::string prefix = unique_prefix("hang");
+  const std::string key = prefix + "/packages/p";
+  DaemonProcess d(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1",
+                                          {"--set", "etcd_watch_idle_ms=" + std::to_string(kIdleMs)}));
+  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  SegmentReader seg(env.seg);
+  wait_applied(seg, put(etcd, key, R"({"version":"1"})"));
+
+  // The member the watch is on: the last "following … on URL from revision" line.
+  const std::string log = d.stderr_text();
+  const std::size_t at = log.rfind(" on http://");
+  BOOST_TEST_REQUIRE(at != std::string::npos, log);
+  const std::string url = log.substr(at + 4, log.find(' ', at + 4) - (at + 4));
+  std::size_t watched = etcd.size();
+  for (std::size_t i = 0; i < etcd.size(); ++i)
+    if (etcd.member(i).url() == url) watched = i;
+  BOOST_TEST_REQUIRE(watched < etcd.size(), url);
+
+  const auto stopped_at = std::chrono::steady_clock::now();
+  etcd.pause(watched);
+  auto others = etcd.client_without(watched);
+  std::int64_t rev = 0;
+  BOOST_TEST_REQUIRE(eventually([&] {
+    auto r = others->put(key, R"({"version":"2"})");
+    rev = r ? *r : 0;
+    return r.has_value();
+  }));
+  const auto put_at = std::chrono::steady_clock::now();
+  wait_applied(seg, rev);
+  const auto now = std::chrono::steady_clock::now();
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(now - stopped_at);
+  BOOST_TEST_MESSAGE("a put through another member reached the segment "
+                     << took.count() << " ms after the watched member hung ("
+                     << std::chrono::duration_cast<std::chrono::milliseconds>(now - put_at).count() << " ms after the put)");
+  BOOST_TEST(took.count() < 2 * kIdleMs + 3000, took.count() << " ms\n" << d.stderr_text());
+  BOOST_TEST(seg.view().read("p", false)->version == "2");
+  BOOST_TEST(d.stderr_text().find("does not answer") != std::string::npos, d.stderr_text());
+  etcd.resume(watched);
 }
 
 BOOST_AUTO_TEST_CASE(a_fleet_converges_on_a_thousand_changes) {
@@ -162,13 +212,7 @@ BOOST_AUTO_TEST_CASE(a_fleet_converges_on_a_thousand_changes) {
   // pkgctl fleet shows the same rows.
   const std::string cmd = std::string(PKGCTX_BINARY_DIR) + "/tools/pkgctl fleet --json --etcd-endpoints " +
                           etcd.endpoints() + " --prefix " + prefix;
-  FILE* f = ::popen(cmd.c_str(), "r");
-  BOOST_TEST_REQUIRE(f != nullptr);
-  std::string out;
-  char buf[65536];
-  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
-  BOOST_TEST(::pclose(f) == 0);
-  const boost::json::value rows = boost::json::parse(out);
+  const boost::json::value rows = boost::json::parse(run_capture(cmd));
   BOOST_TEST(rows.as_array().size() == present * static_cast<std::size_t>(hosts));
   for (const boost::json::value& r : rows.as_array())
     BOOST_TEST(r.at("version").as_string() == model[std::string(r.at("name").as_string())].version);

@@ -1,11 +1,14 @@
 // pkgctxd --follow etcd against one real etcd member (DESIGN §10): puts and deletes applied in
 // order with one cancellation per change, local writes refused while etcd owns the package, a
 // kill -9 mid-stream resumed exactly at the segment's revision, a compacted revision resynced
-// cancelling only what changed, and etcd down at start (local state served, then caught up).
+// cancelling only what changed, etcd down at start (local state served, then caught up), and a
+// delete that drains the tasks of the deleted package before deleting it (holders in the status).
 #define BOOST_TEST_MODULE etcd_follow
 #include "etcd_harness.hpp"
 
 #include "pkgctx/settings.hpp"
+#include "pkgctx/worker.hpp"
+#include "test_support.hpp"
 
 #include <atomic>
 
@@ -47,6 +50,39 @@ PackageRecord read(const SegmentReader& seg, const std::string& name) {
 }
 
 std::uint64_t checksum_of(const std::string& settings) { return Settings::parse(settings)->checksum(); }
+
+// A registered worker holding a task on `name`: says 'b' once it began, ends the task on 'e'
+// (saying 'd'), exits on 'x'. Exit codes name the failed step.
+pid_t holder(const DaemonEnv& env, const std::string& name, const test::Pipe& to_child, const test::Pipe& from_child) {
+  return test::spawn([&]() -> int {
+    auto w = Worker::attach(env.seg.str());
+    if (!w) return 10;
+    if (!w->register_daemon(env.sock)) return 11;
+    auto task = w->begin(name, 0);
+    if (!task) return 12;
+    from_child.send('b');
+    for (char c; (c = to_child.recv()) != 0;) {
+      if (c == 'e') {
+        task->end();
+        from_child.send('d');
+      }
+      if (c == 'x') return 0;
+    }
+    return 13;
+  });
+}
+
+// This host's status of `name` in etcd, parsed; null when there is none.
+boost::json::value status_of(etcd::Client& c, const std::string& prefix, const std::string& name) {
+  auto st = c.range_prefix(prefix + "/status/h1/" + name);
+  if (!st || st->kvs.size() != 1 || st->kvs[0].key != prefix + "/status/h1/" + name) return nullptr;
+  return boost::json::parse(st->kvs[0].value);
+}
+
+std::size_t holders_in(const boost::json::value& status) {
+  if (!status.is_object() || !status.as_object().contains("holders")) return 0;
+  return status.at("holders").as_array().size();
+}
 
 }  // namespace
 
@@ -262,4 +298,162 @@ BOOST_AUTO_TEST_CASE(etcd_down_at_start_serves_local_state_then_catches_up) {
   wait_applied(*seg, rev);
   BOOST_TEST(read(*seg, "p").version == "2");
   BOOST_TEST(read(*seg, "p").root_generation == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(a_delete_waits_for_the_tasks_listing_them_in_the_status_then_deletes) {
+  EtcdCluster etcd(1);
+  etcd.start_all();
+  auto c = etcd.client();
+  DaemonEnv env("etcdr");
+  const std::string prefix = unique_prefix("drain");
+  const std::string key = prefix + "/packages/p";
+  DaemonProcess d(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
+  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  SegmentReader seg(env.seg);
+  wait_applied(seg, put(*c, key, R"({"version":"1"})"));
+  auto t = seg.view().token("p", kEventUpdate);
+  BOOST_TEST_REQUIRE(t.has_value());
+  test::Pipe to, from;
+  const pid_t child = holder(env, "p", to, from);
+  BOOST_TEST_REQUIRE(from.await(std::chrono::seconds(10)));
+
+  const std::int64_t rev = del(*c, key);
+  // The remove is applied at once (the contexts cancelled); the Delete waits on the task.
+  boost::json::value st;
+  BOOST_TEST_REQUIRE(eventually([&] { return holders_in(st = status_of(*c, prefix, "p")) == 1; }),
+                     "no holder in the status: " << boost::json::serialize(st) << d.stderr_text());
+  BOOST_TEST(t->cancelled());
+  const auto& h = st.at("holders").as_array()[0];
+  BOOST_TEST(h.at("pid").to_number<std::int64_t>() == child);
+  BOOST_TEST(h.at("uid").to_number<std::int64_t>() == ::getuid());
+  BOOST_TEST(h.at("key").to_number<std::int64_t>() == 0);
+  BOOST_TEST(h.at("generation").to_number<std::int64_t>() == 0);
+  BOOST_TEST(h.at("cause").as_string() == "removed");
+  BOOST_TEST(h.at("comm").is_string());
+  BOOST_TEST(h.at("age_ms").to_number<std::int64_t>() >= 0);
+  BOOST_TEST(seg.revision() < static_cast<std::uint64_t>(rev));  // the delete is not applied yet
+  BOOST_TEST(seg.view().read("p", false).has_value());           // the package is still there
+  // pkgctl fleet shows the drain and its holder.
+  const std::string fleet = run_capture(std::string(PKGCTX_BINARY_DIR) + "/tools/pkgctl fleet --etcd-endpoints " +
+                                              etcd.endpoints() + " --prefix " + prefix);
+  BOOST_TEST(fleet.find("draining, 1 holder") != std::string::npos, fleet);
+  BOOST_TEST(fleet.find("holder pid " + std::to_string(child)) != std::string::npos, fleet);
+
+  // The task ends: the drain ends, the package is deleted and its status goes.
+  to.send('e');
+  BOOST_TEST(from.await(std::chrono::seconds(10)));
+  wait_applied(seg, rev);
+  BOOST_TEST(seg.view().read("p", false).error().code == Errc::no_such_package);
+  BOOST_TEST(eventually([&] { return status_of(*c, prefix, "p").is_null(); }));
+  // pkgctl dump shows the applied revision.
+  const auto dump = boost::json::parse(
+      run_capture(std::string(PKGCTX_BINARY_DIR) + "/tools/pkgctl --segment " + env.seg.str() + " dump --json"));
+  BOOST_TEST(dump.at("segment").at("follow_revision").to_number<std::uint64_t>() == seg.revision());
+  to.send('x');
+  BOOST_TEST(test::wait_exit(child) == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_drain_that_times_out_deletes_anyway_and_sigterm_ends_a_drain_at_once) {
+  EtcdCluster etcd(1);
+  etcd.start_all();
+  auto c = etcd.client();
+  DaemonEnv env("etcdt");
+  const std::string prefix = unique_prefix("drainto");
+  const auto key = [&](const std::string& n) { return prefix + "/packages/" + n; };
+  auto d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1",
+                                                                   {"--set", "etcd_drain_ms=300"}));
+  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  auto seg = std::make_unique<SegmentReader>(env.seg);
+  put(*c, key("slow"), R"({"version":"1"})");
+  wait_applied(*seg, put(*c, key("held"), R"({"version":"1"})"));
+  test::Pipe to, from, to2, from2;
+  const pid_t child = holder(env, "slow", to, from);
+  const pid_t child2 = holder(env, "held", to2, from2);
+  BOOST_TEST_REQUIRE(from.await(std::chrono::seconds(10)));
+  BOOST_TEST_REQUIRE(from2.await(std::chrono::seconds(10)));
+
+  // A task that does not end: deleted after etcd_drain_ms, naming it in the log.
+  const auto t0 = std::chrono::steady_clock::now();
+  wait_applied(*seg, del(*c, key("slow")));
+  BOOST_TEST((std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(300)));
+  BOOST_TEST(seg->view().read("slow", false).error().code == Errc::no_such_package);
+  BOOST_TEST(d->stderr_text().find("still running after 300 ms") != std::string::npos, d->stderr_text());
+
+  // SIGTERM while a drain waits (30 s now): the daemon stops at once, the delete unapplied.
+  d->signal(SIGTERM);
+  d->wait();
+  d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
+  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  seg = std::make_unique<SegmentReader>(env.seg);
+  const std::int64_t rev = del(*c, key("held"));
+  BOOST_TEST_REQUIRE(eventually([&] { return holders_in(status_of(*c, prefix, "held")) == 1; }), d->stderr_text());
+  const auto t1 = std::chrono::steady_clock::now();
+  d->signal(SIGTERM);
+  BOOST_TEST_REQUIRE(d->wait_for(std::chrono::seconds(5)).has_value(), "pkgctxd did not stop during a drain");
+  BOOST_TEST_MESSAGE("stopped " << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t1).count()
+                                << " ms after SIGTERM during a drain");
+  BOOST_TEST(seg->revision() < static_cast<std::uint64_t>(rev));
+  BOOST_TEST(seg->view().read("held", false).has_value());
+
+  // Restarted: the delete is drained again (not removed twice), then applied once the task ends.
+  const std::uint64_t gen = seg->view().read("held", false)->root_generation;
+  d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
+  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(eventually([&] { return holders_in(status_of(*c, prefix, "held")) == 1; }), d->stderr_text());
+  BOOST_TEST(seg->view().read("held", false)->root_generation == gen);
+  to2.send('e');
+  BOOST_TEST(from2.await(std::chrono::seconds(10)));
+  wait_applied(*seg, rev);
+  BOOST_TEST(seg->view().read("held", false).error().code == Errc::no_such_package);
+  to.send('x');
+  to2.send('x');
+  BOOST_TEST(test::wait_exit(child) == 0);
+  BOOST_TEST(test::wait_exit(child2) == 0);
+}
+
+// The owned set persists beside the segment: restarted while etcd is down, the daemon still
+// refuses local writes to etcd's packages; the full resync that follows (the revision it needs
+// was compacted) deletes the package etcd deleted, never the one created through the socket.
+BOOST_AUTO_TEST_CASE(the_owned_set_survives_a_restart_with_etcd_down_and_a_resync_spares_local_packages) {
+  EtcdCluster etcd(1);
+  etcd.start_all();
+  auto c = etcd.client();
+  DaemonEnv env("etcdp");
+  const std::string prefix = unique_prefix("owned");
+  const auto key = [&](const std::string& n) { return prefix + "/packages/" + n; };
+  auto d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
+  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  auto seg = std::make_unique<SegmentReader>(env.seg);
+  put(*c, key("p"), R"({"version":"1"})");
+  wait_applied(*seg, put(*c, key("gone"), R"({"version":"1"})"));
+  {
+    Client ctl = connect(env.sock);
+    BOOST_TEST(call(ctl, R"({"op":"update","name":"mine","version":"1"})").at("ok") == true);
+  }
+  d->signal(SIGTERM);
+  d->wait();
+  del(*c, key("gone"));
+  const std::int64_t rev = put(*c, key("q"), R"({"version":"1"})");
+  BOOST_TEST_REQUIRE(c->compact(rev).has_value());
+  etcd.kill(0);
+
+  d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
+  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  {
+    Client ctl = connect(env.sock);
+    auto refused = call(ctl, R"({"op":"update","name":"p","version":"local"})");
+    BOOST_TEST(refused.at("ok") == false);
+    BOOST_TEST(refused.at("error").at("code") == "owned_by_etcd", boost::json::serialize(refused));
+    BOOST_TEST(call(ctl, R"({"op":"update","name":"mine","version":"2"})").at("ok") == true);
+  }
+  BOOST_TEST(d->stderr_text().find("synchronised") == std::string::npos);  // etcd is still down
+
+  etcd.start(0);
+  seg = std::make_unique<SegmentReader>(env.seg);
+  wait_applied(*seg, rev);
+  BOOST_TEST(d->stderr_text().find("synchronised") != std::string::npos, d->stderr_text());
+  BOOST_TEST(read(*seg, "q").version == "1");
+  BOOST_TEST(read(*seg, "p").version == "1");
+  BOOST_TEST(seg->view().read("gone", false).error().code == Errc::no_such_package);
+  BOOST_TEST(read(*seg, "mine").version == "2");  // local: not etcd's to delete
 }

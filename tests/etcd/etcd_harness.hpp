@@ -15,6 +15,7 @@
 #include <arpa/inet.h>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <fcntl.h>
 #include <functional>
 #include <memory>
@@ -118,6 +119,18 @@ class EtcdCluster {
     m.pid = -1;
   }
 
+  // SIGSTOP / SIGCONT: a member that hangs with its sockets open.
+  void pause(std::size_t i) const { ::kill(members_[i].pid, SIGSTOP); }
+  void resume(std::size_t i) const { ::kill(members_[i].pid, SIGCONT); }
+
+  // A client of the running members but member `skip`.
+  std::unique_ptr<etcd::Client> client_without(std::size_t skip) const {
+    std::vector<std::string> urls;
+    for (std::size_t i = 0; i < members_.size(); ++i)
+      if (i != skip && members_[i].pid > 0) urls.push_back(members_[i].url());
+    return std::make_unique<etcd::Client>(urls, -1, std::chrono::milliseconds(3000));
+  }
+
   std::string endpoints() const {
     std::string s;
     for (const Member& m : members_) s += (s.empty() ? "" : ",") + m.url();
@@ -175,6 +188,17 @@ inline daemon::testing::DaemonOptions follow_options(const DaemonEnv& env, const
                                    "--set", "etcd_host=" + host, "--set", "etcd_status_ttl_s=5"};
   args.insert(args.end(), extra.begin(), extra.end());
   return env.opts(args);
+}
+
+// What `cmd` (a shell command) prints on stdout; ends the test case if it fails.
+inline std::string run_capture(const std::string& cmd) {
+  FILE* f = ::popen(cmd.c_str(), "r");
+  BOOST_TEST_REQUIRE(f != nullptr);
+  std::string out;
+  char buf[65536];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) out.append(buf, n);
+  BOOST_TEST_REQUIRE(::pclose(f) == 0, cmd);
+  return out;
 }
 
 // A key prefix unique to this test process.

@@ -53,12 +53,27 @@ int run_fleet(const std::string& endpoints, const std::string& prefix, bool as_j
     return v->is_string() ? std::string(v->get_string()) : json::serialize(*v);
   };
   io.out << std::left << std::setw(20) << "HOST" << ' ' << std::setw(24) << "PACKAGE" << ' ' << std::setw(16)
-         << "VERSION" << ' ' << std::setw(16) << "CHECKSUM" << ' ' << "REVISION" << '\n';
+         << "VERSION" << ' ' << std::setw(16) << "CHECKSUM" << ' ' << std::setw(10) << "REVISION" << ' ' << "DRAIN"
+         << '\n';
   for (const json::value& r : rows) {
     const json::object& o = r.get_object();
+    // A package etcd deleted whose tasks still run: "draining" and one line per holder.
+    const json::value* holders = o.if_contains("holders");
+    const json::array* list = holders && holders->is_array() ? &holders->get_array() : nullptr;
+    const std::string version = text(o, "version");
     io.out << std::left << std::setw(20) << text(o, "host") << ' ' << std::setw(24) << text(o, "name") << ' '
-           << std::setw(16) << text(o, "version") << ' ' << std::setw(16) << text(o, "checksum") << ' '
-           << text(o, "revision") << '\n';
+           << std::setw(16) << (version.empty() ? "(removed)" : version) << ' ' << std::setw(16) << text(o, "checksum")
+           << ' ' << std::setw(10) << text(o, "revision") << ' '
+           << (list ? "draining, " + std::to_string(list->size()) + " holder" + (list->size() == 1 ? "" : "s") : "-")
+           << '\n';
+    if (!list) continue;
+    for (const json::value& h : *list) {
+      if (!h.is_object()) continue;
+      const json::object& ho = h.get_object();
+      io.out << "  holder pid " << text(ho, "pid") << " uid " << text(ho, "uid") << " comm " << text(ho, "comm")
+             << " key " << text(ho, "key") << " generation " << text(ho, "generation") << " cause "
+             << text(ho, "cause") << " age " << text(ho, "age_ms") << " ms\n";
+    }
   }
   return kExitOk;
 #else

@@ -114,6 +114,7 @@ std::string render_header(const Snapshot& s) {
   out += "settings  " + human_bytes(i.settings_used) + " of " + human_bytes(i.settings_bytes) + " used  (at most " +
          human_bytes(i.max_settings) + " per package)\n";
   out += "writes    " + std::to_string(i.commits) + " committed, " + std::to_string(i.repairs) + " crash repairs\n";
+  if (i.follow_revision != 0) out += "follows   etcd, applied revision " + std::to_string(i.follow_revision) + "\n";
   std::string d = "daemon    ";
   const std::string pid = "pid " + std::to_string(i.daemon_pid);
   const std::string beat = "heartbeat " + human_duration(s.heartbeat_age_ns) + " ago";

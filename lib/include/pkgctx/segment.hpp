@@ -72,6 +72,7 @@ struct SegmentInfo {
   std::uint32_t max_name = 0, max_version = 0;
   std::uint64_t max_settings = 0;
   std::uint64_t created_realtime_ns = 0;
+  std::uint64_t follow_revision = 0;  // the followed cluster store's applied revision (0: none)
   // Daemon liveness.
   std::int32_t daemon_pid = 0;
   layout::DaemonState daemon_state = layout::DaemonState::kNone;

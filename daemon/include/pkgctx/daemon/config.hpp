@@ -53,6 +53,8 @@ struct Config {
   std::string etcd_prefix = "/pkgctx";                  // keys under PREFIX/packages/, PREFIX/status/
   std::string etcd_host;                                // status key's HOST ("": gethostname())
   std::uint32_t etcd_status_ttl_s = 10;                 // lease TTL of this host's status keys
+  std::uint32_t etcd_drain_ms = 30000;                  // an etcd delete waits this long for tasks
+  std::uint32_t etcd_watch_idle_ms = 2000;              // a silent watch this long: member probed
 
   // --- reloadable (SIGHUP) -------------------------------------------------------------------
   // Writers besides root and the daemon's own uid (always allowed: they can write the segment

@@ -87,7 +87,14 @@ class Client {
   // (this client's connection then carries only the stream).
   Result<void> watch(std::string_view prefix, std::int64_t start_revision);
   // The next message of the open stream; blocks until one arrives, the stream breaks or stop.
-  Result<WatchResponse> next();
+  // With `idle` > 0: Errc::timed_out when nothing arrived for that long (the stream stays open).
+  Result<WatchResponse> next(std::chrono::milliseconds idle = std::chrono::milliseconds(0));
+  // Closes the connection (and its stream): the next call starts on the next endpoint.
+  void next_endpoint();
+
+  // A linearizable read of one key's count: answers only while this member is running and part
+  // of a quorum. Returns the store's revision.
+  Result<std::int64_t> probe(std::string_view key);
 
   const std::string& endpoint() const;
 

@@ -110,6 +110,13 @@ class Registry {
   using Finish = std::function<std::string(bool drained, std::size_t holders)>;
   void drain(std::uint64_t conn, std::string prefix, std::uint32_t slot, std::optional<std::uint32_t> key,
              std::uint64_t timeout_ms, Finish finish = {});
+  // A drain the daemon waits on itself (the etcd follower's delete), answering no connection:
+  // `holders(list)` when it starts holding and whenever the set of holding workers changes,
+  // `done(drained, holders)` once when it ends (holders: those left on a timeout). Both run on
+  // the loop's thread, inside registry calls: they must not call back into the registry.
+  using Holders = std::function<void(const std::vector<Holder>&)>;
+  using Done = std::function<void(bool drained, const std::vector<Holder>& holders)>;
+  void drain(std::uint32_t slot, std::uint64_t timeout_ms, Holders holders, Done done);
   // The connection waiting for a drain's answer went away.
   void forget_drains(std::uint64_t conn);
   std::size_t pending_drains() const noexcept { return drains_.size(); }
@@ -130,11 +137,15 @@ class Registry {
     std::optional<std::uint32_t> key;
     std::uint64_t deadline_ns = 0;
     Finish finish;
+    Holders on_holders;  // the daemon's own drains (conn 0): instead of an answer line
+    Done on_done;
     std::set<std::uint64_t> holding;  // clients holding at the last scan
   };
   // Holders of `d` in client `c` (raising c's notify word first).
   void scan_client(const Client& c, const Drain& d, std::vector<Holder>* out, bool& holds) const;
   bool full_scan(Drain& d, std::vector<Holder>* out);
+  std::list<Drain>::iterator start(Drain d, std::uint64_t timeout_ms);
+  void report_if_changed(Drain& d, const std::set<std::uint64_t>& before);
   void finish(std::list<Drain>::iterator it, bool drained);
   void recheck(std::uint64_t conn);
   void clear_notify_unused();

@@ -23,6 +23,9 @@
 // answered wait in a backlog served on the next turns, and a dump is written a slice of slots
 // per turn. So a flood of reads delays a write by about one budget, not by the flood.
 //
+// Other threads (the etcd follower) hand work to the loop with post(): a queue under a mutex and
+// an eventfd in the epoll set, so the registry and the drains stay the loop's alone.
+//
 // Durability: an answer is produced only after the store call returned, and the store writes
 // the shared segment synchronously; nothing is buffered between the store and the segment.
 #pragma once
@@ -35,10 +38,12 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <sys/types.h>
 #include <unordered_map>
+#include <vector>
 
 namespace pkgctx::daemon {
 
@@ -107,6 +112,10 @@ class Server {
   // Serves until SIGTERM or SIGINT; returns that signal's number. Errors: io_error (epoll).
   Result<int> run();
 
+  // Runs `task` on the loop's thread, soon (any thread may call it). Tasks posted after run()
+  // returned never run.
+  void post(std::function<void()> task);
+
  private:
   struct Conn;
   Server(Protocol& protocol, Listener& listener, ConnectionStats& connections, int signal_fd,
@@ -132,6 +141,7 @@ class Server {
   int drain_wait_ms() const;            // epoll timeout until the next drain deadline (-1: none)
   void deliver_answers();               // drain answers the registry has ready
   void on_registered(Conn& c);          // a register request succeeded on `c`
+  void run_posted();                    // the tasks other threads posted
   ssize_t receive(Conn& c, char* buf, std::size_t size);
 
   Protocol& protocol_;
@@ -140,6 +150,9 @@ class Server {
   int signal_fd_;
   int epoll_fd_ = -1;
   int timer_fd_ = -1;
+  int post_fd_ = -1;  // eventfd: readable while posted_ holds tasks
+  std::mutex post_mu_;
+  std::vector<std::function<void()>> posted_;
   Hooks hooks_;
   ServerLimits limits_;
   std::unordered_map<std::uint64_t, std::unique_ptr<Conn>> conns_;
