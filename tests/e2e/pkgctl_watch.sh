@@ -14,6 +14,7 @@ export PKGCTX_RUNTIME_DIR=$work/run PKGCTX_SEGMENT="e2e-watch-$$" PKGCTX_SOCKET=
 pid=
 BG=()
 cleanup() {
+  touch "$work/stop" 2>/dev/null || true  # ends the task of `pkgctl run` below, whatever failed
   for p in "${BG[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -n "$pid" ] && { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
   rm -rf "$work"
@@ -132,14 +133,15 @@ run_pid=$!
 BG+=($run_pid)
 holds() { "$C" clients --json | grep -q '"name":"pkg2"'; }
 until_ok 1000 holds || fail "pkgctl run took no lease: $(cat "$work/run.err")"
-"$C" wait "$("$C" token pkg1)" >/dev/null &
+"$C" wait "$("$C" token pkg1)" --timeout 120 >/dev/null &
 BG+=($!)
 waits() { OUT=$("$C" watch --count 1); grep -Eq '^pkg1 .* 1 +0$' <<<"$OUT"; }
 until_ok 1000 waits || fail "pkg1 shows no waiter: $OUT"
 # (pkgctl run also waits on its token: a waiter too)
 grep -Eq '^pkg2 .* [0-9]+ +1$' <<<"$OUT" || fail "pkg2 shows no lease holder: $OUT"
 grep -Eq '^pkg0 .* 0 +0$' <<<"$OUT" || fail "pkg0 row: $OUT"
-grep -q "^clients   1 attached, 1 task(s) running$" <<<"$OUT" || fail "clients line with a task: $OUT"
+# Attached: pkgctl run (its task) and pkgctl wait (registered, so the daemon counts its wait).
+grep -q "^clients   2 attached, 1 task(s) running$" <<<"$OUT" || fail "clients line with a task: $OUT"
 OUT=$("$C" watch --count 1 --sort holders)
 [ "$(row pkg2)" -gt "$(row pkg0)" ] || fail "--sort holders: $OUT"
 touch "$work/stop"
