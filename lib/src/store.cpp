@@ -369,9 +369,15 @@ class Writer {
     j_.root_cause = static_cast<u8>(root_cause);
     j_.child_key = child_key;
     j_.child_cause = static_cast<u8>(child_key != 0 ? child_cause : Cause::kNone);
-    u32 count = h_.cause_count.load(std::memory_order_relaxed);
-    for (const Cause c : {root_cause, child_key != 0 ? child_cause : Cause::kNone})
-      if (is_named_cause(c)) count = std::max<u32>(count, static_cast<u8>(c) - kFirstNamedCause + 1);
+    // 0 (no count to publish) unless a caller-named cause is used: built-in causes, the common
+    // case, leave the cause table's line alone.
+    u32 count = 0;
+    const Cause child_c = child_key != 0 ? child_cause : Cause::kNone;
+    if (is_named_cause(root_cause) || is_named_cause(child_c)) {
+      count = h_.cause_count.load(std::memory_order_relaxed);
+      for (const Cause c : {root_cause, child_c})
+        if (is_named_cause(c)) count = std::max<u32>(count, static_cast<u8>(c) - kFirstNamedCause + 1);
+    }
     j_.new_cause_count = std::min(count, kMaxCauseNames);
     j_.new_root_gen = g.root.load(std::memory_order_relaxed) + (root_bump ? 1 : 0);
     for (u32 k = 0; k < kChildKeys; ++k) {
@@ -389,7 +395,8 @@ class Writer {
     Slot& slot = m_.slots[s];
     bool cancelled = false;
     // The new name's entry is complete; publish it before any ring byte that uses it.
-    if (j_.new_cause_count > h_.cause_count.load(std::memory_order_relaxed) && j_.new_cause_count <= kMaxCauseNames)
+    if (j_.new_cause_count != 0 && j_.new_cause_count <= kMaxCauseNames &&
+        j_.new_cause_count > h_.cause_count.load(std::memory_order_relaxed))
       h_.cause_count.store(j_.new_cause_count, std::memory_order_release);
     if (j_.new_follow_revision != 0) h_.follow_revision.store(j_.new_follow_revision, std::memory_order_relaxed);
     if (j_.root_cause != static_cast<u8>(Cause::kNone)) {
