@@ -277,9 +277,10 @@ class Writer {
     j_.child_key = 0;
     j_.root_cause = static_cast<u8>(Cause::kNone);
     j_.child_cause = static_cast<u8>(Cause::kNone);
-    const SlotData& d = m_.slots[s].data;
-#pragma GCC unroll 40
-    for (std::size_t i = 0; i < kDataWords; ++i) j_.old_data[i] = d.w[i].load(std::memory_order_relaxed);
+    // One block copy, not 53 word loads and stores: only the mutex holder (this writer) stores
+    // into a slot's data words, so nothing changes them while they are copied (readers only read).
+    static_assert(sizeof(SlotData::w) == sizeof(j_.old_data) && sizeof(AU64) == sizeof(u64));
+    std::memcpy(j_.old_data, static_cast<const void*>(m_.slots[s].data.w), sizeof j_.old_data);
     j_.state.store(static_cast<u32>(JournalState::kPrepared), std::memory_order_release);
   }
 
