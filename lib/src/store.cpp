@@ -129,7 +129,9 @@ struct Block {
 
 using Bases = std::array<u64, 1 + kChildKeys>;  // root, then child[k-2]
 
-// The data record a write leaves in a slot.
+// The data record a write leaves in a slot. Callers name every field, the flag last: with the
+// flag first (padding after it) and a defaulted member, GCC 12 cleared the whole record with
+// `rep stos` before storing the fields.
 struct Record {
   std::string_view name;
   u64 hash = 0;
