@@ -29,7 +29,14 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-std::string quote(std::string_view v) { return "\"" + std::string(v) + "\""; }
+// Appended piece by piece: GCC 12 -O2/-O3 warns -Wrestrict (a false positive) inside
+// `"\"" + std::string(v) + "\""`, which fails a Release build with PKGCTX_WERROR.
+std::string quote(std::string_view v) {
+  std::string q;
+  q.reserve(v.size() + 2);
+  q.append(1, '"').append(v).append(1, '"');
+  return q;
+}
 
 // Unsigned integer with an optional K/M/G suffix (binary multiples).
 Result<std::uint64_t> parse_size(std::string_view v, bool allow_suffix) {

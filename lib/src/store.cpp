@@ -120,6 +120,7 @@ Result<void> check_version(std::string_view version, const Limits& limits) {
 }
 
 constexpr u64 kEmptyLen = 0;  // settings length 0 stands for "{}"
+const u64 kEmptySettingsChecksum = checksum_bytes("{}");
 
 struct Block {
   u64 off = 0;
@@ -128,9 +129,10 @@ struct Block {
 
 using Bases = std::array<u64, 1 + kChildKeys>;  // root, then child[k-2]
 
-// The data record a write leaves in a slot.
+// The data record a write leaves in a slot. Callers name every field, the flag last: with the
+// flag first (padding after it) and a defaulted member, GCC 12 cleared the whole record with
+// `rep stos` before storing the fields.
 struct Record {
-  bool used = true;  // false: the slot is freed (Delete)
   std::string_view name;
   u64 hash = 0;
   std::string_view version;  // "" = removed
@@ -138,7 +140,10 @@ struct Record {
   u64 checksum = 0;
   u64 settings_version = 0;
   std::string_view maintenance;  // "" = managed normally
-  Bases base{};                  // the slot's generations when this package was created
+  // The slot's generations when this package was created; nullptr: the package stays, so do
+  // its bases (no word to rewrite).
+  const Bases* base = nullptr;
+  bool used = true;  // false: the slot is freed (Delete)
 };
 
 // One write, as Writer::publish carries it out. The slot comes last so every designated
@@ -199,21 +204,18 @@ class Writer {
     return detail::meta_maintenance_len(d.w[dw::kMeta].load(std::memory_order_relaxed)) == mode.size() &&
            detail::words_equal(&d.w[dw::kMaintenance], mode);
   }
-  std::string version(u32 s) const {
-    std::string v(version_len(s), '\0');
-    detail::copy_out(v.data(), &m_.slots[s].data.w[dw::kVersion], v.size());
-    return v;
+  // The stored version and maintenance mode copied into `buf` (no allocation under the mutex);
+  // a length past the field is cut to it.
+  std::string_view version(u32 s, std::array<char, kMaxVersion>& buf) const {
+    const std::size_t n = std::min(version_len(s), kMaxVersion);
+    detail::copy_out(buf.data(), &m_.slots[s].data.w[dw::kVersion], n);
+    return {buf.data(), n};
   }
-  std::string maintenance(u32 s) const {
+  std::string_view maintenance(u32 s, std::array<char, kMaxMaintenance>& buf) const {
     const SlotData& d = m_.slots[s].data;
-    std::string v(std::min(detail::meta_maintenance_len(d.w[dw::kMeta].load(std::memory_order_relaxed)), kMaxMaintenance), '\0');
-    detail::copy_out(v.data(), &d.w[dw::kMaintenance], v.size());
-    return v;
-  }
-  Bases bases(u32 s) const {
-    Bases b;
-    for (std::size_t i = 0; i < b.size(); ++i) b[i] = m_.slots[s].data.w[dw::kBaseRoot + i].load(std::memory_order_relaxed);
-    return b;
+    const std::size_t n = std::min(detail::meta_maintenance_len(d.w[dw::kMeta].load(std::memory_order_relaxed)), kMaxMaintenance);
+    detail::copy_out(buf.data(), &d.w[dw::kMaintenance], n);
+    return {buf.data(), n};
   }
   // The slot's live generations: the bases of a package created in it now.
   Bases gens_now(u32 s) const {
@@ -277,9 +279,10 @@ class Writer {
     j_.child_key = 0;
     j_.root_cause = static_cast<u8>(Cause::kNone);
     j_.child_cause = static_cast<u8>(Cause::kNone);
-    const SlotData& d = m_.slots[s].data;
-#pragma GCC unroll 40
-    for (std::size_t i = 0; i < kDataWords; ++i) j_.old_data[i] = d.w[i].load(std::memory_order_relaxed);
+    // One block copy, not 53 word loads and stores: only the mutex holder (this writer) stores
+    // into a slot's data words, so nothing changes them while they are copied (readers only read).
+    static_assert(sizeof(SlotData::w) == sizeof(j_.old_data) && sizeof(AU64) == sizeof(u64));
+    std::memcpy(j_.old_data, static_cast<const void*>(m_.slots[s].data.w), sizeof j_.old_data);
     j_.state.store(static_cast<u32>(JournalState::kPrepared), std::memory_order_release);
   }
 
@@ -298,17 +301,18 @@ class Writer {
     d.w[dw::kSettingsLen].store(r.settings.len, std::memory_order_relaxed);
     d.w[dw::kChecksum].store(r.checksum, std::memory_order_relaxed);
     d.w[dw::kSettingsVersion].store(r.settings_version, std::memory_order_relaxed);
-    for (std::size_t i = 0; i < kMaxMaintenance / 8; ++i) d.w[dw::kMaintenance + i].store(0, std::memory_order_relaxed);
-    detail::copy_in(&d.w[dw::kMaintenance], r.maintenance.data(), r.maintenance.size());
-    for (std::size_t i = 0; i < r.base.size(); ++i) d.w[dw::kBaseRoot + i].store(r.base[i], std::memory_order_relaxed);
+    store_padded(&d.w[dw::kMaintenance], detail::meta_maintenance_len(old_meta), r.maintenance, kMaxMaintenance / 8);
+    if (r.base)
+      for (std::size_t i = 0; i < r.base->size(); ++i) d.w[dw::kBaseRoot + i].store((*r.base)[i], std::memory_order_relaxed);
     detail::write_end(d.seq);
   }
 
   // Stores `bytes` zero-padded to whole words, each word once. Words past both the new and the
   // old length (`old_bytes`) are left alone: every writer zero-pads, so they are zero already
-  // (and no reader looks past a length anyway). Names and versions have the same word count.
+  // (and no reader looks past a length anyway). `max_words`: the field's size (a corrupt old length
+  // stays in bounds); names and versions have the same word count.
   static_assert(kMaxName == kMaxVersion);
-  static void store_padded(AU64* w, std::size_t old_bytes, std::string_view bytes) {
+  static void store_padded(AU64* w, std::size_t old_bytes, std::string_view bytes, std::size_t max_words = kMaxName / 8) {
     std::size_t i = 0;
     for (; i + 8 <= bytes.size(); i += 8) {
       u64 v;
@@ -319,7 +323,7 @@ class Writer {
       w[i / 8].store(detail::tail_word(bytes.data() + i, bytes.size() - i), std::memory_order_relaxed);
       i += 8;
     }
-    const std::size_t old_words = std::min<std::size_t>((old_bytes + 7) / 8, kMaxName / 8);  // a corrupt length stays in bounds
+    const std::size_t old_words = std::min<std::size_t>((old_bytes + 7) / 8, max_words);
     for (std::size_t k = i / 8; k < old_words; ++k) w[k].store(0, std::memory_order_relaxed);
   }
 
@@ -368,9 +372,15 @@ class Writer {
     j_.root_cause = static_cast<u8>(root_cause);
     j_.child_key = child_key;
     j_.child_cause = static_cast<u8>(child_key != 0 ? child_cause : Cause::kNone);
-    u32 count = h_.cause_count.load(std::memory_order_relaxed);
-    for (const Cause c : {root_cause, child_key != 0 ? child_cause : Cause::kNone})
-      if (is_named_cause(c)) count = std::max<u32>(count, static_cast<u8>(c) - kFirstNamedCause + 1);
+    // 0 (no count to publish) unless a caller-named cause is used: built-in causes, the common
+    // case, leave the cause table's line alone.
+    u32 count = 0;
+    const Cause child_c = child_key != 0 ? child_cause : Cause::kNone;
+    if (is_named_cause(root_cause) || is_named_cause(child_c)) {
+      count = h_.cause_count.load(std::memory_order_relaxed);
+      for (const Cause c : {root_cause, child_c})
+        if (is_named_cause(c)) count = std::max<u32>(count, static_cast<u8>(c) - kFirstNamedCause + 1);
+    }
     j_.new_cause_count = std::min(count, kMaxCauseNames);
     j_.new_root_gen = g.root.load(std::memory_order_relaxed) + (root_bump ? 1 : 0);
     for (u32 k = 0; k < kChildKeys; ++k) {
@@ -388,7 +398,8 @@ class Writer {
     Slot& slot = m_.slots[s];
     bool cancelled = false;
     // The new name's entry is complete; publish it before any ring byte that uses it.
-    if (j_.new_cause_count > h_.cause_count.load(std::memory_order_relaxed) && j_.new_cause_count <= kMaxCauseNames)
+    if (j_.new_cause_count != 0 && j_.new_cause_count <= kMaxCauseNames &&
+        j_.new_cause_count > h_.cause_count.load(std::memory_order_relaxed))
       h_.cause_count.store(j_.new_cause_count, std::memory_order_release);
     if (j_.new_follow_revision != 0) h_.follow_revision.store(j_.new_follow_revision, std::memory_order_relaxed);
     if (j_.root_cause != static_cast<u8>(Cause::kNone)) {
@@ -643,10 +654,25 @@ namespace {
 
 // Validates the §2.1 options (nothing touched yet).
 Result<void> check_options(const UpdateOptions& o) {
-  if (auto v = validate_maintenance(o.maintenance); !v) return v.error();
+  if (!o.maintenance.empty())  // "" is valid: the common case costs no call
+    if (auto v = validate_maintenance(o.maintenance); !v) return v.error();
   if (!o.cause.empty())
     if (auto v = validate_cause_name(o.cause); !v) return v.error();
   return {};
+}
+
+// The answers of update(), filled in place: GCC clears a braced UpdateResult temporary with
+// `rep stos` first, which costs more than the rest of the answer.
+UpdateResult without_token(Change change) {
+  UpdateResult r;
+  r.change = change;
+  return r;
+}
+// A version change: a new root token.
+UpdateResult with_token(const Segment& seg, u32 s, Change change) {
+  UpdateResult r = without_token(change);
+  r.token.emplace(core::Token::snapshot(seg.mapping(), s, kEventUpdate));
+  return r;
 }
 
 Error too_many_causes(const Segment& seg, std::string_view name) {
@@ -690,9 +716,10 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
     const auto b = w.store_settings(settings.canonical());
     if (!b) return full();
     const u32 s = w.pop_slot();
-    const Record r{true, name, hash, version, *b, sum, opts.settings_version, opts.maintenance, w.gens_now(s)};
+    const Bases base = w.gens_now(s);
+    const Record r{name, hash, version, *b, sum, opts.settings_version, opts.maintenance, &base, true};
     w.publish({.record = &r, .follow_revision = opts.follow_revision, .slot = s});
-    return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), Change::created};
+    return with_token(seg_, s, Change::created);
   }
 
   const u32 s = *found;
@@ -702,22 +729,22 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
   const bool same_extras = w.settings_version(s) == opts.settings_version && w.maintenance_is(s, opts.maintenance);
   if (same_version && same_settings && same_extras) {
     w.set_follow_revision(opts.follow_revision);
-    return UpdateResult{std::nullopt, Change::none};
+    return without_token(Change::none);
   }
 
   // Settings bytes: reuse the stored block when the checksum is unchanged.
   const Block old = w.block(s);
   const std::optional<Block> nb = same_settings ? std::optional<Block>(old) : w.store_settings(settings.canonical());
   if (!nb) return full();
-  const Record r{true, name, hash, version, *nb, sum, opts.settings_version, opts.maintenance, w.bases(s)};
+  const Record r{name, hash, version, *nb, sum, opts.settings_version, opts.maintenance, nullptr, true};
   const bool version_change = !same_version;  // includes re-creating a removed package and force
   w.publish({.record = &r,
              .root_cause = version_change ? version_cause : Cause::kNone,
              .release = same_settings ? Block{} : old,
              .follow_revision = opts.follow_revision,
              .slot = s});
-  if (!version_change) return UpdateResult{std::nullopt, Change::settings};
-  return UpdateResult{core::Token::snapshot(seg_.mapping(), s, kEventUpdate), was_removed ? Change::created : Change::version};
+  if (!version_change) return without_token(Change::settings);
+  return with_token(seg_, s, was_removed ? Change::created : Change::version);
 }
 
 Result<bool> Store::update_settings(std::string_view name, const Settings& settings, std::uint64_t settings_version) {
@@ -743,14 +770,16 @@ Result<bool> Store::update_settings(std::string_view name, const Settings& setti
     return make_error(Errc::settings_full, "settings area of segment " + seg_.name() + " has no room for " +
                                                std::to_string(settings.canonical().size()) + " bytes");
   // Version and maintenance are kept.
-  const std::string version = w.version(s), maintenance = w.maintenance(s);
-  const Record r{true, name, hash, version, *nb, sum, settings_version, maintenance, w.bases(s)};
+  std::array<char, kMaxVersion> version_buf;
+  std::array<char, kMaxMaintenance> maintenance_buf;
+  const std::string_view version = w.version(s, version_buf), maintenance = w.maintenance(s, maintenance_buf);
+  const Record r{name, hash, version, *nb, sum, settings_version, maintenance, nullptr, true};
   w.publish({.record = &r, .release = same_settings ? Block{} : old, .slot = s});
   return true;
 }
 
 Result<std::optional<core::Token>> Store::handle_event(int event, std::string_view name, std::string_view cause) {
-  if (auto e = validate_event(event); !e) return e.error();
+  if (!is_valid_event(event)) return validate_event(event).error();  // the message from the one place
   if (auto v = validate_name(name, limits_); !v) return v.error();
   if (!cause.empty())
     if (auto v = validate_cause_name(cause); !v) return v.error();
@@ -766,7 +795,7 @@ Result<std::optional<core::Token>> Store::handle_event(int event, std::string_vi
   if (!found) return std::optional<core::Token>();
   const u32 s = *found;
   if (event == kEventRemove) {
-    const Record r{true, name, hash, "", Block{0, kEmptyLen}, checksum_bytes("{}"), 0, "", w.bases(s)};
+    const Record r{name, hash, "", Block{0, kEmptyLen}, kEmptySettingsChecksum, 0, "", nullptr, true};
     w.publish({.record = &r, .root_cause = named.value_or(Cause::kRemoved), .release = w.block(s), .slot = s});
   } else if (event == kEventUpdate) {
     w.publish({.root_cause = named.value_or(Cause::kUpdateEvent), .slot = s});
@@ -787,7 +816,8 @@ Result<bool> Store::erase(std::string_view name, std::uint64_t follow_revision) 
     return false;
   }
   const u32 s = *found;
-  const Record r{false, "", 0, "", Block{0, kEmptyLen}, 0, 0, "", Bases{}};
+  static constexpr Bases kNoBases{};
+  const Record r{"", 0, "", Block{0, kEmptyLen}, 0, 0, "", &kNoBases, false};
   w.publish({.record = &r, .root_cause = Cause::kDeleted, .release = w.block(s), .follow_revision = follow_revision,
              .slot = s});
   return true;

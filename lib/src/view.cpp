@@ -200,7 +200,7 @@ Result<PackageRecord> View::read(std::string_view name, bool with_settings) cons
 }
 
 Result<core::Token> View::token(std::string_view name, int event) const {
-  if (auto e = validate_event(event); !e) return e.error();
+  if (!is_valid_event(event)) return validate_event(event).error();  // the message from the one place
   const auto& m = *seg_.mapping();
   if (auto v = validate_name(name, {.max_name = m.header->max_name}); !v) return v.error();
   const u64 hash = name_hash(name);

@@ -9,6 +9,7 @@ namespace pkgctx {
 inline std::ostream& operator<<(std::ostream& os, Change c) { return os << change_name(c); }
 }
 
+#include <array>
 #include <string>
 
 using namespace pkgctx;
@@ -621,6 +622,33 @@ BOOST_AUTO_TEST_CASE(maintenance_is_a_settings_only_change_read_late_bound) {
   BOOST_TEST(store.update("app", "1", S("{}"), MAINT("paused"))->change == Change::none);
   BOOST_TEST(store.update("app", "1", S("{}"))->change == Change::settings);  // back to "" (managed)
   BOOST_TEST(store.view().read("app").value().maintenance == "");
+}
+
+// A write stores only the maintenance words the old or the new mode covers (words past both are
+// zero already): a shorter mode leaves no byte of the longer one behind, and update_settings
+// keeps the longest version and mode as they were.
+BOOST_AUTO_TEST_CASE(a_shorter_maintenance_mode_leaves_no_byte_of_the_longer_one) {
+  const std::string longest(layout::kMaxMaintenance, 'm');
+  const std::string version(layout::kMaxVersion, 'v');
+  BOOST_REQUIRE(store.update("app", version, S("{}"), MAINT(longest)));
+  const std::uint32_t s = store.view().find("app").value();
+  const auto words = [&] {
+    std::array<std::uint64_t, layout::kMaxMaintenance / 8> w{};
+    for (std::size_t i = 0; i < w.size(); ++i) w[i] = slot_of(store, s).data.w[layout::dw::kMaintenance + i].load();
+    return w;
+  };
+  BOOST_TEST(store.update_settings("app", S(R"({"a":1})"), 1).value());
+  BOOST_TEST(store.view().read("app").value().maintenance == longest);
+  BOOST_TEST(store.view().read("app").value().version == version);
+  BOOST_REQUIRE(store.update("app", version, S(R"({"a":1})"), MAINT("abcdefghij")));  // 2 words
+  BOOST_TEST(store.view().read("app").value().maintenance == "abcdefghij");
+  auto w = words();
+  BOOST_TEST((w[1] >> 16) == 0u);  // bytes 10..15 of the mode field
+  for (std::size_t i = 2; i < w.size(); ++i) BOOST_TEST(w[i] == 0u);
+  BOOST_REQUIRE(store.update("app", version, S(R"({"a":1})")));  // back to "" (managed)
+  BOOST_TEST(store.view().read("app").value().maintenance == "");
+  w = words();
+  for (std::size_t i = 0; i < w.size(); ++i) BOOST_TEST(w[i] == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(need_update_compares_maintenance_only_when_given) {

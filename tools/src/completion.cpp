@@ -95,7 +95,8 @@ std::string zsh_items(const std::vector<Word>& words) {
   for (const auto& w : words) {
     std::string item;
     for (char c : w.text) item += c == ':' ? std::string("\\:") : std::string(1, c);
-    out += " " + single_quoted(item + ":" + w.help);
+    out += ' ';  // not " " + string&&: GCC 12 warns -Wrestrict (a false positive) on that
+    out += single_quoted(item + ":" + w.help);
   }
   return out;
 }

@@ -229,7 +229,11 @@ std::string dump_package_json(const PackageRecord& p) {
 
 std::string dump_json(const Snapshot& s) {
   std::string out = dump_json_open(s);
-  for (std::size_t k = 0; k < s.packages.size(); ++k) out += (k ? "," : "") + dump_package_json(s.packages[k]);
+  // Appended piece by piece: GCC 12 warns -Wrestrict (a false positive) on "literal" + string&&.
+  for (std::size_t k = 0; k < s.packages.size(); ++k) {
+    if (k) out += ',';
+    out += dump_package_json(s.packages[k]);
+  }
   return out + "]}";
 }
 

@@ -147,7 +147,7 @@ struct Journal {
   u64 new_child_gen[kChildKeys];  // 0 = this child generation does not move
   u64 old_data[kDataWords];  // the slot's data words before the write
   u32 old_used;       // slot was in use before the write
-  u32 new_cause_count;  // Header::cause_count to store on commit (a name the write registered)
+  u32 new_cause_count;  // Header::cause_count to store on commit (a name the write registered; 0: unchanged)
   u64 new_follow_revision;  // Header::follow_revision to store on commit (0: unchanged)
 };
 
