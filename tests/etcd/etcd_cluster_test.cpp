@@ -1,7 +1,7 @@
 // pkgctxd following a 3-member etcd cluster on 127.0.0.1 (a member killed, leader changes, a
 // member that hangs while watched), and a fleet converging: N daemons, each its own segment (a
 // simulated host), follow one prefix through 1,000 changes and end identical to etcd with every cancellation made exactly once
-// (DESIGN §10). N: PKGCTX_ETCD_HOSTS (default 10).
+// (DESIGN §10). N: PKGCTX_ETCD_HOSTS (default 50, as the issue asks; ~15 s here).
 #define BOOST_TEST_MODULE etcd_cluster
 #include "etcd_harness.hpp"
 
@@ -117,7 +117,7 @@ BOOST_AUTO_TEST_CASE(a_member_that_hangs_while_watched_is_left_for_another) {
 }
 
 BOOST_AUTO_TEST_CASE(a_fleet_converges_on_a_thousand_changes) {
-  int hosts = 10;
+  int hosts = 50;
   if (const char* n = std::getenv("PKGCTX_ETCD_HOSTS"); n && *n) hosts = std::max(1, std::atoi(n));
   constexpr int kChanges = 1000, kPackages = 40;
   EtcdCluster etcd(1);
