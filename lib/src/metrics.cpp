@@ -106,6 +106,7 @@ void write_segment_metrics(MetricsWriter& m, const SegmentInfo& i, std::uint64_t
   m.gauge("pkgctx_segment_settings_used_bytes", "Bytes of the settings area in use.", i.settings_used, "bytes");
   m.counter("pkgctx_segment_commits", "Writes committed to the table since it was created.", i.commits);
   m.counter("pkgctx_segment_repairs", "Repairs after a writer died inside the critical section.", i.repairs);
+  m.counter("pkgctx_segment_wakes", "Futex-wake syscalls writers made for sleepers on a cancelled slot.", i.wakes);
 
   const Liveness live = liveness(i);
   m.family("pkgctx_daemon_liveness", MetricsWriter::Type::stateset,

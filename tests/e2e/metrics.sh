@@ -84,6 +84,7 @@ expect 64 pkgctx_segment_capacity
 [ "$(value pkgctx_segment_settings_bytes)" -ge "$(value pkgctx_segment_settings_used_bytes)" ] || fail "settings used > total"
 expect 8 pkgctx_segment_commits_total   # 5 creations, a version change, two events
 expect 0 pkgctx_segment_repairs_total
+expect 0 pkgctx_segment_wakes_total   # nobody waited: no writer made a wake syscall
 expect 1 pkgctx_segment_info segment="$PKGCTX_SEGMENT" state=live
 expect 1 pkgctx_daemon_liveness pkgctx_daemon_liveness=alive
 expect 0 pkgctx_daemon_liveness pkgctx_daemon_liveness=stopped
