@@ -29,13 +29,8 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "metrics: FAIL: $*" >&2; exit 1; }
 
-"$PKGCTXD" --config /dev/null --heartbeat-ms 100 --capacity 64 >"$TMP/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 1000); do
-  kill -0 "$DAEMON" 2>/dev/null || fail "pkgctxd exited: $(cat "$TMP/daemon.log")"
-  "$PKGCTL" clients >/dev/null 2>&1 && break
-  sleep 0.01
-done
+. "$(dirname "$0")/../support/e2e_daemon.sh"
+start_pkgctxd --config /dev/null --heartbeat-ms 100 --capacity 64
 
 # The checker: `value NAME [LABEL=VALUE…]` prints the sample's value from an exposition on stdin,
 # after parsing the whole text with the OpenMetrics parser (any format error fails here).

@@ -50,14 +50,8 @@ batch 4 <<<$'update web 1.0\nsettings web'
 [[ $(line 1) == '{"ok":false,"error":{"code":"daemon_unreachable",'* ]] || fail "no daemon: $(line 1)"
 [ "$(wc -l <<<"$OUT")" -eq 2 ] || fail "want 2 answers: $OUT"
 
-"$PKGCTXD" --config /dev/null --segment "$SEG" --socket "$SOCK" --capacity 16 --heartbeat-ms 100 \
-  >"$TMP/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 1000); do
-  kill -0 "$DAEMON" 2>/dev/null || fail "pkgctxd exited: $(cat "$TMP/daemon.log")"
-  "$PKGCTL" delete probe >/dev/null 2>&1 && break
-  sleep 0.01
-done
+. "$(dirname "$0")/../support/e2e_daemon.sh"
+start_pkgctxd --config /dev/null --segment "$SEG" --socket "$SOCK" --capacity 16 --heartbeat-ms 100
 
 # Six writes and two reads, quoting as a shell does; one connection for all of them.
 before=$(accepted)

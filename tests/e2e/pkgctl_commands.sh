@@ -55,15 +55,9 @@ t 4 event schedule web
 t 4 delete web
 
 # --- start the daemon; ready when the socket accepts (a real condition, no fixed sleep) -------
-"$PKGCTXD" --config /dev/null --segment "$SEG" --socket "$SOCK" --capacity 4 --settings-bytes 64K \
-  --set max_settings=1024 --heartbeat-ms 100 >"$TMP/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 1000); do
-  kill -0 "$DAEMON" 2>/dev/null || fail "pkgctxd exited: $(cat "$TMP/daemon.log")"
-  # `need_update` over the socket would be a read; `delete` of an absent package changes nothing.
-  "$PKGCTL" delete probe >/dev/null 2>&1 && break
-  sleep 0.01
-done
+. "$(dirname "$0")/../support/e2e_daemon.sh"
+start_pkgctxd --config /dev/null --segment "$SEG" --socket "$SOCK" --capacity 4 --settings-bytes 64K \
+  --set max_settings=1024 --heartbeat-ms 100
 t 0 delete probe; eq "$OUT" '{"name":"probe","deleted":false,"in_flight":0,"reason":"no such package"}' "delete absent"
 
 # --- usage -> 2 -------------------------------------------------------------------------------

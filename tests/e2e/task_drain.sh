@@ -23,13 +23,8 @@ trap cleanup EXIT
 fail() { echo "task_drain: FAIL: $*" >&2; exit 1; }
 has() { [[ $1 == *"$2"* ]] || fail "${3:-output} lacks '$2': $1"; }
 
-"$PKGCTXD" --config /dev/null --heartbeat-ms 100 >"$TMP/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 1000); do
-  kill -0 "$DAEMON" 2>/dev/null || fail "pkgctxd exited: $(cat "$TMP/daemon.log")"
-  "$PKGCTL" delete probe >/dev/null 2>&1 && break
-  sleep 0.01
-done
+. "$(dirname "$0")/../support/e2e_daemon.sh"
+start_pkgctxd --config /dev/null --heartbeat-ms 100
 
 "$PKGCTL" update app 1 >/dev/null
 rc=0; "$PKGCTL" run nope -- true 2>"$TMP/err" || rc=$?

@@ -41,15 +41,10 @@ has() { [[ $1 == *"$2"* ]] || fail "${3:-output} lacks '$2': $1"; }
 
 # The socket is connectable by everyone (0666 in a 0755 directory); writes stay allow-listed.
 chmod 0755 "$TMP"
-"$PKGCTXD" --config /dev/null --segment "$SEG" --socket "$SOCK" --capacity 8 --set socket_mode=0666 \
-  --heartbeat-ms 100 >"$TMP/daemon.log" 2>&1 &
-DAEMON=$!
-for _ in $(seq 1000); do
-  kill -0 "$DAEMON" 2>/dev/null || fail "pkgctxd exited: $(cat "$TMP/daemon.log")"
-  "$PKGCTL" --segment "$SEG" --socket "$SOCK" delete probe >/dev/null 2>&1 && break
-  sleep 0.01
-done
 export PKGCTX_SEGMENT=$SEG PKGCTX_SOCKET=$SOCK
+. "$(dirname "$0")/../support/e2e_daemon.sh"
+start_pkgctxd --config /dev/null --segment "$SEG" --socket "$SOCK" --capacity 8 --set socket_mode=0666 \
+  --heartbeat-ms 100
 run 0 "$PKGCTL" update web 1.0 --settings '{"a":1}'
 
 # --- forbidden: nobody connects, the daemon refuses the write -> 7, nothing changed ----------
