@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <dirent.h>
 #include <fcntl.h>
 #include <functional>
 #include <linux/perf_event.h>
@@ -113,6 +114,37 @@ class ProcState {
  private:
   int fd_ = -1;
 };
+
+// Where the processes of a measurement run. Unix-socket and futex round trips on this 2-vCPU VM
+// depend on placement more than on anything the server does: two processes on one CPU hand over
+// in a context switch (~10 µs echo round trip); on two CPUs each hop wakes an idle vCPU (~50 µs).
+// Left alone, the scheduler settles a pair in either placement, run by run, so a comparison
+// between two servers is only fair when both run in the same one.
+struct Placement {
+  const char* name;  // "same_cpu", "cross_cpu", "unpinned"
+  int client, server;  // CPU numbers, -1: any CPU
+};
+inline std::vector<Placement> placements() {
+  std::vector<Placement> p{{"same_cpu", 0, 0}};
+  if (::sysconf(_SC_NPROCESSORS_ONLN) >= 2) p.push_back({"cross_cpu", 0, 1});
+  p.push_back({"unpinned", -1, -1});
+  return p;
+}
+
+// Pins every thread of `pid` (0: this process) to `cpu`, or lets them run anywhere (-1).
+inline void set_affinity(pid_t pid, int cpu) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+  for (long c = 0; c < n; ++c)
+    if (cpu < 0 || c == cpu) CPU_SET(static_cast<int>(c), &set);
+  const std::string dir = "/proc/" + (pid == 0 ? std::string("self") : std::to_string(pid)) + "/task";
+  if (DIR* d = ::opendir(dir.c_str())) {
+    while (const dirent* e = ::readdir(d))
+      if (e->d_name[0] != '.') ::sched_setaffinity(static_cast<pid_t>(std::atoi(e->d_name)), sizeof set, &set);
+    ::closedir(d);
+  }
+}
 
 // Spins (yielding the CPU) until `cond()` holds: true, or false when `limit_ns` passed first.
 // For "is the other process asleep yet", which no event announces.

@@ -11,7 +11,12 @@
 //                 round trip after the same idle plus a raw futex wake after the same idle. The
 //                 path in parts: send → server read (the echo server's own stamp: the floor of
 //                 the daemon's), futex wake → sleeper running, and the remainder (the daemon's
-//                 handling, from its read to its FUTEX_WAKE). Not pinned: what users get.
+//                 handling, from its read to its FUTEX_WAKE). In three layouts, each with its
+//                 floors placed alike (bench_util.hpp says why placement decides these numbers):
+//                   one_cpu    controller, daemon and worker on CPU 0 (floors: all on CPU 0);
+//                   cross_cpu  controller and worker on CPU 0, the daemon on CPU 1: every hop
+//                              crosses (floors: echo server and futex waker on CPU 1);
+//                   unpinned   nothing pinned: what users get, wherever the scheduler puts them.
 //
 // Usage: pkgctx_e2e_bench --daemon PKGCTXD --pkgctl PKGCTL --min-client MIN
 //                         [--spawns N] [--wakes N] [--daemon-log FILE] [--out FILE]
@@ -154,9 +159,20 @@ struct Daemon {
 
 // --- request → worker awake -------------------------------------------------------------------
 
+// Where each party of the request → wake path runs (-1: anywhere).
+struct Layout {
+  const char* name;
+  int controller, daemon, worker;
+};
+
+struct PathSamples {
+  Samples e2e, answer, rtt, oneway, fwake;
+};
+
 // The worker: blocks on the schedule token of "app", stamps when it runs again.
-pid_t start_worker(const std::string& seg, const std::string& socket, Stamp& sh, const bench::Pipe& ack) {
+pid_t start_worker(const std::string& seg, const std::string& socket, Stamp& sh, const bench::Pipe& ack, int cpu) {
   return bench::spawn([&] {
+    bench::set_affinity(0, cpu);
     // A registered worker: pkgctxd counts its wait, so the write wakes it at once.
     Worker w = Worker::attach(seg).value();
     (void)w.register_daemon(socket);
@@ -172,10 +188,12 @@ pid_t start_worker(const std::string& seg, const std::string& socket, Stamp& sh,
 }
 
 // `n` controller requests, each after the worker is asleep and 2 ms of idle.
-void request_wakes(const Daemon& d, int n, Samples& e2e, Samples& answer) {
+void request_wakes(const Daemon& d, int n, const Layout& l, Samples& e2e, Samples& answer) {
   auto* sh = bench::shared_anon<Stamp>();
   bench::Pipe ack;
-  const pid_t worker = start_worker(d.seg, d.path, *sh, ack);
+  bench::set_affinity(0, l.controller);
+  bench::set_affinity(d.pid, l.daemon);
+  const pid_t worker = start_worker(d.seg, d.path, *sh, ack, l.worker);
   bench::ProcState ps(worker);
   View v = View::open(d.seg).value();
   const std::uint32_t slot = v.find("app").value();
@@ -201,11 +219,13 @@ void request_wakes(const Daemon& d, int n, Samples& e2e, Samples& answer) {
 }
 
 // The raw echo after 2 ms idle: the server stamps when its read returns, then writes back.
-void echo_floor(int n, Samples& rtt, Samples& oneway) {
+void echo_floor(int n, const Layout& l, Samples& rtt, Samples& oneway) {
   auto* sh = bench::shared_anon<Stamp>();
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) bench::die("socketpair");
+  bench::set_affinity(0, l.controller);
   const pid_t server = bench::spawn([&] {
+    bench::set_affinity(0, l.daemon);
     ::close(sv[0]);
     char buf[4096];
     for (;;) {
@@ -230,11 +250,13 @@ void echo_floor(int n, Samples& rtt, Samples& oneway) {
   ::munmap(sh, sizeof *sh);
 }
 
-// The raw futex wake after 2 ms idle.
-void futex_floor(int n, Samples& wake) {
+// The raw futex wake after 2 ms idle, the waker placed as the daemon, the sleeper as the worker.
+void futex_floor(int n, const Layout& l, Samples& wake) {
   auto* sh = bench::shared_anon<Stamp>();
   bench::Pipe ack;
+  bench::set_affinity(0, l.daemon);
   const pid_t child = bench::spawn([&] {
+    bench::set_affinity(0, l.worker);
     while (true) {
       const std::uint32_t seen = sh->word.load();
       while (sh->word.load() == seen) futex::wait(&sh->word, seen, std::chrono::seconds(10));
@@ -302,27 +324,43 @@ int main(int argc, char** argv) {
                upd.p(50) / 1e3, upd.p(99) / 1e3, minc.p(50) / 1e3, minc.p(99) / 1e3, start.p(50) / 1e3,
                exec_floor.p(50) / 1e3);
 
-  // Request → worker awake, and its floors, in rounds.
-  Samples e2e, answer, rtt, oneway, fwake;
+  // Request → worker awake, and its floors, in rounds, every layout in each round.
+  std::vector<Layout> layouts{{"one_cpu", 0, 0, 0}};
+  if (::sysconf(_SC_NPROCESSORS_ONLN) >= 2) layouts.push_back({"cross_cpu", 0, 1, 0});
+  layouts.push_back({"unpinned", -1, -1, -1});
+  std::vector<PathSamples> paths(layouts.size());
   const int rounds = 5;
   for (int r = 0; r < rounds; ++r) {
     const int n = wakes / rounds;
-    request_wakes(d, n, e2e, answer);
-    echo_floor(n, rtt, oneway);
-    futex_floor(n, fwake);
+    for (std::size_t i = 0; i < layouts.size(); ++i) {
+      request_wakes(d, n, layouts[i], paths[i].e2e, paths[i].answer);
+      echo_floor(n, layouts[i], paths[i].rtt, paths[i].oneway);
+      futex_floor(n, layouts[i], paths[i].fwake);
+    }
   }
-  std::fprintf(stderr,
-               "request->worker awake after 2 ms idle: p50 %.1f us p99 %.1f us (answer p50 %.1f us) | echo rtt p50 "
-               "%.1f us (one way %.1f us) + futex wake p50 %.1f us\n",
-               e2e.p(50) / 1e3, e2e.p(99) / 1e3, answer.p(50) / 1e3, rtt.p(50) / 1e3, oneway.p(50) / 1e3,
-               fwake.p(50) / 1e3);
+  bench::set_affinity(0, -1);
+  bench::set_affinity(d.pid, -1);
+  for (std::size_t i = 0; i < layouts.size(); ++i) {
+    const PathSamples& p = paths[i];
+    std::fprintf(stderr,
+                 "request->worker awake after 2 ms idle, %-9s: p50 %.1f us p99 %.1f us (answer p50 %.1f us) | echo rtt "
+                 "p50 %.1f us (one way %.1f us) + futex wake p50 %.1f us: %.2fx\n",
+                 layouts[i].name, p.e2e.p(50) / 1e3, p.e2e.p(99) / 1e3, p.answer.p(50) / 1e3, p.rtt.p(50) / 1e3,
+                 p.oneway.p(50) / 1e3, p.fwake.p(50) / 1e3, p.e2e.p(50) / (p.rtt.p(50) + p.fwake.p(50)));
+  }
+  const auto path_json = [](const PathSamples& p) {
+    return "{\"idle_ms\":2,\"e2e\":" + samples_json(p.e2e) + ",\"answer\":" + samples_json(p.answer) +
+           ",\"echo_rtt\":" + samples_json(p.rtt) + ",\"echo_oneway\":" + samples_json(p.oneway) +
+           ",\"futex_wake\":" + samples_json(p.fwake) + "}";
+  };
 
   std::ostringstream o;
   o << "{\"spawn\":{\"pkgctl_update\":" << samples_json(upd) << ",\"min_client\":" << samples_json(minc)
     << ",\"pkgctl_checksum\":" << samples_json(start) << ",\"exec_floor\":" << samples_json(exec_floor)
-    << "},\n\"request_wake\":{\"idle_ms\":2,\"e2e\":" << samples_json(e2e) << ",\"answer\":" << samples_json(answer)
-    << ",\"echo_rtt\":" << samples_json(rtt) << ",\"echo_oneway\":" << samples_json(oneway)
-    << ",\"futex_wake\":" << samples_json(fwake) << "}}\n";
+    << "},\n\"request_wake\":" << path_json(paths.back()) << ",\n\"request_wake_layouts\":{";
+  for (std::size_t i = 0; i < layouts.size(); ++i)
+    o << (i ? "," : "") << "\"" << layouts[i].name << "\":" << path_json(paths[i]);
+  o << "}}\n";
   if (out.empty())
     std::fputs(o.str().c_str(), stdout);
   else

@@ -10,6 +10,8 @@
 //                    across CPUs (what users get).
 //   socket_echo      a raw Unix stream socket echo server (a forked child) answering each line.
 //   daemon           pkgctxd's control socket, the same client code, one "schedule" event a line.
+//                    Sequential round trips of both servers in each placement (bench::placements:
+//                    client and server on one CPU, on two CPUs, unpinned), interleaved in rounds.
 //
 // Every wake is taken only once the sleeper is really asleep (/proc/<pid>/stat says 'S').
 //
@@ -367,7 +369,12 @@ struct Daemon {
 };
 
 struct SocketRun {
-  SocketFigures echo, daemon;
+  SocketFigures echo, daemon;  // unpinned (and the pipelined runs)
+  struct Placed {
+    std::string name;
+    SocketFigures echo, daemon;
+  };
+  std::vector<Placed> placed;  // the sequential rounds in each bench::placements() placement
   bool daemon_available = false;
   std::string daemon_reason;
 };
@@ -382,14 +389,24 @@ SocketRun sockets(int requests, int pipelined, const std::string& exe, const std
   Client echo(efd, kRequest);
   Daemon d(exe, log);
   constexpr int kRounds = 10;
-  echo.sequential(1000, nullptr);
-  if (d.client && !d.client->sequential(1000, &run.daemon)) d.reason = "pkgctxd: " + run.daemon.failure;
-  run.daemon = SocketFigures{};
-  for (int r = 0; r < kRounds; ++r) {
-    const int n = requests / kRounds;
-    echo.sequential(n, &run.echo);
-    if (d.reason.empty() && d.client && !d.client->sequential(n, &run.daemon)) d.reason = "pkgctxd: " + run.daemon.failure;
+  // Each placement in turn: client (this process) and both servers pinned alike, a warm-up, then
+  // the two servers interleaved in rounds.
+  for (const bench::Placement& pl : bench::placements()) {
+    bench::set_affinity(0, pl.client);
+    bench::set_affinity(server, pl.server);
+    if (d.pid > 0) bench::set_affinity(d.pid, pl.server);
+    SocketRun::Placed& p = run.placed.emplace_back(SocketRun::Placed{pl.name, {}, {}});
+    echo.sequential(1000, nullptr);
+    if (d.reason.empty() && d.client && !d.client->sequential(1000, &p.daemon)) d.reason = "pkgctxd: " + p.daemon.failure;
+    p.daemon = SocketFigures{};
+    for (int r = 0; r < kRounds; ++r) {
+      const int n = requests / kRounds;
+      echo.sequential(n, &p.echo);
+      if (d.reason.empty() && d.client && !d.client->sequential(n, &p.daemon)) d.reason = "pkgctxd: " + p.daemon.failure;
+    }
   }
+  run.echo = run.placed.back().echo;  // unpinned, as users get it
+  run.daemon = run.placed.back().daemon;
   echo.pipelined(pipelined, run.echo);
   if (d.reason.empty() && d.client) {
     d.client->pipelined(pipelined, run.daemon);
@@ -478,19 +495,27 @@ int main(int argc, char** argv) {
   const SocketRun sr = sockets(requests, pipelined, daemon, daemon_log);
   std::fprintf(stderr, "echo: rtt p50 %.1f us, %.0f req/s sequential (median of rounds), %.0f req/s pipelined\n",
                sr.echo.rtt.p(50) / 1e3, sr.echo.seq_rps(), sr.echo.pipelined_rps);
-  if (sr.daemon_available)
+  if (sr.daemon_available) {
     std::fprintf(stderr, "daemon: rtt p50 %.1f us, %.0f req/s sequential, %.0f req/s pipelined%s%s\n",
                  sr.daemon.rtt.p(50) / 1e3, sr.daemon.seq_rps(), sr.daemon.pipelined_rps, sr.daemon.ok ? "" : " FAILED: ",
                  sr.daemon.failure.c_str());
-  else
+    for (const auto& p : sr.placed)
+      std::fprintf(stderr, "  %-9s rtt p50: echo %.1f us, daemon %.1f us; sequential %.2fx echo\n", p.name.c_str(),
+                   p.echo.rtt.p(50) / 1e3, p.daemon.rtt.p(50) / 1e3, p.daemon.seq_rps() / p.echo.seq_rps());
+  } else {
     std::fprintf(stderr, "daemon: pending: %s\n", sr.daemon_reason.c_str());
+  }
 
   std::ostringstream o;
   o << "{\"wake\":" << samples_json(wake) << ",\n\"futex_floor\":" << samples_json(floor)
     << ",\n\"wake_unpinned\":" << samples_json(wake_free) << ",\n\"futex_floor_unpinned\":" << samples_json(floor_free)
     << ",\n\"socket_echo\":" << socket_json(sr.echo) << ",\n\"daemon\":{\"available\":"
     << (sr.daemon_available ? "true" : "false") << ",\"reason\":\"" << json_escape(sr.daemon_reason)
-    << "\",\"figures\":" << socket_json(sr.daemon) << "}}\n";
+    << "\",\"figures\":" << socket_json(sr.daemon) << "},\n\"socket_placements\":{";
+  for (std::size_t i = 0; i < sr.placed.size(); ++i)
+    o << (i ? "," : "") << "\"" << sr.placed[i].name << "\":{\"echo\":" << socket_json(sr.placed[i].echo)
+      << ",\"daemon\":" << socket_json(sr.placed[i].daemon) << "}";
+  o << "}}\n";
   if (out.empty()) {
     std::fputs(o.str().c_str(), stdout);
   } else {
