@@ -640,6 +640,8 @@ int main(int argc, char** argv) {
        << ",\"notify_syscalls\":" << fan[m].syscalls << "}";
   js << "},\n\"notify1\":{";
   for (int m = 0; m < kModes; ++m) js << (m ? ",\n" : "") << "\"" << kModeName[m] << "\":" << series_json(one[m].last);
+  js << "},\n\"notify1_call\":{";  // the waker's own call, stamp to return
+  for (int m = 0; m < kModes; ++m) js << (m ? ",\n" : "") << "\"" << kModeName[m] << "\":" << series_json(one[m].write);
   js << "},\n\"check_ns\":{\"pkgctx\":" << check_pkgctx << ",\"local_flag\":" << check_flag << ",\"stat\":" << check_stat
      << ",\"daemon\":" << series_json(ask) << "},\n\"rss_delta_kb\":{";
   for (int m = 0; m < kModes; ++m) js << (m ? "," : "") << "\"" << kModeName[m] << "\":" << rss_delta[m];
@@ -653,6 +655,8 @@ int main(int argc, char** argv) {
   std::fprintf(stderr, "notify one p50: pkgctx %.1f us, raw futex %.1f us, dbus %.1f us, inotify %.1f us\n",
                p50(one[kPkgctx].last) / 1e3, p50(one[kRawFutex].last) / 1e3, p50(one[kDbus].last) / 1e3,
                p50(one[kInotify].last) / 1e3);
+  std::fprintf(stderr, "notify one, the waker's call p50: pkgctx %.1f us, raw futex %.1f us\n",
+               p50(one[kPkgctx].write) / 1e3, p50(one[kRawFutex].write) / 1e3);
   std::fprintf(stderr, "check: pkgctx %.2f ns, local flag %.2f ns, stat %.0f ns, daemon need_update p50 %.1f us\n",
                check_pkgctx, check_flag, check_stat, p50(ask) / 1e3);
   dbus.reset();

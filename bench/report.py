@@ -321,6 +321,7 @@ def fanout_rows(add, fo):
         return x if x is not None and (d or {}).get("n", 1) else None
 
     pk_n1 = {q: p(one.get("pkgctx"), f"{q}_ns") for q in ("p50", "p99")}
+    calls = {m: p(fo.get("notify1_call", {}).get(m)) for m in ("pkgctx", "raw_futex")}
     pk_last = p(pk.get("last"))
     mem_pk = rss.get("pkgctx")
     bus_note = None if bus.get("available") else "not measured: " + (bus.get("reason") or "no dbus-daemon")
@@ -329,7 +330,11 @@ def fanout_rows(add, fo):
         ("pkgctx", "check", chk.get("pkgctx"), "ns", chk.get("local_flag"), "bare load of a local flag",
          "pkgctx_cancelled(token): one acquire load of the shared generation word, no syscall"),
         ("pkgctx", "notify1_p50", pk_n1["p50"], "ns", p(one.get("raw_futex")), "raw futex wake, same harness",
-         "a Store write (handle_event schedule) → one child blocked in pkgctx_wait runs; unpinned"),
+         "a Store write (handle_event schedule) → one child blocked in pkgctx_wait runs; unpinned"
+         + (f"; the waker's call returned after {calls['pkgctx'] / 1e3:.1f} µs vs the raw wake's "
+            f"{calls['raw_futex'] / 1e3:.1f} µs (p50; both after the child ran: FUTEX_WAKE returns late in this VM): "
+            f"the difference is the write's own work before its wake, cold after the other mechanisms' rounds"
+            if calls.get("pkgctx") is not None and calls.get("raw_futex") is not None else "")),
         ("pkgctx", "notify1_p99", pk_n1["p99"], "ns", p(one.get("raw_futex"), "p99_ns"), "raw futex wake p99", None),
         ("pkgctx", f"notify{n}_last_p50", pk_last, "ns", p(raw.get("last")), f"raw futex broadcast to {n}", None),
         ("pkgctx", "memory_per_subscriber", mem_pk * 1024 if mem_pk is not None else None, "B", None, None,
