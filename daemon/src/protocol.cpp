@@ -751,6 +751,11 @@ Checked<> op_metrics(Store& store, const ConnectionStats& conns, const RequestSt
   m.family("pkgctx_leases", Type::gauge, "Tasks running now, by whether their context is cancelled.")
       .sample("", {{"state", "live"}}, live)
       .sample("", {{"state", "cancelled"}}, cancelled);
+  m.counter("pkgctx_worker_pings", "Bytes registered workers sent: a wait began or ended, a task ended under a drain.",
+            std::uint64_t{rq.registry ? rq.registry->pings() : 0});
+  m.counter("pkgctx_waits_retired",
+            "Counted waits the daemon's own writes ended: their workers withdraw them without a byte.",
+            std::uint64_t{rq.registry ? rq.registry->retired() : 0});
   m.gauge("pkgctx_drains_pending", "Drains waiting for tasks to end.",
           std::uint64_t{rq.registry ? rq.registry->pending_drains() : 0});
   m.family("pkgctx_drains", Type::counter, "Drains answered, by outcome.")
