@@ -529,3 +529,50 @@ BOOST_AUTO_TEST_CASE(a_wait_ended_by_its_timeout_is_withdrawn_with_a_byte) {
   BOOST_TEST(retired(c) == retired0);
   BOOST_TEST(test::wait_exit(w) == 0);
 }
+
+// The SDK's watcher counts a slot once, through the record of the first token armed on it. When
+// a daemon's write cancels that token (here key 2) and retires its record, the watcher publishes
+// the record again for a token still waiting on the slot (key 3), so that one stays counted: its
+// event makes the wake syscall.
+BOOST_AUTO_TEST_CASE(the_watcher_keeps_a_slot_counted_after_its_records_token_is_retired) {
+  Env env;
+  DaemonProcess d(env.dir, env.opts());
+  auto c = connect(env.sock);
+  update(c, "app", "1");
+  View view = View::open(env.seg.str()).value();
+
+  Pipe from, to;
+  const pid_t w = test::spawn([&]() -> int {
+    auto wk = Worker::attach(env.seg.str());
+    if (!wk || !wk->register_daemon(env.sock)) return 10;
+    auto t2 = wk->token("app", 2);
+    auto t3 = wk->token("app", 3);
+    if (!t2 || !t3) return 11;
+    auto cb2 = CancelCallback::create(*t2, [&] { from.put('a'); });
+    if (!cb2) return 12;
+    from.put('r');
+    if (to.get(30s) != 'n') return 13;
+    auto cb3 = CancelCallback::create(*t3, [&] { from.put('b'); });
+    if (!cb3) return 14;
+    from.put('s');
+    return to.get(30s) == 'q' ? 0 : 15;
+  });
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }), "the key-2 callback's slot was never counted");
+  to.put('n');
+  BOOST_TEST_REQUIRE(from.get() == 's');
+
+  BOOST_TEST(call(c, R"({"op":"event","event":2,"name":"app"})").at("ok") == true);
+  BOOST_TEST(from.get() == 'a');
+  BOOST_TEST(within(5s, [&] { return count_of(view, "app") == 1; }), "the slot stayed uncounted after the retirement");
+  const auto waits = call(c, R"({"op":"clients"})").at("clients").as_array().at(0).at("waits").as_array();
+  BOOST_TEST_REQUIRE(waits.size() == 1u);
+  BOOST_TEST(waits[0].at("key").to_number<std::int64_t>() == 3);
+
+  const std::uint64_t wakes0 = wakes(c);
+  BOOST_TEST(call(c, R"({"op":"event","event":3,"name":"app"})").at("ok") == true);
+  BOOST_TEST(from.get() == 'b');
+  BOOST_TEST(wakes(c) == wakes0 + 1);
+  to.put('q');
+  BOOST_TEST(test::wait_exit(w) == 0);
+}
