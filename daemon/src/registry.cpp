@@ -208,7 +208,8 @@ std::uint64_t Registry::wakes() const noexcept {
 }
 
 void Registry::retire_woken(std::uint64_t wakes_before) {
-  if (waiting_.empty() || wakes() == wakes_before) return;
+  const std::uint64_t now = wakes();
+  if (waiting_.empty() || now == wakes_before || now == scanned_wakes_) return;
   const Segment& seg = store_.segment();
   retiring_.clear();
   for (const std::uint64_t conn : waiting_) {
@@ -220,7 +221,10 @@ void Registry::retire_woken(std::uint64_t wakes_before) {
         retiring_.push_back({&c, i});
     }
   }
-  if (retiring_.empty()) return;
+  if (retiring_.empty()) {
+    scanned_wakes_ = now;
+    return;
+  }
   // Another writer (the etcd follower's thread, an embedded store) may have moved a word and not
   // yet read the count to decide its wake: lowering it now could cost that sleeper its wake-up.
   // The journal is idle only after the wake decision of every write whose move was seen above
@@ -239,6 +243,7 @@ void Registry::retire_woken(std::uint64_t wakes_before) {
     ++retired_;
     note_live(*c);
   }
+  scanned_wakes_ = now;
 }
 
 std::vector<Registry::WaitInfo> Registry::waits(const Client& c) const {

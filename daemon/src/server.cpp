@@ -692,8 +692,8 @@ void Server::process_lines(Conn& c) {
       Session session{c.id, std::exchange(c.passed_fd, -1)};
       const std::uint64_t wakes = registry_ ? registry_->wakes() : 0;
       protocol_.handle(line, c.peer, c.out, &c.dump, &session);
-      // Before the answer goes out, and so (mostly) before the woken workers run: they then
-      // find their waits retired and send nothing.
+      // The cancelling ops retire right after their write; this catches any other request that
+      // woke someone (at the cost of one load when none did).
       if (registry_) registry_->retire_woken(wakes);
       if (session.received_fd >= 0) ::close(session.received_fd);  // passed with another request
       if (session.registered) on_registered(c);

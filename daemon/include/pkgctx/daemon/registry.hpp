@@ -179,6 +179,7 @@ class Registry {
   std::uint64_t pings_ = 0;
   std::uint64_t retired_ = 0;
   std::vector<std::pair<Client*, std::uint32_t>> retiring_;  // retire_woken's scratch (kept: no allocation)
+  std::uint64_t scanned_wakes_ = ~0ull;  // the wake count of retire_woken's last complete scan
   std::list<Drain> drains_;
   std::vector<std::pair<std::uint64_t, std::string>> ready_;
 };
