@@ -42,6 +42,12 @@ std::string comm_of(pid_t pid) {
 
 constexpr unsigned kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
+// The generation word a token of `key` watches (core::Token::snapshot's choice).
+const std::atomic<std::uint64_t>& watched_word(const Segment& seg, std::uint32_t slot, std::uint32_t key) {
+  const layout::SlotGens& g = seg.slot(slot).gens;
+  return key >= layout::kFirstChildKey ? g.child[key - layout::kFirstChildKey] : g.root;
+}
+
 }  // namespace
 
 Registry::Registry(Store& store, std::uint32_t max_clients) : store_(store), max_clients_(max_clients) {
@@ -115,7 +121,8 @@ void Registry::remove(std::uint64_t conn) {
   recheck(conn);
 }
 
-void Registry::ping(std::uint64_t conn) {
+void Registry::ping(std::uint64_t conn, std::size_t bytes) {
+  pings_ += bytes;
   if (auto it = clients_.find(conn); it != clients_.end()) sync_waits(it->second, false);
   recheck(conn);
 }
@@ -126,49 +133,123 @@ void Registry::sync_waits(Client& c, bool wake) {
   std::atomic<std::uint32_t>* counts = seg.waiter_counts();
   const std::uint64_t epoch = seg.header().prefix.epoch;
   const std::uint32_t used = std::min(page.header.waits_used.load(std::memory_order_acquire), lease::kWaits);
-  const auto lower = [&](std::map<std::uint32_t, Client::Counted>::iterator it) {
-    counts[it->second.slot].fetch_sub(1, std::memory_order_seq_cst);
+  // A retired entry's count went down when it was retired.
+  const auto forget = [&](std::map<std::uint32_t, Client::Counted>::iterator it) {
+    if (!it->second.retired) {
+      counts[it->second.slot].fetch_sub(1, std::memory_order_seq_cst);
+      --c.live;
+    }
     return c.waits.erase(it);
   };
-  for (auto it = c.waits.lower_bound(used); it != c.waits.end();) it = lower(it);
+  for (auto it = c.waits.lower_bound(used); it != c.waits.end();) it = forget(it);
   for (std::uint32_t i = 0; i < used; ++i) {
     lease::WaitCopy w;
     // A record that kept changing keeps what it had: its next byte (the writer sends one after
     // every change) brings it back here.
     if (!lease::read_wait(page, i, w)) continue;
-    const bool valid = w.active && w.epoch == epoch && w.slot < seg.capacity() && w.key <= layout::kLastChildKey;
     auto it = c.waits.find(i);
-    if (it != c.waits.end() && (!valid || it->second.slot != w.slot)) {
-      lower(it);
+    // The wait a retirement ended, not withdrawn yet: it stays uncounted (acknowledged already).
+    if (it != c.waits.end() && it->second.retired && w.active && w.seq == it->second.seq) continue;
+    const bool valid = w.active && w.epoch == epoch && w.slot < seg.capacity() && w.key <= layout::kLastChildKey;
+    if (it != c.waits.end() && (!valid || it->second.slot != w.slot || it->second.retired)) {
+      forget(it);
       it = c.waits.end();
     }
-    if (valid && it == c.waits.end()) {
-      // Raised (seq_cst) before the acknowledgement below: any write after the waiter's
-      // re-check sees it and wakes.
-      counts[w.slot].fetch_add(1, std::memory_order_seq_cst);
-      c.waits.emplace(i, Client::Counted{w.slot, w.key});
-      if (wake) futex::wake(&seg.slot(w.slot).gens.wake);
-    } else if (valid) {
-      it->second.key = w.key;
+    if (valid && (it == c.waits.end() || it->second.seq != w.seq)) {
+      // The watched word after the record was read: not older than the snapshot of the token the
+      // record was published for (taken before it), so a later move past it cancelled that token.
+      const std::uint64_t watched = watched_word(seg, w.slot, w.key).load(std::memory_order_seq_cst);
+      if (it == c.waits.end()) {
+        // Raised (seq_cst) before the acknowledgement below: any write after the waiter's
+        // re-check sees it and wakes.
+        counts[w.slot].fetch_add(1, std::memory_order_seq_cst);
+        ++c.live;
+        c.waits.emplace(i, Client::Counted{w.slot, w.key, w.seq, false, watched});
+        if (wake) futex::wake(&seg.slot(w.slot).gens.wake);
+      } else {
+        it->second = Client::Counted{w.slot, w.key, w.seq, false, watched};  // published again: same count
+      }
     }
     lease::Wait& rec = page.wait[i];
     if (w.active && rec.ack.load(std::memory_order_relaxed) != w.seq) {
       rec.counted.store(valid ? 1 : 0, std::memory_order_relaxed);
       rec.ack.store(w.seq, std::memory_order_seq_cst);
       futex::wake(&rec.ack);
+    } else if (valid && rec.counted.load(std::memory_order_relaxed) == 0) {
+      // Acknowledged uncounted already (by a previous daemon, which may have retired it): its
+      // worker would withdraw it without a byte. Say it is counted, then look again (both
+      // seq_cst, as the withdrawal's store and its load of `counted`): a withdrawal that missed
+      // this store is seen here, and its count goes at once.
+      rec.counted.store(1, std::memory_order_seq_cst);
+      if (rec.seq.load(std::memory_order_seq_cst) != w.seq) forget(c.waits.find(i));
     }
   }
+  note_live(c);
 }
 
 void Registry::drop_waits(Client& c) {
   std::atomic<std::uint32_t>* counts = store_.segment().waiter_counts();
-  for (const auto& [i, w] : c.waits) counts[w.slot].fetch_sub(1, std::memory_order_seq_cst);
+  for (const auto& [i, w] : c.waits)
+    if (!w.retired) counts[w.slot].fetch_sub(1, std::memory_order_seq_cst);
   c.waits.clear();
+  c.live = 0;
+  note_live(c);
+}
+
+void Registry::note_live(const Client& c) {
+  if (c.live != 0)
+    waiting_.insert(c.conn);
+  else
+    waiting_.erase(c.conn);
+}
+
+std::uint64_t Registry::wakes() const noexcept {
+  return store_.segment().header().wakes.load(std::memory_order_relaxed);
+}
+
+void Registry::retire_woken(std::uint64_t wakes_before) {
+  const std::uint64_t now = wakes();
+  if (waiting_.empty() || now == wakes_before || now == scanned_wakes_) return;
+  const Segment& seg = store_.segment();
+  retiring_.clear();
+  for (const std::uint64_t conn : waiting_) {
+    Client& c = clients_.at(conn);
+    for (auto& [i, w] : c.waits) {
+      // Generations only grow and a token never comes from the future: a move since the count
+      // means the token the record was published for is cancelled.
+      if (!w.retired && watched_word(seg, w.slot, w.key).load(std::memory_order_acquire) != w.watched)
+        retiring_.push_back({&c, i});
+    }
+  }
+  if (retiring_.empty()) {
+    scanned_wakes_ = now;
+    return;
+  }
+  // Another writer (the etcd follower's thread, an embedded store) may have moved a word and not
+  // yet read the count to decide its wake: lowering it now could cost that sleeper its wake-up.
+  // The journal is idle only after the wake decision of every write whose move was seen above
+  // (acquire loads of the words, then of the state); otherwise the waiters withdraw as usual.
+  if (seg.header().journal.state.load(std::memory_order_acquire) != static_cast<std::uint32_t>(layout::JournalState::kIdle))
+    return;
+  std::atomic<std::uint32_t>* counts = seg.waiter_counts();
+  for (const auto& [c, i] : retiring_) {
+    Client::Counted& w = c->waits.at(i);
+    counts[w.slot].fetch_sub(1, std::memory_order_seq_cst);
+    // After the count went down (seq_cst, as the worker's withdrawal and its load of this): a
+    // worker that reads 0 for its acknowledged record owes the daemon no byte.
+    c->page->wait[i].counted.store(0, std::memory_order_seq_cst);
+    w.retired = true;
+    --c->live;
+    ++retired_;
+    note_live(*c);
+  }
+  scanned_wakes_ = now;
 }
 
 std::vector<Registry::WaitInfo> Registry::waits(const Client& c) const {
   std::vector<WaitInfo> out;
   for (const auto& [i, w] : c.waits) {
+    if (w.retired) continue;
     WaitInfo info;
     PackageRecord rec;
     if (auto r = store_.view().read_slot(w.slot, rec, false); r && *r) info.name = rec.name;

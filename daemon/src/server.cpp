@@ -383,7 +383,11 @@ void Server::run_posted() {
     std::lock_guard lock(post_mu_);
     tasks.swap(posted_);
   }
-  for (auto& task : tasks) task();
+  for (auto& task : tasks) {
+    const std::uint64_t wakes = registry_ ? registry_->wakes() : 0;
+    task();
+    if (registry_) registry_->retire_woken(wakes);
+  }
 }
 
 void Server::set_registry(Registry* registry) noexcept {
@@ -598,7 +602,7 @@ void Server::read_input(Conn& c) {
     const ssize_t n = receive(c, buf, want);
     if (n > 0 && c.registered) {
       // Task-ended bytes: their content does not matter, only that the worker wants a re-check.
-      if (registry_) registry_->ping(c.id);
+      if (registry_) registry_->ping(c.id, static_cast<std::size_t>(n));
       continue;
     }
     if (n > 0) {
@@ -642,7 +646,7 @@ void Server::process_lines(Conn& c) {
   while (true) {
     if (c.waiting) break;  // answered by deliver_answers(), then the rest follows in order
     if (c.registered) {  // bytes after the register request are task-ended pings
-      if (start < c.in.size() && registry_) registry_->ping(c.id);
+      if (start < c.in.size() && registry_) registry_->ping(c.id, c.in.size() - start);
       start = c.in.size();
       break;
     }
@@ -686,7 +690,11 @@ void Server::process_lines(Conn& c) {
                                        std::to_string(limit) + (c.writer ? " (max_line_bytes)" : " (max_read_line_bytes)"));
     } else {
       Session session{c.id, std::exchange(c.passed_fd, -1)};
+      const std::uint64_t wakes = registry_ ? registry_->wakes() : 0;
       protocol_.handle(line, c.peer, c.out, &c.dump, &session);
+      // The cancelling ops retire right after their write; this catches any other request that
+      // woke someone (at the cost of one load when none did).
+      if (registry_) registry_->retire_woken(wakes);
       if (session.received_fd >= 0) ::close(session.received_fd);  // passed with another request
       if (session.registered) on_registered(c);
       c.waiting = session.waiting;

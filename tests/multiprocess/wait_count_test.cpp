@@ -375,3 +375,204 @@ BOOST_AUTO_TEST_CASE(without_a_daemon_every_cancellation_wakes_and_a_daemon_taki
   BOOST_TEST(store->segment().info().wakes == before2);
   BOOST_TEST(test::wait_exit(w2) == 0);
 }
+
+namespace {
+
+// A metric of the daemon's metrics op (a sample without labels).
+std::uint64_t metric(Client& c, std::string_view name) {
+  const auto a = call(c, R"({"op":"metrics"})");
+  const std::string_view text = a.at("text").as_string();
+  const std::string prefix = std::string(name) + " ";
+  for (std::size_t at = 0; at < text.size();) {
+    const std::size_t nl = std::min(text.find('\n', at), text.size());
+    const std::string_view line = text.substr(at, nl - at);
+    if (line.starts_with(prefix)) return std::stoull(std::string(line.substr(prefix.size())));
+    at = nl + 1;
+  }
+  BOOST_FAIL("no metric " << name << " in the metrics answer");
+  return 0;
+}
+
+std::uint64_t pings(Client& c) { return metric(c, "pkgctx_worker_pings_total"); }
+std::uint64_t retired(Client& c) { return metric(c, "pkgctx_waits_retired_total"); }
+
+// A registered worker that waits on `name` for `event` up to `timeout`: 'r' once it has its
+// token, then 'w' (cancelled) or 't' (timed out). With `then`, it next waits on `then`'s root
+// token (its publication's byte follows, on the same connection, whatever byte the first wait's
+// end sent) and says 'x' when that one is cancelled. Exit 0, or 10+ on a failed step.
+pid_t registered_waiter(const Env& env, const std::string& name, int event, std::chrono::milliseconds timeout,
+                        const Pipe& from_child, const std::string& then = {}) {
+  return test::spawn([&env, name, event, timeout, &from_child, then]() -> int {
+    auto w = Worker::attach(env.seg.str());
+    if (!w) return 10;
+    if (!w->register_daemon(env.sock)) return 11;
+    auto t = w->token(name, event);
+    if (!t) return 12;
+    from_child.put('r');
+    from_child.put(t->wait(timeout) ? 'w' : 't');
+    if (then.empty()) return 0;
+    auto t2 = w->token(then, kEventUpdate);
+    if (!t2) return 13;
+    if (!t2->wait(30s)) return 14;
+    from_child.put('x');
+    return 0;
+  });
+}
+
+}  // namespace
+
+// The daemon's own write woke a counted waiter: the daemon lowers the count at once (before its
+// answer, here while the worker is stopped and cannot have sent anything), and the worker,
+// finding its wait retired, withdraws it without a byte. Nothing is left counted: the next write
+// makes no wake syscall.
+BOOST_AUTO_TEST_CASE(a_wait_the_daemons_write_woke_is_retired_and_withdrawn_without_a_byte) {
+  Env env;
+  DaemonProcess d(env.dir, env.opts());
+  auto c = connect(env.sock);
+  update(c, "app", "1");
+  update(c, "other", "1");
+  View view = View::open(env.seg.str()).value();
+
+  Pipe from;
+  const pid_t w = registered_waiter(env, "app", kEventUpdate, 30s, from, "other");
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }));
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w));
+  const std::uint64_t pings0 = pings(c), retired0 = retired(c), wakes0 = wakes(c);
+  BOOST_TEST(pings0 >= 1u);  // the wait's publication
+
+  ::kill(w, SIGSTOP);
+  update(c, "app", "2");
+  BOOST_TEST(count_of(view, "app") == 0u, "the count went down with the daemon's write");
+  BOOST_TEST(wakes(c) == wakes0 + 1);
+  BOOST_TEST(retired(c) == retired0 + 1);
+  BOOST_TEST(call(c, R"({"op":"clients"})").at("clients").as_array().at(0).at("waits").as_array().empty());
+  ::kill(w, SIGCONT);
+  BOOST_TEST_REQUIRE(from.get() == 'w');
+
+  // The worker's next wait is counted once its byte is read: any byte the first wait's end sent
+  // came before it on the same connection.
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "other") == 1; }));
+  BOOST_TEST(pings(c) == pings0 + 1, "bytes after the retirement: " << pings(c) - pings0 << " (1: the next wait's publication)");
+  BOOST_TEST(count_of(view, "app") == 0u);
+  const auto clients = call(c, R"({"op":"clients"})").at("clients").as_array();
+  BOOST_TEST_REQUIRE(clients.size() == 1u);
+  const auto& waits = clients[0].at("waits").as_array();
+  BOOST_TEST_REQUIRE(waits.size() == 1u, json::serialize(clients));
+  BOOST_TEST(waits[0].at("name").as_string() == "other");
+
+  const std::uint64_t before = wakes(c);
+  update(c, "app", "3");
+  BOOST_TEST(wakes(c) == before, "a write to the retired wait's slot made a wake syscall");
+
+  // The second wait ends the same way.
+  update(c, "other", "2");
+  BOOST_TEST(count_of(view, "other") == 0u);
+  BOOST_TEST(from.get() == 'x');
+  BOOST_TEST(test::wait_exit(w) == 0);
+  BOOST_TEST(retired(c) == retired0 + 2);
+  BOOST_TEST(view.segment().info().wakes == before + 1);
+}
+
+// Retirement goes by the word the wait's key watches: an event on child key 2 wakes the slot's
+// sleepers but leaves a key-3 wait counted and asleep; the next key-3 event ends it.
+BOOST_AUTO_TEST_CASE(a_wait_is_not_retired_by_an_event_on_another_key) {
+  Env env;
+  DaemonProcess d(env.dir, env.opts());
+  auto c = connect(env.sock);
+  update(c, "app", "1");
+  View view = View::open(env.seg.str()).value();
+
+  Pipe from;
+  const pid_t w = registered_waiter(env, "app", 3, 30s, from);
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }));
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w));
+  const std::uint64_t retired0 = retired(c), wakes0 = wakes(c);
+
+  BOOST_TEST(call(c, R"({"op":"event","event":2,"name":"app"})").at("ok") == true);
+  BOOST_TEST(wakes(c) == wakes0 + 1, "the key-2 event woke the slot's sleepers");
+  BOOST_TEST(count_of(view, "app") == 1u);
+  BOOST_TEST(retired(c) == retired0);
+  BOOST_TEST(from.get(300ms) == 0, "the key-3 wait ended on a key-2 event");
+  BOOST_TEST_REQUIRE(test::await_futex_sleep(w));
+  BOOST_TEST(count_of(view, "app") == 1u);
+  const auto waits = call(c, R"({"op":"clients"})").at("clients").as_array().at(0).at("waits").as_array();
+  BOOST_TEST_REQUIRE(waits.size() == 1u);
+  BOOST_TEST(waits[0].at("key").to_number<std::int64_t>() == 3);
+
+  BOOST_TEST(call(c, R"({"op":"event","event":3,"name":"app"})").at("ok") == true);
+  BOOST_TEST(count_of(view, "app") == 0u);
+  BOOST_TEST(retired(c) == retired0 + 1);
+  BOOST_TEST(from.get() == 'w');
+  BOOST_TEST(test::wait_exit(w) == 0);
+  BOOST_TEST(wakes(c) == wakes0 + 2);
+}
+
+// Nothing retires a wait that ends by its timeout: the worker withdraws it with a byte, and the
+// daemon lowers the count on it.
+BOOST_AUTO_TEST_CASE(a_wait_ended_by_its_timeout_is_withdrawn_with_a_byte) {
+  Env env;
+  DaemonProcess d(env.dir, env.opts());
+  auto c = connect(env.sock);
+  update(c, "app", "1");
+  View view = View::open(env.seg.str()).value();
+
+  const std::uint64_t pings0 = pings(c), retired0 = retired(c);
+  Pipe from;
+  const pid_t w = registered_waiter(env, "app", kEventUpdate, 500ms, from);
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }));
+  BOOST_TEST(from.get() == 't');
+  BOOST_TEST(within(5s, [&] { return count_of(view, "app") == 0; }), "count " << count_of(view, "app"));
+  BOOST_TEST(pings(c) == pings0 + 2, "bytes: " << pings(c) - pings0 << " (2: the publication, the withdrawal)");
+  BOOST_TEST(retired(c) == retired0);
+  BOOST_TEST(test::wait_exit(w) == 0);
+}
+
+// The SDK's watcher counts a slot once, through the record of the first token armed on it. When
+// a daemon's write cancels that token (here key 2) and retires its record, the watcher publishes
+// the record again for a token still waiting on the slot (key 3), so that one stays counted: its
+// event makes the wake syscall.
+BOOST_AUTO_TEST_CASE(the_watcher_keeps_a_slot_counted_after_its_records_token_is_retired) {
+  Env env;
+  DaemonProcess d(env.dir, env.opts());
+  auto c = connect(env.sock);
+  update(c, "app", "1");
+  View view = View::open(env.seg.str()).value();
+
+  Pipe from, to;
+  const pid_t w = test::spawn([&]() -> int {
+    auto wk = Worker::attach(env.seg.str());
+    if (!wk || !wk->register_daemon(env.sock)) return 10;
+    auto t2 = wk->token("app", 2);
+    auto t3 = wk->token("app", 3);
+    if (!t2 || !t3) return 11;
+    auto cb2 = CancelCallback::create(*t2, [&] { from.put('a'); });
+    if (!cb2) return 12;
+    from.put('r');
+    if (to.get(30s) != 'n') return 13;
+    auto cb3 = CancelCallback::create(*t3, [&] { from.put('b'); });
+    if (!cb3) return 14;
+    from.put('s');
+    return to.get(30s) == 'q' ? 0 : 15;
+  });
+  BOOST_TEST_REQUIRE(from.get() == 'r');
+  BOOST_TEST_REQUIRE(within(10s, [&] { return count_of(view, "app") == 1; }), "the key-2 callback's slot was never counted");
+  to.put('n');
+  BOOST_TEST_REQUIRE(from.get() == 's');
+
+  BOOST_TEST(call(c, R"({"op":"event","event":2,"name":"app"})").at("ok") == true);
+  BOOST_TEST(from.get() == 'a');
+  BOOST_TEST(within(5s, [&] { return count_of(view, "app") == 1; }), "the slot stayed uncounted after the retirement");
+  const auto waits = call(c, R"({"op":"clients"})").at("clients").as_array().at(0).at("waits").as_array();
+  BOOST_TEST_REQUIRE(waits.size() == 1u);
+  BOOST_TEST(waits[0].at("key").to_number<std::int64_t>() == 3);
+
+  const std::uint64_t wakes0 = wakes(c);
+  BOOST_TEST(call(c, R"({"op":"event","event":3,"name":"app"})").at("ok") == true);
+  BOOST_TEST(from.get() == 'b');
+  BOOST_TEST(wakes(c) == wakes0 + 1);
+  to.put('q');
+  BOOST_TEST(test::wait_exit(w) == 0);
+}

@@ -219,16 +219,21 @@ bool Registration::wait_acked(int i, std::uint32_t seq, bool& counted) const noe
   return true;
 }
 
-void Registration::wait_withdraw(int i) noexcept {
+void Registration::wait_withdraw(int i, std::uint32_t published) noexcept {
   lease::Wait& r = page_->wait[i];
   const std::uint32_t s = r.seq.load(std::memory_order_relaxed);
   r.seq.store(s + 1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
   r.active.store(0, std::memory_order_relaxed);
   r.seq.store(s + 2, std::memory_order_seq_cst);
+  // Acknowledged and not counted (any more): the daemon holds no count for it, so it needs no
+  // byte. It stores 0 there after lowering a count it retired; a record not yet acknowledged
+  // may be about to be counted, so its withdrawal is always said.
+  const bool uncounted = published != 0 && r.ack.load(std::memory_order_seq_cst) == published &&
+                         r.counted.load(std::memory_order_seq_cst) == 0;
   wait_bits_[static_cast<std::uint32_t>(i) / 64].fetch_and(~(1ull << (static_cast<std::uint32_t>(i) % 64)),
                                                            std::memory_order_release);
-  if (registered()) ping();
+  if (!uncounted && registered()) ping();
 }
 
 bool Registration::wait(const core::Token& token, std::chrono::nanoseconds timeout) noexcept {
@@ -269,7 +274,7 @@ bool Registration::wait(const core::Token& token, std::chrono::nanoseconds timeo
     if (!counted && token.writers_count_waits()) left = std::min<std::chrono::nanoseconds>(left, kWaitSlice);
     sleep_two(wake, w, &state_, st, left);
   }
-  wait_withdraw(i);
+  wait_withdraw(i, ever_published ? seq : 0);
   return token.cancelled();
 }
 

@@ -204,10 +204,13 @@ std::chrono::nanoseconds Watcher::prepare_sleep(std::vector<WaitV>& vec, std::ve
   const auto poll_within = [&](nanoseconds d) { poll = poll.count() == 0 ? d : std::min(poll, d); };
   // The slots pending registrations need, each once (with a registration to count it, if any).
   std::unordered_map<const AU32*, const Entry*> want;
+  // Preferred for a slot: an entry with a registration to count it, then one with a live token
+  // (the daemon may retire a record once its token is cancelled).
+  const auto rank = [](const Entry& x) { return (x.reg.expired() ? 0 : 2) + (x.token.cancelled() ? 0 : 1); };
   for (auto& [id, e] : entries_) {
     if (e->pid != pid_ || e->running) continue;
     auto [it, fresh] = want.emplace(e->token.wake_word(), e.get());
-    if (!fresh && it->second->reg.expired() && !e->reg.expired()) it->second = e.get();
+    if (!fresh && rank(*e) > rank(*it->second)) it->second = e.get();
   }
   if (!have_waitv_) {  // nothing to sleep on but the control word: poll, and arm nothing
     if (!want.empty()) poll_within(kPollSlice);
@@ -218,13 +221,20 @@ std::chrono::nanoseconds Watcher::prepare_sleep(std::vector<WaitV>& vec, std::ve
     if (want.contains(it->first)) {
       ++it;
     } else {
-      if (auto reg = it->second.reg.lock(); reg && it->second.record >= 0) reg->wait_withdraw(it->second.record);
+      if (auto reg = it->second.reg.lock(); reg && it->second.record >= 0)
+        reg->wait_withdraw(it->second.record, it->second.seq);
       it = armed_.erase(it);
     }
   }
   // Arm the new ones while there is room.
   for (auto& [word, e] : want) {
     if (auto it = armed_.find(word); it != armed_.end()) {
+      // Its record's token is cancelled, so the daemon may retire the wait at any time (it is
+      // then uncounted, and nothing wakes us to notice): publish it again for a live token.
+      if (it->second.keep.cancelled() && !e->token.cancelled()) {
+        it->second.keep = e->token;
+        it->second.ever = false;
+      }
       // Armed uncounted, and now a registration can count it.
       auto reg = it->second.record < 0 ? e->reg.lock() : nullptr;
       if (reg && (it->second.record = reg->wait_claim()) >= 0) {

@@ -17,8 +17,11 @@
 // it read by storing its sequence in `ack` (with `counted`) and futex-waking `ack`. The thread
 // sleeps on the wake word only after the acknowledgement, re-checking its token first, so no
 // write between the two is lost. Withdrawing a record sends a byte too; the daemon lowers the
-// count. A client's counts all go when it dies. A worker that lies here can only raise counts
-// (writers then make a futex syscall for nothing) or lose its own wake-ups.
+// count. But when a write of the daemon's own woke a counted wait and cancelled its token, the
+// daemon retires it at once: it lowers the count, then stores 0 in `counted`; a worker that
+// finds its acknowledged record uncounted withdraws it without the byte. A client's counts all
+// go when it dies. A worker that lies here can only raise counts (writers then make a futex
+// syscall for nothing) or lose its own wake-ups.
 #pragma once
 
 #include <atomic>
@@ -51,7 +54,8 @@ struct alignas(64) Wait {
   std::atomic<std::uint32_t> key{0};     // reported by the clients op
   std::atomic<std::uint64_t> epoch{0};   // the segment the token belongs to
   // Daemon-written: the last `seq` it read (a futex word), and whether it counted the wait then
-  // (0: it could not — another segment, a bad slot — so the waiter must re-check in slices).
+  // (0: it could not — another segment, a bad slot — so the waiter must re-check in slices; or,
+  // stored later, the daemon retired it: its token is cancelled and its count gone).
   alignas(32) std::atomic<std::uint32_t> ack{0};
   std::atomic<std::uint32_t> counted{0};
 };

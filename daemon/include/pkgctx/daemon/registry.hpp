@@ -17,6 +17,9 @@
 // acknowledges the record, lowers it when the record is withdrawn, and lowers all of a client's
 // when it is removed. Records are re-read on every byte of the client (and when it registers,
 // when the raise also wakes the slot: a re-registering worker may sleep on a stale value).
+// When a write of the loop's own thread woke someone, the registry retires at once the counted
+// waits it cancelled (retire_woken): their counts go down and their records say so, and the
+// woken workers send no byte to withdraw them.
 #pragma once
 
 #include "pkgctx/daemon/protocol.hpp"
@@ -56,8 +59,12 @@ class Registry {
     struct Counted {
       std::uint32_t slot = 0;
       std::uint32_t key = 0;
+      std::uint32_t seq = 0;      // the record's sequence this entry is for
+      bool retired = false;       // its count was lowered already: not counted again for `seq`
+      std::uint64_t watched = 0;  // the generation word `key` watches, when counted
     };
     std::map<std::uint32_t, Counted> waits;  // wait record index → the count it raised
+    std::uint32_t live = 0;                  // entries of `waits` not retired
   };
   // One counted wait of a client, as shown by the clients op.
   struct WaitInfo {
@@ -92,15 +99,26 @@ class Registry {
   std::size_t size() const noexcept { return clients_.size(); }
   const std::map<std::uint64_t, Client>& clients() const noexcept { return clients_; }
   std::vector<LeaseInfo> leases(const Client& c) const;
-  std::vector<WaitInfo> waits(const Client& c) const;
+  std::vector<WaitInfo> waits(const Client& c) const;  // the counted ones (retired skipped)
   // Leases on package slot `slot` (any context), for delete's in_flight.
   std::uint64_t leases_on(std::uint32_t slot) const;
 
   // The client's connection or process ended: its leases are released, drains re-checked.
   void remove(std::uint64_t conn);
-  // A byte arrived on the registration connection: a notified task ended, or a wait record
+  // `bytes` arrived on the registration connection: a notified task ended, or a wait record
   // changed.
-  void ping(std::uint64_t conn);
+  void ping(std::uint64_t conn, std::size_t bytes);
+  std::uint64_t pings() const noexcept { return pings_; }  // bytes, since the daemon started
+
+  // The segment's wake-syscall count now (Header::wakes): read it before a write of the loop's
+  // thread and pass it to retire_woken() after.
+  std::uint64_t wakes() const noexcept;
+  // If a write since `wakes_before` woke someone, retires every counted wait whose token is
+  // cancelled (its watched word moved since it was counted): lowers its count, stores 0 in its
+  // record's `counted` (so its worker sends no byte) and keeps it, uncounted, until the record
+  // changes. O(counted waits), nothing when nobody was woken.
+  void retire_woken(std::uint64_t wakes_before);
+  std::uint64_t retired() const noexcept { return retired_; }  // since the daemon started
 
   // Starts a drain for the answer of connection `conn`. `prefix` is the answer's opening, up to
   // and including its last member (e.g. {"ok":true,"id":1,"name":"x"), without a trailing comma;
@@ -152,10 +170,16 @@ class Registry {
   // Re-reads `c`'s wait records: raises, lowers and acknowledges (`wake`: wake raised slots).
   void sync_waits(Client& c, bool wake);
   void drop_waits(Client& c);
+  void note_live(const Client& c);  // keeps `waiting_` in step with c.live
 
   Store& store_;
   std::uint32_t max_clients_;
   std::map<std::uint64_t, Client> clients_;
+  std::set<std::uint64_t> waiting_;  // clients with a live counted wait (retire_woken's scope)
+  std::uint64_t pings_ = 0;
+  std::uint64_t retired_ = 0;
+  std::vector<std::pair<Client*, std::uint32_t>> retiring_;  // retire_woken's scratch (kept: no allocation)
+  std::uint64_t scanned_wakes_ = ~0ull;  // the wake count of retire_woken's last complete scan
   std::list<Drain> drains_;
   std::vector<std::pair<std::uint64_t, std::string>> ready_;
 };
