@@ -390,6 +390,9 @@ int run(int argc, char** argv) {
         registry.drain(*slot, timeout_ms, std::move(holders), std::move(done));
       });
     };
+    fo.woke = [&loop = **server, &registry](std::uint64_t wakes_before) {
+      loop.post([&registry, wakes_before] { registry.retire_woken(wakes_before); });
+    };
     follower = std::make_unique<EtcdFollower>(store, std::move(fo));
     protocol.set_owner_check([&f = *follower](std::string_view name) { return f.owns(name); });
     if (auto ok = follower->start(); !ok) {
