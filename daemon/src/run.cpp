@@ -380,7 +380,7 @@ int run(int argc, char** argv) {
     FollowOptions fo{cfg.etcd_endpoints, cfg.etcd_prefix, host, cfg.etcd_status_ttl_s, cfg.etcd_drain_ms,
                      cfg.etcd_watch_idle_ms, object_path(cfg.segment + ".etcd-owned", cfg.runtime_dir),
                      // Workers of a re-attached segment re-register within 200 ms: ten times that.
-                     owned->how == Takeover::reattached ? 2000u : 0u, {}};
+                     owned->how == Takeover::reattached ? 2000u : 0u, {}, {}};
     // A delete's drain runs in the loop, where the registry lives.
     fo.drain = [&loop = **server, &registry, &store](const std::string& name, std::uint64_t timeout_ms,
                                                     Registry::Holders holders, Registry::Done done) {
