@@ -137,6 +137,14 @@ void EtcdFollower::mark(const std::string& name) {
   changed_.notify_all();
 }
 
+std::uint64_t EtcdFollower::wakes() const noexcept {
+  return store_.segment().header().wakes.load(std::memory_order_relaxed);
+}
+
+void EtcdFollower::woke_since(std::uint64_t wakes_before) {
+  if (o_.woke && wakes() != wakes_before) o_.woke(wakes_before);
+}
+
 std::string EtcdFollower::package_name(std::string_view key) const {
   if (!key.starts_with(packages_prefix_)) return {};
   const std::string_view name = key.substr(packages_prefix_.size());
@@ -163,7 +171,9 @@ void EtcdFollower::apply_put(const std::string& name, std::string_view value, st
     opts.maintenance = d->maintenance;
     opts.force = d->force && allow_force;
     opts.follow_revision = revision;
+    const std::uint64_t wakes_before = wakes();
     auto r = store_.update(name, d->version, d->settings, opts);
+    woke_since(wakes_before);
     if (r) {
       if (r->change != Change::none) {
         const std::string rev = revision ? std::to_string(revision) : std::string();
@@ -257,13 +267,18 @@ bool EtcdFollower::apply_delete(const std::string& name, std::uint64_t revision)
   // crash already did it: a replay must not cancel twice.
   auto rec = store_.view().read(name, false);
   if (rec && !rec->version.empty()) {
-    if (auto r = store_.handle_event(kEventRemove, name); !r)
+    const std::uint64_t wakes_before = wakes();
+    auto r = store_.handle_event(kEventRemove, name);
+    woke_since(wakes_before);
+    if (!r)
       log::error("etcd: removing " + name + ": " + r.error().message,
                  {{"PKGCTX_OP", "event"}, {"PKGCTX_PACKAGE", name}, {"PKGCTX_RESULT", errc_name(r.error().code)},
                   {"PKGCTX_REVISION", rev}});
   }
   if (rec && o_.drain && !drain(name)) return false;
+  const std::uint64_t wakes_before = wakes();
   auto r = store_.erase(name, revision);
+  woke_since(wakes_before);
   // The package stayed etcd's (local writes refused) until now; the file forgets it only after
   // the Delete, so it never misses a package etcd owns.
   {

@@ -769,7 +769,7 @@ Checked<> op_metrics(Store& store, const ConnectionStats& conns, const RequestSt
   m.counter("pkgctx_worker_pings", "Bytes registered workers sent: a wait began or ended, a task ended under a drain.",
             std::uint64_t{rq.registry ? rq.registry->pings() : 0});
   m.counter("pkgctx_waits_retired",
-            "Counted waits the daemon's own writes ended: their workers withdraw them without a byte.",
+            "Counted waits the daemon retired because their tokens were cancelled: their workers withdraw them without a byte.",
             std::uint64_t{rq.registry ? rq.registry->retired() : 0});
   m.gauge("pkgctx_drains_pending", "Drains waiting for tasks to end.",
           std::uint64_t{rq.registry ? rq.registry->pending_drains() : 0});

@@ -148,7 +148,8 @@ void Registry::sync_waits(Client& c, bool wake) {
     // every change) brings it back here.
     if (!lease::read_wait(page, i, w)) continue;
     auto it = c.waits.find(i);
-    // The wait a retirement ended, not withdrawn yet: it stays uncounted (acknowledged already).
+    // A wait ended by its token's cancellation, not withdrawn yet: it stays uncounted
+    // (acknowledged already).
     if (it != c.waits.end() && it->second.retired && w.active && w.seq == it->second.seq) continue;
     const bool valid = w.active && w.epoch == epoch && w.slot < seg.capacity() && w.key <= layout::kLastChildKey;
     if (it != c.waits.end() && (!valid || it->second.slot != w.slot || it->second.retired)) {
@@ -156,32 +157,41 @@ void Registry::sync_waits(Client& c, bool wake) {
       it = c.waits.end();
     }
     if (valid && (it == c.waits.end() || it->second.seq != w.seq)) {
-      // The watched word after the record was read: not older than the snapshot of the token the
-      // record was published for (taken before it), so a later move past it cancelled that token.
-      const std::uint64_t watched = watched_word(seg, w.slot, w.key).load(std::memory_order_seq_cst);
-      if (it == c.waits.end()) {
+      const bool fresh = it == c.waits.end();
+      if (fresh) {
         // Raised (seq_cst) before the acknowledgement below: any write after the waiter's
         // re-check sees it and wakes.
         counts[w.slot].fetch_add(1, std::memory_order_seq_cst);
         ++c.live;
-        c.waits.emplace(i, Client::Counted{w.slot, w.key, w.seq, false, watched});
-        if (wake) futex::wake(&seg.slot(w.slot).gens.wake);
-      } else {
-        it->second = Client::Counted{w.slot, w.key, w.seq, false, watched};  // published again: same count
+        it = c.waits.emplace(i, Client::Counted{}).first;
+      }
+      it->second = Client::Counted{w.slot, w.key, w.seq, false, w.snapshot};  // published again: same count
+      // Compared after the raise (both seq_cst, as a writer's bump of the wake word and its load
+      // of the count): a cancellation this load misses finds the count raised and wakes. One it
+      // sees means the record's token is cancelled already: acknowledged uncounted, its worker
+      // returns at once and withdraws it without a byte (it is not asleep on this count: it
+      // waits for this acknowledgement first).
+      if (watched_word(seg, w.slot, w.key).load(std::memory_order_seq_cst) != w.snapshot) {
+        counts[w.slot].fetch_sub(1, std::memory_order_seq_cst);
+        --c.live;
+        it->second.retired = true;
+      } else if (fresh && wake) {
+        futex::wake(&seg.slot(w.slot).gens.wake);
       }
     }
+    const bool counted = it != c.waits.end() && !it->second.retired;
     lease::Wait& rec = page.wait[i];
     if (w.active && rec.ack.load(std::memory_order_relaxed) != w.seq) {
-      rec.counted.store(valid ? 1 : 0, std::memory_order_relaxed);
+      rec.counted.store(counted ? 1 : 0, std::memory_order_relaxed);
       rec.ack.store(w.seq, std::memory_order_seq_cst);
       futex::wake(&rec.ack);
-    } else if (valid && rec.counted.load(std::memory_order_relaxed) == 0) {
+    } else if (counted && rec.counted.load(std::memory_order_relaxed) == 0) {
       // Acknowledged uncounted already (by a previous daemon, which may have retired it): its
       // worker would withdraw it without a byte. Say it is counted, then look again (both
       // seq_cst, as the withdrawal's store and its load of `counted`): a withdrawal that missed
       // this store is seen here, and its count goes at once.
       rec.counted.store(1, std::memory_order_seq_cst);
-      if (rec.seq.load(std::memory_order_seq_cst) != w.seq) forget(c.waits.find(i));
+      if (rec.seq.load(std::memory_order_seq_cst) != w.seq) forget(it);
     }
   }
   note_live(c);
@@ -209,26 +219,30 @@ std::uint64_t Registry::wakes() const noexcept {
 
 void Registry::retire_woken(std::uint64_t wakes_before) {
   const std::uint64_t now = wakes();
-  if (waiting_.empty() || now == wakes_before || now == scanned_wakes_) return;
+  if (now == wakes_before || now == scanned_wakes_) return;
+  retire_cancelled(now);
+}
+
+void Registry::retire_cancelled(std::uint64_t wakes_now) {
+  if (waiting_.empty()) return;
   const Segment& seg = store_.segment();
   retiring_.clear();
   for (const std::uint64_t conn : waiting_) {
     Client& c = clients_.at(conn);
     for (auto& [i, w] : c.waits) {
-      // Generations only grow and a token never comes from the future: a move since the count
-      // means the token the record was published for is cancelled.
-      if (!w.retired && watched_word(seg, w.slot, w.key).load(std::memory_order_acquire) != w.watched)
+      // Generations only grow: a word past the record's snapshot means its token is cancelled.
+      if (!w.retired && watched_word(seg, w.slot, w.key).load(std::memory_order_acquire) != w.snapshot)
         retiring_.push_back({&c, i});
     }
   }
   if (retiring_.empty()) {
-    scanned_wakes_ = now;
+    scanned_wakes_ = wakes_now;
     return;
   }
-  // Another writer (the etcd follower's thread, an embedded store) may have moved a word and not
-  // yet read the count to decide its wake: lowering it now could cost that sleeper its wake-up.
-  // The journal is idle only after the wake decision of every write whose move was seen above
-  // (acquire loads of the words, then of the state); otherwise the waiters withdraw as usual.
+  // Another writer (the etcd follower's thread, another process with the store) may have moved a
+  // word and not yet read the count to decide its wake: lowering it now could cost that sleeper
+  // its wake-up. The journal is idle only after the wake decision of every write whose move was
+  // seen above (acquire loads of the words, then of the state); otherwise a later pass does it.
   if (seg.header().journal.state.load(std::memory_order_acquire) != static_cast<std::uint32_t>(layout::JournalState::kIdle))
     return;
   std::atomic<std::uint32_t>* counts = seg.waiter_counts();
@@ -243,7 +257,7 @@ void Registry::retire_woken(std::uint64_t wakes_before) {
     ++retired_;
     note_live(*c);
   }
-  scanned_wakes_ = now;
+  scanned_wakes_ = wakes_now;
 }
 
 std::vector<Registry::WaitInfo> Registry::waits(const Client& c) const {
@@ -395,6 +409,8 @@ void Registry::forget_drains(std::uint64_t conn) {
 }
 
 void Registry::tick() {
+  // The catch-all for cancellations by writers outside the daemon (whatever the wake count says).
+  retire_cancelled(wakes());
   const std::uint64_t now = mono_ns();
   for (auto it = drains_.begin(); it != drains_.end();) {
     auto next = std::next(it);

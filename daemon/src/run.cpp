@@ -380,7 +380,7 @@ int run(int argc, char** argv) {
     FollowOptions fo{cfg.etcd_endpoints, cfg.etcd_prefix, host, cfg.etcd_status_ttl_s, cfg.etcd_drain_ms,
                      cfg.etcd_watch_idle_ms, object_path(cfg.segment + ".etcd-owned", cfg.runtime_dir),
                      // Workers of a re-attached segment re-register within 200 ms: ten times that.
-                     owned->how == Takeover::reattached ? 2000u : 0u, {}};
+                     owned->how == Takeover::reattached ? 2000u : 0u, {}, {}};
     // A delete's drain runs in the loop, where the registry lives.
     fo.drain = [&loop = **server, &registry, &store](const std::string& name, std::uint64_t timeout_ms,
                                                     Registry::Holders holders, Registry::Done done) {
@@ -389,6 +389,9 @@ int run(int argc, char** argv) {
         if (!slot) return done(true, {});
         registry.drain(*slot, timeout_ms, std::move(holders), std::move(done));
       });
+    };
+    fo.woke = [&loop = **server, &registry](std::uint64_t wakes_before) {
+      loop.post([&registry, wakes_before] { registry.retire_woken(wakes_before); });
     };
     follower = std::make_unique<EtcdFollower>(store, std::move(fo));
     protocol.set_owner_check([&f = *follower](std::string_view name) { return f.owns(name); });

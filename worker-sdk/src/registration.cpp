@@ -206,6 +206,7 @@ std::uint32_t Registration::wait_publish(int i, const core::Token& token) noexce
   r.slot.store(token.slot(), std::memory_order_relaxed);
   r.key.store(token.key(), std::memory_order_relaxed);
   r.epoch.store(token.epoch(), std::memory_order_relaxed);
+  r.snapshot.store(token.snapshot(), std::memory_order_relaxed);
   r.active.store(1, std::memory_order_relaxed);
   r.seq.store(s + 2, std::memory_order_seq_cst);
   ping();
@@ -219,18 +220,20 @@ bool Registration::wait_acked(int i, std::uint32_t seq, bool& counted) const noe
   return true;
 }
 
-void Registration::wait_withdraw(int i, std::uint32_t published) noexcept {
+void Registration::wait_withdraw(int i, std::uint32_t published, bool cancelled) noexcept {
   lease::Wait& r = page_->wait[i];
   const std::uint32_t s = r.seq.load(std::memory_order_relaxed);
   r.seq.store(s + 1, std::memory_order_relaxed);
   std::atomic_thread_fence(std::memory_order_release);
   r.active.store(0, std::memory_order_relaxed);
   r.seq.store(s + 2, std::memory_order_seq_cst);
-  // Acknowledged and not counted (any more): the daemon holds no count for it, so it needs no
-  // byte. It stores 0 there after lowering a count it retired; a record not yet acknowledged
-  // may be about to be counted, so its withdrawal is always said.
-  const bool uncounted = published != 0 && r.ack.load(std::memory_order_seq_cst) == published &&
-                         r.counted.load(std::memory_order_seq_cst) == 0;
+  // No byte when the daemon holds no count for it or will drop it by itself: its token is
+  // cancelled (the record's snapshot is behind the word for good: the daemon never counts it, or
+  // retires it), or the daemon acknowledged this publication uncounted (it stores 0 there only
+  // after lowering a count). A record not yet acknowledged may be about to be counted, so its
+  // withdrawal is said otherwise.
+  const bool uncounted = cancelled || (published != 0 && r.ack.load(std::memory_order_seq_cst) == published &&
+                                       r.counted.load(std::memory_order_seq_cst) == 0);
   wait_bits_[static_cast<std::uint32_t>(i) / 64].fetch_and(~(1ull << (static_cast<std::uint32_t>(i) % 64)),
                                                            std::memory_order_release);
   if (!uncounted && registered()) ping();
@@ -274,8 +277,9 @@ bool Registration::wait(const core::Token& token, std::chrono::nanoseconds timeo
     if (!counted && token.writers_count_waits()) left = std::min<std::chrono::nanoseconds>(left, kWaitSlice);
     sleep_two(wake, w, &state_, st, left);
   }
-  wait_withdraw(i, ever_published ? seq : 0);
-  return token.cancelled();
+  const bool cancelled = token.cancelled();
+  wait_withdraw(i, ever_published ? seq : 0, cancelled);
+  return cancelled;
 }
 
 void Registration::begin(int i, std::uint32_t slot, std::uint32_t key, std::uint64_t epoch, std::uint64_t snapshot,

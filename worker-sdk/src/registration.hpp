@@ -84,10 +84,10 @@ class Registration {
   bool wait_acked(int i, std::uint32_t seq, bool& counted) const noexcept;
   const std::atomic<std::uint32_t>& wait_ack_word(int i) const noexcept { return page_->wait[i].ack; }
   // Withdraws record `i`, last published as `published` (0: never), and frees it. The daemon
-  // lowers its count on the byte, sent unless the daemon acknowledged that publication and its
-  // record says it is not counted (never was, or the daemon retired it after a write of its own
-  // woke it).
-  void wait_withdraw(int i, std::uint32_t published) noexcept;
+  // lowers its count on the byte, sent unless the record's token is `cancelled` (the daemon
+  // retires such a wait by itself) or the daemon acknowledged that publication and its record
+  // says it is not counted (never was, or retired already).
+  void wait_withdraw(int i, std::uint32_t published, bool cancelled) noexcept;
 
   lease::Page& page() noexcept { return *page_; }
   pkgctx_task_s& task(int i) noexcept { return tasks_[i]; }

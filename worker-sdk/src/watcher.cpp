@@ -222,7 +222,7 @@ std::chrono::nanoseconds Watcher::prepare_sleep(std::vector<WaitV>& vec, std::ve
       ++it;
     } else {
       if (auto reg = it->second.reg.lock(); reg && it->second.record >= 0)
-        reg->wait_withdraw(it->second.record, it->second.seq);
+        reg->wait_withdraw(it->second.record, it->second.seq, it->second.keep.cancelled());
       it = armed_.erase(it);
     }
   }

@@ -16,15 +16,25 @@
 // of each waited slot in the table (layout.hpp) — one per record — and acknowledges each record
 // it read by storing its sequence in `ack` (with `counted`) and futex-waking `ack`. The thread
 // sleeps on the wake word only after the acknowledgement, re-checking its token first, so no
-// write between the two is lost. Withdrawing a record sends a byte too; the daemon lowers the
-// count. But when a write of the daemon's own woke a counted wait and cancelled its token, the
-// daemon retires it at once: it lowers the count, then stores 0 in `counted`; a worker that
-// finds its acknowledged record uncounted withdraws it without the byte. A client's counts all
-// go when it dies. A worker that lies here can only raise counts (writers then make a futex
-// syscall for nothing) or lose its own wake-ups.
+// write between the two is lost. Each record carries its token's snapshot (the value of the
+// generation word the token watches when it was taken): the daemon counts a wait only while that
+// word still equals it (raised first, then compared, so a cancellation after the comparison
+// finds the count raised and wakes), and otherwise acknowledges it uncounted (its token is
+// cancelled: the worker returns at once). A counted wait whose word has moved past its snapshot
+// is retired by the daemon on its own: it lowers the count, then stores 0 in `counted` — right
+// after its own writes, after the etcd follower's, and on every tick for writers outside the
+// daemon. So a worker whose wait ended because its token is cancelled withdraws it without a
+// byte; one that ended otherwise (timeout, a daemon change) sends one, so the daemon lowers the
+// count, unless it finds its acknowledged record uncounted. A client's counts all go when it
+// dies. A worker that lies here can only raise counts (writers then make a futex syscall for
+// nothing) or lose its own wake-ups. In particular a lie in `snapshot`, which the daemon only
+// compares with the word of the record's own slot and key, can only un-count its own wait (never
+// counted, or retired at once: it loses its wake-up) or over-count it (a byte it skips keeps its
+// own count raised until the record changes or it dies).
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 namespace pkgctx::lease {
@@ -53,13 +63,15 @@ struct alignas(64) Wait {
   std::atomic<std::uint32_t> slot{0};
   std::atomic<std::uint32_t> key{0};     // reported by the clients op
   std::atomic<std::uint64_t> epoch{0};   // the segment the token belongs to
+  std::atomic<std::uint64_t> snapshot{0};  // the token's watched-word snapshot
   // Daemon-written: the last `seq` it read (a futex word), and whether it counted the wait then
-  // (0: it could not — another segment, a bad slot — so the waiter must re-check in slices; or,
-  // stored later, the daemon retired it: its token is cancelled and its count gone).
+  // (0: it could not — another segment, a bad slot — so the waiter must re-check in slices; or its
+  // token was cancelled already; or, stored later, the daemon retired it: its token is cancelled
+  // and its count gone).
   alignas(32) std::atomic<std::uint32_t> ack{0};
   std::atomic<std::uint32_t> counted{0};
 };
-static_assert(sizeof(Wait) == 64);
+static_assert(sizeof(Wait) == 64 && offsetof(Wait, snapshot) == 24);
 
 struct Header {
   std::uint64_t magic = kMagic;
@@ -116,6 +128,7 @@ struct WaitCopy {
   std::uint32_t slot = 0;
   std::uint32_t key = 0;
   std::uint64_t epoch = 0;
+  std::uint64_t snapshot = 0;
 };
 
 // Reads wait record `i` (untrusted). False when it kept changing.
@@ -125,7 +138,8 @@ inline bool read_wait(const Page& page, std::uint32_t i, WaitCopy& out) noexcept
     const std::uint32_t s1 = w.seq.load(std::memory_order_acquire);
     if (s1 & 1u) continue;
     out = {s1, w.active.load(std::memory_order_relaxed) != 0, w.slot.load(std::memory_order_relaxed),
-           w.key.load(std::memory_order_relaxed), w.epoch.load(std::memory_order_relaxed)};
+           w.key.load(std::memory_order_relaxed), w.epoch.load(std::memory_order_relaxed),
+           w.snapshot.load(std::memory_order_relaxed)};
     std::atomic_thread_fence(std::memory_order_acquire);
     if (w.seq.load(std::memory_order_relaxed) == s1) return true;
   }

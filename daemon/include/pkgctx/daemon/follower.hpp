@@ -15,7 +15,8 @@
 //    needed, it lists the prefix and applies the difference (never with "force": nothing that
 //    did not change is cancelled), deleting the packages etcd owned and no longer has.
 //    A put is Update; a delete is event remove (cancelling the contexts, cause "removed"), then
-//    a drain, then Delete (DESIGN §10). The registry's drains live in the event loop, so the
+//    a drain, then Delete (DESIGN §10). A write that woke counted waits tells the loop, which
+//    retires them (FollowOptions::woke). The registry's drains live in the event loop, so the
 //    follower hands the drain over (FollowOptions::drain, posted to the loop) and waits for its
 //    end, at most etcd_drain_ms (then it deletes anyway, logging who still held): while it waits
 //    the host status of the package lists the holders. SIGTERM ends the wait at once without the
@@ -78,6 +79,10 @@ struct FollowOptions {
   // Starts a drain of `name`'s cancelled contexts on the event loop (Registry's own drain); the
   // callbacks run there. Called from the follower thread. Unset: deletes do not wait.
   std::function<void(const std::string& name, std::uint64_t timeout_ms, Registry::Holders, Registry::Done)> drain;
+  // A write of the follower thread woke someone (Header::wakes moved past `wakes_before`): the
+  // loop retires the counted waits it cancelled (Registry::retire_woken), so their workers send
+  // no byte. Called from the follower thread. Unset: the registry's tick retires them.
+  std::function<void(std::uint64_t wakes_before)> woke;
 };
 
 class EtcdFollower {
@@ -110,6 +115,8 @@ class EtcdFollower {
   void save_owned();  // the follower thread only
   bool pause(std::uint64_t ms) const;  // false when stopping
   void mark(const std::string& name);
+  std::uint64_t wakes() const noexcept;  // the segment's wake-syscall count now
+  void woke_since(std::uint64_t wakes_before);  // after a write: FollowOptions::woke if it woke
 
   Store& store_;
   FollowOptions o_;

@@ -17,9 +17,11 @@
 // acknowledges the record, lowers it when the record is withdrawn, and lowers all of a client's
 // when it is removed. Records are re-read on every byte of the client (and when it registers,
 // when the raise also wakes the slot: a re-registering worker may sleep on a stale value).
-// When a write of the loop's own thread woke someone, the registry retires at once the counted
-// waits it cancelled (retire_woken): their counts go down and their records say so, and the
-// woken workers send no byte to withdraw them.
+// A record is counted only while the word its token watches still equals the record's snapshot.
+// A counted wait whose word moved past it (its token is cancelled) is retired by the registry
+// itself: its count goes down and its record says so, and its worker sends no byte to withdraw
+// it. That happens right after a write of the loop's own thread or of the etcd follower's that
+// woke someone (retire_woken), and on every tick for writers outside the daemon.
 #pragma once
 
 #include "pkgctx/daemon/protocol.hpp"
@@ -59,9 +61,9 @@ class Registry {
     struct Counted {
       std::uint32_t slot = 0;
       std::uint32_t key = 0;
-      std::uint32_t seq = 0;      // the record's sequence this entry is for
-      bool retired = false;       // its count was lowered already: not counted again for `seq`
-      std::uint64_t watched = 0;  // the generation word `key` watches, when counted
+      std::uint32_t seq = 0;       // the record's sequence this entry is for
+      bool retired = false;        // its count was lowered (or never kept): not counted again for `seq`
+      std::uint64_t snapshot = 0;  // the record's: its token is cancelled once `key`'s word moves past it
     };
     std::map<std::uint32_t, Counted> waits;  // wait record index → the count it raised
     std::uint32_t live = 0;                  // entries of `waits` not retired
@@ -114,9 +116,10 @@ class Registry {
   // thread and pass it to retire_woken() after.
   std::uint64_t wakes() const noexcept;
   // If a write since `wakes_before` woke someone, retires every counted wait whose token is
-  // cancelled (its watched word moved since it was counted): lowers its count, stores 0 in its
-  // record's `counted` (so its worker sends no byte) and keeps it, uncounted, until the record
-  // changes. O(counted waits), nothing when nobody was woken.
+  // cancelled (its watched word moved past the record's snapshot): lowers its count, stores 0 in
+  // its record's `counted` (so its worker sends no byte) and keeps it, uncounted, until the
+  // record changes. O(counted waits), nothing when nobody was woken. Not while another writer is
+  // inside a write: the next call, or the next tick, does it then.
   void retire_woken(std::uint64_t wakes_before);
   std::uint64_t retired() const noexcept { return retired_; }  // since the daemon started
 
@@ -140,7 +143,8 @@ class Registry {
   std::size_t pending_drains() const noexcept { return drains_.size(); }
 
   // Re-checks every drain and answers those past their deadline (call on each tick and when
-  // next_deadline_ns() passes).
+  // next_deadline_ns() passes); retires the counted waits whose tokens are cancelled, whoever
+  // cancelled them.
   void tick();
   std::uint64_t next_deadline_ns() const noexcept;  // 0: none
 
@@ -171,15 +175,17 @@ class Registry {
   void sync_waits(Client& c, bool wake);
   void drop_waits(Client& c);
   void note_live(const Client& c);  // keeps `waiting_` in step with c.live
+  // retire_woken()'s scan, whatever the wake count (`wakes_now`: the count it is done for).
+  void retire_cancelled(std::uint64_t wakes_now);
 
   Store& store_;
   std::uint32_t max_clients_;
   std::map<std::uint64_t, Client> clients_;
-  std::set<std::uint64_t> waiting_;  // clients with a live counted wait (retire_woken's scope)
+  std::set<std::uint64_t> waiting_;  // clients with a live counted wait (retirement's scope)
   std::uint64_t pings_ = 0;
   std::uint64_t retired_ = 0;
-  std::vector<std::pair<Client*, std::uint32_t>> retiring_;  // retire_woken's scratch (kept: no allocation)
-  std::uint64_t scanned_wakes_ = ~0ull;  // the wake count of retire_woken's last complete scan
+  std::vector<std::pair<Client*, std::uint32_t>> retiring_;  // retirement's scratch (kept: no allocation)
+  std::uint64_t scanned_wakes_ = ~0ull;  // the wake count of the last complete retirement scan
   std::list<Drain> drains_;
   std::vector<std::pair<std::uint64_t, std::string>> ready_;
 };
