@@ -176,12 +176,13 @@ class Writer {
 
   // Slot holding `name`, found without the seqlock: only writers change slots and we are one.
   std::optional<u32> find(std::string_view name, u64 hash) const {
-    u64 i = hash & m_.index_mask;
-    for (u64 probes = 0; probes <= m_.index_mask; ++probes, i = (i + 1) & m_.index_mask) {
-      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+    const unsigned bits = m_.index_slot_bits;
+    u64 i = index_home(hash, m_.index_entries);
+    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = next_entry(i)) {
+      const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty) return std::nullopt;
-      if (e == kIndexTomb || !index_tag_matches(e, hash)) continue;
-      const u32 s = index_slot(e);
+      if (e == kIndexTomb || !index_tag_matches(e, hash, bits)) continue;
+      const u32 s = index_slot(e, bits);
       if (s < m_.capacity && holds(s, name, hash)) return s;
     }
     return std::nullopt;
@@ -439,26 +440,28 @@ class Writer {
   }
 
   // --- index ---
+  u64 next_entry(u64 i) const { return i + 1 == m_.index_entries ? 0 : i + 1; }
+
   void index_insert(u32 s, u64 hash) {
     maybe_rebuild_index(1);
-    u64 i = hash & m_.index_mask;
+    u64 i = index_home(hash, m_.index_entries);
     while (true) {
-      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+      const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty || e == kIndexTomb) {
         if (e == kIndexTomb) h_.index_tombstones.fetch_sub(1, std::memory_order_relaxed);
-        m_.index[i].store(index_entry(hash, s), std::memory_order_release);
+        m_.index[i].store(index_entry(hash, s, m_.index_slot_bits), std::memory_order_release);
         return;
       }
-      i = (i + 1) & m_.index_mask;
+      i = next_entry(i);
     }
   }
 
   void index_erase(u32 s, u64 hash) {
-    u64 i = hash & m_.index_mask;
-    for (u64 probes = 0; probes <= m_.index_mask; ++probes, i = (i + 1) & m_.index_mask) {
-      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+    u64 i = index_home(hash, m_.index_entries);
+    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = next_entry(i)) {
+      const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty) return;
-      if (e != kIndexTomb && index_slot(e) == s) {
+      if (e != kIndexTomb && index_slot(e, m_.index_slot_bits) == s) {
         m_.index[i].store(kIndexTomb, std::memory_order_release);
         h_.index_tombstones.fetch_add(1, std::memory_order_relaxed);
         return;
@@ -539,7 +542,10 @@ class Writer {
   void maybe_rebuild_index(u32 adding) {
     const u64 load = u64{h_.used_slots.load(std::memory_order_relaxed)} + adding +
                      h_.index_tombstones.load(std::memory_order_relaxed);
-    if (load * 4 > (m_.index_mask + 1) * 3) rebuild_index();
+    // At most 15/16 of the entries taken (a full table takes 0.8): probes stay short and an
+    // insert always finds a free entry, while tombstones of ≥ 0.17 × capacity deletes amortise
+    // each rebuild.
+    if (load * 16 > m_.index_entries * 15) rebuild_index();
   }
 
   // Readers retry while index_seq is odd.
@@ -550,15 +556,15 @@ class Writer {
       std::atomic_thread_fence(std::memory_order_release);
     else
       detail::write_begin(h_.index_seq);
-    for (u64 i = 0; i <= m_.index_mask; ++i) m_.index[i].store(kIndexEmpty, std::memory_order_relaxed);
+    for (u64 i = 0; i < m_.index_entries; ++i) m_.index[i].store(kIndexEmpty, std::memory_order_relaxed);
     PKGCTX_CRASH_POINT("repair", kIndexEmptied);
     for (u32 s = 0; s < m_.capacity; ++s) {
       const SlotData& d = m_.slots[s].data;
       if (!detail::meta_used(d.w[dw::kMeta].load(std::memory_order_relaxed))) continue;
       const u64 hash = d.w[dw::kHash].load(std::memory_order_relaxed);
-      u64 i = hash & m_.index_mask;
-      while (m_.index[i].load(std::memory_order_relaxed) != kIndexEmpty) i = (i + 1) & m_.index_mask;
-      m_.index[i].store(index_entry(hash, s), std::memory_order_relaxed);
+      u64 i = index_home(hash, m_.index_entries);
+      while (m_.index[i].load(std::memory_order_relaxed) != kIndexEmpty) i = next_entry(i);
+      m_.index[i].store(index_entry(hash, s, m_.index_slot_bits), std::memory_order_relaxed);
     }
     h_.index_tombstones.store(0, std::memory_order_relaxed);
     detail::write_end(h_.index_seq);

@@ -58,12 +58,13 @@ Result<u32> probe(const detail::Mapping& m, std::string_view name, u64 hash, Vis
     if (s1 & 1) continue;  // the index is being rebuilt
     std::optional<u32> found;
     bool torn = false;
-    u64 i = hash & m.index_mask;
-    for (u64 probes = 0; probes <= m.index_mask; ++probes, i = (i + 1) & m.index_mask) {
-      const u64 e = m.index[i].load(std::memory_order_acquire);
+    const unsigned bits = m.index_slot_bits;
+    u64 i = index_home(hash, m.index_entries);
+    for (u64 probes = 0; probes < m.index_entries; ++probes, i = i + 1 == m.index_entries ? 0 : i + 1) {
+      const u32 e = m.index[i].load(std::memory_order_acquire);
       if (e == kIndexEmpty) break;
-      if (e == kIndexTomb || !index_tag_matches(e, hash)) continue;
-      const u32 slot = index_slot(e);
+      if (e == kIndexTomb || !index_tag_matches(e, hash, bits)) continue;
+      const u32 slot = index_slot(e, bits);
       if (slot >= m.capacity) continue;  // corrupt entry: never trusted as an index
       const Match r = visit(slot);
       if (r == Match::yes) {
@@ -209,6 +210,7 @@ Result<core::Token> View::token(std::string_view name, int event) const {
     core::Token t;
     bool mine = false;
     auto slot = probe(m, name, hash, [&](u32 s) {
+      __builtin_prefetch(&m.slots[s].gens);
       u64 seq = 0;
       const Match r = slot_holds(m, s, name, hash, &seq);
       if (r != Match::yes) return r;
