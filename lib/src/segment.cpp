@@ -1,6 +1,7 @@
 #include "pkgctx/segment.hpp"
 
 #include "mapping.hpp"
+#include "name_hash.hpp"
 #include "pkgctx/futex.hpp"
 #include "robust_mutex.hpp"
 
@@ -16,7 +17,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 namespace pkgctx {
 
@@ -234,7 +234,7 @@ Result<int> open_trusted(const std::string& dir_in, const std::string& object, i
   return std::exchange(f.fd, -1);
 }
 
-std::uint64_t name_hash(std::string_view name) noexcept { return XXH3_64bits(name.data(), name.size()); }
+std::uint64_t name_hash(std::string_view name) noexcept { return detail::hash_name(name); }
 
 std::uint64_t mono_now_ns() noexcept {
   timespec ts{};

@@ -16,6 +16,7 @@
 #include "pkgctx/store.hpp"
 
 #include "mapping.hpp"
+#include "name_hash.hpp"
 #include "pkgctx/futex.hpp"
 #include "robust_mutex.hpp"
 #include "seqlock.hpp"
@@ -700,7 +701,7 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
                                                     std::to_string(settings.canonical().size()) +
                                                     " canonical bytes, the limit is " + std::to_string(limits_.max_settings));
   if (!seg_.writable()) return read_only_error(seg_);
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   const u64 sum = settings.checksum();
   Writer w(seg_);
   Cause version_cause = Cause::kVersionChanged;
@@ -762,7 +763,7 @@ Result<bool> Store::update_settings(std::string_view name, const Settings& setti
                                                     std::to_string(settings.canonical().size()) +
                                                     " canonical bytes, the limit is " + std::to_string(limits_.max_settings));
   if (!seg_.writable()) return read_only_error(seg_);
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   const u64 sum = settings.checksum();
   Writer w(seg_);
   const std::optional<u32> found = w.find(name, hash);
@@ -792,7 +793,7 @@ Result<std::optional<core::Token>> Store::handle_event(int event, std::string_vi
   if (!cause.empty())
     if (auto v = validate_cause_name(cause); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   Writer w(seg_);
   std::optional<Cause> named;
   if (!cause.empty()) {
@@ -816,7 +817,7 @@ Result<std::optional<core::Token>> Store::handle_event(int event, std::string_vi
 Result<bool> Store::erase(std::string_view name, std::uint64_t follow_revision) {
   if (auto v = validate_name(name, limits_); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   Writer w(seg_);
   const std::optional<u32> found = w.find(name, hash);
   if (!found || w.version_len(*found) != 0) {  // absent, or re-created since the remove

@@ -1,6 +1,7 @@
 #include "pkgctx/view.hpp"
 
 #include "mapping.hpp"
+#include "name_hash.hpp"
 #include "seqlock.hpp"
 #include "pkgctx/settings.hpp"
 
@@ -117,7 +118,7 @@ Result<View> View::open(const std::string& name, const std::string& dir) {
 Result<std::uint32_t> View::find(std::string_view name) const {
   const auto& m = *seg_.mapping();
   if (auto v = validate_name(name, {.max_name = m.header->max_name}); !v) return v.error();
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   return probe(m, name, hash, [&](u32 slot) { return slot_holds(m, slot, name, hash); });
 }
 
@@ -204,26 +205,22 @@ Result<core::Token> View::token(std::string_view name, int event) const {
   if (!is_valid_event(event)) return validate_event(event).error();  // the message from the one place
   const auto& m = *seg_.mapping();
   if (auto v = validate_name(name, {.max_name = m.header->max_name}); !v) return v.error();
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   const auto key = static_cast<std::uint32_t>(event);
   for (int attempt = 0; attempt < 1000; ++attempt) {
-    core::Token t;
-    bool mine = false;
+    u64 seq = 0;
     auto slot = probe(m, name, hash, [&](u32 s) {
+      // The snapshot reads the generations' line: start that miss beside the record's.
       __builtin_prefetch(&m.slots[s].gens);
-      u64 seq = 0;
-      const Match r = slot_holds(m, s, name, hash, &seq);
-      if (r != Match::yes) return r;
-      t = core::Token::snapshot(seg_.mapping(), s, key);
-      // The snapshot belongs to `name` only if the slot still holds it afterwards. An unchanged
-      // record sequence proves it without another look (a delete or re-create rewrites the
-      // record before it moves a generation); otherwise look again.
-      mine = m.slots[s].data.seq.load(std::memory_order_acquire) == seq ||
-             slot_holds(m, s, name, hash) == Match::yes;
-      return Match::yes;
+      return slot_holds(m, s, name, hash, &seq);
     });
     if (!slot) return slot.error();
-    if (mine) return t;
+    Result<core::Token> t = core::Token::snapshot(seg_.mapping(), *slot, key);
+    // The snapshot belongs to `name` only if the slot still holds it afterwards. An unchanged
+    // record sequence proves it without another look (a delete or re-create rewrites the
+    // record before it moves a generation); otherwise look again.
+    if (m.slots[*slot].data.seq.load(std::memory_order_acquire) == seq || slot_holds(m, *slot, name, hash) == Match::yes)
+      return t;
   }
   return busy(name);
 }
