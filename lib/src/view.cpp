@@ -215,7 +215,7 @@ Result<core::Token> View::token(std::string_view name, int event) const {
       return slot_holds(m, s, name, hash, &seq);
     });
     if (!slot) return slot.error();
-    Result<core::Token> t = core::Token::snapshot(seg_.mapping(), *slot, key);
+    Result<core::Token> t = core::Token::snapshot(seg_.mapping(), m.slots[*slot].gens, m.header->prefix.epoch, *slot, key);
     // The snapshot belongs to `name` only if the slot still holds it afterwards. An unchanged
     // record sequence proves it without another look (a delete or re-create rewrites the
     // record before it moves a generation); otherwise look again.
