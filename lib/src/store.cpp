@@ -544,8 +544,8 @@ class Writer {
     const u64 load = u64{h_.used_slots.load(std::memory_order_relaxed)} + adding +
                      h_.index_tombstones.load(std::memory_order_relaxed);
     // At most 15/16 of the entries taken (a full table takes 0.8): probes stay short and an
-    // insert always finds a free entry, while tombstones of ≥ 0.17 × capacity deletes amortise
-    // each rebuild.
+    // insert always finds a free entry, and a rebuild waits for the tombstones of at least
+    // 0.17 × capacity deletes, which pay for it.
     if (load * 16 > m_.index_entries * 15) rebuild_index();
   }
 
