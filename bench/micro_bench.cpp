@@ -3,9 +3,9 @@
 //
 //   floor_acquire_load_shm      one acquire load of the very word a token checks (same segment)
 //   floor_stop_token            std::stop_token::stop_requested()
-//   floor_random_line_shm       one dependent load of a random slot-sized (512-byte) record in shared memory
-//                               the size of the 100k-slot table (a cache and TLB miss: the floor
-//                               of any lookup that must look at a random package's record)
+//   floor_random_line_shm       one dependent load of a random slot-sized (640-byte) record in shared memory
+//                               the size of the slot table (a cache and TLB miss: the floor of any
+//                               lookup that must look at a random package's record)
 //   floor_robust_mutex          lock + unlock of a robust, process-shared pthread mutex (every
 //                               write takes one)
 //   check_live / check_cancelled   Token::cancelled() on a worker's read-only mapping

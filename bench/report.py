@@ -131,10 +131,11 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, 
 
     rnd = t("floor_random_line_shm")
     v = t("token_by_name_rotating")
-    add("token_by_name_100k_rotating", v, "ns", rnd, "1 dependent random record load, 45 MB shm",
-        "≤ 100 ns", v is not None and v <= 100, value_min=mb("token_by_name_rotating"),
-        note="names in random order over all 100k packages (index entry, then the slot's record: two "
-             "dependent cache+TLB misses); " + minnote("token_by_name_rotating", "floor_random_line_shm"))
+    add("token_by_name_100k_rotating", v, "ns", rnd, "1 dependent random line load, 80 MB shm (the slot table's size)",
+        "≤ 1.3× floor", None if v is None or rnd is None else v <= 1.3 * rnd, value_min=mb("token_by_name_rotating"),
+        note="names in random order over all 100k packages (the index line, 640 KB of 32-bit entries that "
+             "stay in cache, then the slot's record: one cache+TLB miss); "
+             + minnote("token_by_name_rotating", "floor_random_line_shm"))
     v = t("token_by_name_hot")
     add("token_by_name_100k_hot", v, "ns", None, None, "≤ 100 ns", v is not None and v <= 100,
         value_min=mb("token_by_name_hot"),

@@ -50,8 +50,9 @@ struct Mapping {
   std::byte* base = nullptr;
   layout::Header* header = nullptr;
   layout::Slot* slots = nullptr;
-  std::atomic<std::uint64_t>* index = nullptr;
-  std::uint64_t index_mask = 0;
+  std::atomic<std::uint32_t>* index = nullptr;
+  std::uint64_t index_entries = 0;     // a multiple of layout::kIndexLine
+  unsigned index_slot_bits = 0;        // layout::index_slot_bits(capacity)
   std::uint32_t* freelist = nullptr;
   std::atomic<std::uint64_t>* bitmap = nullptr;
   std::atomic<std::uint64_t>* arena = nullptr;

@@ -1,6 +1,7 @@
 #include "pkgctx/segment.hpp"
 
 #include "mapping.hpp"
+#include "name_hash.hpp"
 #include "pkgctx/futex.hpp"
 #include "robust_mutex.hpp"
 
@@ -16,7 +17,6 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 namespace pkgctx {
 
@@ -31,12 +31,6 @@ std::string hex(u64 v) {
 }
 
 u64 round_up(u64 v, u64 to) { return (v + to - 1) / to * to; }
-
-u64 next_pow2(u64 v) {
-  u64 p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
 
 std::string octal(mode_t m) {
   char buf[8];
@@ -74,7 +68,7 @@ Result<detail::Region> map_fd(int fd, u64 size, bool writable, const std::string
 
 // Sizes of the regions for a capacity and arena size, in layout order.
 struct Plan {
-  u64 slots_offset, waiters_offset, index_offset, index_slots, freelist_offset, bitmap_offset, bitmap_words,
+  u64 slots_offset, waiters_offset, index_offset, index_entries, freelist_offset, bitmap_offset, bitmap_words,
       arena_offset, arena_bytes, total;
 };
 
@@ -83,8 +77,8 @@ Plan plan(u32 capacity, u64 settings_bytes) {
   p.slots_offset = round_up(sizeof(Header), kCacheLine);
   p.waiters_offset = p.slots_offset + u64{capacity} * sizeof(Slot);
   p.index_offset = round_up(p.waiters_offset + u64{capacity} * 4, kCacheLine);
-  p.index_slots = next_pow2(std::max<u64>(16, u64{capacity} * 2));  // load factor ≤ 1/2
-  p.freelist_offset = round_up(p.index_offset + p.index_slots * 8, kCacheLine);
+  p.index_entries = index_entries_for(capacity);
+  p.freelist_offset = round_up(p.index_offset + p.index_entries * sizeof(IndexEntry), kCacheLine);
   p.arena_bytes = round_up(std::max<u64>(settings_bytes, kChunk), kChunk);
   p.bitmap_words = (p.arena_bytes / kChunk + 63) / 64;
   p.bitmap_offset = round_up(p.freelist_offset + u64{capacity} * 4, kCacheLine);
@@ -127,13 +121,13 @@ Result<void> validate(detail::Mapping& m, u64 object_size) {
   // Recompute the plan from the capacity and arena size and require the header to match it
   // exactly: a reader then trusts offsets it derived itself.
   const u32 cap = pre->capacity;
-  if (cap == 0 || cap > (1u << 26))
+  if (cap == 0 || cap > kMaxCapacity)
     return make_error(Errc::segment_foreign, "segment " + n + ": capacity " + std::to_string(cap) + " is out of range");
   if (h->arena_bytes == 0 || h->arena_bytes % kChunk != 0 || h->arena_bytes > (u64{1} << 40))
     return make_error(Errc::segment_foreign, "segment " + n + ": settings area size is invalid");
   const Plan p = plan(cap, h->arena_bytes);
   if (pre->slots_offset != p.slots_offset || pre->slot_stride != sizeof(Slot) || pre->root_gen_offset != kRootGenOffset ||
-      pre->wake_offset != kWakeOffset || pre->gen_count != kGenCount || h->index_offset != p.index_offset || h->index_slots != p.index_slots || h->waiters_offset != p.waiters_offset ||
+      pre->wake_offset != kWakeOffset || pre->gen_count != kGenCount || h->index_offset != p.index_offset || h->index_entries != p.index_entries || h->waiters_offset != p.waiters_offset ||
       h->freelist_offset != p.freelist_offset || h->bitmap_offset != p.bitmap_offset ||
       h->bitmap_words != p.bitmap_words || h->arena_offset != p.arena_offset || pre->total_bytes != p.total)
     return make_error(Errc::segment_foreign, "segment " + n + ": region offsets do not match its capacity");
@@ -143,8 +137,9 @@ Result<void> validate(detail::Mapping& m, u64 object_size) {
   m.header = h;
   m.capacity = cap;
   m.slots = reinterpret_cast<Slot*>(m.base + p.slots_offset);
-  m.index = reinterpret_cast<AU64*>(m.base + p.index_offset);
-  m.index_mask = p.index_slots - 1;
+  m.index = reinterpret_cast<IndexEntry*>(m.base + p.index_offset);
+  m.index_entries = p.index_entries;
+  m.index_slot_bits = index_slot_bits(cap);
   m.freelist = reinterpret_cast<u32*>(m.base + p.freelist_offset);
   m.bitmap = reinterpret_cast<AU64*>(m.base + p.bitmap_offset);
   m.arena = reinterpret_cast<AU64*>(m.base + p.arena_offset);
@@ -239,7 +234,7 @@ Result<int> open_trusted(const std::string& dir_in, const std::string& object, i
   return std::exchange(f.fd, -1);
 }
 
-std::uint64_t name_hash(std::string_view name) noexcept { return XXH3_64bits(name.data(), name.size()); }
+std::uint64_t name_hash(std::string_view name) noexcept { return detail::hash_name(name); }
 
 std::uint64_t mono_now_ns() noexcept {
   timespec ts{};
@@ -255,7 +250,7 @@ std::uint64_t realtime_now_ns() noexcept {
 
 Result<Segment> Segment::create(const std::string& name, const SegmentOptions& opts) {
   if (auto ok = validate_segment_name(name); !ok) return ok.error();
-  if (opts.capacity == 0 || opts.capacity > (1u << 26))
+  if (opts.capacity == 0 || opts.capacity > kMaxCapacity)
     return make_error(Errc::invalid_settings, "capacity " + std::to_string(opts.capacity) + " is out of range 1..67108864");
   if (opts.limits.max_name == 0 || opts.limits.max_name > kMaxName || opts.limits.max_version == 0 ||
       opts.limits.max_version > kMaxVersion)
@@ -294,7 +289,7 @@ Result<Segment> Segment::create(const std::string& name, const SegmentOptions& o
   h->max_version = static_cast<u32>(opts.limits.max_version);
   h->max_settings = opts.limits.max_settings;
   h->index_offset = p.index_offset;
-  h->index_slots = p.index_slots;
+  h->index_entries = p.index_entries;
   h->freelist_offset = p.freelist_offset;
   h->bitmap_offset = p.bitmap_offset;
   h->bitmap_words = p.bitmap_words;
@@ -441,7 +436,7 @@ const std::string& Segment::name() const noexcept { return map_->name; }
 bool Segment::writable() const noexcept { return map_->writable; }
 layout::Header& Segment::header() const noexcept { return *map_->header; }
 layout::Slot& Segment::slot(std::uint32_t i) const noexcept { return map_->slots[i]; }
-std::atomic<std::uint64_t>* Segment::index() const noexcept { return map_->index; }
+std::atomic<std::uint32_t>* Segment::index() const noexcept { return map_->index; }
 std::uint32_t* Segment::freelist() const noexcept { return map_->freelist; }
 std::atomic<std::uint64_t>* Segment::bitmap() const noexcept { return map_->bitmap; }
 std::atomic<std::uint64_t>* Segment::arena() const noexcept { return map_->arena; }

@@ -16,6 +16,7 @@
 #include "pkgctx/store.hpp"
 
 #include "mapping.hpp"
+#include "name_hash.hpp"
 #include "pkgctx/futex.hpp"
 #include "robust_mutex.hpp"
 #include "seqlock.hpp"
@@ -176,12 +177,13 @@ class Writer {
 
   // Slot holding `name`, found without the seqlock: only writers change slots and we are one.
   std::optional<u32> find(std::string_view name, u64 hash) const {
-    u64 i = hash & m_.index_mask;
-    for (u64 probes = 0; probes <= m_.index_mask; ++probes, i = (i + 1) & m_.index_mask) {
-      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+    const unsigned bits = m_.index_slot_bits;
+    u64 i = index_home(hash, m_.index_entries);
+    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = next_entry(i)) {
+      const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty) return std::nullopt;
-      if (e == kIndexTomb || !index_tag_matches(e, hash)) continue;
-      const u32 s = index_slot(e);
+      if (e == kIndexTomb || !index_tag_matches(e, hash, bits)) continue;
+      const u32 s = index_slot(e, bits);
       if (s < m_.capacity && holds(s, name, hash)) return s;
     }
     return std::nullopt;
@@ -439,26 +441,28 @@ class Writer {
   }
 
   // --- index ---
+  u64 next_entry(u64 i) const { return i + 1 == m_.index_entries ? 0 : i + 1; }
+
   void index_insert(u32 s, u64 hash) {
     maybe_rebuild_index(1);
-    u64 i = hash & m_.index_mask;
+    u64 i = index_home(hash, m_.index_entries);
     while (true) {
-      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+      const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty || e == kIndexTomb) {
         if (e == kIndexTomb) h_.index_tombstones.fetch_sub(1, std::memory_order_relaxed);
-        m_.index[i].store(index_entry(hash, s), std::memory_order_release);
+        m_.index[i].store(index_entry(hash, s, m_.index_slot_bits), std::memory_order_release);
         return;
       }
-      i = (i + 1) & m_.index_mask;
+      i = next_entry(i);
     }
   }
 
   void index_erase(u32 s, u64 hash) {
-    u64 i = hash & m_.index_mask;
-    for (u64 probes = 0; probes <= m_.index_mask; ++probes, i = (i + 1) & m_.index_mask) {
-      const u64 e = m_.index[i].load(std::memory_order_relaxed);
+    u64 i = index_home(hash, m_.index_entries);
+    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = next_entry(i)) {
+      const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty) return;
-      if (e != kIndexTomb && index_slot(e) == s) {
+      if (e != kIndexTomb && index_slot(e, m_.index_slot_bits) == s) {
         m_.index[i].store(kIndexTomb, std::memory_order_release);
         h_.index_tombstones.fetch_add(1, std::memory_order_relaxed);
         return;
@@ -539,7 +543,10 @@ class Writer {
   void maybe_rebuild_index(u32 adding) {
     const u64 load = u64{h_.used_slots.load(std::memory_order_relaxed)} + adding +
                      h_.index_tombstones.load(std::memory_order_relaxed);
-    if (load * 4 > (m_.index_mask + 1) * 3) rebuild_index();
+    // At most 15/16 of the entries taken (a full table takes 0.8): probes stay short and an
+    // insert always finds a free entry, and a rebuild waits for the tombstones of at least
+    // 0.17 × capacity deletes, which pay for it.
+    if (load * 16 > m_.index_entries * 15) rebuild_index();
   }
 
   // Readers retry while index_seq is odd.
@@ -550,15 +557,15 @@ class Writer {
       std::atomic_thread_fence(std::memory_order_release);
     else
       detail::write_begin(h_.index_seq);
-    for (u64 i = 0; i <= m_.index_mask; ++i) m_.index[i].store(kIndexEmpty, std::memory_order_relaxed);
+    for (u64 i = 0; i < m_.index_entries; ++i) m_.index[i].store(kIndexEmpty, std::memory_order_relaxed);
     PKGCTX_CRASH_POINT("repair", kIndexEmptied);
     for (u32 s = 0; s < m_.capacity; ++s) {
       const SlotData& d = m_.slots[s].data;
       if (!detail::meta_used(d.w[dw::kMeta].load(std::memory_order_relaxed))) continue;
       const u64 hash = d.w[dw::kHash].load(std::memory_order_relaxed);
-      u64 i = hash & m_.index_mask;
-      while (m_.index[i].load(std::memory_order_relaxed) != kIndexEmpty) i = (i + 1) & m_.index_mask;
-      m_.index[i].store(index_entry(hash, s), std::memory_order_relaxed);
+      u64 i = index_home(hash, m_.index_entries);
+      while (m_.index[i].load(std::memory_order_relaxed) != kIndexEmpty) i = next_entry(i);
+      m_.index[i].store(index_entry(hash, s, m_.index_slot_bits), std::memory_order_relaxed);
     }
     h_.index_tombstones.store(0, std::memory_order_relaxed);
     detail::write_end(h_.index_seq);
@@ -694,7 +701,7 @@ Result<UpdateResult> Store::update(std::string_view name, std::string_view versi
                                                     std::to_string(settings.canonical().size()) +
                                                     " canonical bytes, the limit is " + std::to_string(limits_.max_settings));
   if (!seg_.writable()) return read_only_error(seg_);
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   const u64 sum = settings.checksum();
   Writer w(seg_);
   Cause version_cause = Cause::kVersionChanged;
@@ -756,7 +763,7 @@ Result<bool> Store::update_settings(std::string_view name, const Settings& setti
                                                     std::to_string(settings.canonical().size()) +
                                                     " canonical bytes, the limit is " + std::to_string(limits_.max_settings));
   if (!seg_.writable()) return read_only_error(seg_);
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   const u64 sum = settings.checksum();
   Writer w(seg_);
   const std::optional<u32> found = w.find(name, hash);
@@ -786,7 +793,7 @@ Result<std::optional<core::Token>> Store::handle_event(int event, std::string_vi
   if (!cause.empty())
     if (auto v = validate_cause_name(cause); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   Writer w(seg_);
   std::optional<Cause> named;
   if (!cause.empty()) {
@@ -810,7 +817,7 @@ Result<std::optional<core::Token>> Store::handle_event(int event, std::string_vi
 Result<bool> Store::erase(std::string_view name, std::uint64_t follow_revision) {
   if (auto v = validate_name(name, limits_); !v) return v.error();
   if (!seg_.writable()) return read_only_error(seg_);
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   Writer w(seg_);
   const std::optional<u32> found = w.find(name, hash);
   if (!found || w.version_len(*found) != 0) {  // absent, or re-created since the remove

@@ -139,23 +139,7 @@ namespace core {
 Token::Token() noexcept : watched_(&kNeverChanges) {}
 
 Token Token::snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept {
-  Token t;
-  t.map_ = map;
-  const SlotGens& g = map->slots[slot].gens;
-  if (key >= kFirstChildKey) {
-    // The child word before the root (a writer stores them the other way round): the printed
-    // root generation is then never older than the context the child belongs to.
-    t.watched_ = &g.child[key - kFirstChildKey];
-    t.snap_ = t.watched_->load(std::memory_order_acquire);
-    t.root_snap_ = g.root.load(std::memory_order_acquire);
-  } else {
-    t.watched_ = &g.root;
-    t.snap_ = t.root_snap_ = g.root.load(std::memory_order_acquire);
-  }
-  t.epoch_ = map->header->prefix.epoch;
-  t.slot_ = slot;
-  t.key_ = key;
-  return t;
+  return snapshot(map, map->slots[slot].gens, map->header->prefix.epoch, slot, key);
 }
 
 Cause Token::cause() const noexcept {

@@ -1,6 +1,7 @@
 #include "pkgctx/view.hpp"
 
 #include "mapping.hpp"
+#include "name_hash.hpp"
 #include "seqlock.hpp"
 #include "pkgctx/settings.hpp"
 
@@ -30,8 +31,10 @@ Error absent(std::string_view name) {
 enum class Match { yes, no, torn };
 
 // Does `slot` hold `name` (one consistent look)? On yes, `*seq_out` (if given) is the slot's
-// sequence value that look was validated against.
-Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 hash, u64* seq_out = nullptr) {
+// sequence value that look was validated against. Inlined: a cold lookup waits for the record's
+// line, and a call delays the load that starts it (measured in bench/: the cold row ~10% faster).
+[[gnu::always_inline]] inline Match slot_holds(const detail::Mapping& m, u32 slot, std::string_view name, u64 hash,
+                                               u64* seq_out = nullptr) {
   const SlotData& d = m.slots[slot].data;
   detail::Backoff backoff;
   do {
@@ -58,12 +61,13 @@ Result<u32> probe(const detail::Mapping& m, std::string_view name, u64 hash, Vis
     if (s1 & 1) continue;  // the index is being rebuilt
     std::optional<u32> found;
     bool torn = false;
-    u64 i = hash & m.index_mask;
-    for (u64 probes = 0; probes <= m.index_mask; ++probes, i = (i + 1) & m.index_mask) {
-      const u64 e = m.index[i].load(std::memory_order_acquire);
+    const unsigned bits = m.index_slot_bits;
+    u64 i = index_home(hash, m.index_entries);
+    for (u64 probes = 0; probes < m.index_entries; ++probes, i = i + 1 == m.index_entries ? 0 : i + 1) {
+      const u32 e = m.index[i].load(std::memory_order_acquire);
       if (e == kIndexEmpty) break;
-      if (e == kIndexTomb || !index_tag_matches(e, hash)) continue;
-      const u32 slot = index_slot(e);
+      if (e == kIndexTomb || !index_tag_matches(e, hash, bits)) continue;
+      const u32 slot = index_slot(e, bits);
       if (slot >= m.capacity) continue;  // corrupt entry: never trusted as an index
       const Match r = visit(slot);
       if (r == Match::yes) {
@@ -116,7 +120,7 @@ Result<View> View::open(const std::string& name, const std::string& dir) {
 Result<std::uint32_t> View::find(std::string_view name) const {
   const auto& m = *seg_.mapping();
   if (auto v = validate_name(name, {.max_name = m.header->max_name}); !v) return v.error();
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   return probe(m, name, hash, [&](u32 slot) { return slot_holds(m, slot, name, hash); });
 }
 
@@ -203,25 +207,22 @@ Result<core::Token> View::token(std::string_view name, int event) const {
   if (!is_valid_event(event)) return validate_event(event).error();  // the message from the one place
   const auto& m = *seg_.mapping();
   if (auto v = validate_name(name, {.max_name = m.header->max_name}); !v) return v.error();
-  const u64 hash = name_hash(name);
+  const u64 hash = detail::hash_name(name);
   const auto key = static_cast<std::uint32_t>(event);
   for (int attempt = 0; attempt < 1000; ++attempt) {
-    core::Token t;
-    bool mine = false;
+    u64 seq = 0;
     auto slot = probe(m, name, hash, [&](u32 s) {
-      u64 seq = 0;
-      const Match r = slot_holds(m, s, name, hash, &seq);
-      if (r != Match::yes) return r;
-      t = core::Token::snapshot(seg_.mapping(), s, key);
-      // The snapshot belongs to `name` only if the slot still holds it afterwards. An unchanged
-      // record sequence proves it without another look (a delete or re-create rewrites the
-      // record before it moves a generation); otherwise look again.
-      mine = m.slots[s].data.seq.load(std::memory_order_acquire) == seq ||
-             slot_holds(m, s, name, hash) == Match::yes;
-      return Match::yes;
+      // The snapshot reads the generations' line: start that miss beside the record's.
+      __builtin_prefetch(&m.slots[s].gens);
+      return slot_holds(m, s, name, hash, &seq);
     });
     if (!slot) return slot.error();
-    if (mine) return t;
+    Result<core::Token> t = core::Token::snapshot(seg_.mapping(), m.slots[*slot].gens, m.header->prefix.epoch, *slot, key);
+    // The snapshot belongs to `name` only if the slot still holds it afterwards. An unchanged
+    // record sequence proves it without another look (a delete or re-create rewrites the
+    // record before it moves a generation); otherwise look again.
+    if (m.slots[*slot].data.seq.load(std::memory_order_acquire) == seq || slot_holds(m, *slot, name, hash) == Match::yes)
+      return t;
   }
   return busy(name);
 }

@@ -233,7 +233,7 @@ t 0 check "$D"
 
 # --- dump, watch --------------------------------------------------------------------------------
 t 0 dump
-has "$OUT" "segment   $SEG  layout v3  live"
+has "$OUT" "segment   $SEG  layout v4  live"
 has "$OUT" "packages  4 of 4 slots"
 has "$OUT" "daemon    alive  pid $DAEMON"
 has "$OUT" "NAME  VERSION  CHECKSUM"
@@ -244,7 +244,7 @@ import json, sys
 d = json.loads(sys.argv[1])
 assert set(d) == {"segment", "daemon", "packages"}, d.keys()
 s = d["segment"]
-assert s["name"] == sys.argv[2] and s["capacity"] == 4 and s["used"] == 4 and s["layout_version"] == 3, s
+assert s["name"] == sys.argv[2] and s["capacity"] == 4 and s["used"] == 4 and s["layout_version"] == 4, s
 assert d["daemon"]["liveness"] == "alive" and d["daemon"]["pid"] == int(sys.argv[3]), d["daemon"]
 names = [p["name"] for p in d["packages"]]
 assert names == ["db", "p1", "p2", "p3"], names

@@ -10,7 +10,9 @@ inline std::ostream& operator<<(std::ostream& os, Change c) { return os << chang
 }
 
 #include <array>
+#include <atomic>
 #include <string>
+#include <vector>
 
 using namespace pkgctx;
 
@@ -537,6 +539,60 @@ BOOST_AUTO_TEST_CASE(many_packages_and_index_churn) {
     BOOST_TEST(r->settings == R"({"i":)" + std::to_string(i) + "}");
   }
   BOOST_TEST(s.view().list().value().size() == 200u);
+}
+
+BOOST_AUTO_TEST_CASE(full_table_index_churn) {
+  // Every slot taken (the index at its most loaded), then names replaced one at a time at full
+  // capacity: each delete leaves a tombstone until a rebuild, and every name stays found.
+  test::SegmentName seg{"full"};
+  constexpr int kCap = 100;
+  Store s = Store::create(seg.str(), test::segment_options(kCap, 1 << 16)).value();
+  std::vector<std::string> live;
+  for (int i = 0; i < kCap; ++i) {
+    live.push_back("f" + std::to_string(i));
+    BOOST_REQUIRE(s.update(live.back(), "1", S("{}")).has_value());
+  }
+  BOOST_TEST(s.update("one-too-many", "1", S("{}")).error().code == Errc::table_full);
+  for (int round = 0; round < 1000; ++round) {
+    const std::size_t k = static_cast<std::size_t>(round * 37 % kCap);
+    BOOST_REQUIRE(s.handle_event(kEventRemove, live[k]).has_value());
+    BOOST_REQUIRE(s.erase(live[k]).value());
+    BOOST_REQUIRE(s.view().token(live[k], kEventUpdate).error().code == Errc::no_such_package);
+    live[k] = "g" + std::to_string(round);
+    BOOST_REQUIRE(s.update(live[k], "1", S("{}")).has_value());
+  }
+  for (const std::string& n : live) {
+    auto t = s.view().token(n, kEventSchedule);
+    BOOST_REQUIRE(t);
+    const PackageRecord r = s.view().read(n).value();
+    BOOST_TEST(r.name == n);
+    BOOST_TEST(r.slot == t->slot());
+  }
+  BOOST_TEST(s.view().read("f0-never").error().code == Errc::no_such_package);
+}
+
+BOOST_AUTO_TEST_CASE(corrupt_index_entries_never_reach_outside_the_table) {
+  // A reader trusts no index entry (DESIGN §4.1): one that names a slot past the capacity is
+  // skipped, one that names another package's slot is caught by the record's name, and an index
+  // with no empty entry left still ends each probe after one pass.
+  test::SegmentName seg{"badidx"};
+  constexpr std::uint32_t kCap = 16;
+  // The smallest settings area: slots 16..30 then lie past the end of the mapping.
+  Store s = Store::create(seg.str(), test::segment_options(kCap, 64)).value();
+  BOOST_REQUIRE(s.update("other", "1", S("{}")).has_value());
+  const std::uint32_t other = s.view().token("other", kEventUpdate).value().slot();
+  const std::uint64_t n = s.segment().header().index_entries;
+  const unsigned bits = layout::index_slot_bits(kCap);
+  const std::uint64_t h = name_hash("victim");
+  std::atomic<std::uint32_t>* index = s.segment().index();
+  for (std::uint64_t i = 0; i < n; ++i) {
+    // The victim's fingerprint everywhere: slots 16..30 (past the table), and one at `other`.
+    const std::uint32_t slot = i == n / 2 ? other : kCap + static_cast<std::uint32_t>(i % 15);
+    index[i].store(layout::index_entry(h, slot, bits));
+  }
+  BOOST_TEST(s.view().token("victim", kEventUpdate).error().code == Errc::no_such_package);
+  BOOST_TEST(s.view().read("victim").error().code == Errc::no_such_package);
+  BOOST_TEST(s.view().find("other").error().code == Errc::no_such_package);  // its entry is gone
 }
 
 // --- DESIGN §2.1: what the upstream store grew (one case per row, and the refusals) ------------

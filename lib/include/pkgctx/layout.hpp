@@ -9,7 +9,8 @@
 //   [Header  ]  layout v2: limits, daemon liveness, occupancy counters, crash journal, offsets.
 //   [Slots   ]  capacity × Slot (640 bytes): generations, cause rings, seqlocked package data.
 //   [Waiters ]  capacity × u32 waiter counts (v3), written by the daemon alone (see below).
-//   [Index   ]  open-addressing hash of name → slot, 2^k atomic 64-bit entries.
+//   [Index   ]  open-addressing hash of name → slot: atomic 32-bit entries, a probe starting on
+//               a 64-byte line (see "Index entries" below).
 //   [FreeList]  capacity × u32 free slot numbers (writer-only, rebuilt on crash repair).
 //   [Bitmap  ]  one bit per 64-byte chunk of the settings arena (writer-only, rebuilt).
 //   [Arena   ]  canonical settings bytes, 64-byte chunks.
@@ -36,6 +37,7 @@
 #include "pkgctx/types.hpp"
 
 #include <atomic>
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <pthread.h>
@@ -49,7 +51,10 @@ inline constexpr std::uint64_t kMagic = 0x31585443474b50ULL;  // "PKGCTX1\0" lit
 // v3: waiter counts in the table, written by the daemon alone (v2's group-writable board is
 // gone), and the followed cluster store's applied revision (Header::follow_revision, DESIGN §10),
 // committed by the same journal as the write that applied it.
-inline constexpr std::uint32_t kLayoutVersion = 3;
+// v4: 32-bit index entries (fingerprint and slot) and about 1.25 entries per slot, every probe
+// starting on a line: 100k packages' index is 640 KB instead of 2 MB, so a cold name lookup finds
+// it in cache and pays for the slot's line alone (DESIGN §8).
+inline constexpr std::uint32_t kLayoutVersion = 4;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kMaxName = 128;
 inline constexpr std::size_t kMaxVersion = 128;
@@ -168,7 +173,7 @@ struct alignas(kCacheLine) Header {
 
   // Regions.
   u64 index_offset;
-  u64 index_slots;      // power of two
+  u64 index_entries;    // 32-bit entries, a multiple of kIndexLine
   u64 freelist_offset;
   u64 bitmap_offset;
   u64 bitmap_words;
@@ -269,13 +274,37 @@ struct alignas(kCacheLine) Slot {
   SlotData data;
 };
 
-// Index entries.
-inline constexpr u64 kIndexEmpty = 0;
-inline constexpr u64 kIndexTomb = ~u64{0};
-inline constexpr u64 index_entry(u64 hash, u32 slot) { return (hash & 0xffffffff00000000ULL) | (u64{slot} + 1); }
-inline constexpr u32 index_slot(u64 entry) { return static_cast<u32>(entry & 0xffffffffULL) - 1; }
-inline constexpr bool index_tag_matches(u64 entry, u64 hash) {
-  return (entry & 0xffffffff00000000ULL) == (hash & 0xffffffff00000000ULL);
+// Index entries (v4). Linear probing over 32-bit entries; a name's probe starts at the first
+// entry of its home line (from the hash's high half), so it usually reads that one line. An entry
+// is (fingerprint << slot_bits) | (slot + 1): slot_bits = bit_width(capacity + 1), so the slot
+// field is never all ones and kIndexTomb is no entry; the fingerprint is the hash's low
+// 32 - slot_bits bits (≥ 5 at the largest capacity), which spares most slot visits of a probe
+// that passes other names. A reader still checks the slot against the capacity (a corrupt entry
+// never indexes outside the table) and the slot's record for the name.
+using IndexEntry = AU32;
+inline constexpr u32 kIndexEmpty = 0;
+inline constexpr u32 kIndexTomb = ~u32{0};
+inline constexpr u64 kIndexLine = kCacheLine / sizeof(IndexEntry);  // entries per line
+inline constexpr u32 kMaxCapacity = u32{1} << 26;
+// Entries for a capacity: 1.25 per slot, whole lines, so a full table loads it to 0.8 at most.
+inline constexpr u64 index_entries_for(u32 capacity) {
+  return (u64{capacity} + capacity / 4 + kIndexLine) / kIndexLine * kIndexLine;
+}
+inline constexpr unsigned index_slot_bits(u32 capacity) { return static_cast<unsigned>(std::bit_width(u64{capacity} + 1)); }
+static_assert(index_slot_bits(kMaxCapacity) <= 27, "the largest table keeps 5 fingerprint bits");
+// First entry of the probe for `hash` (a multiply maps the high half onto the lines).
+inline constexpr u64 index_home(u64 hash, u64 entries) {
+  return (((hash >> 32) * (entries / kIndexLine)) >> 32) * kIndexLine;
+}
+inline constexpr u32 index_entry(u64 hash, u32 slot, unsigned slot_bits) {
+  return static_cast<u32>(hash << slot_bits) | (slot + 1);
+}
+// The slot an entry names; an entry whose slot field is 0 (kIndexEmpty) yields ~0u.
+inline constexpr u32 index_slot(u32 entry, unsigned slot_bits) {
+  return (entry & ((u32{1} << slot_bits) - 1)) - 1;
+}
+inline constexpr bool index_tag_matches(u32 entry, u64 hash, unsigned slot_bits) {
+  return ((entry ^ static_cast<u32>(hash << slot_bits)) >> slot_bits) == 0;
 }
 
 // --- static checks ----------------------------------------------------------------------------
@@ -321,7 +350,7 @@ constexpr u64 abi_fingerprint() {
                        offsetof(Header, used_slots), kDataWords,      kChunk,
                        kCauseRing,           kChildKeys,              offsetof(Header, waiters_offset),
                        offsetof(Header, cause_names), kMaxCauseNames,
-                       offsetof(Header, follow_revision)};
+                       offsetof(Header, follow_revision), sizeof(IndexEntry), kIndexLine};
   u64 h = 0xcbf29ce484222325ULL;  // FNV-1a over the parts
   for (u64 p : parts) {
     for (int i = 0; i < 8; ++i) {

@@ -115,7 +115,7 @@ class Segment {
   // of this mapping lives.
   layout::Header& header() const noexcept;
   layout::Slot& slot(std::uint32_t i) const noexcept;
-  std::atomic<std::uint64_t>* index() const noexcept;
+  std::atomic<std::uint32_t>* index() const noexcept;  // Header::index_entries entries
   std::uint32_t* freelist() const noexcept;
   std::atomic<std::uint64_t>* bitmap() const noexcept;
   std::atomic<std::uint64_t>* arena() const noexcept;  // arena_bytes / 8 words

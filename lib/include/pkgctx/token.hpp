@@ -126,8 +126,26 @@ class Token {
 
   // For the store and the SDK: a snapshot of the slot's current generations.
   static Token snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept;
+  // The same, given the slot's generations `g` and the segment's epoch: inline, so a name lookup
+  // (View::token) builds the token where it returns it (a call and a copy cost its cold path).
+  static Token snapshot(const std::shared_ptr<detail::Mapping>& map, const layout::SlotGens& g, std::uint64_t epoch,
+                        std::uint32_t slot, std::uint32_t key) noexcept {
+    if (key >= layout::kFirstChildKey) {
+      // The child word before the root (a writer stores them the other way round): the printed
+      // root generation is then never older than the context the child belongs to.
+      const std::atomic<std::uint64_t>* w = &g.child[key - layout::kFirstChildKey];
+      const std::uint64_t snap = w->load(std::memory_order_acquire);
+      return Token(w, snap, map, g.root.load(std::memory_order_acquire), epoch, slot, key);
+    }
+    const std::uint64_t root = g.root.load(std::memory_order_acquire);
+    return Token(&g.root, root, map, root, epoch, slot, key);
+  }
 
  private:
+  Token(const std::atomic<std::uint64_t>* watched, std::uint64_t snap, const std::shared_ptr<detail::Mapping>& map,
+        std::uint64_t root_snap, std::uint64_t epoch, std::uint32_t slot, std::uint32_t key) noexcept
+      : watched_(watched), snap_(snap), map_(map), root_snap_(root_snap), epoch_(epoch), slot_(slot), key_(key) {}
+
   // The hot pair first: the one word this token watches and its snapshot.
   const std::atomic<std::uint64_t>* watched_;
   std::uint64_t snap_ = 0;
