@@ -443,18 +443,21 @@ class Writer {
   // --- index ---
   u64 next_entry(u64 i) const { return i + 1 == m_.index_entries ? 0 : i + 1; }
 
+  // Called with slot `s` already holding its record (used).
   void index_insert(u32 s, u64 hash) {
     maybe_rebuild_index(1);
     u64 i = index_home(hash, m_.index_entries);
-    while (true) {
+    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = next_entry(i)) {
       const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty || e == kIndexTomb) {
         if (e == kIndexTomb) h_.index_tombstones.fetch_sub(1, std::memory_order_relaxed);
         m_.index[i].store(index_entry(hash, s, m_.index_slot_bits), std::memory_order_release);
         return;
       }
-      i = next_entry(i);
     }
+    // No free entry although the counters promise one: the index disagrees with them (damaged).
+    // A rebuild from the slots (`s` among them) leaves at most capacity of its entries taken.
+    rebuild_index();
   }
 
   void index_erase(u32 s, u64 hash) {
