@@ -6,6 +6,10 @@
 // update_idle is the floor; update_under_dump_flood has 6 readers. Counters: p50_ms, p99_ms,
 // max_ms of the round trips, dumps_per_s the readers got meanwhile (they are slowed, not starved).
 //
+// dump_memory (DESIGN §8 "dump of 100k packages"), on the same daemon before any flood: a fresh
+// `pkgctl dump --json` (its peak RSS from wait4 against the bytes it wrote), and pkgctxd's own
+// resident memory (VmRSS − RssShmem: the shared table is not its) before and after 3 socket dumps.
+//
 // Needs root (the readers drop to nobody; a peer with the daemon's own uid counts as a writer)
 // and the built pkgctxd: PKGCTXD (environment) or build/daemon/pkgctxd next to this binary.
 #include "bench_util.hpp"
@@ -22,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <thread>
 #include <vector>
@@ -35,6 +40,24 @@ constexpr uid_t kNobody = 65534;
 std::string daemon_exe() {
   if (const char* p = std::getenv("PKGCTXD")) return p;
   return (std::filesystem::canonical("/proc/self/exe").parent_path().parent_path() / "daemon" / "pkgctxd").string();
+}
+
+std::string pkgctl_exe() {
+  if (const char* p = std::getenv("PKGCTL")) return p;
+  return (std::filesystem::canonical("/proc/self/exe").parent_path().parent_path() / "tools" / "pkgctl").string();
+}
+
+// A field of /proc/PID/status in KiB ("VmRSS", "RssShmem"); -1 if absent.
+long status_kib(pid_t pid, const char* field) {
+  FILE* f = std::fopen(("/proc/" + std::to_string(pid) + "/status").c_str(), "r");
+  if (!f) return -1;
+  char line[256];
+  long v = -1;
+  const std::size_t n = std::strlen(field);
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, field, n) == 0 && line[n] == ':') v = std::strtol(line + n + 1, nullptr, 10);
+  std::fclose(f);
+  return v;
 }
 
 // One pkgctxd holding kPackages packages, for the whole program.
@@ -180,8 +203,63 @@ void update_latency(benchmark::State& state, int readers) {
     state.counters["dumps_per_s"] = static_cast<double>(flood->shared->dumps.load() - dumps_before) /
                                     (static_cast<double>(bench::now_ns() - t_start) * 1e-9);
 }
+void dump_memory(benchmark::State& state) {
+  Daemon& d = the_daemon();
+  if (!d.error.empty()) return state.SkipWithError(d.error.c_str());
+  const auto own = [&] { return status_kib(d.pid, "VmRSS") - status_kib(d.pid, "RssShmem"); };
+  double out_bytes = 0, peak_kib = 0, daemon_before = 0, daemon_after = 0, socket_bytes = 0;
+  for (auto _ : state) {
+    // pkgctl dump --json into a pipe we count; its peak RSS from the kernel's accounting.
+    int fd[2];
+    if (::pipe(fd) != 0) bench::die("pipe");
+    const std::string exe = pkgctl_exe(), seg = d.seg;
+    const pid_t pid = bench::spawn([&] {
+      ::dup2(fd[1], 1);
+      ::close(fd[0]);
+      ::close(fd[1]);
+      ::execl(exe.c_str(), exe.c_str(), "--segment", seg.c_str(), "dump", "--json", static_cast<char*>(nullptr));
+      return 127;
+    });
+    ::close(fd[1]);
+    char buf[1 << 16];
+    std::size_t total = 0;
+    for (ssize_t r; (r = ::read(fd[0], buf, sizeof buf)) != 0;) {
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) break;
+      total += static_cast<std::size_t>(r);
+    }
+    ::close(fd[0]);
+    int status = 0;
+    rusage ru{};
+    while (::wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) return state.SkipWithError("pkgctl dump --json failed");
+    out_bytes = static_cast<double>(total);
+    peak_kib = static_cast<double>(ru.ru_maxrss);
+    // pkgctxd: three dumps over its socket (pipelined, read to the end).
+    auto c = d.connect(5s);
+    if (!c) return state.SkipWithError(d.error.c_str());
+    c->set_timeout(60s);
+    daemon_before = static_cast<double>(own());
+    if (!c->send_raw("{\"op\":\"dump\"}\n{\"op\":\"dump\"}\n{\"op\":\"dump\"}\n"))
+      return state.SkipWithError("dump request failed");
+    for (int i = 0; i < 3; ++i) {
+      auto line = c->receive_line();
+      if (!line || line->rfind("{\"ok\":true", 0) != 0) return state.SkipWithError("socket dump failed");
+      socket_bytes = static_cast<double>(line->size());
+    }
+    daemon_after = static_cast<double>(own());
+  }
+  state.counters["pkgctl_output_bytes"] = out_bytes;
+  state.counters["pkgctl_peak_rss_bytes"] = peak_kib * 1024;
+  state.counters["daemon_own_rss_before_bytes"] = daemon_before * 1024;
+  state.counters["daemon_own_rss_after_bytes"] = daemon_after * 1024;
+  state.counters["socket_dump_bytes"] = socket_bytes;
+}
+
 void update_idle(benchmark::State& state) { update_latency(state, 0); }
 void update_under_dump_flood(benchmark::State& state) { update_latency(state, 6); }
+BENCHMARK(dump_memory)->Iterations(1)->Unit(benchmark::kMillisecond);
 BENCHMARK(update_idle)->Iterations(300)->UseManualTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(update_under_dump_flood)->Iterations(300)->UseManualTime()->Unit(benchmark::kMillisecond);
 

@@ -59,6 +59,8 @@ def fmt(v, unit):
         return f"{v:.3g} ns" if v < 10 else f"{v:.0f} ns"
     if unit == "req/s":
         return f"{v / 1000:.1f}k req/s"
+    if unit == "B":
+        return f"{v / 1048576:.1f} MiB" if abs(v) >= 1048576 else f"{v / 1024:.0f} kB"
     return f"{v:g} {unit}"
 
 
@@ -207,6 +209,22 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, 
     # Readers cannot starve writers: root's update while 6 readers pipeline dumps of 100k
     # packages, against the same update on an idle daemon; the flood may add at most 50 ms.
     if flood is not None:
+        # Dump of 100k packages: pkgctl streams (peak RSS ≤ 2× its output); a socket dump leaves
+        # pkgctxd's own resident memory (VmRSS − RssShmem) within 5 MB of where it was.
+        dm = flood.get("dump_memory", {})
+        dc = dm.get("counters", {})
+        why = dm.get("error")
+        peak, out = dc.get("pkgctl_peak_rss_bytes"), dc.get("pkgctl_output_bytes")
+        add("dump_100k_pkgctl_peak_rss", peak, "B", out, "its own output (`pkgctl dump --json`, bytes)", "≤ 2× floor",
+            None if not peak or not out else peak <= 2 * out,
+            note=("pending: " + why) if why else "a fresh `pkgctl dump --json` of 100,000 packages, peak RSS from wait4")
+        before, after = dc.get("daemon_own_rss_before_bytes"), dc.get("daemon_own_rss_after_bytes")
+        delta = after - before if before is not None and after is not None else None
+        add("dump_100k_daemon_rss_growth", delta, "B", None, None, "≤ 5 MB",
+            None if delta is None else delta <= 5 * 1024 * 1024,
+            note=("pending: " + why) if why else
+            f"pkgctxd's VmRSS − RssShmem {(before or 0) / 1048576:.1f} → {(after or 0) / 1048576:.1f} MiB around 3 "
+            f"socket dumps of {(dc.get('socket_dump_bytes') or 0) / 1048576:.1f} MiB each")
         idle, busy = flood.get("update_idle", {}), flood.get("update_under_dump_flood", {})
         for q in ("p50", "p99"):
             v = busy.get("counters", {}).get(f"{q}_ms")

@@ -54,8 +54,8 @@ echo "==> cross-process benchmarks (wake, futex floor, socket echo, daemon socke
 "$ipc" --wakes "${BENCH_WAKES:-3000}" --requests "${BENCH_REQUESTS:-20000}" --pipelined "${BENCH_PIPELINED:-200000}" \
   --daemon "$daemon" --daemon-log "$out/pkgctxd.log" --out "$out/ipc.json"
 
-echo "==> write latency under dump flood (root's update vs 6 readers pipelining dumps of 100k packages)" >&2
-PKGCTXD=$daemon "$flood" --benchmark_out="$out/flood.json" --benchmark_out_format=json >"$out/flood.txt" 2>"$out/flood.err" || {
+echo "==> dump of 100k packages (pkgctl peak RSS, daemon RSS), write latency under dump flood (root's update vs 6 readers pipelining dumps)" >&2
+PKGCTXD=$daemon PKGCTL=$build/tools/pkgctl "$flood" --benchmark_out="$out/flood.json" --benchmark_out_format=json >"$out/flood.txt" 2>"$out/flood.err" || {
   cat "$out/flood.err" >&2
   exit 1
 }
