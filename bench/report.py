@@ -234,7 +234,7 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, 
                 fl * 1e6 if fl is not None else None, f"update on an idle daemon, {q}", "≤ floor + 50 ms",
                 None if v is None or fl is None else v - fl <= 50.0,
                 note=("pending: " + why) if why else
-                f"6 readers pipelining dumps of 100k packages got {busy['counters'].get('dumps_per_s', 0):.1f} dumps/s")
+                f"6 readers pipelining dumps of 100k packages got {busy.get('counters', {}).get('dumps_per_s', 0):.1f} dumps/s")
     if e2e is not None:
         sp, rw = e2e.get("spawn", {}), e2e.get("request_wake", {})
 
