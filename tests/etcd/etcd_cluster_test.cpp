@@ -84,7 +84,10 @@ BOOST_AUTO_TEST_CASE(a_member_that_hangs_while_watched_is_left_for_another) {
   SegmentReader seg(env.seg);
   wait_applied(seg, put(etcd, key, R"({"version":"1"})"));
 
-  // The member the watch is on: the last "following … on URL from revision" line.
+  // The member the watch is on: the last "following … on URL from revision" line. It is logged
+  // once the watch is open, which may be after the put arrived through the initial listing.
+  BOOST_TEST_REQUIRE(eventually([&] { return d.stderr_text().find(" on http://") != std::string::npos; }),
+                     d.stderr_text());
   const std::string log = d.stderr_text();
   const std::size_t at = log.rfind(" on http://");
   BOOST_TEST_REQUIRE(at != std::string::npos, log);
