@@ -138,8 +138,28 @@ namespace core {
 
 Token::Token() noexcept : watched_(&kNeverChanges) {}
 
+// The same snapshot as the inline overload, in the other order: the mapping's reference first,
+// then the loads. The store returns its tokens through here right after its own write, and this
+// order measured 16 ns cheaper there (schedule_no_waiter ~54 -> ~37 ns, bench/micro_bench.cpp);
+// the inline order is the cheaper one for a reader's lookup (token_by_name_hot ~25 -> ~19 ns).
 Token Token::snapshot(const std::shared_ptr<detail::Mapping>& map, std::uint32_t slot, std::uint32_t key) noexcept {
-  return snapshot(map, map->slots[slot].gens, map->header->prefix.epoch, slot, key);
+  Token t;
+  t.map_ = map;
+  const SlotGens& g = map->slots[slot].gens;
+  if (key >= kFirstChildKey) {
+    // The child word before the root (a writer stores them the other way round): the printed
+    // root generation is then never older than the context the child belongs to.
+    t.watched_ = &g.child[key - kFirstChildKey];
+    t.snap_ = t.watched_->load(std::memory_order_acquire);
+    t.root_snap_ = g.root.load(std::memory_order_acquire);
+  } else {
+    t.watched_ = &g.root;
+    t.snap_ = t.root_snap_ = g.root.load(std::memory_order_acquire);
+  }
+  t.epoch_ = map->header->prefix.epoch;
+  t.slot_ = slot;
+  t.key_ = key;
+  return t;
 }
 
 Cause Token::cause() const noexcept {
