@@ -63,6 +63,20 @@ void update(Client& c, const std::string& name, const std::string& version) {
   BOOST_TEST_REQUIRE(a.at("ok") == true, json::serialize(a));
 }
 
+// A daemon on a fresh segment holding "app" (version 1), a root connection to it and a view of
+// its table: what most cases below start from.
+struct ServedApp {
+  Env env;
+  DaemonProcess d{env.dir, env.opts()};
+  Client c = connect(env.sock);
+  View view = open_with_app(c, env);
+
+  static View open_with_app(Client& c, const Env& env) {
+    update(c, "app", "1");
+    return View::open(env.seg.str()).value();
+  }
+};
+
 // A worker that registers and waits on `name`'s root token: says 'r' once registered (or, with
 // `daemon_down`, once it tried: the SDK keeps trying in the background), then 'w' when the wait
 // ended with the token cancelled (exit 0), or exits 4 on its timeout.
@@ -131,12 +145,7 @@ bool faulted(int code) { return code == 128 + SIGSEGV || code == 128 + SIGBUS; }
 
 }  // namespace
 
-BOOST_AUTO_TEST_CASE(a_worker_cannot_suppress_or_delay_another_workers_wake) {
-  Env env;
-  DaemonProcess d(env.dir, env.opts());
-  auto c = connect(env.sock);
-  update(c, "app", "1");
-  View view = View::open(env.seg.str()).value();
+BOOST_FIXTURE_TEST_CASE(a_worker_cannot_suppress_or_delay_another_workers_wake, ServedApp) {
   const std::uint32_t slot = view.find("app").value();
 
   Pipe from;
@@ -226,12 +235,7 @@ BOOST_AUTO_TEST_CASE(a_worker_cannot_suppress_or_delay_another_workers_wake) {
   BOOST_TEST(within(5s, [&] { return count_of(view, "app") == 0; }));
 }
 
-BOOST_AUTO_TEST_CASE(a_waiter_killed_while_waiting_leaves_no_count_and_costs_no_wake) {
-  Env env;
-  DaemonProcess d(env.dir, env.opts());
-  auto c = connect(env.sock);
-  update(c, "app", "1");
-  View view = View::open(env.seg.str()).value();
+BOOST_FIXTURE_TEST_CASE(a_waiter_killed_while_waiting_leaves_no_count_and_costs_no_wake, ServedApp) {
 
   // A counted waiter makes the write wake it: the statistic moves by one.
   {
@@ -432,16 +436,11 @@ pid_t registered_waiter(const Env& env, const std::string& name, int event, std:
 // a byte — however the race between the two goes (the worker runs free here, 20 times on one
 // connection): the only bytes are the waits' publications. Nothing is left counted: a write to
 // the slot makes no wake syscall.
-BOOST_AUTO_TEST_CASE(a_wait_the_daemons_write_woke_is_retired_and_withdrawn_without_a_byte) {
-  Env env;
-  DaemonProcess d(env.dir, env.opts());
-  auto c = connect(env.sock);
-  update(c, "app", "1");
-  View view = View::open(env.seg.str()).value();
+BOOST_FIXTURE_TEST_CASE(a_wait_the_daemons_write_woke_is_retired_and_withdrawn_without_a_byte, ServedApp) {
   constexpr int kWakes = 20;
 
   Pipe from, to;
-  const pid_t w = test::spawn([&env, &from, &to]() -> int {
+  const pid_t w = test::spawn([this, &from, &to]() -> int {
     auto wk = Worker::attach(env.seg.str());
     if (!wk || !wk->register_daemon(env.sock)) return 10;
     for (int i = 0; i < kWakes; ++i) {
@@ -477,12 +476,7 @@ BOOST_AUTO_TEST_CASE(a_wait_the_daemons_write_woke_is_retired_and_withdrawn_with
 // A record whose token was cancelled before the daemon read it is acknowledged uncounted and
 // leaves no count (a raw page: the SDK never publishes a cancelled token); one for the live
 // token beside it is counted.
-BOOST_AUTO_TEST_CASE(a_wait_whose_token_was_cancelled_before_it_was_counted_is_acknowledged_uncounted) {
-  Env env;
-  DaemonProcess d(env.dir, env.opts());
-  auto c = connect(env.sock);
-  update(c, "app", "1");
-  View view = View::open(env.seg.str()).value();
+BOOST_FIXTURE_TEST_CASE(a_wait_whose_token_was_cancelled_before_it_was_counted_is_acknowledged_uncounted, ServedApp) {
   const core::Token old = view.token("app", kEventUpdate).value();
   update(c, "app", "2");
   BOOST_TEST_REQUIRE(old.cancelled());
@@ -523,15 +517,10 @@ BOOST_AUTO_TEST_CASE(a_wait_whose_token_was_cancelled_before_it_was_counted_is_a
 // A cancellation written by a process outside the daemon (its own read-write Store) wakes the
 // counted waiter; the worker withdraws without a byte, and the daemon's tick retires the wait:
 // the count goes back to 0 while the worker still lives.
-BOOST_AUTO_TEST_CASE(a_wait_cancelled_by_a_writer_outside_the_daemon_is_retired_by_the_tick) {
-  Env env;
-  DaemonProcess d(env.dir, env.opts());
-  auto c = connect(env.sock);
-  update(c, "app", "1");
-  View view = View::open(env.seg.str()).value();
+BOOST_FIXTURE_TEST_CASE(a_wait_cancelled_by_a_writer_outside_the_daemon_is_retired_by_the_tick, ServedApp) {
 
   Pipe from, to;
-  const pid_t w = test::spawn([&env, &from, &to]() -> int {
+  const pid_t w = test::spawn([this, &from, &to]() -> int {
     auto wk = Worker::attach(env.seg.str());
     if (!wk || !wk->register_daemon(env.sock)) return 10;
     auto t = wk->token("app", kEventUpdate);
@@ -564,12 +553,7 @@ BOOST_AUTO_TEST_CASE(a_wait_cancelled_by_a_writer_outside_the_daemon_is_retired_
 
 // Retirement goes by the word the wait's key watches: an event on child key 2 wakes the slot's
 // sleepers but leaves a key-3 wait counted and asleep; the next key-3 event ends it.
-BOOST_AUTO_TEST_CASE(a_wait_is_not_retired_by_an_event_on_another_key) {
-  Env env;
-  DaemonProcess d(env.dir, env.opts());
-  auto c = connect(env.sock);
-  update(c, "app", "1");
-  View view = View::open(env.seg.str()).value();
+BOOST_FIXTURE_TEST_CASE(a_wait_is_not_retired_by_an_event_on_another_key, ServedApp) {
 
   Pipe from;
   const pid_t w = registered_waiter(env, "app", 3, 30s, from);
@@ -599,12 +583,7 @@ BOOST_AUTO_TEST_CASE(a_wait_is_not_retired_by_an_event_on_another_key) {
 
 // Nothing retires a wait that ends by its timeout: the worker withdraws it with a byte, and the
 // daemon lowers the count on it.
-BOOST_AUTO_TEST_CASE(a_wait_ended_by_its_timeout_is_withdrawn_with_a_byte) {
-  Env env;
-  DaemonProcess d(env.dir, env.opts());
-  auto c = connect(env.sock);
-  update(c, "app", "1");
-  View view = View::open(env.seg.str()).value();
+BOOST_FIXTURE_TEST_CASE(a_wait_ended_by_its_timeout_is_withdrawn_with_a_byte, ServedApp) {
 
   const std::uint64_t pings0 = pings(c), retired0 = retired(c);
   Pipe from;
@@ -622,12 +601,7 @@ BOOST_AUTO_TEST_CASE(a_wait_ended_by_its_timeout_is_withdrawn_with_a_byte) {
 // a daemon's write cancels that token (here key 2) and retires its record, the watcher publishes
 // the record again for a token still waiting on the slot (key 3), so that one stays counted: its
 // event makes the wake syscall.
-BOOST_AUTO_TEST_CASE(the_watcher_keeps_a_slot_counted_after_its_records_token_is_retired) {
-  Env env;
-  DaemonProcess d(env.dir, env.opts());
-  auto c = connect(env.sock);
-  update(c, "app", "1");
-  View view = View::open(env.seg.str()).value();
+BOOST_FIXTURE_TEST_CASE(the_watcher_keeps_a_slot_counted_after_its_records_token_is_retired, ServedApp) {
 
   Pipe from, to;
   const pid_t w = test::spawn([&]() -> int {
