@@ -42,12 +42,6 @@ std::string comm_of(pid_t pid) {
 
 constexpr unsigned kRequiredSeals = F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL;
 
-// The generation word a token of `key` watches (core::Token::snapshot's choice).
-const std::atomic<std::uint64_t>& watched_word(const Segment& seg, std::uint32_t slot, std::uint32_t key) {
-  const layout::SlotGens& g = seg.slot(slot).gens;
-  return key >= layout::kFirstChildKey ? g.child[key - layout::kFirstChildKey] : g.root;
-}
-
 }  // namespace
 
 Registry::Registry(Store& store, std::uint32_t max_clients) : store_(store), max_clients_(max_clients) {
@@ -171,7 +165,7 @@ void Registry::sync_waits(Client& c, bool wake) {
       // sees means the record's token is cancelled already: acknowledged uncounted, its worker
       // returns at once and withdraws it without a byte (it is not asleep on this count: it
       // waits for this acknowledgement first).
-      if (watched_word(seg, w.slot, w.key).load(std::memory_order_seq_cst) != w.snapshot) {
+      if (layout::watched_word(seg.slot(w.slot).gens, w.key).load(std::memory_order_seq_cst) != w.snapshot) {
         counts[w.slot].fetch_sub(1, std::memory_order_seq_cst);
         --c.live;
         it->second.retired = true;
@@ -231,7 +225,7 @@ void Registry::retire_cancelled(std::uint64_t wakes_now) {
     Client& c = clients_.at(conn);
     for (auto& [i, w] : c.waits) {
       // Generations only grow: a word past the record's snapshot means its token is cancelled.
-      if (!w.retired && watched_word(seg, w.slot, w.key).load(std::memory_order_acquire) != w.snapshot)
+      if (!w.retired && layout::watched_word(seg.slot(w.slot).gens, w.key).load(std::memory_order_acquire) != w.snapshot)
         retiring_.push_back({&c, i});
     }
   }

@@ -257,11 +257,11 @@ Result<Token> Token::parse(std::string_view text, const Segment& segment) {
   const bool is_child = key >= kFirstChildKey;
   const SlotGens& g = map->slots[slot].gens;
   if (root > g.root.load(std::memory_order_acquire)) return bad("root generation is in the future");
-  if (is_child && child > g.child[key - kFirstChildKey].load(std::memory_order_acquire))
+  if (is_child && child > layout::watched_word(g, key).load(std::memory_order_acquire))
     return bad("child generation is in the future");
   Token t;
   t.map_ = map;
-  t.watched_ = is_child ? &g.child[key - kFirstChildKey] : &g.root;
+  t.watched_ = &layout::watched_word(g, key);
   t.snap_ = is_child ? child : root;
   t.root_snap_ = root;
   t.epoch_ = epoch;

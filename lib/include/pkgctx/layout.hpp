@@ -238,6 +238,12 @@ struct alignas(kCacheLine) SlotGens {
   u32 pad;
 };
 
+// The one word a token of event key `key` watches: `root` for the root keys, child[key-2] for a
+// child key (keys are validated by whoever took them).
+inline const AU64& watched_word(const SlotGens& g, u32 key) {
+  return key >= kFirstChildKey ? g.child[key - kFirstChildKey] : g.root;
+}
+
 struct alignas(kCacheLine) SlotCauses {
   CauseRing root;                 // the cause that produced each root generation
   CauseRing child[kChildKeys];    // the same for child[k-2] (root causes included)
