@@ -264,15 +264,6 @@ struct Request {
   RequestStats* stats = nullptr;
   const OwnerCheck* owned = nullptr;  // set when packages may belong to a cluster store
 
-  // The segment's wake count before a write, for retire_woken() after it.
-  std::uint64_t wakes() const noexcept { return registry ? registry->wakes() : 0; }
-  // Right after a write, before its answer is built and logged: the counted waits it woke are
-  // retired while their workers are still waking up, so they find them retired and send nothing
-  // (Registry::retire_woken).
-  void retire_woken(std::uint64_t wakes_before) const {
-    if (registry) registry->retire_woken(wakes_before);
-  }
-
   // An event served here cancelled the contexts it replaced, with `cause`.
   void cancelled(std::string_view cause) const {
     if (!stats) return;
@@ -507,9 +498,7 @@ Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std:
   if (!cause) return cause.error();
   if (*cause && cause->value().empty()) return refusal(validate_cause_name("").error());
   opts.cause = cause->value_or("");
-  const std::uint64_t wakes = rq.wakes();
   auto r = store.update(*name, *version, *settings, opts);
-  rq.retire_woken(wakes);
   if (!r) return refusal(r.error());
   const std::size_t start = out.size();
   JsonWriter w(out);
@@ -564,9 +553,7 @@ Checked<> op_event(Store& store, const Request& rq, std::string& out) {
   const auto cause = rq.opt_string("cause");
   if (!cause) return cause.error();
   if (*cause && cause->value().empty()) return refusal(validate_cause_name("").error());
-  const std::uint64_t wakes = rq.wakes();
   auto r = store.handle_event(*event, *name, cause->value_or(""));
-  rq.retire_woken(wakes);
   if (!r) return refusal(r.error());
   // A new context means the previous one was cancelled (an absent package gets none).
   if (*r)
@@ -636,9 +623,7 @@ Checked<> op_delete(Store& store, const Request& rq, std::string& out) {
   if (drain)
     if (auto ok = rq.can_wait(); !ok) return ok;
   const auto slot = store.view().find(*name);
-  const std::uint64_t wakes = rq.wakes();
   auto r = store.erase(*name);
-  rq.retire_woken(wakes);
   if (!r) return refusal(r.error());
   if (*r) rq.cancelled("deleted");
   const std::size_t start = out.size();

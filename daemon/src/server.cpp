@@ -692,8 +692,8 @@ void Server::process_lines(Conn& c) {
       Session session{c.id, std::exchange(c.passed_fd, -1)};
       const std::uint64_t wakes = registry_ ? registry_->wakes() : 0;
       protocol_.handle(line, c.peer, c.out, &c.dump, &session);
-      // The cancelling ops retire right after their write; this catches any other request that
-      // woke someone (at the cost of one load when none did).
+      // The counted waits a write of this request woke are retired before its answer goes out
+      // (their workers withdraw them without a byte either way); one load when none woke.
       if (registry_) registry_->retire_woken(wakes);
       if (session.received_fd >= 0) ::close(session.received_fd);  // passed with another request
       if (session.registered) on_registered(c);
