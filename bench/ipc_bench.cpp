@@ -47,13 +47,7 @@ struct Samples {
 // acknowledgement. (Pinned to different CPUs of this 2-CPU machine, the wake waits for whatever
 // else runs on the other CPU to be preempted: milliseconds at p99 while others compile, for the
 // raw futex as much as for the token.)
-void pin(int cpu) {
-  if (::sysconf(_SC_NPROCESSORS_ONLN) < 2) return;
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
-  ::sched_setaffinity(0, sizeof set, &set);
-}
+void pin(int cpu) { bench::set_affinity(0, cpu); }
 
 struct Stamp {
   std::atomic<std::uint64_t> t1{0};
