@@ -10,8 +10,13 @@
 //                    across CPUs (what users get).
 //   socket_echo      a raw Unix stream socket echo server (a forked child) answering each line.
 //   daemon           pkgctxd's control socket, the same client code, one "schedule" event a line.
-//                    Sequential round trips of both servers in each placement (bench::placements:
-//                    client and server on one CPU, on two CPUs, unpinned), interleaved in rounds.
+//   echo_work        the raw echo again, spending pkgctxd's CPU per request before each answer
+//                    (measured first: both servers' CPU time per request on CPU 0, from
+//                    /proc/<pid>/schedstat; the difference, busy-waited). Not a floor of any row: it
+//                    shows what the placement does to any server that works that long per request.
+//                    Sequential round trips of the three servers in each placement
+//                    (bench::placements: client and server on one CPU, on two CPUs, unpinned),
+//                    interleaved in rounds.
 //
 // Every wake is taken only once the sleeper is really asleep (/proc/<pid>/stat says 'S').
 //
@@ -27,6 +32,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <fstream>
+#include <functional>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -162,8 +168,19 @@ int connect_unix(const std::string& path, std::uint64_t limit_ns) {
   }
 }
 
-// The raw floor: a forked server that writes back every complete line it has read.
-pid_t start_echo_server(const std::string& path) {
+// Busy for `ns` of this thread's CPU time: the stand-in for a server's work on a request.
+void burn(std::uint64_t ns) {
+  if (ns == 0) return;
+  timespec t{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  const std::uint64_t end = static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(t.tv_nsec) + ns;
+  do ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  while (static_cast<std::uint64_t>(t.tv_sec) * 1'000'000'000ull + static_cast<std::uint64_t>(t.tv_nsec) < end);
+}
+
+// The raw floor: a forked server that writes back every complete line it has read, after
+// `work_ns` of CPU time for each read that completed a line (0: the raw echo).
+pid_t start_echo_server(const std::string& path, std::uint64_t work_ns = 0) {
   ::unlink(path.c_str());
   const int lfd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   const sockaddr_un a = unix_addr(path);
@@ -180,6 +197,7 @@ pid_t start_echo_server(const std::string& path) {
         buf.append(in, static_cast<std::size_t>(r));
         const std::size_t end = buf.rfind('\n');
         if (end == std::string::npos) continue;
+        burn(work_ns);
         std::size_t off = 0;
         while (off < end + 1) {
           const ssize_t w = ::write(fd, buf.data() + off, end + 1 - off);
@@ -366,14 +384,32 @@ struct SocketRun {
   SocketFigures echo, daemon;  // unpinned (and the pipelined runs)
   struct Placed {
     std::string name;
-    SocketFigures echo, daemon;
+    SocketFigures echo, daemon, echo_work;
   };
   std::vector<Placed> placed;  // the sequential rounds in each bench::placements() placement
+  // CPU time per request on CPU 0 (client and server there), and what echo_work spends.
+  double echo_cpu_ns = 0, daemon_cpu_ns = 0, work_ns = 0;
   bool daemon_available = false;
   std::string daemon_reason;
 };
 
-// The raw echo floor and the daemon, interleaved in rounds so both see the same background load.
+// CPU time the thread `pid` (a single-threaded server) has run, in ns.
+std::uint64_t cpu_ns(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/schedstat");
+  std::uint64_t ns = 0;
+  f >> ns;
+  return ns;
+}
+
+// A server's CPU time per request while `requests(n)` sends it `n` sequential requests.
+double cpu_per_request(pid_t pid, const std::function<bool(int)>& requests, int n) {
+  const std::uint64_t before = cpu_ns(pid);
+  if (!requests(n)) return 0;
+  return static_cast<double>(cpu_ns(pid) - before) / n;
+}
+
+// The raw floor, the daemon and the work-matched echo, interleaved in rounds so all see the same
+// background load.
 SocketRun sockets(int requests, int pipelined, const std::string& exe, const std::string& log) {
   SocketRun run;
   const std::string path = "/tmp/pkgctx-bench-echo-" + std::to_string(::getpid()) + ".sock";
@@ -382,21 +418,45 @@ SocketRun sockets(int requests, int pipelined, const std::string& exe, const std
   if (efd < 0) bench::die("connect echo");
   Client echo(efd, kRequest);
   Daemon d(exe, log);
+  auto daemon_round = [&](int n, SocketFigures* f) {
+    if (!d.reason.empty() || !d.client) return false;
+    SocketFigures scratch;
+    if (!d.client->sequential(n, f ? f : &scratch)) d.reason = "pkgctxd: " + (f ? f : &scratch)->failure;
+    return d.reason.empty();
+  };
+
+  // What each server spends per request, everything on CPU 0, warm (after 1000 requests each).
+  bench::set_affinity(0, 0);
+  for (const pid_t pid : {server, d.pid})
+    if (pid > 0) bench::set_affinity(pid, 0);
+  constexpr int kCpuRequests = 3000;
+  echo.sequential(1000, nullptr);
+  run.echo_cpu_ns = cpu_per_request(server, [&](int n) { return echo.sequential(n, nullptr); }, kCpuRequests);
+  if (daemon_round(1000, nullptr))
+    run.daemon_cpu_ns = cpu_per_request(d.pid, [&](int n) { return daemon_round(n, nullptr); }, kCpuRequests);
+  run.work_ns = std::max(0.0, run.daemon_cpu_ns - run.echo_cpu_ns);
+  const std::string work_path = path + ".work";
+  const pid_t work_server = start_echo_server(work_path, static_cast<std::uint64_t>(run.work_ns));
+  const int wfd = connect_unix(work_path, 5'000'000'000);
+  if (wfd < 0) bench::die("connect work-matched echo");
+  Client echo_work(wfd, kRequest);
+
   constexpr int kRounds = 10;
-  // Each placement in turn: client (this process) and both servers pinned alike, a warm-up, then
-  // the two servers interleaved in rounds.
+  // Each placement in turn: client (this process) and the servers pinned alike, a warm-up, then
+  // the servers interleaved in rounds.
   for (const bench::Placement& pl : bench::placements()) {
     bench::set_affinity(0, pl.client);
-    bench::set_affinity(server, pl.server);
-    if (d.pid > 0) bench::set_affinity(d.pid, pl.server);
-    SocketRun::Placed& p = run.placed.emplace_back(SocketRun::Placed{pl.name, {}, {}});
+    for (const pid_t pid : {server, work_server, d.pid})
+      if (pid > 0) bench::set_affinity(pid, pl.server);
+    SocketRun::Placed& p = run.placed.emplace_back(SocketRun::Placed{pl.name, {}, {}, {}});
     echo.sequential(1000, nullptr);
-    if (d.reason.empty() && d.client && !d.client->sequential(1000, &p.daemon)) d.reason = "pkgctxd: " + p.daemon.failure;
-    p.daemon = SocketFigures{};
+    echo_work.sequential(1000, nullptr);
+    daemon_round(1000, nullptr);
     for (int r = 0; r < kRounds; ++r) {
       const int n = requests / kRounds;
       echo.sequential(n, &p.echo);
-      if (d.reason.empty() && d.client && !d.client->sequential(n, &p.daemon)) d.reason = "pkgctxd: " + p.daemon.failure;
+      echo_work.sequential(n, &p.echo_work);
+      daemon_round(n, &p.daemon);
     }
   }
   run.echo = run.placed.back().echo;  // unpinned, as users get it
@@ -409,9 +469,12 @@ SocketRun sockets(int requests, int pipelined, const std::string& exe, const std
   }
   run.daemon_available = d.reason.empty() && run.daemon.seq_ok;
   run.daemon_reason = d.reason;
-  ::kill(server, SIGTERM);
-  bench::reap(server);
+  for (const pid_t pid : {server, work_server}) {
+    ::kill(pid, SIGTERM);
+    bench::reap(pid);
+  }
   ::unlink(path.c_str());
+  ::unlink(work_path.c_str());
   return run;
 }
 
@@ -493,9 +556,14 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "daemon: rtt p50 %.1f us, %.0f req/s sequential, %.0f req/s pipelined%s%s\n",
                  sr.daemon.rtt.p(50) / 1e3, sr.daemon.seq_rps(), sr.daemon.pipelined_rps, sr.daemon.ok ? "" : " FAILED: ",
                  sr.daemon.failure.c_str());
+    std::fprintf(stderr, "  CPU per request on CPU 0: echo %.2f us, daemon %.2f us; echo_work spends %.2f us more\n",
+                 sr.echo_cpu_ns / 1e3, sr.daemon_cpu_ns / 1e3, sr.work_ns / 1e3);
     for (const auto& p : sr.placed)
-      std::fprintf(stderr, "  %-9s rtt p50: echo %.1f us, daemon %.1f us; sequential %.2fx echo\n", p.name.c_str(),
-                   p.echo.rtt.p(50) / 1e3, p.daemon.rtt.p(50) / 1e3, p.daemon.seq_rps() / p.echo.seq_rps());
+      std::fprintf(stderr,
+                   "  %-9s rtt p50: echo %.1f us, echo_work %.1f us, daemon %.1f us; sequential %.2fx echo, %.2fx "
+                   "echo_work\n",
+                   p.name.c_str(), p.echo.rtt.p(50) / 1e3, p.echo_work.rtt.p(50) / 1e3, p.daemon.rtt.p(50) / 1e3,
+                   p.daemon.seq_rps() / p.echo.seq_rps(), p.daemon.seq_rps() / p.echo_work.seq_rps());
   } else {
     std::fprintf(stderr, "daemon: pending: %s\n", sr.daemon_reason.c_str());
   }
@@ -505,10 +573,12 @@ int main(int argc, char** argv) {
     << ",\n\"wake_unpinned\":" << samples_json(wake_free) << ",\n\"futex_floor_unpinned\":" << samples_json(floor_free)
     << ",\n\"socket_echo\":" << socket_json(sr.echo) << ",\n\"daemon\":{\"available\":"
     << (sr.daemon_available ? "true" : "false") << ",\"reason\":\"" << json_escape(sr.daemon_reason)
-    << "\",\"figures\":" << socket_json(sr.daemon) << "},\n\"socket_placements\":{";
+    << "\",\"figures\":" << socket_json(sr.daemon) << "},\n\"socket_cpu_per_request_ns\":{\"echo\":" << sr.echo_cpu_ns
+    << ",\"daemon\":" << sr.daemon_cpu_ns << ",\"echo_work_extra\":" << sr.work_ns << "},\n\"socket_placements\":{";
   for (std::size_t i = 0; i < sr.placed.size(); ++i)
     o << (i ? "," : "") << "\"" << sr.placed[i].name << "\":{\"echo\":" << socket_json(sr.placed[i].echo)
-      << ",\"daemon\":" << socket_json(sr.placed[i].daemon) << "}";
+      << ",\"daemon\":" << socket_json(sr.placed[i].daemon) << ",\"echo_work\":" << socket_json(sr.placed[i].echo_work)
+      << "}";
   o << "}}\n";
   if (out.empty()) {
     std::fputs(o.str().c_str(), stdout);

@@ -177,7 +177,21 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, 
         # The same client against both servers in each placement (bench_util.hpp: a round trip
         # between two CPUs of this VM costs ~5× one on a shared CPU, and an unpinned pair settles in
         # either, so only like-for-like placements compare the servers).
-        for pname, pl in ipc.get("socket_placements", {}).items():
+        # The work-matched echo (ipc_bench.cpp): the raw echo spending pkgctxd's extra CPU per
+        # request, measured on CPU 0 in the same run. Not a floor: it shows what the placement does
+        # to any server that works that long before answering.
+        cpu = ipc.get("socket_cpu_per_request_ns", {})
+        placements = ipc.get("socket_placements", {})
+
+        def work_note(pl):
+            w = pl.get("echo_work", {})
+            if not w.get("seq_rps") or not pl.get("daemon", {}).get("seq_rps"):
+                return ""
+            return (f"; the echo spending pkgctxd's +{(cpu.get('echo_work_extra') or 0) / 1000:.1f} µs CPU per "
+                    f"request: p50 {(w.get('rtt_p50_ns') or 0) / 1000:.1f} µs, pkgctxd "
+                    f"{pl['daemon']['seq_rps'] / w['seq_rps']:.2f}× its throughput")
+
+        for pname, pl in placements.items():
             if pname == "unpinned":
                 continue
             pe, pd = pl.get("echo", {}), pl.get("daemon", {})
@@ -186,11 +200,23 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, 
                 f"raw Unix-socket echo, sequential, {pname.replace('_', ' ')}", "≥ 0.7× floor",
                 None if not v or not fl else v >= 0.7 * fl,
                 note=f"client and server {'on CPU 0' if pname == 'same_cpu' else 'on CPUs 0 and 1'}: round trip "
-                     f"p50 {(pd.get('rtt_p50_ns') or 0) / 1000:.1f} µs vs echo {(pe.get('rtt_p50_ns') or 0) / 1000:.1f} µs")
+                     f"p50 {(pd.get('rtt_p50_ns') or 0) / 1000:.1f} µs vs echo {(pe.get('rtt_p50_ns') or 0) / 1000:.1f} µs"
+                     + work_note(pl))
         add("socket_sequential", seq, "req/s", echo.get("seq_rps"), "raw Unix-socket echo, sequential, unpinned",
             "≥ 0.7× floor", seq >= 0.7 * echo.get("seq_rps", math.inf),
             note=f"nothing pinned (what users get; each pair settles on one CPU or two by itself): round trip p50 "
-                 f"{f['rtt_p50_ns'] / 1000:.1f} µs (echo {echo.get('rtt_p50_ns', 0) / 1000:.1f} µs)")
+                 f"{f['rtt_p50_ns'] / 1000:.1f} µs (echo {echo.get('rtt_p50_ns', 0) / 1000:.1f} µs)"
+                 + work_note(placements.get("unpinned", {})))
+        if cpu.get("daemon"):
+            add("socket_cpu_per_request", cpu["daemon"], "ns", cpu.get("echo"), "raw echo's CPU per request, CPU 0",
+                "reference (no target)", None,
+                note="server CPU time per sequential request (/proc/PID/schedstat), client and server on CPU 0; "
+                     "the more a server spends before answering, the more often an unpinned pair is split across CPUs")
+        wu = placements.get("unpinned", {}).get("echo_work", {})
+        if wu.get("seq_rps"):
+            add("socket_sequential_vs_work_matched_echo", seq, "req/s", wu["seq_rps"],
+                "raw echo spending pkgctxd's CPU per request, sequential, unpinned", "reference (no target)", None,
+                note="diagnostic for the unpinned row: the same placement lottery for a server of the same cost")
         if f.get("ok", True):
             add("socket_pipelined", pipe, "req/s", echo.get("pipelined_rps"), "raw Unix-socket echo, pipelined",
                 "≥ 100k req/s", pipe >= 100_000)
@@ -519,6 +545,20 @@ def svg_cdf(series, targets, title):
     return "\n".join(o)
 
 
+def idle_regime():
+    """How an idle CPU of this machine waits: it decides what a wake across CPUs costs (a halted
+    vCPU must be woken by its hypervisor, ~15-25 µs here; a polling one answers in ~1 µs)."""
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+    base = "/sys/devices/system/cpu/cpuidle"
+    return {"driver": read(f"{base}/current_driver"), "governor": read(f"{base}/current_governor_ro"),
+            "guest_halt_poll_ns": read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--micro", required=True)
@@ -556,6 +596,9 @@ def main():
             etcd = json.load(f)
     results = build(micro, ipc, flood, e2e, task, drain, fanout, etcd)
     print(table(results))
+    report_idle = idle = idle_regime()
+    print(f"idle CPUs: cpuidle {idle['driver']} ({idle['governor']}), guest_halt_poll_ns "
+          f"{idle['guest_halt_poll_ns'] if idle['guest_halt_poll_ns'] is not None else '(not a KVM guest)'}")
     for r in results:
         if r.get("note") and not r.get("compare"):
             print(f"  {r['name']}: {r['note']}")
@@ -566,7 +609,8 @@ def main():
             if r.get("compare") and r.get("note"):
                 print(f"  {r['name']}: {r['note']}")
     report = {"results": results,
-              "machine": {"cpus": ctx.get("num_cpus"), "mhz": ctx.get("mhz_per_cpu"), "load": a.load},
+              "machine": {"cpus": ctx.get("num_cpus"), "mhz": ctx.get("mhz_per_cpu"), "load": a.load,
+                          "idle": report_idle},
               "plot": a.svg.split("/")[-1]}
     with open(a.out, "w") as f:
         json.dump(report, f, indent=1)
