@@ -11,11 +11,16 @@
 //                 round trip after the same idle plus a raw futex wake after the same idle. The
 //                 path in parts: send → server read (the echo server's own stamp: the floor of
 //                 the daemon's), futex wake → sleeper running, and the remainder (the daemon's
-//                 handling, from its read to its FUTEX_WAKE). In three layouts, each with its
-//                 floors placed alike (bench_util.hpp says why placement decides these numbers):
+//                 handling, from its read to its FUTEX_WAKE). Beside it, not a DESIGN floor but a
+//                 diagnostic: the raw chain, the path's own three-process shape doing no work
+//                 (controller → relay that bumps a shared futex word, FUTEX_WAKEs it and answers →
+//                 sleeper in FUTEX_WAIT), which shows how much of a gap to the two-pair floor is the
+//                 chain's placement rather than pkgctxd. In three layouts, each with its floors and
+//                 chain placed alike (bench_util.hpp says why placement decides these numbers):
 //                   one_cpu    controller, daemon and worker on CPU 0 (floors: all on CPU 0);
 //                   cross_cpu  controller and worker on CPU 0, the daemon on CPU 1: every hop
-//                              crosses (floors: echo server and futex waker on CPU 1);
+//                              crosses (floors: echo server and futex waker on CPU 1; the
+//                              chain's relay on CPU 1, its sleeper on CPU 0);
 //                   unpinned   nothing pinned: what users get, wherever the scheduler puts them.
 //
 // Usage: pkgctx_e2e_bench --daemon PKGCTXD --pkgctl PKGCTL --min-client MIN
@@ -166,7 +171,7 @@ struct Layout {
 };
 
 struct PathSamples {
-  Samples e2e, answer, rtt, oneway, fwake;
+  Samples e2e, answer, rtt, oneway, fwake, chain;
 };
 
 // The worker: blocks on the schedule token of "app", stamps when it runs again.
@@ -280,6 +285,57 @@ void futex_floor(int n, const Layout& l, Samples& wake) {
   ::munmap(sh, sizeof *sh);
 }
 
+// The raw chain after 2 ms idle: the controller (this process) sends a line to a relay placed as
+// the daemon, which bumps a shared futex word, FUTEX_WAKEs it and answers, like pkgctxd with no
+// work; a sleeper placed as the worker, blocked in FUTEX_WAIT on the word, stamps when it runs.
+void chain_floor(int n, const Layout& l, Samples& chain) {
+  auto* sh = bench::shared_anon<Stamp>();
+  bench::Pipe ack;
+  bench::set_affinity(0, l.controller);
+  // The sleeper first, so it holds no end of the socket pair (the relay's read must see EOF).
+  const pid_t sleeper = bench::spawn([&] {
+    bench::set_affinity(0, l.worker);
+    while (true) {
+      const std::uint32_t seen = sh->word.load();
+      while (sh->word.load() == seen) futex::wait(&sh->word, seen, std::chrono::seconds(10));
+      sh->woke.store(bench::now_ns());
+      ack.send();
+      if (sh->stop.load()) return 0;
+    }
+  });
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) bench::die("socketpair");
+  const pid_t relay = bench::spawn([&] {
+    bench::set_affinity(0, l.daemon);
+    ::close(sv[0]);
+    char buf[4096];
+    for (;;) {
+      const ssize_t r = ::read(sv[1], buf, sizeof buf);
+      if (r <= 0) return 0;
+      sh->word.fetch_add(1);
+      futex::wake(&sh->word);
+      if (::write(sv[1], buf, static_cast<std::size_t>(r)) != r) return 1;
+    }
+  });
+  ::close(sv[1]);
+  bench::ProcState ps(sleeper);
+  const std::string req = R"({"op":"event","event":"schedule","name":"app"})" "\n";
+  for (int i = 0; i < n; ++i) {
+    if (!bench::spin_until([&] { return ps.state() == 'S'; }, 5'000'000'000)) bench::die("chain sleeper");
+    idle_2ms();
+    if (i == n - 1) sh->stop.store(1);
+    const std::uint64_t t0 = bench::now_ns();
+    if (!write_all(sv[0], req)) bench::die("chain write");
+    read_line(sv[0]);
+    if (!ack.recv()) bench::die("chain ack");
+    chain.add(sh->woke.load() - t0);
+  }
+  ::close(sv[0]);
+  bench::reap(relay);
+  bench::reap(sleeper);
+  ::munmap(sh, sizeof *sh);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -336,6 +392,7 @@ int main(int argc, char** argv) {
       request_wakes(d, n, layouts[i], paths[i].e2e, paths[i].answer);
       echo_floor(n, layouts[i], paths[i].rtt, paths[i].oneway);
       futex_floor(n, layouts[i], paths[i].fwake);
+      chain_floor(n, layouts[i], paths[i].chain);
     }
   }
   bench::set_affinity(0, -1);
@@ -344,14 +401,15 @@ int main(int argc, char** argv) {
     const PathSamples& p = paths[i];
     std::fprintf(stderr,
                  "request->worker awake after 2 ms idle, %-9s: p50 %.1f us p99 %.1f us (answer p50 %.1f us) | echo rtt "
-                 "p50 %.1f us (one way %.1f us) + futex wake p50 %.1f us: %.2fx\n",
+                 "p50 %.1f us (one way %.1f us) + futex wake p50 %.1f us: %.2fx | raw chain p50 %.1f us: %.2fx\n",
                  layouts[i].name, p.e2e.p(50) / 1e3, p.e2e.p(99) / 1e3, p.answer.p(50) / 1e3, p.rtt.p(50) / 1e3,
-                 p.oneway.p(50) / 1e3, p.fwake.p(50) / 1e3, p.e2e.p(50) / (p.rtt.p(50) + p.fwake.p(50)));
+                 p.oneway.p(50) / 1e3, p.fwake.p(50) / 1e3, p.e2e.p(50) / (p.rtt.p(50) + p.fwake.p(50)),
+                 p.chain.p(50) / 1e3, p.e2e.p(50) / p.chain.p(50));
   }
   const auto path_json = [](const PathSamples& p) {
     return "{\"idle_ms\":2,\"e2e\":" + samples_json(p.e2e) + ",\"answer\":" + samples_json(p.answer) +
            ",\"echo_rtt\":" + samples_json(p.rtt) + ",\"echo_oneway\":" + samples_json(p.oneway) +
-           ",\"futex_wake\":" + samples_json(p.fwake) + "}";
+           ",\"futex_wake\":" + samples_json(p.fwake) + ",\"raw_chain\":" + samples_json(p.chain) + "}";
   };
 
   std::ostringstream o;
