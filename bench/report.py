@@ -268,7 +268,7 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, 
                           f"{rtt / 1e3:.1f} µs")
             ch = q(lw, "raw_chain")
             if e is not None and ch:
-                parts += (f"; raw chain (the path's three processes placed alike, no work: a relay bumps and "
+                parts += (f"; raw chain (the path's three processes in this layout, no work: a relay bumps and "
                           f"FUTEX_WAKEs a shared word, then answers) p50 {ch / 1e3:.1f} µs, path / chain "
                           f"{e / ch:.2f}×")
                 shares = [lw.get(k, {}).get("one_cpu_share") for k in ("e2e", "raw_chain")]
