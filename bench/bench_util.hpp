@@ -105,13 +105,28 @@ class ProcState {
   // 'R' running, 'S' sleeping, …
   char state() const {
     char buf[512];
-    const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
-    if (n <= 0) return '?';
-    buf[n] = '\0';
-    const char* paren = std::strrchr(buf, ')');  // the command name may contain spaces
-    return paren && paren[1] == ' ' ? paren[2] : '?';
+    const char* f = fields(buf);
+    return f ? f[0] : '?';
+  }
+  // The CPU it last ran on (field 39, "processor"), -1 if unreadable.
+  int cpu() const {
+    char buf[512];
+    const char* f = fields(buf);
+    for (int field = 3; f && field < 39; ++field) {
+      f = std::strchr(f, ' ');
+      if (f) ++f;
+    }
+    return f ? std::atoi(f) : -1;
   }
  private:
+  // Reads the stat line into `buf`: its fields from the third (state) on, or nullptr.
+  const char* fields(char (&buf)[512]) const {
+    const ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+    if (n <= 0) return nullptr;
+    buf[n] = '\0';
+    const char* paren = std::strrchr(buf, ')');  // the command name may contain spaces
+    return paren && paren[1] == ' ' ? paren + 2 : nullptr;
+  }
   int fd_ = -1;
 };
 

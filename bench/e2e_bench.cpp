@@ -11,11 +11,18 @@
 //                 round trip after the same idle plus a raw futex wake after the same idle. The
 //                 path in parts: send → server read (the echo server's own stamp: the floor of
 //                 the daemon's), futex wake → sleeper running, and the remainder (the daemon's
-//                 handling, from its read to its FUTEX_WAKE). In three layouts, each with its
-//                 floors placed alike (bench_util.hpp says why placement decides these numbers):
+//                 handling, from its read to its FUTEX_WAKE). Beside it, not a DESIGN floor but a
+//                 diagnostic: the raw chain, the path's own three-process shape doing no work
+//                 (controller → relay that bumps a shared futex word, FUTEX_WAKEs it and answers →
+//                 sleeper in FUTEX_WAIT), which shows how much of a gap to the two-pair floor is the
+//                 chain's placement rather than pkgctxd; for both, the share of samples in which
+//                 all three ran on one CPU (unpinned, each settles by itself). In three layouts,
+//                 each with its floors and chain placed alike (bench_util.hpp says why placement
+//                 decides these numbers):
 //                   one_cpu    controller, daemon and worker on CPU 0 (floors: all on CPU 0);
 //                   cross_cpu  controller and worker on CPU 0, the daemon on CPU 1: every hop
-//                              crosses (floors: echo server and futex waker on CPU 1);
+//                              crosses (floors: echo server and futex waker on CPU 1; the
+//                              chain's relay on CPU 1, its sleeper on CPU 0);
 //                   unpinned   nothing pinned: what users get, wherever the scheduler puts them.
 //
 // Usage: pkgctx_e2e_bench --daemon PKGCTXD --pkgctl PKGCTL --min-client MIN
@@ -46,13 +53,22 @@ namespace {
 
 struct Samples {
   std::vector<double> ns;
+  int placed = 0, together = 0;  // samples whose three parties' CPUs were seen; of them on one CPU
   double p(double q) const { return bench::percentile(ns, q); }
   void add(std::uint64_t v) { ns.push_back(static_cast<double>(v)); }
+  // Where a chain's controller, server and sleeper ran: unpinned, they settle by themselves.
+  void placement(int controller, int server, int sleeper) {
+    ++placed;
+    together += controller == server && server == sleeper;
+  }
+  double together_share() const { return placed ? static_cast<double>(together) / placed : 0; }
 };
 
 std::string samples_json(const Samples& s) {
   std::ostringstream o;
-  o << "{\"n\":" << s.ns.size() << ",\"p50_ns\":" << s.p(50) << ",\"p99_ns\":" << s.p(99) << "}";
+  o << "{\"n\":" << s.ns.size() << ",\"p50_ns\":" << s.p(50) << ",\"p99_ns\":" << s.p(99);
+  if (s.placed) o << ",\"one_cpu_share\":" << s.together_share();
+  o << "}";
   return o.str();
 }
 
@@ -123,6 +139,8 @@ struct Stamp {
   std::atomic<std::uint64_t> read{0};   // the echo server's read returned
   std::atomic<int> stop{0};
   std::atomic<std::uint32_t> word{0};
+  std::atomic<int> woke_cpu{-1};   // where the sleeper ran when it stamped
+  std::atomic<int> relay_cpu{-1};  // where the raw chain's relay read the line
 };
 
 // pkgctxd on a fresh segment and socket, with "app" created; stopped on scope exit.
@@ -166,7 +184,7 @@ struct Layout {
 };
 
 struct PathSamples {
-  Samples e2e, answer, rtt, oneway, fwake;
+  Samples e2e, answer, rtt, oneway, fwake, chain;
 };
 
 // The worker: blocks on the schedule token of "app", stamps when it runs again.
@@ -181,6 +199,7 @@ pid_t start_worker(const std::string& seg, const std::string& socket, Stamp& sh,
       if (!t) return 1;
       if (!t->wait(std::chrono::seconds(10))) return 2;
       sh.woke.store(bench::now_ns());
+      sh.woke_cpu.store(::sched_getcpu());
       ack.send();
       if (sh.stop.load()) return 0;
     }
@@ -194,7 +213,7 @@ void request_wakes(const Daemon& d, int n, const Layout& l, Samples& e2e, Sample
   bench::set_affinity(0, l.controller);
   bench::set_affinity(d.pid, l.daemon);
   const pid_t worker = start_worker(d.seg, d.path, *sh, ack, l.worker);
-  bench::ProcState ps(worker);
+  bench::ProcState ps(worker), dps(d.pid);
   View v = View::open(d.seg).value();
   const std::uint32_t slot = v.find("app").value();
   const auto* waiting = &v.segment().waiter_counts()[slot];  // pkgctxd counts it before it sleeps
@@ -205,12 +224,14 @@ void request_wakes(const Daemon& d, int n, const Layout& l, Samples& e2e, Sample
       bench::die("the worker never went to sleep");
     idle_2ms();
     if (i == n - 1) sh->stop.store(1);
+    const int cpu = ::sched_getcpu();
     const std::uint64_t t0 = bench::now_ns();
     if (!write_all(fd, req)) bench::die("write request");
     read_line(fd);
     const std::uint64_t ta = bench::now_ns();
     if (!ack.recv()) bench::die("worker ack");
     e2e.add(sh->woke.load() - t0);
+    e2e.placement(cpu, dps.cpu(), sh->woke_cpu.load());  // pkgctxd's: where it last ran, having answered
     answer.add(ta - t0);
   }
   ::close(fd);
@@ -280,6 +301,61 @@ void futex_floor(int n, const Layout& l, Samples& wake) {
   ::munmap(sh, sizeof *sh);
 }
 
+// The raw chain after 2 ms idle: the controller (this process) sends a line to a relay placed as
+// the daemon, which bumps a shared futex word, FUTEX_WAKEs it and answers, like pkgctxd with no
+// work; a sleeper placed as the worker, blocked in FUTEX_WAIT on the word, stamps when it runs.
+void chain_floor(int n, const Layout& l, Samples& chain) {
+  auto* sh = bench::shared_anon<Stamp>();
+  bench::Pipe ack;
+  bench::set_affinity(0, l.controller);
+  // The sleeper first, so it holds no end of the socket pair (the relay's read must see EOF).
+  const pid_t sleeper = bench::spawn([&] {
+    bench::set_affinity(0, l.worker);
+    while (true) {
+      const std::uint32_t seen = sh->word.load();
+      while (sh->word.load() == seen) futex::wait(&sh->word, seen, std::chrono::seconds(10));
+      sh->woke.store(bench::now_ns());
+      sh->woke_cpu.store(::sched_getcpu());
+      ack.send();
+      if (sh->stop.load()) return 0;
+    }
+  });
+  int sv[2];
+  if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) bench::die("socketpair");
+  const pid_t relay = bench::spawn([&] {
+    bench::set_affinity(0, l.daemon);
+    ::close(sv[0]);
+    char buf[4096];
+    for (;;) {
+      const ssize_t r = ::read(sv[1], buf, sizeof buf);
+      if (r <= 0) return 0;
+      sh->relay_cpu.store(::sched_getcpu());
+      sh->word.fetch_add(1);
+      futex::wake(&sh->word);
+      if (::write(sv[1], buf, static_cast<std::size_t>(r)) != r) return 1;
+    }
+  });
+  ::close(sv[1]);
+  bench::ProcState ps(sleeper);
+  const std::string req = R"({"op":"event","event":"schedule","name":"app"})" "\n";
+  for (int i = 0; i < n; ++i) {
+    if (!bench::spin_until([&] { return ps.state() == 'S'; }, 5'000'000'000)) bench::die("chain sleeper");
+    idle_2ms();
+    if (i == n - 1) sh->stop.store(1);
+    const int cpu = ::sched_getcpu();
+    const std::uint64_t t0 = bench::now_ns();
+    if (!write_all(sv[0], req)) bench::die("chain write");
+    read_line(sv[0]);
+    if (!ack.recv()) bench::die("chain ack");
+    chain.add(sh->woke.load() - t0);
+    chain.placement(cpu, sh->relay_cpu.load(), sh->woke_cpu.load());
+  }
+  ::close(sv[0]);
+  bench::reap(relay);
+  bench::reap(sleeper);
+  ::munmap(sh, sizeof *sh);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -336,6 +412,7 @@ int main(int argc, char** argv) {
       request_wakes(d, n, layouts[i], paths[i].e2e, paths[i].answer);
       echo_floor(n, layouts[i], paths[i].rtt, paths[i].oneway);
       futex_floor(n, layouts[i], paths[i].fwake);
+      chain_floor(n, layouts[i], paths[i].chain);
     }
   }
   bench::set_affinity(0, -1);
@@ -344,14 +421,17 @@ int main(int argc, char** argv) {
     const PathSamples& p = paths[i];
     std::fprintf(stderr,
                  "request->worker awake after 2 ms idle, %-9s: p50 %.1f us p99 %.1f us (answer p50 %.1f us) | echo rtt "
-                 "p50 %.1f us (one way %.1f us) + futex wake p50 %.1f us: %.2fx\n",
+                 "p50 %.1f us (one way %.1f us) + futex wake p50 %.1f us: %.2fx | raw chain p50 %.1f us: %.2fx | all on one "
+                 "CPU: path %.0f%%, chain %.0f%%\n",
                  layouts[i].name, p.e2e.p(50) / 1e3, p.e2e.p(99) / 1e3, p.answer.p(50) / 1e3, p.rtt.p(50) / 1e3,
-                 p.oneway.p(50) / 1e3, p.fwake.p(50) / 1e3, p.e2e.p(50) / (p.rtt.p(50) + p.fwake.p(50)));
+                 p.oneway.p(50) / 1e3, p.fwake.p(50) / 1e3, p.e2e.p(50) / (p.rtt.p(50) + p.fwake.p(50)),
+                 p.chain.p(50) / 1e3, p.e2e.p(50) / p.chain.p(50), 100 * p.e2e.together_share(),
+                 100 * p.chain.together_share());
   }
   const auto path_json = [](const PathSamples& p) {
     return "{\"idle_ms\":2,\"e2e\":" + samples_json(p.e2e) + ",\"answer\":" + samples_json(p.answer) +
            ",\"echo_rtt\":" + samples_json(p.rtt) + ",\"echo_oneway\":" + samples_json(p.oneway) +
-           ",\"futex_wake\":" + samples_json(p.fwake) + "}";
+           ",\"futex_wake\":" + samples_json(p.fwake) + ",\"raw_chain\":" + samples_json(p.chain) + "}";
   };
 
   std::ostringstream o;

@@ -292,6 +292,15 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, 
                           f"{max(e - ow - fw, 0) / 1e3:.1f} µs (the daemon's handling up to FUTEX_WAKE, less what the "
                           f"raw parts overlap); the answer came back after {ans / 1e3:.1f} µs vs the echo's "
                           f"{rtt / 1e3:.1f} µs")
+            ch = q(lw, "raw_chain")
+            if e is not None and ch:
+                parts += (f"; raw chain (the path's three processes in this layout, no work: a relay bumps and "
+                          f"FUTEX_WAKEs a shared word, then answers) p50 {ch / 1e3:.1f} µs, path / chain "
+                          f"{e / ch:.2f}×")
+                shares = [lw.get(k, {}).get("one_cpu_share") for k in ("e2e", "raw_chain")]
+                if None not in shares:
+                    parts += (f"; all three parties on one CPU in {100 * shares[0]:.0f}% of the path's samples, "
+                              f"{100 * shares[1]:.0f}% of the chain's")
             suffix = "" if lname == "unpinned" else "_" + lname
             add("request_to_worker_awake_p50" + suffix, e, "ns", fl, f"raw echo round trip + raw futex wake, each "
                 f"after {lw.get('idle_ms', 2)} ms idle, p50, {lname.replace('_', ' ')}", "≤ 1.5× floor",
@@ -299,6 +308,20 @@ def build(micro, ipc, flood=None, e2e=None, task=None, drain=None, fanout=None, 
         e, rtt, fw = q(rw, "e2e", "p99_ns"), q(rw, "echo_rtt", "p99_ns"), q(rw, "futex_wake", "p99_ns")
         add("request_to_worker_awake_p99", e, "ns", rtt + fw if rtt is not None and fw is not None else None,
             "raw echo + raw futex wake, p99", "reference", None)
+        # Not a DESIGN row: the unpinned path against a chain of its own shape, so a reader sees how
+        # much of the gap to the two-pair floor is three processes spreading over the CPUs.
+        un = layouts.get("unpinned", {})
+        e, ch = q(un, "e2e"), q(un, "raw_chain")
+        add("request_to_worker_awake_vs_raw_chain_unpinned", e, "ns", ch,
+            "raw chain controller → relay (FUTEX_WAKE, answer) → sleeper, after 2 ms idle, p50, unpinned",
+            "diagnostic (no DESIGN target)", None, samples=un.get("raw_chain", {}).get("n"),
+            note="pending: this e2e.json has no raw_chain" if ch is None else
+            "the path's own three-process shape with no work in it, nothing pinned: chain / "
+            "request_to_worker_awake_p50's floor is what three processes spreading over the CPUs cost against two "
+            "two-process pairs, path / chain what pkgctxd adds (1× = nothing). Unpinned, the path and the chain each "
+            "settle on one CPU or spread by themselves: read this ratio beside the shares of samples with all three "
+            "on one CPU (request_to_worker_awake_p50's note) and the pinned rows' path / chain, placed alike by "
+            "construction")
     # Tasks (DESIGN §2.2): begin+end write only the worker's own lease page, ≤ 20 ns, 0 syscalls;
     # the acquire load of the same run is the floor shown beside it.
     if task is not None:
