@@ -278,6 +278,11 @@ BOOST_FIXTURE_TEST_CASE(a_waiter_killed_while_waiting_leaves_no_count_and_costs_
   BOOST_TEST(view.segment().info().wakes == before);
 }
 
+// A wait the daemon does not count ends within a slice of the cancel, never at its 30 s timeout.
+// The slack is scheduling on a loaded 2-CPU machine (233 ms seen while two builds ran beside the
+// suite): what tells this from the broken case is the order of magnitude.
+constexpr std::uint64_t kSliceBoundMs = kWaitSlice.count() + 450;
+
 BOOST_AUTO_TEST_CASE(with_the_daemon_down_a_wait_ends_within_its_slice) {
   Env env;
   auto d = std::make_unique<DaemonProcess>(env.dir, env.opts());
@@ -307,7 +312,7 @@ BOOST_AUTO_TEST_CASE(with_the_daemon_down_a_wait_ends_within_its_slice) {
   const std::uint64_t took = ms_since(t0);
   BOOST_TEST_MESSAGE("unregistered wait ended " << took << " ms after the cancel (slice "
                                                 << std::chrono::milliseconds(kWaitSlice).count() << " ms)");
-  BOOST_TEST(took <= static_cast<std::uint64_t>(kWaitSlice.count()) + 100u);
+  BOOST_TEST(took <= kSliceBoundMs);
   BOOST_TEST(store->segment().info().wakes == before);
   BOOST_TEST(test::wait_exit(w) == 0);
 
@@ -325,7 +330,7 @@ BOOST_AUTO_TEST_CASE(with_the_daemon_down_a_wait_ends_within_its_slice) {
   BOOST_TEST(from2.get(5s) == 'w');
   const std::uint64_t took2 = ms_since(t1);
   BOOST_TEST_MESSAGE("a wait begun with the daemon down ended " << took2 << " ms after the restarted daemon's cancel");
-  BOOST_TEST(took2 <= static_cast<std::uint64_t>(kWaitSlice.count()) + 100u);
+  BOOST_TEST(took2 <= kSliceBoundMs);
   BOOST_TEST(test::wait_exit(w2) == 0);
 }
 
@@ -381,7 +386,7 @@ BOOST_AUTO_TEST_CASE(without_a_daemon_every_cancellation_wakes_and_a_daemon_taki
   BOOST_TEST(from2.get(5s) == 'w');
   const std::uint64_t took2 = ms_since(t0);
   BOOST_TEST_MESSAGE("after the take-over the wait ended " << took2 << " ms after the uncounted cancel");
-  BOOST_TEST(took2 <= static_cast<std::uint64_t>(kWaitSlice.count()) + 100u);
+  BOOST_TEST(took2 <= kSliceBoundMs);
   BOOST_TEST(store->segment().info().wakes == before2);
   BOOST_TEST(test::wait_exit(w2) == 0);
 }
