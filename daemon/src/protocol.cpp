@@ -12,6 +12,7 @@
 #include <boost/system/result.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <initializer_list>
 #include <new>
@@ -504,7 +505,7 @@ Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std:
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("context");
   if (r->token) {
-    w.str(r->token->str());
+    w.str(r->token->text().view());
   } else {
     w.null();
   }
@@ -564,7 +565,7 @@ Checked<> op_event(Store& store, const Request& rq, std::string& out) {
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("context");
   if (*r) {
-    w.str((*r)->str());
+    w.str((*r)->text().view());
   } else {
     w.null();
   }
@@ -854,23 +855,31 @@ std::string_view known_op(std::string_view op) {
   return "unknown";
 }
 
+// `v` in decimal, in `buf`.
+template <class Int>
+std::string_view decimal(char (&buf)[24], Int v) {
+  return {buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, v).ptr - buf)};
+}
+
 // The audit line of one write request (see protocol.hpp). `result`: "ok" or the error code.
-void audit_write(const Request& rq, const Audit& audit, std::string_view result) {
+// `line` is the caller's buffer, reused from request to request.
+void audit_write(const Request& rq, const Audit& audit, std::string_view result, std::string& line) {
   const log::Level level = audit.allowed ? log::Level::info : log::Level::notice;
   if (!log::enabled(level)) return;
-  std::string name = "-";
+  char uid_buf[24], pid_buf[24];
+  const std::string_view uid = decimal(uid_buf, rq.peer.uid), pid = decimal(pid_buf, rq.peer.pid);
+  line.assign(audit.allowed ? "Write" : "Refused write").append(" op=").append(rq.op).append(" name=");
   std::string_view raw_name;
   if (const Member* m = rq.fields.member("name"); m && m->value.is_string()) {
     const json::string& s = m->value.get_string();
     raw_name = std::string_view(s.data(), std::min<std::size_t>(s.size(), 160));  // long ones are cut
-    name.clear();
     // Quoted and escaped: a hostile name cannot forge fields of the line.
-    append_json_string(name, raw_name);
+    append_json_string(line, raw_name);
+  } else {
+    line += '-';
   }
-  std::string line = audit.allowed ? "Write" : "Refused write";
-  const std::string uid = std::to_string(rq.peer.uid), pid = std::to_string(rq.peer.pid);
-  line += " op=" + rq.op + " name=" + name + " peer_uid=" + uid + " peer_pid=" + pid + " result=" + std::string(result);
-  if (!audit.change.empty()) line += " change=" + std::string(audit.change);
+  line.append(" peer_uid=").append(uid).append(" peer_pid=").append(pid).append(" result=").append(result);
+  if (!audit.change.empty()) line.append(" change=").append(audit.change);
   // The journal gets the name as sent: its native protocol frames any bytes.
   log::write(level, line,
              {{"PKGCTX_OP", rq.op}, {"PKGCTX_PACKAGE", raw_name}, {"PKGCTX_RESULT", result},
@@ -968,7 +977,7 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
                        "unknown op \"" + shown + "\" (ops: update, update_settings, event, need_update, settings, delete, dump, checksum, "
                        "drain, clients, metrics, register)");
       }();
-      if (audit.write) audit_write(rq, audit, result ? std::string_view("ok") : result.error().code);
+      if (audit.write) audit_write(rq, audit, result ? std::string_view("ok") : result.error().code, audit_line_);
       return result;
     }();
     outcome = answer ? std::string_view("ok") : answer.error().code;

@@ -2,6 +2,7 @@
 
 #include <boost/json/serializer.hpp>
 
+#include <algorithm>
 #include <optional>
 
 namespace pkgctx {
@@ -54,6 +55,18 @@ std::optional<std::string> repair_utf8(std::string_view s) {
 }  // namespace
 
 void append_json_string(std::string& out, std::string_view s) {
+  // ASCII that needs no escape (keys, names, tokens: nearly every string) is copied as it is;
+  // Boost's serializer would emit the same bytes after setting up its state.
+  const bool plain = std::all_of(s.begin(), s.end(), [](char ch) {
+    const auto c = static_cast<unsigned char>(ch);
+    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
+  });
+  if (plain) {
+    out += '"';
+    out += s;
+    out += '"';
+    return;
+  }
   // Boost's serializer escapes but copies bytes >= 0x80 as they are, so bad UTF-8 is repaired first.
   const std::optional<std::string> fixed = repair_utf8(s);
   boost::json::serializer sr;

@@ -189,6 +189,7 @@ class Protocol {
   Registry* registry_ = nullptr;
   OwnerCheck owned_;
   RequestStats stats_;
+  std::string audit_line_;  // the audit line being written, kept between requests
 };
 
 }  // namespace pkgctx::daemon
