@@ -89,6 +89,23 @@ class RequestReader {
 
   explicit RequestReader(std::string_view line) : line_(line) {}
 
+  // Ready for `line`: the daemon keeps one reader (and its parser) for every request, so its
+  // buffers are reused; those a large request grew are given back.
+  void reset(std::string_view line) {
+    line_ = line;
+    piece_end = 0;
+    in_string = false;
+    top = json::kind::null;
+    depth_ = 0;
+    number_size_ = 0;
+    members.clear();
+    if (members.capacity() > kKeptMembers) std::vector<Member>().swap(members);
+    text_.clear();
+    if (text_.capacity() > kKeptText) std::string().swap(text_);
+    if (!seen_.empty()) seen_ = {};
+    duplicate_.reset();
+  }
+
   std::size_t piece_end = 0;       // where the input handed to the parser so far ends
   bool in_string = false;          // the input so far ends inside a key or string
   json::kind top = json::kind::null;
@@ -123,7 +140,7 @@ class RequestReader {
     in_string = false;
     if (!in_member()) return true;
     text_.append(s.data(), s.size());
-    if (!seen_.insert(text_).second && !duplicate_) duplicate_ = members.size();
+    if (!duplicate_ && seen(text_)) duplicate_ = members.size();
     members.push_back({std::exchange(text_, {}), {}, piece_end, 0});
     return true;
   }
@@ -152,6 +169,19 @@ class RequestReader {
   bool on_comment(json::string_view, json::error_code&) { return true; }
 
  private:
+  static constexpr std::size_t kScanned = 16;       // members compared in place by seen()
+  static constexpr std::size_t kKeptMembers = 64;  // reset() keeps room for this many
+  static constexpr std::size_t kKeptText = 4096;
+
+  // Whether an earlier member has `key`. A request's few members are compared in place; past
+  // kScanned a hash set takes over, so a line of many thousand keys stays linear.
+  bool seen(const std::string& key) {
+    if (members.size() < kScanned)
+      return std::any_of(members.begin(), members.end(), [&](const Member& m) { return m.key == key; });
+    if (seen_.empty())
+      for (const Member& m : members) seen_.insert(m.key);
+    return !seen_.insert(key).second;
+  }
   // Whether events are about a top-level member (or its key).
   bool in_member() const noexcept { return depth_ == 1 && top == json::kind::object; }
   std::size_t value_start(const Member& m) const {
@@ -186,7 +216,7 @@ class RequestReader {
   std::size_t depth_ = 0;
   std::string text_;              // the key or top-level string being read
   std::size_t number_size_ = 0;   // bytes of the number being read, before its last part
-  std::unordered_set<std::string> seen_;
+  std::unordered_set<std::string> seen_;  // the keys so far, once there are kScanned
   std::optional<std::size_t> duplicate_;
 };
 
@@ -899,8 +929,17 @@ void RequestStats::record_drain(bool drained, std::uint64_t ns) noexcept {
   }
 }
 
+// The request parser, kept from one request to the next (its stack, the reader's members).
+struct Protocol::Parser {
+  explicit Parser(const json::parse_options& opt) : options(opt), parser(opt, std::string_view()) {}
+  json::parse_options options;
+  json::basic_parser<RequestReader> parser;
+};
+
 Protocol::Protocol(Store& store, ProtocolOptions options, const ConnectionStats* connections)
     : store_(store), options_(std::move(options)), connections_(connections) {}
+
+Protocol::~Protocol() = default;
 
 void Protocol::append_error(std::string& out, std::string_view id, std::string_view c,
                             std::string_view message) noexcept {
@@ -948,7 +987,10 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
         return refusal(code::kBadRequest, "empty request line (expected one JSON object)");
       json::parse_options opt;
       opt.max_depth = options_.max_depth + 1;  // the request object wraps "settings"
-      json::basic_parser<RequestReader> parser(opt, line);
+      if (!parser_ || parser_->options.max_depth != opt.max_depth) parser_ = std::make_unique<Parser>(opt);
+      json::basic_parser<RequestReader>& parser = parser_->parser;
+      parser.reset();
+      parser.handler().reset(line);
       if (auto ok = parse_request(line, opt, parser); !ok) return ok;
       Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit, session, registry_, &stats_,
                  options_.etcd_owns ? &owned_ : nullptr};
