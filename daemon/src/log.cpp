@@ -157,7 +157,8 @@ void write(Level level, std::string_view message, std::initializer_list<Field> f
     // One message, one line: a stray newline would split it on stderr and in journalctl's view.
     std::string& text = s.text;
     text.assign(message);
-    std::replace_if(text.begin(), text.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+    if (text.find('\n') != std::string::npos || text.find('\r') != std::string::npos)
+      std::replace_if(text.begin(), text.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
     if (s.journal_fd < 0 || !send_journal(s, level, text, fields)) write_stderr(s, level, text);
     trim(text);
   } catch (...) {

@@ -17,6 +17,7 @@
 #include <initializer_list>
 #include <new>
 #include <optional>
+#include <stdexcept>
 #include <unordered_set>
 
 namespace pkgctx::daemon {
@@ -79,7 +80,8 @@ struct Member {
 // duplicate keys and number range apply to the original, and its error offsets refer to it), so
 // the reader also records where each member's value ends: parse_request() feeds the line in
 // pieces that end just after each closing '"', '}' and ']', so every string, object and array
-// ends at a piece end (numbers and literals end where they began plus their length).
+// ends at a piece end (numbers and literals end where they began plus their length). Only the
+// members in kRawKeys are ever read as written; a line that cannot hold one goes in one piece.
 class RequestReader {
  public:
   static constexpr std::size_t max_object_size = std::size_t(-1);
@@ -93,6 +95,7 @@ class RequestReader {
   // buffers are reused; those a large request grew are given back.
   void reset(std::string_view line) {
     line_ = line;
+    offsets = false;
     piece_end = 0;
     in_string = false;
     top = json::kind::null;
@@ -106,6 +109,10 @@ class RequestReader {
     duplicate_.reset();
   }
 
+  // The members whose text raw() gives (and the parser's pieces exist for).
+  static constexpr std::string_view kRawKeys[] = {"id", "settings"};
+
+  bool offsets = false;            // fed in pieces: members' offsets recorded
   std::size_t piece_end = 0;       // where the input handed to the parser so far ends
   bool in_string = false;          // the input so far ends inside a key or string
   json::kind top = json::kind::null;
@@ -119,8 +126,9 @@ class RequestReader {
   }
   // The first member whose key appeared before, if any.
   const Member* duplicate() const { return duplicate_ ? &members[*duplicate_] : nullptr; }
-  // The member's value as written (valid once the whole line parsed).
+  // The member's value as written (valid once the whole line parsed; a member in kRawKeys).
   std::string_view raw(const Member& m) const {
+    if (!offsets) throw std::logic_error("member \"" + m.key + "\" read as written without its offsets");
     const std::size_t start = value_start(m);
     return line_.substr(start, m.end - start);
   }
@@ -141,7 +149,8 @@ class RequestReader {
     if (!in_member()) return true;
     text_.append(s.data(), s.size());
     if (!duplicate_ && seen(text_)) duplicate_ = members.size();
-    members.push_back({std::exchange(text_, {}), {}, piece_end, 0});
+    members.push_back({text_, {}, piece_end, 0});
+    text_.clear();  // its room is kept for the next key
     return true;
   }
   bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
@@ -152,8 +161,11 @@ class RequestReader {
   bool on_string(json::string_view s, std::size_t, json::error_code&) {
     in_string = false;
     if (!in_member()) return scalar(json::string(), 0);
+    if (text_.empty()) return scalar(json::string(s), piece_end);  // the string came in one part
     text_.append(s.data(), s.size());
-    return scalar(json::string(std::exchange(text_, {})), piece_end);
+    json::string value(text_);
+    text_.clear();
+    return scalar(std::move(value), piece_end);
   }
   bool on_number_part(json::string_view s, json::error_code&) {
     number_size_ += s.size();
@@ -209,7 +221,7 @@ class RequestReader {
   std::size_t number(json::string_view last) { return std::exchange(number_size_, 0) + last.size(); }
   // A number or literal: it ends `size` bytes after it starts.
   bool sized(json::value v, std::size_t size) {
-    return scalar(std::move(v), in_member() ? value_start(members.back()) + size : 0);
+    return scalar(std::move(v), offsets && in_member() ? value_start(members.back()) + size : 0);
   }
 
   std::string_view line_;
@@ -229,13 +241,27 @@ std::size_t feed(json::basic_parser<RequestReader>& p, std::string_view line, st
   return pos + used;
 }
 
-// Parses `line` with `p`, Boost.JSON doing all the lexing (see RequestReader): the line goes in
-// pieces that end just after each closing '"', each '}' and each ']' (and after any '"', '}' or
-// ']' inside a string: harmless).
+// Whether `line` may have a member in RequestReader::kRawKeys. A key spelled with an escape
+// holds a backslash; any other is in the line as written, between its quotes. Mentions inside
+// values only cost the pieces.
+bool may_have_raw_member(std::string_view line) {
+  if (line.find('\\') != std::string_view::npos) return true;
+  return std::any_of(std::begin(RequestReader::kRawKeys), std::end(RequestReader::kRawKeys), [&](std::string_view k) {
+    for (std::size_t at = line.find(k); at != std::string_view::npos; at = line.find(k, at + 1))
+      if (at > 0 && line[at - 1] == '"' && at + k.size() < line.size() && line[at + k.size()] == '"') return true;
+    return false;
+  });
+}
+
+// Parses `line` with `p`, Boost.JSON doing all the lexing (see RequestReader). When a member may
+// be read as written, the line goes in pieces that end just after each closing '"', each '}' and
+// each ']' (and after any '"', '}' or ']' inside a string: harmless); otherwise in one piece.
 Checked<> parse_request(std::string_view line, const json::parse_options& opt, json::basic_parser<RequestReader>& p) {
   json::error_code ec;
   std::size_t used = 0;
-  for (std::size_t pos = 0; pos < line.size() && !ec;) {
+  p.handler().offsets = may_have_raw_member(line);
+  if (!p.handler().offsets) used = feed(p, line, 0, line.size(), true, ec);
+  for (std::size_t pos = 0; p.handler().offsets && pos < line.size() && !ec;) {
     const auto breaks = [](char c) { return c == '"' || c == '}' || c == ']'; };
     auto brk = std::find_if(line.begin() + pos, line.end(), breaks);
     // Outside a string the next quote opens one: only where it closes matters.
@@ -247,11 +273,13 @@ Checked<> parse_request(std::string_view line, const json::parse_options& opt, j
   if (!ec) return {};
   // Malformed. Boost may name a neighbouring byte when a bad token spans two pieces, so the
   // message comes from the line parsed in one piece (as answers always named it).
-  json::basic_parser<RequestReader> whole(opt, line);
-  json::error_code whole_ec;
-  if (const std::size_t at = feed(whole, line, 0, line.size(), true, whole_ec); whole_ec) {
-    ec = whole_ec;
-    used = at;
+  if (p.handler().offsets) {
+    json::basic_parser<RequestReader> whole(opt, line);
+    json::error_code whole_ec;
+    if (const std::size_t at = feed(whole, line, 0, line.size(), true, whole_ec); whole_ec) {
+      ec = whole_ec;
+      used = at;
+    }
   }
   const std::size_t max_depth = opt.max_depth - 1;
   if (ec == json::error::too_deep)
@@ -999,7 +1027,7 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
       if (!rq.op.empty()) op_label = known_op(rq.op);
       if (!ok) return ok;
       const auto result = [&]() -> Checked<> {
-        const std::string& op = rq.op;
+        const std::string_view op = rq.op;  // compared by length first, then bytes
         if (op == "update") return op_update(store_, options_.max_depth, rq, out);
         if (op == "event") return op_event(store_, rq, out);
         if (op == "need_update") return op_need_update(store_, rq, out);
@@ -1014,7 +1042,7 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
           return op_metrics(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out);
         if (op == "dump")
           return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out, cursor);
-        std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
+        const std::string shown = op.size() > 64 ? std::string(op.substr(0, 64)) + "…" : std::string(op);
         return refusal(code::kBadRequest,
                        "unknown op \"" + shown + "\" (ops: update, update_settings, event, need_update, settings, delete, dump, checksum, "
                        "drain, clients, metrics, register)");
