@@ -135,9 +135,9 @@ class RequestReader {
 
   bool on_document_begin(json::error_code&) { return true; }
   bool on_document_end(json::error_code&) { return true; }
-  bool on_object_begin(json::error_code&) { return open(json::object()); }
+  bool on_object_begin(json::error_code&) { return open(json::kind::object); }
   bool on_object_end(std::size_t, json::error_code&) { return close(); }
-  bool on_array_begin(json::error_code&) { return open(json::array()); }
+  bool on_array_begin(json::error_code&) { return open(json::kind::array); }
   bool on_array_end(std::size_t, json::error_code&) { return close(); }
   bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
     in_string = true;  // Boost reports a part when a piece ends inside a string (never empty here)
@@ -161,11 +161,16 @@ class RequestReader {
   bool on_string(json::string_view s, std::size_t, json::error_code&) {
     in_string = false;
     if (!in_member()) return scalar(json::string(), 0);
-    if (text_.empty()) return scalar(json::string(s), piece_end);  // the string came in one part
-    text_.append(s.data(), s.size());
-    json::string value(text_);
-    text_.clear();
-    return scalar(std::move(value), piece_end);
+    json::string& value = members.back().value.emplace_string();  // built in place
+    if (text_.empty()) {
+      value.assign(s);  // the string came in one part
+    } else {
+      text_.append(s.data(), s.size());
+      value.assign(text_);
+      text_.clear();
+    }
+    members.back().end = piece_end;
+    return true;
   }
   bool on_number_part(json::string_view s, json::error_code&) {
     number_size_ += s.size();
@@ -199,9 +204,10 @@ class RequestReader {
   std::size_t value_start(const Member& m) const {
     return line_.find_first_not_of(" \t\n\r", line_.find(':', m.key_end) + 1);
   }
-  bool open(json::value empty) {
-    if (depth_ == 0) top = empty.kind();
-    if (in_member()) members.back().value = std::move(empty);
+  bool open(json::kind container) {
+    if (depth_ == 0) top = container;
+    if (in_member() && container == json::kind::object) members.back().value.emplace_object();
+    if (in_member() && container == json::kind::array) members.back().value.emplace_array();
     ++depth_;
     return true;
   }

@@ -655,7 +655,9 @@ void Server::process_lines(Conn& c) {
     // The next line's end (a dump in progress comes first).
     const std::size_t nl = c.dump.active ? std::string::npos : c.in.find('\n', std::max(start, c.scanned));
     const bool has_work = c.dump.active || nl != std::string::npos;
-    if (has_work && over_budget()) {
+    // One clock read per request: the budget check, and when the request was taken up.
+    const std::uint64_t now = has_work ? mono_now_ns() : 0;
+    if (has_work && now > turn_deadline_ns_) {
       // This turn's budget is spent: the rest waits in the backlog (writers are served first).
       if (!c.queued) backlog_.push_back(c.id);
       c.queued = true;
@@ -698,7 +700,7 @@ void Server::process_lines(Conn& c) {
       if (session.registered) on_registered(c);
       c.waiting = session.waiting;
     }
-    c.last_request_ns = mono_now_ns();
+    c.last_request_ns = now;
     start = nl + 1;
   }
   c.in.erase(0, start);

@@ -2,7 +2,6 @@
 
 #include <boost/json/serializer.hpp>
 
-#include <algorithm>
 #include <optional>
 
 namespace pkgctx {
@@ -57,11 +56,12 @@ std::optional<std::string> repair_utf8(std::string_view s) {
 void append_json_string(std::string& out, std::string_view s) {
   // ASCII that needs no escape (keys, names, tokens: nearly every string) is copied as it is;
   // Boost's serializer would emit the same bytes after setting up its state.
-  const bool plain = std::all_of(s.begin(), s.end(), [](char ch) {
+  bool escapes = false;  // no early exit: the loop stays branch-free (and vectorises at -O3)
+  for (const char ch : s) {
     const auto c = static_cast<unsigned char>(ch);
-    return c >= 0x20 && c < 0x80 && c != '"' && c != '\\';
-  });
-  if (plain) {
+    escapes |= (c < 0x20) | (c >= 0x80) | (c == '"') | (c == '\\');
+  }
+  if (!escapes) {
     out += '"';
     out += s;
     out += '"';
