@@ -56,12 +56,12 @@ std::optional<std::string> repair_utf8(std::string_view s) {
 void append_json_string(std::string& out, std::string_view s) {
   // ASCII that needs no escape (keys, names, tokens: nearly every string) is copied as it is;
   // Boost's serializer would emit the same bytes after setting up its state.
-  bool escapes = false;  // no early exit: the loop stays branch-free (and vectorises at -O3)
+  unsigned escapes = 0;  // no early exit: the loop stays branch-free (and vectorises at -O3)
   for (const char ch : s) {
     const auto c = static_cast<unsigned char>(ch);
-    escapes |= (c < 0x20) | (c >= 0x80) | (c == '"') | (c == '\\');
+    escapes |= static_cast<unsigned>(static_cast<unsigned char>(c - 0x20) >= 0x60) | (c == '"') | (c == '\\');
   }
-  if (!escapes) {
+  if (escapes == 0) {
     out += '"';
     out += s;
     out += '"';
