@@ -24,7 +24,7 @@ struct State {
   std::atomic<Level> max{Level::info};  // read without the mutex: a reload may change it
   bool batching = false;
   std::string pending;  // lines gathered by a Batch
-  std::string text;     // reused for each message: no allocation per line
+  std::string text;     // a message with its newlines replaced, reused
   std::string line;     // reused for each stderr line written outside a Batch
   int journal_fd = -1;  // the native-protocol datagram socket, when stderr is the journal
   std::string segment;
@@ -155,12 +155,14 @@ void write(Level level, std::string_view message, std::initializer_list<Field> f
     State& s = state();
     std::lock_guard lock(s.mu);
     // One message, one line: a stray newline would split it on stderr and in journalctl's view.
-    std::string& text = s.text;
-    text.assign(message);
-    if (text.find('\n') != std::string::npos || text.find('\r') != std::string::npos)
-      std::replace_if(text.begin(), text.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+    std::string_view text = message;
+    if (message.find('\n') != std::string_view::npos || message.find('\r') != std::string_view::npos) {
+      s.text.assign(message);
+      std::replace_if(s.text.begin(), s.text.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+      text = s.text;
+    }
     if (s.journal_fd < 0 || !send_journal(s, level, text, fields)) write_stderr(s, level, text);
-    trim(text);
+    trim(s.text);
   } catch (...) {
     // Out of memory while logging: nothing sensible left to do.
   }
