@@ -1,5 +1,6 @@
 #include "pkgctx/daemon/log.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdint>
@@ -23,6 +24,8 @@ struct State {
   std::atomic<Level> max{Level::info};  // read without the mutex: a reload may change it
   bool batching = false;
   std::string pending;  // lines gathered by a Batch
+  std::string text;     // a message with its newlines replaced, reused
+  std::string line;     // reused for each stderr line written outside a Batch
   int journal_fd = -1;  // the native-protocol datagram socket, when stderr is the journal
   std::string segment;
   std::string datagram;  // reused for each entry
@@ -99,9 +102,15 @@ bool send_journal(State& s, Level level, std::string_view message, std::initiali
   }
 }
 
+// A buffer kept between messages, given back after an unusually long one.
+void trim(std::string& buf) {
+  if (buf.capacity() > kBatchBytes) std::string().swap(buf);
+}
+
 void write_stderr(State& s, Level level, std::string_view message) {
-  std::string line;
-  line.reserve(message.size() + s.ident.size() + 16);
+  // Straight into the batch when one is gathering; otherwise into the reused line buffer.
+  std::string& line = s.batching ? s.pending : s.line;
+  if (!s.batching) line.clear();
   if (s.prefixes) {
     line += '<';
     line += static_cast<char>('0' + static_cast<int>(level));
@@ -112,15 +121,10 @@ void write_stderr(State& s, Level level, std::string_view message) {
   if (!s.prefixes && level <= Level::warning) line += level == Level::err ? "error: " : "warning: ";
   line += message;
   line += '\n';
-  if (s.batching) {
-    s.pending += line;
-    if (s.pending.size() >= kBatchBytes) {
-      write_all(s.pending.data(), s.pending.size());
-      s.pending.clear();
-    }
-    return;
-  }
+  if (s.batching && s.pending.size() < kBatchBytes) return;
   write_all(line.data(), line.size());
+  line.clear();
+  trim(line);
 }
 
 }  // namespace
@@ -148,14 +152,17 @@ bool enabled(Level level) noexcept { return static_cast<int>(level) <= static_ca
 void write(Level level, std::string_view message, std::initializer_list<Field> fields) noexcept {
   if (!enabled(level)) return;
   try {
-    // One message, one line: a stray newline would split it on stderr and in journalctl's view.
-    std::string text(message);
-    for (char& c : text)
-      if (c == '\n' || c == '\r') c = ' ';
     State& s = state();
     std::lock_guard lock(s.mu);
-    if (s.journal_fd >= 0 && send_journal(s, level, text, fields)) return;
-    write_stderr(s, level, text);
+    // One message, one line: a stray newline would split it on stderr and in journalctl's view.
+    std::string_view text = message;
+    if (message.find('\n') != std::string_view::npos || message.find('\r') != std::string_view::npos) {
+      s.text.assign(message);
+      std::replace_if(s.text.begin(), s.text.end(), [](char c) { return c == '\n' || c == '\r'; }, ' ');
+      text = s.text;
+    }
+    if (s.journal_fd < 0 || !send_journal(s, level, text, fields)) write_stderr(s, level, text);
+    trim(s.text);
   } catch (...) {
     // Out of memory while logging: nothing sensible left to do.
   }

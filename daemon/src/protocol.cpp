@@ -12,10 +12,12 @@
 #include <boost/system/result.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <initializer_list>
 #include <new>
 #include <optional>
+#include <stdexcept>
 #include <unordered_set>
 
 namespace pkgctx::daemon {
@@ -78,7 +80,8 @@ struct Member {
 // duplicate keys and number range apply to the original, and its error offsets refer to it), so
 // the reader also records where each member's value ends: parse_request() feeds the line in
 // pieces that end just after each closing '"', '}' and ']', so every string, object and array
-// ends at a piece end (numbers and literals end where they began plus their length).
+// ends at a piece end (numbers and literals end where they began plus their length). Only the
+// members in kRawKeys are ever read as written; a line that cannot hold one goes in one piece.
 class RequestReader {
  public:
   static constexpr std::size_t max_object_size = std::size_t(-1);
@@ -88,6 +91,28 @@ class RequestReader {
 
   explicit RequestReader(std::string_view line) : line_(line) {}
 
+  // Ready for `line`: the daemon keeps one reader (and its parser) for every request, so its
+  // buffers are reused; those a large request grew are given back.
+  void reset(std::string_view line) {
+    line_ = line;
+    offsets = false;
+    piece_end = 0;
+    in_string = false;
+    top = json::kind::null;
+    depth_ = 0;
+    number_size_ = 0;
+    members.clear();
+    if (members.capacity() > kKeptMembers) std::vector<Member>().swap(members);
+    text_.clear();
+    if (text_.capacity() > kKeptText) std::string().swap(text_);
+    if (!seen_.empty()) seen_ = {};
+    duplicate_.reset();
+  }
+
+  // The members whose text raw() gives (and the parser's pieces exist for).
+  static constexpr std::string_view kRawKeys[] = {"id", "settings"};
+
+  bool offsets = false;            // fed in pieces: members' offsets recorded
   std::size_t piece_end = 0;       // where the input handed to the parser so far ends
   bool in_string = false;          // the input so far ends inside a key or string
   json::kind top = json::kind::null;
@@ -101,17 +126,18 @@ class RequestReader {
   }
   // The first member whose key appeared before, if any.
   const Member* duplicate() const { return duplicate_ ? &members[*duplicate_] : nullptr; }
-  // The member's value as written (valid once the whole line parsed).
+  // The member's value as written (valid once the whole line parsed; a member in kRawKeys).
   std::string_view raw(const Member& m) const {
+    if (!offsets) throw std::logic_error("member \"" + m.key + "\" read as written without its offsets");
     const std::size_t start = value_start(m);
     return line_.substr(start, m.end - start);
   }
 
   bool on_document_begin(json::error_code&) { return true; }
   bool on_document_end(json::error_code&) { return true; }
-  bool on_object_begin(json::error_code&) { return open(json::object()); }
+  bool on_object_begin(json::error_code&) { return open(json::kind::object); }
   bool on_object_end(std::size_t, json::error_code&) { return close(); }
-  bool on_array_begin(json::error_code&) { return open(json::array()); }
+  bool on_array_begin(json::error_code&) { return open(json::kind::array); }
   bool on_array_end(std::size_t, json::error_code&) { return close(); }
   bool on_key_part(json::string_view s, std::size_t, json::error_code&) {
     in_string = true;  // Boost reports a part when a piece ends inside a string (never empty here)
@@ -122,8 +148,9 @@ class RequestReader {
     in_string = false;
     if (!in_member()) return true;
     text_.append(s.data(), s.size());
-    if (!seen_.insert(text_).second && !duplicate_) duplicate_ = members.size();
-    members.push_back({std::exchange(text_, {}), {}, piece_end, 0});
+    if (!duplicate_ && seen(text_)) duplicate_ = members.size();
+    members.push_back({text_, {}, piece_end, 0});
+    text_.clear();  // its room is kept for the next key
     return true;
   }
   bool on_string_part(json::string_view s, std::size_t, json::error_code&) {
@@ -134,8 +161,16 @@ class RequestReader {
   bool on_string(json::string_view s, std::size_t, json::error_code&) {
     in_string = false;
     if (!in_member()) return scalar(json::string(), 0);
-    text_.append(s.data(), s.size());
-    return scalar(json::string(std::exchange(text_, {})), piece_end);
+    json::string& value = members.back().value.emplace_string();  // built in place
+    if (text_.empty()) {
+      value.assign(s);  // the string came in one part
+    } else {
+      text_.append(s.data(), s.size());
+      value.assign(text_);
+      text_.clear();
+    }
+    members.back().end = piece_end;
+    return true;
   }
   bool on_number_part(json::string_view s, json::error_code&) {
     number_size_ += s.size();
@@ -151,14 +186,28 @@ class RequestReader {
   bool on_comment(json::string_view, json::error_code&) { return true; }
 
  private:
+  static constexpr std::size_t kScanned = 16;       // members compared in place by seen()
+  static constexpr std::size_t kKeptMembers = 64;  // reset() keeps room for this many
+  static constexpr std::size_t kKeptText = 4096;
+
+  // Whether an earlier member has `key`. A request's few members are compared in place; past
+  // kScanned a hash set takes over, so a line of many thousand keys stays linear.
+  bool seen(const std::string& key) {
+    if (members.size() < kScanned)
+      return std::any_of(members.begin(), members.end(), [&](const Member& m) { return m.key == key; });
+    if (seen_.empty())
+      for (const Member& m : members) seen_.insert(m.key);
+    return !seen_.insert(key).second;
+  }
   // Whether events are about a top-level member (or its key).
   bool in_member() const noexcept { return depth_ == 1 && top == json::kind::object; }
   std::size_t value_start(const Member& m) const {
     return line_.find_first_not_of(" \t\n\r", line_.find(':', m.key_end) + 1);
   }
-  bool open(json::value empty) {
-    if (depth_ == 0) top = empty.kind();
-    if (in_member()) members.back().value = std::move(empty);
+  bool open(json::kind container) {
+    if (depth_ == 0) top = container;
+    if (in_member() && container == json::kind::object) members.back().value.emplace_object();
+    if (in_member() && container == json::kind::array) members.back().value.emplace_array();
     ++depth_;
     return true;
   }
@@ -178,14 +227,14 @@ class RequestReader {
   std::size_t number(json::string_view last) { return std::exchange(number_size_, 0) + last.size(); }
   // A number or literal: it ends `size` bytes after it starts.
   bool sized(json::value v, std::size_t size) {
-    return scalar(std::move(v), in_member() ? value_start(members.back()) + size : 0);
+    return scalar(std::move(v), offsets && in_member() ? value_start(members.back()) + size : 0);
   }
 
   std::string_view line_;
   std::size_t depth_ = 0;
   std::string text_;              // the key or top-level string being read
   std::size_t number_size_ = 0;   // bytes of the number being read, before its last part
-  std::unordered_set<std::string> seen_;
+  std::unordered_set<std::string> seen_;  // the keys so far, once there are kScanned
   std::optional<std::size_t> duplicate_;
 };
 
@@ -198,13 +247,27 @@ std::size_t feed(json::basic_parser<RequestReader>& p, std::string_view line, st
   return pos + used;
 }
 
-// Parses `line` with `p`, Boost.JSON doing all the lexing (see RequestReader): the line goes in
-// pieces that end just after each closing '"', each '}' and each ']' (and after any '"', '}' or
-// ']' inside a string: harmless).
+// Whether `line` may have a member in RequestReader::kRawKeys. A key spelled with an escape
+// holds a backslash; any other is in the line as written, between its quotes. Mentions inside
+// values only cost the pieces.
+bool may_have_raw_member(std::string_view line) {
+  if (line.find('\\') != std::string_view::npos) return true;
+  return std::any_of(std::begin(RequestReader::kRawKeys), std::end(RequestReader::kRawKeys), [&](std::string_view k) {
+    for (std::size_t at = line.find(k); at != std::string_view::npos; at = line.find(k, at + 1))
+      if (at > 0 && line[at - 1] == '"' && at + k.size() < line.size() && line[at + k.size()] == '"') return true;
+    return false;
+  });
+}
+
+// Parses `line` with `p`, Boost.JSON doing all the lexing (see RequestReader). When a member may
+// be read as written, the line goes in pieces that end just after each closing '"', each '}' and
+// each ']' (and after any '"', '}' or ']' inside a string: harmless); otherwise in one piece.
 Checked<> parse_request(std::string_view line, const json::parse_options& opt, json::basic_parser<RequestReader>& p) {
   json::error_code ec;
   std::size_t used = 0;
-  for (std::size_t pos = 0; pos < line.size() && !ec;) {
+  p.handler().offsets = may_have_raw_member(line);
+  if (!p.handler().offsets) used = feed(p, line, 0, line.size(), true, ec);
+  for (std::size_t pos = 0; p.handler().offsets && pos < line.size() && !ec;) {
     const auto breaks = [](char c) { return c == '"' || c == '}' || c == ']'; };
     auto brk = std::find_if(line.begin() + pos, line.end(), breaks);
     // Outside a string the next quote opens one: only where it closes matters.
@@ -216,11 +279,13 @@ Checked<> parse_request(std::string_view line, const json::parse_options& opt, j
   if (!ec) return {};
   // Malformed. Boost may name a neighbouring byte when a bad token spans two pieces, so the
   // message comes from the line parsed in one piece (as answers always named it).
-  json::basic_parser<RequestReader> whole(opt, line);
-  json::error_code whole_ec;
-  if (const std::size_t at = feed(whole, line, 0, line.size(), true, whole_ec); whole_ec) {
-    ec = whole_ec;
-    used = at;
+  if (p.handler().offsets) {
+    json::basic_parser<RequestReader> whole(opt, line);
+    json::error_code whole_ec;
+    if (const std::size_t at = feed(whole, line, 0, line.size(), true, whole_ec); whole_ec) {
+      ec = whole_ec;
+      used = at;
+    }
   }
   const std::size_t max_depth = opt.max_depth - 1;
   if (ec == json::error::too_deep)
@@ -504,7 +569,7 @@ Checked<> op_update(Store& store, std::size_t max_depth, const Request& rq, std:
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("context");
   if (r->token) {
-    w.str(r->token->str());
+    w.str(r->token->text().view());
   } else {
     w.null();
   }
@@ -564,7 +629,7 @@ Checked<> op_event(Store& store, const Request& rq, std::string& out) {
   JsonWriter w(out);
   begin_ok(w, rq.id).key("name").str(*name).key("context");
   if (*r) {
-    w.str((*r)->str());
+    w.str((*r)->text().view());
   } else {
     w.null();
   }
@@ -854,23 +919,31 @@ std::string_view known_op(std::string_view op) {
   return "unknown";
 }
 
+// `v` in decimal, in `buf`.
+template <class Int>
+std::string_view decimal(char (&buf)[24], Int v) {
+  return {buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, v).ptr - buf)};
+}
+
 // The audit line of one write request (see protocol.hpp). `result`: "ok" or the error code.
-void audit_write(const Request& rq, const Audit& audit, std::string_view result) {
+// `line` is the caller's buffer, reused from request to request.
+void audit_write(const Request& rq, const Audit& audit, std::string_view result, std::string& line) {
   const log::Level level = audit.allowed ? log::Level::info : log::Level::notice;
   if (!log::enabled(level)) return;
-  std::string name = "-";
+  char uid_buf[24], pid_buf[24];
+  const std::string_view uid = decimal(uid_buf, rq.peer.uid), pid = decimal(pid_buf, rq.peer.pid);
+  line.assign(audit.allowed ? "Write" : "Refused write").append(" op=").append(rq.op).append(" name=");
   std::string_view raw_name;
   if (const Member* m = rq.fields.member("name"); m && m->value.is_string()) {
     const json::string& s = m->value.get_string();
     raw_name = std::string_view(s.data(), std::min<std::size_t>(s.size(), 160));  // long ones are cut
-    name.clear();
     // Quoted and escaped: a hostile name cannot forge fields of the line.
-    append_json_string(name, raw_name);
+    append_json_string(line, raw_name);
+  } else {
+    line += '-';
   }
-  std::string line = audit.allowed ? "Write" : "Refused write";
-  const std::string uid = std::to_string(rq.peer.uid), pid = std::to_string(rq.peer.pid);
-  line += " op=" + rq.op + " name=" + name + " peer_uid=" + uid + " peer_pid=" + pid + " result=" + std::string(result);
-  if (!audit.change.empty()) line += " change=" + std::string(audit.change);
+  line.append(" peer_uid=").append(uid).append(" peer_pid=").append(pid).append(" result=").append(result);
+  if (!audit.change.empty()) line.append(" change=").append(audit.change);
   // The journal gets the name as sent: its native protocol frames any bytes.
   log::write(level, line,
              {{"PKGCTX_OP", rq.op}, {"PKGCTX_PACKAGE", raw_name}, {"PKGCTX_RESULT", result},
@@ -890,8 +963,17 @@ void RequestStats::record_drain(bool drained, std::uint64_t ns) noexcept {
   }
 }
 
+// The request parser, kept from one request to the next (its stack, the reader's members).
+struct Protocol::Parser {
+  explicit Parser(const json::parse_options& opt) : options(opt), parser(opt, std::string_view()) {}
+  json::parse_options options;
+  json::basic_parser<RequestReader> parser;
+};
+
 Protocol::Protocol(Store& store, ProtocolOptions options, const ConnectionStats* connections)
     : store_(store), options_(std::move(options)), connections_(connections) {}
+
+Protocol::~Protocol() = default;
 
 void Protocol::append_error(std::string& out, std::string_view id, std::string_view c,
                             std::string_view message) noexcept {
@@ -939,7 +1021,10 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
         return refusal(code::kBadRequest, "empty request line (expected one JSON object)");
       json::parse_options opt;
       opt.max_depth = options_.max_depth + 1;  // the request object wraps "settings"
-      json::basic_parser<RequestReader> parser(opt, line);
+      if (!parser_ || parser_->options.max_depth != opt.max_depth) parser_ = std::make_unique<Parser>(opt);
+      json::basic_parser<RequestReader>& parser = parser_->parser;
+      parser.reset();
+      parser.handler().reset(line);
       if (auto ok = parse_request(line, opt, parser); !ok) return ok;
       Request rq{parser.handler(), peer, options_.allow, {}, {}, &audit, session, registry_, &stats_,
                  options_.etcd_owns ? &owned_ : nullptr};
@@ -948,7 +1033,7 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
       if (!rq.op.empty()) op_label = known_op(rq.op);
       if (!ok) return ok;
       const auto result = [&]() -> Checked<> {
-        const std::string& op = rq.op;
+        const std::string_view op = rq.op;  // compared by length first, then bytes
         if (op == "update") return op_update(store_, options_.max_depth, rq, out);
         if (op == "event") return op_event(store_, rq, out);
         if (op == "need_update") return op_need_update(store_, rq, out);
@@ -963,12 +1048,12 @@ void Protocol::handle(std::string_view line, const Peer& peer, std::string& out,
           return op_metrics(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out);
         if (op == "dump")
           return op_dump(store_, connections_ ? *connections_ : ConnectionStats{}, stats_, rq, out, cursor);
-        std::string shown = op.size() > 64 ? op.substr(0, 64) + "…" : op;
+        const std::string shown = op.size() > 64 ? std::string(op.substr(0, 64)) + "…" : std::string(op);
         return refusal(code::kBadRequest,
                        "unknown op \"" + shown + "\" (ops: update, update_settings, event, need_update, settings, delete, dump, checksum, "
                        "drain, clients, metrics, register)");
       }();
-      if (audit.write) audit_write(rq, audit, result ? std::string_view("ok") : result.error().code);
+      if (audit.write) audit_write(rq, audit, result ? std::string_view("ok") : result.error().code, audit_line_);
       return result;
     }();
     outcome = answer ? std::string_view("ok") : answer.error().code;

@@ -355,7 +355,7 @@ Result<int> Server::run() {
         auto it = conns_.find(id);
         if (it == conns_.end()) continue;  // not a client, or closed earlier in this batch
         if (it->second->writer != writers || (!writers && over_budget())) continue;
-        on_client(id, events[i].events);
+        on_client(*it->second, events[i].events);
       }
     }
     serve_backlog();
@@ -560,10 +560,8 @@ void Server::accept_all() {
   }
 }
 
-void Server::on_client(std::uint64_t id, std::uint32_t events) {
-  auto it = conns_.find(id);
-  if (it == conns_.end()) return;  // closed earlier in this batch
-  Conn& c = *it->second;
+void Server::on_client(Conn& c, std::uint32_t events) {
+  const std::uint64_t id = c.id;
   if (events & EPOLLOUT) {
     if (!flush(c) || !resume(c)) return close_conn(id);
   }
@@ -654,8 +652,12 @@ void Server::process_lines(Conn& c) {
       c.paused = true;  // resume when the client has taken its answers
       break;
     }
-    const bool has_work = c.dump.active || c.in.find('\n', std::max(start, c.scanned)) != std::string::npos;
-    if (has_work && over_budget()) {
+    // The next line's end (a dump in progress comes first).
+    const std::size_t nl = c.dump.active ? std::string::npos : c.in.find('\n', std::max(start, c.scanned));
+    const bool has_work = c.dump.active || nl != std::string::npos;
+    // One clock read per request: the budget check, and when the request was taken up.
+    const std::uint64_t now = has_work ? mono_now_ns() : 0;
+    if (has_work && now > turn_deadline_ns_) {
       // This turn's budget is spent: the rest waits in the backlog (writers are served first).
       if (!c.queued) backlog_.push_back(c.id);
       c.queued = true;
@@ -671,7 +673,6 @@ void Server::process_lines(Conn& c) {
       }
       continue;
     }
-    const std::size_t nl = c.in.find('\n', std::max(start, c.scanned));
     if (nl == std::string::npos) {
       if (c.in.size() - start > limit) {
         protocol_.refuse_line(c.out, "request line longer than " + std::to_string(limit) + " bytes (" +
@@ -699,7 +700,7 @@ void Server::process_lines(Conn& c) {
       if (session.registered) on_registered(c);
       c.waiting = session.waiting;
     }
-    c.last_request_ns = mono_now_ns();
+    c.last_request_ns = now;
     start = nl + 1;
   }
   c.in.erase(0, start);

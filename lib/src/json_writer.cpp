@@ -54,6 +54,19 @@ std::optional<std::string> repair_utf8(std::string_view s) {
 }  // namespace
 
 void append_json_string(std::string& out, std::string_view s) {
+  // ASCII that needs no escape (keys, names, tokens: nearly every string) is copied as it is;
+  // Boost's serializer would emit the same bytes after setting up its state.
+  unsigned escapes = 0;  // no early exit: the loop stays branch-free (and vectorises at -O3)
+  for (const char ch : s) {
+    const auto c = static_cast<unsigned char>(ch);
+    escapes |= static_cast<unsigned>(static_cast<unsigned char>(c - 0x20) >= 0x60) | (c == '"') | (c == '\\');
+  }
+  if (escapes == 0) {
+    out += '"';
+    out += s;
+    out += '"';
+    return;
+  }
   // Boost's serializer escapes but copies bytes >= 0x80 as they are, so bad UTF-8 is repaired first.
   const std::optional<std::string> fixed = repair_utf8(s);
   boost::json::serializer sr;

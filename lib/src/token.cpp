@@ -212,16 +212,40 @@ const std::atomic<std::uint32_t>* Token::wake_word() const noexcept {
   return map_ && watched_ != &kPredecessorRetired ? &map_->slots[slot_].gens.wake : nullptr;
 }
 
-std::string Token::str() const {
-  if (!map_) return std::string(kNoneText);
-  char buf[128];
-  const int n = std::snprintf(buf, sizeof buf, "%s:%016llx:%u:%u:%llx:%llx:%08x", kTokenPrefix.data(),
-                              static_cast<unsigned long long>(epoch_), slot_, key_,
-                              static_cast<unsigned long long>(root_snap_),
-                              static_cast<unsigned long long>(child_generation()),
-                              check_digits(epoch_, slot_, key_, root_snap_, child_generation()));
-  return std::string(buf, static_cast<std::size_t>(n));
+Token::Text Token::text() const noexcept {
+  Text t;
+  if (!map_) {
+    t.size = kNoneText.copy(t.data, sizeof t.data);
+    return t;
+  }
+  // The fields of str()'s format, in lowercase hex (at least `width` digits) or decimal, each
+  // followed by `tail` (to_chars: no locale, no format string to interpret).
+  char* p = t.data;
+  char* const end = t.data + sizeof t.data;
+  const auto hex = [&](u64 v, std::size_t width, std::string_view tail) {
+    char digits[16];
+    const auto n = static_cast<std::size_t>(std::to_chars(digits, digits + sizeof digits, v, 16).ptr - digits);
+    if (n < width) p = std::fill_n(p, width - n, '0');
+    p = std::copy_n(digits, n, p);
+    p += tail.copy(p, tail.size());
+  };
+  const auto dec = [&](u32 v) {
+    p = std::to_chars(p, end, v).ptr;
+    *p++ = ':';
+  };
+  p += kTokenPrefix.copy(p, kTokenPrefix.size());
+  *p++ = ':';
+  hex(epoch_, 16, ":");
+  dec(slot_);
+  dec(key_);
+  hex(root_snap_, 0, ":");
+  hex(child_generation(), 0, ":");
+  hex(check_digits(epoch_, slot_, key_, root_snap_, child_generation()), 8, "");
+  t.size = static_cast<std::size_t>(p - t.data);
+  return t;
 }
+
+std::string Token::str() const { return std::string(text().view()); }
 
 Result<Token> Token::parse(std::string_view text, const Segment& segment) {
   auto fields = parse_token_text(text);

@@ -294,6 +294,21 @@ BOOST_AUTO_TEST_CASE(bad_requests) {
   BOOST_TEST(ask(R"({"\u006fp":"dump"})").at("ok") == true);
 }
 
+BOOST_AUTO_TEST_CASE(duplicate_keys_are_found_among_few_and_many_members) {
+  // A request's first repeated key is named, whether it has a few members (compared in place)
+  // or many (a hash set past 16); each line is parsed by the reader the last one left behind.
+  auto message = [&](const std::string& line) { return std::string(ask(line).at("error").at("message").as_string()); };
+  BOOST_TEST(message(R"({"op":"dump","a":1,"b":2,"b":3,"a":4})") == "field \"b\" appears twice");
+  std::string many = R"({"op":"dump")";
+  for (int i = 0; i < 40; ++i) many += ",\"k" + std::to_string(i) + "\":" + std::to_string(i);
+  BOOST_TEST(message(many + R"(,"k30":0,"k7":0})") == "field \"k30\" appears twice");
+  BOOST_TEST(message(many + "}").find("unknown field") != std::string::npos);
+  BOOST_TEST(ask(R"({"op":"dump"})").at("ok") == true);
+  // An "id" key spelled with an escape is still read as written (its size is checked).
+  BOOST_TEST(ask(R"({"\u0069d":"x","op":"dump"})").at("id") == "x");
+  BOOST_TEST(error_code(R"({"op":"dump","\u0069d":")" + std::string(300, 'x') + "\"}") == "bad_request");
+}
+
 BOOST_AUTO_TEST_CASE(nesting_limits) {
   protocol.configure({.max_depth = 8, .allow = {}});
   auto nested = [](int depth) {

@@ -7,10 +7,12 @@
 // parseable by a strict reader. Output never contains a raw newline.
 #pragma once
 
+#include <boost/container/small_vector.hpp>
+
+#include <charconv>
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <vector>
 
 namespace pkgctx {
 
@@ -26,8 +28,8 @@ class JsonWriter {
   JsonWriter& end_array() { out_ += ']'; first_.pop_back(); return *this; }
   JsonWriter& key(std::string_view k) { sep(); append_json_string(out_, k); out_ += ':'; after_key_ = true; return *this; }
   JsonWriter& str(std::string_view v) { sep(); append_json_string(out_, v); return *this; }
-  JsonWriter& num(std::uint64_t v) { sep(); out_ += std::to_string(v); return *this; }
-  JsonWriter& num(std::int64_t v) { sep(); out_ += std::to_string(v); return *this; }
+  JsonWriter& num(std::uint64_t v) { sep(); return digits(v); }
+  JsonWriter& num(std::int64_t v) { sep(); return digits(v); }
   JsonWriter& boolean(bool v) { sep(); out_ += v ? "true" : "false"; return *this; }
   JsonWriter& null() { sep(); out_ += "null"; return *this; }
   // Splices text already known to be one valid JSON value without newlines (canonical settings,
@@ -45,8 +47,15 @@ class JsonWriter {
       first_.back() = false;
     }
   }
+  template <class Int>
+  JsonWriter& digits(Int v) {
+    char buf[24];
+    out_.append(buf, static_cast<std::size_t>(std::to_chars(buf, buf + sizeof buf, v).ptr - buf));
+    return *this;
+  }
   std::string& out_;
-  std::vector<bool> first_;
+  // Per open container: nothing written in it yet. Answers nest a few levels: no allocation.
+  boost::container::small_vector<bool, 8> first_;
   bool after_key_ = false;
 };
 

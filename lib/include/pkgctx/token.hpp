@@ -93,6 +93,13 @@ class Token {
   // or kNoneText for a default token (parse() refuses it: it belongs to no segment).
   std::string str() const;
   static constexpr std::string_view kNoneText = "pkgctx1:none";
+  // str() without an allocation: the text in a buffer of the caller's (a daemon answer's).
+  struct Text {
+    char data[128];
+    std::size_t size = 0;
+    std::string_view view() const noexcept { return {data, size}; }
+  };
+  Text text() const noexcept;
   // Parses and validates a printed token against `segment`: well-formed, check digits match,
   // same epoch, slot and key in range, generations not in the future. Errors: invalid_token.
   static Result<Token> parse(std::string_view text, const Segment& segment);

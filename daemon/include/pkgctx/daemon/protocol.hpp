@@ -49,6 +49,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <sys/types.h>
@@ -150,6 +151,7 @@ class Protocol {
  public:
   // `connections` (may be null) is read by dump; it must outlive the protocol.
   explicit Protocol(Store& store, ProtocolOptions options = {}, const ConnectionStats* connections = nullptr);
+  ~Protocol();
   Protocol(const Protocol&) = delete;
   Protocol& operator=(const Protocol&) = delete;
 
@@ -189,6 +191,9 @@ class Protocol {
   Registry* registry_ = nullptr;
   OwnerCheck owned_;
   RequestStats stats_;
+  std::string audit_line_;  // the audit line being written, kept between requests
+  struct Parser;
+  std::unique_ptr<Parser> parser_;  // kept between requests (protocol.cpp)
 };
 
 }  // namespace pkgctx::daemon

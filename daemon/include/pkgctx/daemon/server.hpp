@@ -123,8 +123,7 @@ class Server {
   Result<void> watch(std::chrono::nanoseconds tick);
   void set_limits(const ServerLimits& limits);
   void accept_all();
-  void on_client(std::uint64_t id, std::uint32_t events);
-  void serve(std::uint64_t id, std::uint32_t events);  // on_client(), then the connection's state
+  void on_client(Conn& c, std::uint32_t events);
   void serve_backlog();         // requests read earlier and left for this turn, until the budget
   bool over_budget() const noexcept;
   void read_input(Conn& c);
