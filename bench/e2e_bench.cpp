@@ -140,7 +140,7 @@ struct Stamp {
   std::atomic<int> stop{0};
   std::atomic<std::uint32_t> word{0};
   std::atomic<int> woke_cpu{-1};   // where the sleeper ran when it stamped
-  std::atomic<int> relay_cpu{-1};  // where the raw chain's relay read the line
+  std::atomic<int> server_cpu{-1};  // where the echo server or the relay read the line
 };
 
 // pkgctxd on a fresh segment and socket, with "app" created; stopped on scope exit.
@@ -239,23 +239,34 @@ void request_wakes(const Daemon& d, int n, const Layout& l, Samples& e2e, Sample
   ::munmap(sh, sizeof *sh);
 }
 
+// A child on `cpu` serving sv[1]: it stamps when its read returns (time and CPU), bumps and
+// FUTEX_WAKEs sh.word when `wake_word` (the raw chain's relay), then writes the bytes back.
+pid_t start_line_server(Stamp& sh, const int (&sv)[2], int cpu, bool wake_word) {
+  return bench::spawn([&] {
+    bench::set_affinity(0, cpu);
+    ::close(sv[0]);
+    char buf[4096];
+    for (;;) {
+      const ssize_t r = ::read(sv[1], buf, sizeof buf);
+      if (r <= 0) return 0;
+      sh.read.store(bench::now_ns());
+      sh.server_cpu.store(::sched_getcpu());
+      if (wake_word) {
+        sh.word.fetch_add(1);
+        futex::wake(&sh.word);
+      }
+      if (::write(sv[1], buf, static_cast<std::size_t>(r)) != r) return 1;
+    }
+  });
+}
+
 // The raw echo after 2 ms idle: the server stamps when its read returns, then writes back.
 void echo_floor(int n, const Layout& l, Samples& rtt, Samples& oneway) {
   auto* sh = bench::shared_anon<Stamp>();
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) bench::die("socketpair");
   bench::set_affinity(0, l.controller);
-  const pid_t server = bench::spawn([&] {
-    bench::set_affinity(0, l.daemon);
-    ::close(sv[0]);
-    char buf[4096];
-    for (;;) {
-      const ssize_t r = ::read(sv[1], buf, sizeof buf);
-      if (r <= 0) return 0;
-      sh->read.store(bench::now_ns());
-      if (::write(sv[1], buf, static_cast<std::size_t>(r)) != r) return 1;
-    }
-  });
+  const pid_t server = start_line_server(*sh, sv, l.daemon, false);
   ::close(sv[1]);
   const std::string req = R"({"op":"event","event":"schedule","name":"app"})" "\n";
   for (int i = 0; i < n; ++i) {
@@ -271,21 +282,28 @@ void echo_floor(int n, const Layout& l, Samples& rtt, Samples& oneway) {
   ::munmap(sh, sizeof *sh);
 }
 
+// A child on `cpu` (-1: anywhere) blocked in FUTEX_WAIT on sh.word; it stamps when it runs again
+// (time and CPU), acknowledges, and waits again until the waker marks the last wake.
+pid_t start_futex_sleeper(Stamp& sh, const bench::Pipe& ack, int cpu) {
+  return bench::spawn([&] {
+    bench::set_affinity(0, cpu);
+    while (true) {
+      const std::uint32_t seen = sh.word.load();
+      while (sh.word.load() == seen) futex::wait(&sh.word, seen, std::chrono::seconds(10));
+      sh.woke.store(bench::now_ns());
+      sh.woke_cpu.store(::sched_getcpu());
+      ack.send();
+      if (sh.stop.load()) return 0;
+    }
+  });
+}
+
 // The raw futex wake after 2 ms idle, the waker placed as the daemon, the sleeper as the worker.
 void futex_floor(int n, const Layout& l, Samples& wake) {
   auto* sh = bench::shared_anon<Stamp>();
   bench::Pipe ack;
   bench::set_affinity(0, l.daemon);
-  const pid_t child = bench::spawn([&] {
-    bench::set_affinity(0, l.worker);
-    while (true) {
-      const std::uint32_t seen = sh->word.load();
-      while (sh->word.load() == seen) futex::wait(&sh->word, seen, std::chrono::seconds(10));
-      sh->woke.store(bench::now_ns());
-      ack.send();
-      if (sh->stop.load()) return 0;
-    }
-  });
+  const pid_t child = start_futex_sleeper(*sh, ack, l.worker);
   bench::ProcState ps(child);
   for (int i = 0; i < n; ++i) {
     if (!bench::spin_until([&] { return ps.state() == 'S'; }, 5'000'000'000)) bench::die("futex sleeper");
@@ -309,32 +327,10 @@ void chain_floor(int n, const Layout& l, Samples& chain) {
   bench::Pipe ack;
   bench::set_affinity(0, l.controller);
   // The sleeper first, so it holds no end of the socket pair (the relay's read must see EOF).
-  const pid_t sleeper = bench::spawn([&] {
-    bench::set_affinity(0, l.worker);
-    while (true) {
-      const std::uint32_t seen = sh->word.load();
-      while (sh->word.load() == seen) futex::wait(&sh->word, seen, std::chrono::seconds(10));
-      sh->woke.store(bench::now_ns());
-      sh->woke_cpu.store(::sched_getcpu());
-      ack.send();
-      if (sh->stop.load()) return 0;
-    }
-  });
+  const pid_t sleeper = start_futex_sleeper(*sh, ack, l.worker);
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) != 0) bench::die("socketpair");
-  const pid_t relay = bench::spawn([&] {
-    bench::set_affinity(0, l.daemon);
-    ::close(sv[0]);
-    char buf[4096];
-    for (;;) {
-      const ssize_t r = ::read(sv[1], buf, sizeof buf);
-      if (r <= 0) return 0;
-      sh->relay_cpu.store(::sched_getcpu());
-      sh->word.fetch_add(1);
-      futex::wake(&sh->word);
-      if (::write(sv[1], buf, static_cast<std::size_t>(r)) != r) return 1;
-    }
-  });
+  const pid_t relay = start_line_server(*sh, sv, l.daemon, true);
   ::close(sv[1]);
   bench::ProcState ps(sleeper);
   const std::string req = R"({"op":"event","event":"schedule","name":"app"})" "\n";
@@ -348,7 +344,7 @@ void chain_floor(int n, const Layout& l, Samples& chain) {
     read_line(sv[0]);
     if (!ack.recv()) bench::die("chain ack");
     chain.add(sh->woke.load() - t0);
-    chain.placement(cpu, sh->relay_cpu.load(), sh->woke_cpu.load());
+    chain.placement(cpu, sh->server_cpu.load(), sh->woke_cpu.load());
   }
   ::close(sv[0]);
   bench::reap(relay);
