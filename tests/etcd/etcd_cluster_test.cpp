@@ -133,7 +133,7 @@ BOOST_AUTO_TEST_CASE(a_fleet_converges_on_a_thousand_changes) {
     daemons.push_back(std::make_unique<DaemonProcess>(
         envs.back()->dir, follow_options(*envs.back(), etcd.endpoints(), prefix, "host" + std::to_string(h),
                                          {"--log-level", "notice"})));
-    BOOST_TEST_REQUIRE(daemons.back()->ready(), daemons.back()->stderr_text());
+    BOOST_TEST_REQUIRE(daemons.back()->ready(), "host " << h << " of " << hosts << ": " << daemons.back()->start_failure());
   }
 
   // The history, and what it means for each package: its version, settings and the number of

@@ -192,6 +192,7 @@ class DaemonProcess {
       std::fprintf(stderr, "exec %s: %s\n", argv[0], std::strerror(errno));
       ::_exit(127);
     }
+    ready_timeout_ = opts.ready_timeout;
     const auto deadline = std::chrono::steady_clock::now() + opts.ready_timeout;
     while (std::chrono::steady_clock::now() < deadline) {
       if (auto msg = notify_.receive(std::chrono::milliseconds(50))) {
@@ -251,6 +252,16 @@ class DaemonProcess {
     return ss.str();
   }
 
+  // Why the daemon is not ready, for a failed start's message: it exited (and how), or it sent
+  // no READY=1 in time; then its stderr.
+  std::string start_failure() const {
+    std::string why = exit_code_ ? "pkgctxd exited with " + std::to_string(*exit_code_) + " before READY=1"
+                                 : "pkgctxd (pid " + std::to_string(pid_) + ") sent no READY=1 within " +
+                                       std::to_string(ready_timeout_.count()) + " ms";
+    const std::string err = stderr_text();
+    return why + (err.empty() ? "; its stderr is empty" : "; its stderr:\n" + err);
+  }
+
  private:
   static int& counter() {
     static int n = 0;
@@ -271,6 +282,7 @@ class DaemonProcess {
   pid_t pid_ = -1;
   bool ready_ = false;
   std::string ready_message_;
+  std::chrono::milliseconds ready_timeout_{0};
   std::optional<int> exit_code_;
 };
 
