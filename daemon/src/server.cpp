@@ -309,7 +309,7 @@ std::size_t Server::line_limit(const Conn& c) const noexcept {
   return c.writer ? limits_.max_line_bytes : std::min(limits_.max_line_bytes, limits_.max_read_line_bytes);
 }
 
-bool Server::over_budget() const noexcept { return mono_now_ns() > turn_deadline_ns_; }
+bool Server::over_budget(std::uint64_t now) const noexcept { return now > turn_deadline_ns_; }
 
 Result<int> Server::run() {
   epoll_event events[64];
@@ -657,7 +657,7 @@ void Server::process_lines(Conn& c) {
     const bool has_work = c.dump.active || nl != std::string::npos;
     // One clock read per request: the budget check, and when the request was taken up.
     const std::uint64_t now = has_work ? mono_now_ns() : 0;
-    if (has_work && now > turn_deadline_ns_) {
+    if (has_work && over_budget(now)) {
       // This turn's budget is spent: the rest waits in the backlog (writers are served first).
       if (!c.queued) backlog_.push_back(c.id);
       c.queued = true;

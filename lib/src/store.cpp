@@ -179,7 +179,7 @@ class Writer {
   std::optional<u32> find(std::string_view name, u64 hash) const {
     const unsigned bits = m_.index_slot_bits;
     u64 i = index_home(hash, m_.index_entries);
-    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = next_entry(i)) {
+    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = index_next(i, m_.index_entries)) {
       const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty) return std::nullopt;
       if (e == kIndexTomb || !index_tag_matches(e, hash, bits)) continue;
@@ -441,13 +441,11 @@ class Writer {
   }
 
   // --- index ---
-  u64 next_entry(u64 i) const { return i + 1 == m_.index_entries ? 0 : i + 1; }
-
   // Called with slot `s` already holding its record (used).
   void index_insert(u32 s, u64 hash) {
     maybe_rebuild_index(1);
     u64 i = index_home(hash, m_.index_entries);
-    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = next_entry(i)) {
+    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = index_next(i, m_.index_entries)) {
       const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty || e == kIndexTomb) {
         if (e == kIndexTomb) h_.index_tombstones.fetch_sub(1, std::memory_order_relaxed);
@@ -462,7 +460,7 @@ class Writer {
 
   void index_erase(u32 s, u64 hash) {
     u64 i = index_home(hash, m_.index_entries);
-    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = next_entry(i)) {
+    for (u64 probes = 0; probes < m_.index_entries; ++probes, i = index_next(i, m_.index_entries)) {
       const u32 e = m_.index[i].load(std::memory_order_relaxed);
       if (e == kIndexEmpty) return;
       if (e != kIndexTomb && index_slot(e, m_.index_slot_bits) == s) {
@@ -567,7 +565,7 @@ class Writer {
       if (!detail::meta_used(d.w[dw::kMeta].load(std::memory_order_relaxed))) continue;
       const u64 hash = d.w[dw::kHash].load(std::memory_order_relaxed);
       u64 i = index_home(hash, m_.index_entries);
-      while (m_.index[i].load(std::memory_order_relaxed) != kIndexEmpty) i = next_entry(i);
+      while (m_.index[i].load(std::memory_order_relaxed) != kIndexEmpty) i = index_next(i, m_.index_entries);
       m_.index[i].store(index_entry(hash, s, m_.index_slot_bits), std::memory_order_relaxed);
     }
     h_.index_tombstones.store(0, std::memory_order_relaxed);

@@ -63,7 +63,7 @@ Result<u32> probe(const detail::Mapping& m, std::string_view name, u64 hash, Vis
     bool torn = false;
     const unsigned bits = m.index_slot_bits;
     u64 i = index_home(hash, m.index_entries);
-    for (u64 probes = 0; probes < m.index_entries; ++probes, i = i + 1 == m.index_entries ? 0 : i + 1) {
+    for (u64 probes = 0; probes < m.index_entries; ++probes, i = index_next(i, m.index_entries)) {
       const u32 e = m.index[i].load(std::memory_order_acquire);
       if (e == kIndexEmpty) break;
       if (e == kIndexTomb || !index_tag_matches(e, hash, bits)) continue;

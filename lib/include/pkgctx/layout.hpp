@@ -302,6 +302,8 @@ static_assert(index_slot_bits(kMaxCapacity) <= 27, "the largest table keeps 5 fi
 inline constexpr u64 index_home(u64 hash, u64 entries) {
   return (((hash >> 32) * (entries / kIndexLine)) >> 32) * kIndexLine;
 }
+// The entry after `i` in a probe, wrapping at the end of the index.
+inline constexpr u64 index_next(u64 i, u64 entries) { return i + 1 == entries ? 0 : i + 1; }
 inline constexpr u32 index_entry(u64 hash, u32 slot, unsigned slot_bits) {
   return static_cast<u32>(hash << slot_bits) | (slot + 1);
 }

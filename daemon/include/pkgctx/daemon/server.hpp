@@ -125,7 +125,7 @@ class Server {
   void accept_all();
   void on_client(Conn& c, std::uint32_t events);
   void serve_backlog();         // requests read earlier and left for this turn, until the budget
-  bool over_budget() const noexcept;
+  bool over_budget(std::uint64_t now = mono_now_ns()) const noexcept;  // this turn's time is spent
   void read_input(Conn& c);
   void process_lines(Conn& c);
   std::size_t line_limit(const Conn& c) const noexcept;
