@@ -16,6 +16,7 @@ BG=()
 cleanup() {
   touch "$work/stop" 2>/dev/null || true  # ends the task of `pkgctl run` below, whatever failed
   for p in "${BG[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${BG[@]}"; do wait "$p" 2>/dev/null || true; done  # pkgctl run: once its command ended
   [ -n "$pid" ] && { kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; }
   rm -rf "$work"
 }

@@ -217,18 +217,22 @@ class ClientsQuery {
   ClientsInfo info_;
 };
 
-std::vector<WatchRow> watch_rows(const Snapshot& s, const pkgctx::View& v, const ClientsInfo& c, SortColumn sort) {
+// The rows of one frame. The waiter counts are read first and the daemon asked for its clients
+// after: a wait is counted only for a registered client, so every waiter a row shows belongs to a
+// client the clients line counts (asked the other way round, a client that registers and waits in
+// between shows as a waiter the line does not count). `c`: the clients answer the frame shows.
+std::vector<WatchRow> watch_rows(const Snapshot& s, const pkgctx::View& v, ClientsQuery& clients, std::uint64_t now,
+                                 ClientsInfo& c, SortColumn sort) {
   const std::atomic<std::uint32_t>* counts = v.segment().waiter_counts();
   std::vector<WatchRow> rows;
   rows.reserve(s.packages.size());
-  for (const auto& p : s.packages) {
-    WatchRow r{p, std::nullopt, std::nullopt};
-    r.waiters = counts[p.slot].load(std::memory_order_relaxed);
-    if (c.reachable) {
-      const auto it = c.holders.find(p.name);
+  for (const auto& p : s.packages) rows.push_back({p, counts[p.slot].load(std::memory_order_relaxed), std::nullopt});
+  c = clients.get(now);
+  if (c.reachable) {
+    for (auto& r : rows) {
+      const auto it = c.holders.find(r.p.name);
       r.holders = it == c.holders.end() ? 0 : it->second;
     }
-    rows.push_back(std::move(r));
   }
   sort_rows(rows, sort);
   return rows;
@@ -288,8 +292,7 @@ int watch_terminal(const Loop& l) {
       if (s) {
         l.sel.filter(*s);
         tracker.observe(*s, now);
-        seen_clients = l.clients.get(now);
-        rows = watch_rows(*s, *v, seen_clients, l.sel.sort);
+        rows = watch_rows(*s, *v, l.clients, now, seen_clients, l.sel.sort);
         snap = std::move(*s);
       } else {
         why = s.error().message;
@@ -341,8 +344,8 @@ int watch_plain(const Loop& l, Io io, int out_fd) {
       missing_reported = false;
       Snapshot& s = *snap;
       l.sel.filter(s);
-      const ClientsInfo& c = l.clients.get(pkgctx::mono_now_ns());
-      const auto table = render_watch_table(watch_rows(s, *v, c, l.sel.sort));
+      ClientsInfo c;
+      const auto table = render_watch_table(watch_rows(s, *v, l.clients, pkgctx::mono_now_ns(), c, l.sel.sort));
       // Print when the table, the clients or the daemon's liveness changed (not for heartbeats).
       std::string key = std::string(pkgctx::liveness_name(s.liveness)) + "\n" + render_clients_line(c) + "\n";
       for (const auto& line : table) key += line + "\n";
