@@ -248,12 +248,14 @@ show_log run2
 "$PKGCTL" event update api >/dev/null
 say "  ${D}\$${R} pkgctl drain api --timeout 0.2   ${D}(the task ignores SIGTERM and holds on)${R}"
 "$PKGCTL" drain api --timeout 0.2 2>/dev/null | sed 's/^/    /' || true
-say "kill -9 the worker (pid ${WPID[run2]}) mid-task:"
+say "kill -9 the worker (pid ${WPID[run2]}) mid-task; its command (pid ${WPID[run2sh]}) is killed with it:"
 { kill -KILL "${WPID[run2]}"; wait "${WPID[run2]}"; } 2>/dev/null || true
 T0=$(date +%s%N)
 ctl drain api --timeout 5
 say "    ${G}-> drained $(( ($(date +%s%N) - T0) / 1000000 )) ms after the kill (heartbeat: 250 ms)${R}"
-kill -KILL "${WPID[run2sh]}" 2>/dev/null || true
+# (ps: the command is gone, or a zombie its new parent has yet to reap)
+for _ in $(seq 500); do st=$(ps -o stat= -p "${WPID[run2sh]}") && [[ $st != Z* ]] || break; sleep 0.01; done
+st=$(ps -o stat= -p "${WPID[run2sh]}") && [[ $st != Z* ]] && die "pkgctl run's command ${WPID[run2sh]} outlived it"
 unset "WPID[run2]" "WPID[run2sh]"
 
 scene "8. The daemon stops; reads still work"

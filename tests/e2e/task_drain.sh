@@ -2,7 +2,8 @@
 # pkgctl's task commands against a real pkgctxd (DESIGN §2.2, §7): run holds a lease while its
 # command runs; clients lists it; drain lists the holder (124) and then answers drained (0) once
 # the task ended; update --drain waits for the old context's task; delete --drain reports
-# in_flight; run's exit status and its stderr report; exit 3 for a missing package; a pkgctl wait
+# in_flight; run's exit status and its stderr report; exit 3 for a missing package; a signal to
+# pkgctl run stops CMD (and SIGKILL of pkgctl kills it) rather than leave it unleased; a pkgctl wait
 # shows in clients' WAITS and, killed, leaves no waiter count (writes make no wake).
 # Env (set by tests/CMakeLists.txt): PKGCTX_BIN build dir.
 set -euo pipefail
@@ -78,6 +79,47 @@ out=$("$PKGCTL" update app 3 --drain 10)
 has "$out" '"change":"version","drained":true,"holders":[]'
 rc=0; wait "$RUN" || rc=$?
 [ "$rc" -eq 143 ] || fail "run exited $rc, want 143 (SIGTERM)"
+
+# pkgctl run leaves no command behind (its lease is held while CMD runs). SIGTERM sent to pkgctl
+# goes on to CMD, and the task stays until CMD has exited: this CMD, on TERM, says so on a FIFO,
+# then exits 7 once $TMP/go3 exists.
+mkfifo "$TMP/started3" "$TMP/term3"
+"$PKGCTL" run app -- sh -c 'trap "echo term > '"$TMP/term3"'; until [ -e '"$TMP/go3"' ]; do sleep 0.01; done; exit 7" TERM
+  echo go > '"$TMP/started3"'; while :; do sleep 0.05; done' 2>"$TMP/run3.err" &
+RUN=$!
+BG+=("$RUN")
+read -r _ <"$TMP/started3"
+kill -TERM "$RUN"
+read -t 10 -r _ <>"$TMP/term3" || fail "CMD did not get the SIGTERM sent to pkgctl run"
+out=$("$PKGCTL" clients --json)
+has "$out" "\"pid\":$RUN" "clients while CMD finishes after pkgctl's SIGTERM"
+has "$out" '"name":"app"' "clients while CMD finishes after pkgctl's SIGTERM"
+touch "$TMP/go3"
+rc=0; wait "$RUN" || rc=$?
+[ "$rc" -eq 7 ] || fail "run sent SIGTERM exited $rc, want CMD's 7"
+has "$(cat "$TMP/run3.err")" '{"name":"app","cancelled":false,"cause":null,"exit":7}' "run report"
+# A CMD that ignores it gets SIGKILL after the grace.
+mkfifo "$TMP/started4"
+"$PKGCTL" run app --grace 0.2 -- sh -c 'trap "" TERM; echo go > '"$TMP/started4"'; while :; do sleep 0.05; done' \
+  2>/dev/null &
+RUN=$!
+BG+=("$RUN")
+read -r _ <"$TMP/started4"
+kill -TERM "$RUN"
+rc=0; wait "$RUN" || rc=$?
+[ "$rc" -eq 137 ] || fail "run sent SIGTERM, CMD ignoring it: exited $rc, want 137 (SIGKILL after the grace)"
+# pkgctl killed outright (its lease ends with it): CMD is killed too, not left to run unleased.
+mkfifo "$TMP/started5"
+"$PKGCTL" run app -- sh -c 'trap "" TERM; echo $$ > '"$TMP/started5"'; while :; do sleep 0.05; done' 2>/dev/null &
+RUN=$!
+BG+=("$RUN")
+read -r cmd_pid <"$TMP/started5"
+BG+=("$cmd_pid")
+kill -KILL "$RUN"
+wait "$RUN" 2>/dev/null || true
+gone() { local st; st=$(ps -o stat= -p "$1") || return 0; [[ $st == Z* ]]; }
+for _ in $(seq 500); do gone "$cmd_pid" && break; sleep 0.01; done
+gone "$cmd_pid" || fail "pkgctl run killed with SIGKILL left its command (pid $cmd_pid) running"
 
 # pkgctl wait is a registered worker: clients shows what it waits on (WAITS), and a wait killed
 # with SIGKILL leaves no count behind: the next writes make no futex wake (the dump's "wakes").

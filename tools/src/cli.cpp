@@ -653,7 +653,7 @@ int run_one(int argc, const char* const* argv, Io io, BatchContext* batch) {
   auto* run_sub = app.add_subcommand("run", "run CMD as a task on NAME's current context (exit: CMD's status)");
   run_sub->add_option("NAME", name)->required();
   run_sub->add_option("--event", run_event, "update/remove (root, default) or schedule/2..7")->capture_default_str();
-  run_sub->add_option("--grace", grace_s, "seconds between SIGTERM and SIGKILL on cancellation")
+  run_sub->add_option("--grace", grace_s, "seconds from SIGTERM (on cancellation, or a signal to pkgctl) to SIGKILL")
       ->capture_default_str()
       ->check(seconds(0));
   run_sub->add_option("CMD", run_cmd, "the command and its arguments (after --)")->required();
