@@ -111,6 +111,13 @@ wait_line() {
   done
 }
 
+# exited PID: the process has ended (gone, or a zombie its new parent has yet to reap).
+exited() {
+  local st
+  st=$(ps -o stat= -p "$1") || return 0
+  [[ $st == Z* ]]
+}
+
 # worker ID LABEL NAME (--token T | --event E) [--work S] — starts a worker and returns once it
 # holds its token and works.
 worker() {
@@ -253,9 +260,8 @@ say "kill -9 the worker (pid ${WPID[run2]}) mid-task; its command (pid ${WPID[ru
 T0=$(date +%s%N)
 ctl drain api --timeout 5
 say "    ${G}-> drained $(( ($(date +%s%N) - T0) / 1000000 )) ms after the kill (heartbeat: 250 ms)${R}"
-# (ps: the command is gone, or a zombie its new parent has yet to reap)
-for _ in $(seq 500); do st=$(ps -o stat= -p "${WPID[run2sh]}") && [[ $st != Z* ]] || break; sleep 0.01; done
-st=$(ps -o stat= -p "${WPID[run2sh]}") && [[ $st != Z* ]] && die "pkgctl run's command ${WPID[run2sh]} outlived it"
+for _ in $(seq 500); do exited "${WPID[run2sh]}" && break; sleep 0.01; done
+exited "${WPID[run2sh]}" || die "pkgctl run's command ${WPID[run2sh]} outlived it"
 unset "WPID[run2]" "WPID[run2sh]"
 
 scene "8. The daemon stops; reads still work"

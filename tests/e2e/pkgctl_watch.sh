@@ -30,11 +30,7 @@ until_ok() {
   return 1
 }
 lines() { [ -f "$1" ] && [ "$(wc -l <"$1")" -ge "$2" ]; }
-exited() {  # exited PID: the process ended (a zombie not yet waited for counts)
-  local st
-  st=$(ps -o stat= -p "$1") || return 0
-  [[ $st == Z* ]]
-}
+. "$(dirname "$0")/../support/e2e_daemon.sh"  # exited
 
 "$D" --segment "$PKGCTX_SEGMENT" --socket "$PKGCTX_SOCKET" --capacity 64 2>"$work/daemon.log" &
 pid=$!

@@ -117,9 +117,8 @@ read -r cmd_pid <"$TMP/started5"
 BG+=("$cmd_pid")
 kill -KILL "$RUN"
 wait "$RUN" 2>/dev/null || true
-gone() { local st; st=$(ps -o stat= -p "$1") || return 0; [[ $st == Z* ]]; }
-for _ in $(seq 500); do gone "$cmd_pid" && break; sleep 0.01; done
-gone "$cmd_pid" || fail "pkgctl run killed with SIGKILL left its command (pid $cmd_pid) running"
+for _ in $(seq 500); do exited "$cmd_pid" && break; sleep 0.01; done
+exited "$cmd_pid" || fail "pkgctl run killed with SIGKILL left its command (pid $cmd_pid) running"
 
 # pkgctl wait is a registered worker: clients shows what it waits on (WAITS), and a wait killed
 # with SIGKILL leaves no count behind: the next writes make no futex wake (the dump's "wakes").

@@ -1,5 +1,6 @@
 # Sourced by the shell tests that drive a real pkgctxd (tests/e2e, tests/security).
-# Needs PKGCTXD, PKGCTL, TMP, a fail() of the caller's, and PKGCTX_SEGMENT / PKGCTX_SOCKET exported.
+# start_pkgctxd needs PKGCTXD, PKGCTL, TMP, a fail() of the caller's, and PKGCTX_SEGMENT /
+# PKGCTX_SOCKET exported.
 #
 # start_pkgctxd ARGS…: runs "$PKGCTXD" ARGS… in the background (stdout and stderr to
 # $TMP/daemon.log), sets DAEMON to its pid, and returns once its socket answers (`pkgctl clients`,
@@ -14,4 +15,11 @@ start_pkgctxd() {
     sleep 0.01
   done
   fail "pkgctxd did not answer within 10 s: $(cat "$TMP/daemon.log")"
+}
+
+# exited PID: the process has ended (gone, or a zombie its parent has yet to reap).
+exited() {
+  local st
+  st=$(ps -o stat= -p "$1") || return 0
+  [[ $st == Z* ]]
 }
