@@ -43,7 +43,7 @@ BOOST_AUTO_TEST_CASE(follows_through_a_killed_member_and_two_leader_changes) {
   const std::string prefix = unique_prefix("three");
   const std::string key = prefix + "/packages/p";
   DaemonProcess d(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   SegmentReader seg(env.seg);
   wait_applied(seg, put(etcd, key, R"({"version":"1"})"));
 
@@ -80,7 +80,7 @@ BOOST_AUTO_TEST_CASE(a_member_that_hangs_while_watched_is_left_for_another) {
   const std::string key = prefix + "/packages/p";
   DaemonProcess d(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1",
                                           {"--set", "etcd_watch_idle_ms=" + std::to_string(kIdleMs)}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   SegmentReader seg(env.seg);
   wait_applied(seg, put(etcd, key, R"({"version":"1"})"));
 

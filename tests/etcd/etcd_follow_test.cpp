@@ -93,7 +93,7 @@ BOOST_AUTO_TEST_CASE(puts_and_deletes_apply_in_order_cancelling_each_change_once
   DaemonEnv env("etcdf");
   const std::string prefix = unique_prefix("order");
   DaemonProcess d(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   SegmentReader seg(env.seg);
   const std::string key = prefix + "/packages/p";
 
@@ -165,7 +165,7 @@ BOOST_AUTO_TEST_CASE(etcd_owns_false_lets_local_writes_through) {
   DaemonEnv env("etcdo");
   const std::string prefix = unique_prefix("owns");
   DaemonProcess d(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1", {"--set", "etcd_owns=false"}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   SegmentReader seg(env.seg);
   wait_applied(seg, put(*c, prefix + "/packages/p", R"({"version":"1"})"));
   Client ctl = connect(env.sock);
@@ -181,7 +181,7 @@ BOOST_AUTO_TEST_CASE(kill_9_mid_stream_resumes_exactly_at_the_segment_revision) 
   const std::string prefix = unique_prefix("kill");
   const std::string key = prefix + "/packages/p", qkey = prefix + "/packages/q";
   auto d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   auto seg = std::make_unique<SegmentReader>(env.seg);
   const std::int64_t first = put(*c, key, R"({"version":"v0"})");
   wait_applied(*seg, first);
@@ -208,7 +208,7 @@ BOOST_AUTO_TEST_CASE(kill_9_mid_stream_resumes_exactly_at_the_segment_revision) 
   d->wait();
   const std::uint64_t at_kill = seg->revision();
   d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   writer.join();
   BOOST_TEST(at_kill < static_cast<std::uint64_t>(last.load()));  // it was killed mid-stream
   seg = std::make_unique<SegmentReader>(env.seg);
@@ -231,7 +231,7 @@ BOOST_AUTO_TEST_CASE(a_compacted_revision_resyncs_cancelling_only_what_changed) 
   const std::string prefix = unique_prefix("compact");
   const auto key = [&](const std::string& n) { return prefix + "/packages/" + n; };
   auto d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   auto seg = std::make_unique<SegmentReader>(env.seg);
   put(*c, key("same"), R"({"version":"1","settings":{"k":"v"}})");
   put(*c, key("changed"), R"({"version":"1"})");
@@ -251,7 +251,7 @@ BOOST_AUTO_TEST_CASE(a_compacted_revision_resyncs_cancelling_only_what_changed) 
   BOOST_TEST_REQUIRE(c->compact(rev).has_value());
 
   d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   seg = std::make_unique<SegmentReader>(env.seg);
   wait_applied(*seg, rev);
   BOOST_TEST(!t_same->cancelled());
@@ -275,7 +275,7 @@ BOOST_AUTO_TEST_CASE(etcd_down_at_start_serves_local_state_then_catches_up) {
   DaemonEnv env("etcdd");
   const std::string prefix = unique_prefix("down");
   auto d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   auto seg = std::make_unique<SegmentReader>(env.seg);
   wait_applied(*seg, put(*c, prefix + "/packages/p", R"({"version":"1"})"));
   d->signal(SIGTERM);
@@ -284,7 +284,7 @@ BOOST_AUTO_TEST_CASE(etcd_down_at_start_serves_local_state_then_catches_up) {
 
   // etcd is down: the daemon starts anyway and serves what the segment holds.
   d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   Client ctl = connect(env.sock);
   auto answer = call(ctl, R"({"op":"settings","name":"p"})");
   BOOST_TEST(answer.at("ok") == true);
@@ -308,7 +308,7 @@ BOOST_AUTO_TEST_CASE(a_delete_waits_for_the_tasks_listing_them_in_the_status_the
   const std::string prefix = unique_prefix("drain");
   const std::string key = prefix + "/packages/p";
   DaemonProcess d(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   SegmentReader seg(env.seg);
   wait_applied(seg, put(*c, key, R"({"version":"1"})"));
   auto t = seg.view().token("p", kEventUpdate);
@@ -362,7 +362,7 @@ BOOST_AUTO_TEST_CASE(a_drain_that_times_out_deletes_anyway_and_sigterm_ends_a_dr
   const auto key = [&](const std::string& n) { return prefix + "/packages/" + n; };
   auto d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1",
                                                                    {"--set", "etcd_drain_ms=300"}));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   auto seg = std::make_unique<SegmentReader>(env.seg);
   put(*c, key("slow"), R"({"version":"1"})");
   wait_applied(*seg, put(*c, key("held"), R"({"version":"1"})"));
@@ -383,7 +383,7 @@ BOOST_AUTO_TEST_CASE(a_drain_that_times_out_deletes_anyway_and_sigterm_ends_a_dr
   d->signal(SIGTERM);
   d->wait();
   d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   seg = std::make_unique<SegmentReader>(env.seg);
   const std::int64_t rev = del(*c, key("held"));
   BOOST_TEST_REQUIRE(eventually([&] { return holders_in(status_of(*c, prefix, "held")) == 1; }), d->stderr_text());
@@ -398,7 +398,7 @@ BOOST_AUTO_TEST_CASE(a_drain_that_times_out_deletes_anyway_and_sigterm_ends_a_dr
   // Restarted: the delete is drained again (not removed twice), then applied once the task ends.
   const std::uint64_t gen = seg->view().read("held", false)->root_generation;
   d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   BOOST_TEST_REQUIRE(eventually([&] { return holders_in(status_of(*c, prefix, "held")) == 1; }), d->stderr_text());
   BOOST_TEST(seg->view().read("held", false)->root_generation == gen);
   to2.send('e');
@@ -422,7 +422,7 @@ BOOST_AUTO_TEST_CASE(the_owned_set_survives_a_restart_with_etcd_down_and_a_resyn
   const std::string prefix = unique_prefix("owned");
   const auto key = [&](const std::string& n) { return prefix + "/packages/" + n; };
   auto d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   auto seg = std::make_unique<SegmentReader>(env.seg);
   put(*c, key("p"), R"({"version":"1"})");
   wait_applied(*seg, put(*c, key("gone"), R"({"version":"1"})"));
@@ -438,7 +438,7 @@ BOOST_AUTO_TEST_CASE(the_owned_set_survives_a_restart_with_etcd_down_and_a_resyn
   etcd.kill(0);
 
   d = std::make_unique<DaemonProcess>(env.dir, follow_options(env, etcd.endpoints(), prefix, "h1"));
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   {
     Client ctl = connect(env.sock);
     auto refused = call(ctl, R"({"op":"update","name":"p","version":"local"})");

@@ -60,7 +60,7 @@ BOOST_AUTO_TEST_CASE(notifies_systemd_heartbeats_and_stops_cleanly) {
   DaemonOptions o = env.opts();
   o.watchdog = 200ms;
   DaemonProcess d(env.dir, o);
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   BOOST_TEST(contains(d.ready_message(), "STATUS=Serving segment " + env.seg.str()));
 
   // WATCHDOG=1 at half of WATCHDOG_USEC: several within a second.
@@ -104,7 +104,7 @@ BOOST_AUTO_TEST_CASE(kill9_loses_no_acknowledged_change_and_tokens_stay_live) {
   std::map<std::string, std::string> acked;  // name → token
   {
     DaemonProcess d(env.dir, env.opts());
-    BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+    BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
     Client c = connect(env.sock);
     // A pipelined burst; the daemon dies right after its 500th answer was read.
     std::string batch;
@@ -163,7 +163,7 @@ BOOST_AUTO_TEST_CASE(clean_restart_reattaches_without_cancelling) {
   std::string token_text;
   {
     DaemonProcess d(env.dir, env.opts());
-    BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+    BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
     Client c = connect(env.sock);
     token_text = std::string(call(c, R"({"op":"update","name":"keep","version":"1"})").at("context").as_string());
     d.signal(SIGTERM);
@@ -174,7 +174,7 @@ BOOST_AUTO_TEST_CASE(clean_restart_reattaches_without_cancelling) {
   auto t = core::Token::parse(token_text, view->segment());
   BOOST_TEST_REQUIRE(t.has_value());
   DaemonProcess d(env.dir, env.opts({"--capacity", "99"}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   BOOST_TEST(!t->cancelled());
   BOOST_TEST(contains(d.stderr_text(), "keeps the size it was created with"), d.stderr_text());
 }
@@ -182,7 +182,7 @@ BOOST_AUTO_TEST_CASE(clean_restart_reattaches_without_cancelling) {
 BOOST_AUTO_TEST_CASE(a_second_daemon_on_the_same_segment_is_refused) {
   Env env;
   DaemonProcess first(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(first.ready(), first.stderr_text());
+  BOOST_TEST_REQUIRE(first.ready(), first.start_failure());
 
   DaemonOptions o = env.opts();
   o.args[3] = env.dir / "other.sock";
@@ -215,7 +215,7 @@ BOOST_AUTO_TEST_CASE(a_second_daemon_on_the_same_segment_is_refused) {
   o3.args[3] = env.dir / "other.sock";
   {
     DaemonProcess owner(env.dir, o3);
-    BOOST_TEST_REQUIRE(owner.ready(), owner.stderr_text());
+    BOOST_TEST_REQUIRE(owner.ready(), owner.start_failure());
     Client oc = connect(env.dir / "other.sock");
     BOOST_TEST(call(oc, R"({"op":"update","name":"kept","version":"1"})").at("ok") == true);
     owner.signal(SIGTERM);
@@ -252,7 +252,7 @@ BOOST_AUTO_TEST_CASE(an_incompatible_segment_is_retired_and_its_waiters_woken) {
   BOOST_TEST_REQUIRE(test::await_futex_sleep(waiter));
 
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   BOOST_TEST(test::wait_exit(waiter) == 0);
   BOOST_TEST(token.cancelled());
   BOOST_TEST(cause_name(token.cause()) == "segment_retired");
@@ -274,7 +274,7 @@ BOOST_AUTO_TEST_CASE(half_created_and_foreign_objects_are_replaced) {
   ::close(fd);
   {
     DaemonProcess d(env.dir, env.opts());
-    BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+    BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
     BOOST_TEST(contains(d.stderr_text(), "left half-created"), d.stderr_text());
     d.signal(SIGTERM);
     BOOST_TEST(d.wait_for(10s).value_or(-1) == 0);
@@ -289,7 +289,7 @@ BOOST_AUTO_TEST_CASE(half_created_and_foreign_objects_are_replaced) {
   BOOST_TEST_REQUIRE(::write(fd, junk.data(), junk.size()) == static_cast<ssize_t>(junk.size()));
   ::close(fd);
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   BOOST_TEST(contains(d.stderr_text(), "<4>pkgctxd: Removing " + object), d.stderr_text());
   BOOST_TEST(View::open(env.seg).has_value());
 }
@@ -303,7 +303,7 @@ BOOST_AUTO_TEST_CASE(peers_off_the_allow_list_cannot_write_and_sighup_reloads_it
   };
   write_conf("");
   DaemonProcess d(env.dir, env.opts({"--config", conf}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
 
   BOOST_TEST(try_update_as_nobody(env.sock, "forbidden") == 0);
   // Root writes (default allow-list).
@@ -351,7 +351,7 @@ BOOST_AUTO_TEST_CASE(environment_names_segment_and_socket) {
   DaemonOptions o;
   o.env = {{"PKGCTX_SEGMENT", env.seg.str()}, {"PKGCTX_SOCKET", env.sock}};
   DaemonProcess d(env.dir, o);
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client c = connect(env.sock);
   BOOST_TEST(call(c, R"({"op":"dump"})").at("segment").at("name").as_string() == env.seg.str());
 }

@@ -59,7 +59,7 @@ bool contains_dropped_log(const std::string& log) {
 BOOST_AUTO_TEST_CASE(every_op_round_trips_and_pipelines_with_ids) {
   Env env;
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client c = connect(env.sock);
 
   // The typed API.
@@ -113,7 +113,7 @@ BOOST_AUTO_TEST_CASE(every_error_code_on_the_wire) {
   Env env;
   DaemonProcess d(env.dir, env.opts({"--capacity", "2", "--settings-bytes", "256", "--set", "max_settings=200", "--set",
                                      "max_line_bytes=4096", "--set", "max_clients=3"}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client c = connect(env.sock);
   const std::string s150 = R"({"k":")" + std::string(150, 'x') + "\"}";
   BOOST_TEST(code_of(call(c, R"({"op":"update","name":"a/b","version":"1"})")) == "invalid_name");
@@ -187,7 +187,7 @@ BOOST_AUTO_TEST_CASE(every_error_code_on_the_wire) {
 BOOST_AUTO_TEST_CASE(garbage_gets_errors_changes_nothing_and_the_daemon_keeps_serving) {
   Env env;
   DaemonProcess d(env.dir, env.opts({"--set", "max_line_bytes=65536", "--set", "max_depth=16"}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client c = connect(env.sock);
   BOOST_TEST(call(c, R"({"op":"update","name":"p","version":"1"})").at("ok") == true);
   const auto before = commits(env.seg);
@@ -238,7 +238,7 @@ BOOST_AUTO_TEST_CASE(garbage_gets_errors_changes_nothing_and_the_daemon_keeps_se
 BOOST_AUTO_TEST_CASE(slow_and_half_open_clients_never_block_others) {
   Env env;
   DaemonProcess d(env.dir, env.opts({"--set", "send_timeout_ms=300"}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client c = connect(env.sock);
   for (int i = 0; i < 20; ++i)
     BOOST_TEST(call(c, R"({"op":"update","name":"p)" + std::to_string(i) + R"(","version":"1"})").at("ok") == true);
@@ -310,7 +310,7 @@ BOOST_AUTO_TEST_CASE(client_reports_an_unreachable_daemon_clearly) {
 BOOST_AUTO_TEST_CASE(throughput_one_client) {
   Env env;
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client c = connect(env.sock);
   BOOST_TEST(call(c, R"({"op":"update","name":"p","version":"1"})").at("ok") == true);
   const std::string read_req = R"({"op":"need_update","name":"p","version":"1","checksum":"0000000000000000"})";

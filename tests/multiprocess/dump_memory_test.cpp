@@ -141,7 +141,7 @@ BOOST_AUTO_TEST_CASE(daemon_gives_back_what_a_dump_took) {
   test::DaemonEnv env("dumpmemd");
   fill(env.seg.str());
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   {  // the daemon has answered a request: its start-up allocations are all in "before"
     Client c = test::connect(env.sock);
     BOOST_TEST_REQUIRE(test::call(c, R"({"op":"update","name":"warm","version":"1"})").at("ok") == true);

@@ -64,7 +64,7 @@ BOOST_AUTO_TEST_CASE(pkgctl_and_socket_updates_store_the_vectors_exactly) {
   const auto vectors = test::load_jcs_vectors();
   Env env;
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client c = test::connect(env.sock);
   for (const auto& v : vectors) {
     BOOST_TEST_CONTEXT("vector \"" << v.name << "\"") {

@@ -323,7 +323,7 @@ BOOST_AUTO_TEST_CASE(with_the_daemon_down_a_wait_ends_within_its_slice) {
   BOOST_TEST_REQUIRE(from2.get() == 'r');
   BOOST_TEST_REQUIRE(test::await_futex_sleep(w2));
   d = std::make_unique<DaemonProcess>(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d->ready(), d->stderr_text());
+  BOOST_TEST_REQUIRE(d->ready(), d->start_failure());
   auto c = connect(env.sock);
   const auto t1 = clock_type::now();
   update(c, "app", "3");

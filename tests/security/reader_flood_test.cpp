@@ -73,7 +73,7 @@ std::size_t count(const std::string& text, const std::string& what) {
 BOOST_AUTO_TEST_CASE(partial_lines_from_readers_cost_bounded_memory) {
   OpenEnv env("secmem");
   DaemonProcess d(env.dir, env.open_opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   {
     Client c = connect(env.sock);
     BOOST_TEST(call(c, R"({"op":"dump"})").at("ok") == true);
@@ -110,7 +110,7 @@ BOOST_AUTO_TEST_CASE(partial_lines_from_readers_cost_bounded_memory) {
 BOOST_AUTO_TEST_CASE(idle_connections_are_closed) {
   OpenEnv env("secidle");
   DaemonProcess d(env.dir, env.open_opts({"--set", "idle_timeout_ms=300"}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client idle = connect(env.sock);
   Client busy = connect(env.sock);
   const auto start = std::chrono::steady_clock::now();
@@ -130,7 +130,7 @@ BOOST_AUTO_TEST_CASE(idle_connections_are_closed) {
 BOOST_AUTO_TEST_CASE(writer_slots_keep_room_for_root) {
   OpenEnv env("secslots");
   DaemonProcess d(env.dir, env.open_opts({"--set", "max_clients=12", "--set", "writer_slots=4"}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   test::Pipe held, done;
   auto* accepted = test::shared_block<std::atomic<int>>();
   auto* refused = test::shared_block<std::atomic<int>>();
@@ -188,7 +188,7 @@ BOOST_AUTO_TEST_CASE(dump_flood_does_not_delay_writes) {
   // timeout, tested on its own above, must not close it here.
   DaemonProcess d(env.dir, env.open_opts({"--capacity", std::to_string(kPackages + 16), "--set",
                                           "idle_timeout_ms=3600000"}));
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client root = connect(env.sock);
   root.set_timeout(60000ms);
   for (int base = 0; base < kPackages; base += 1000) {
@@ -250,7 +250,7 @@ BOOST_AUTO_TEST_CASE(dump_flood_does_not_delay_writes) {
 BOOST_AUTO_TEST_CASE(writes_are_audited_once) {
   OpenEnv env("secaudit");
   DaemonProcess d(env.dir, env.open_opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   Client c = connect(env.sock);
   BOOST_TEST(call(c, R"({"op":"update","name":"audited","version":"1"})").at("ok") == true);
   BOOST_TEST(code_of(call(c, R"({"op":"update","name":"bad/name","version":"1"})")) == "invalid_name");

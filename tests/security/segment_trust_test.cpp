@@ -180,7 +180,7 @@ BOOST_AUTO_TEST_CASE(foreign_objects_in_the_daemons_directory_are_replaced_never
   }
 
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   BOOST_TEST(contains(d.stderr_text(), "Replacing lock"), d.stderr_text());
   BOOST_TEST(contains(d.stderr_text(), "Replacing segment " + seg.str() + " without using it"), d.stderr_text());
   BOOST_TEST(contains(d.stderr_text(), "uid 65534 with mode 0666"), d.stderr_text());
@@ -251,7 +251,7 @@ void expect_corrupt_everywhere(test::DaemonEnv& env, const std::string& package,
 BOOST_AUTO_TEST_CASE(garbage_in_the_segment_is_reported_corrupt_never_printed) {
   test::DaemonEnv env("bytes");
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   {
     Client c = test::connect(env.sock);
     for (const char* name : {"p", "other"}) {
@@ -328,7 +328,7 @@ BOOST_AUTO_TEST_CASE(retiring_a_planted_sparse_segment_writes_only_its_data) {
   const auto blocks_before = st.st_blocks;
 
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   BOOST_TEST(contains(d.stderr_text(), "Retired incompatible segment " + seg.str()), d.stderr_text());
   BOOST_TEST_REQUIRE(::fstat(fd, &st) == 0);
   BOOST_TEST(st.st_blocks == blocks_before);  // no page allocated
@@ -348,7 +348,7 @@ BOOST_AUTO_TEST_CASE(an_old_token_after_a_version_skew_replacement_reads_segment
   std::string token;
   {
     DaemonProcess d(env.dir, env.opts());
-    BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+    BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
     Client c = test::connect(env.sock);
     auto a = test::call(c, R"({"op":"update","name":"p","version":"1"})");
     BOOST_TEST_REQUIRE(a.at("ok") == true, boost::json::serialize(a));
@@ -358,7 +358,7 @@ BOOST_AUTO_TEST_CASE(an_old_token_after_a_version_skew_replacement_reads_segment
   }
   test::set_layout_version(env.seg, layout::kLayoutVersion + 1);
   DaemonProcess d(env.dir, env.opts());
-  BOOST_TEST_REQUIRE(d.ready(), d.stderr_text());
+  BOOST_TEST_REQUIRE(d.ready(), d.start_failure());
   BOOST_TEST(contains(d.stderr_text(), "Retired incompatible segment"), d.stderr_text());
 
   const Run r = run_pkgctl(env.seg, {"check", token});

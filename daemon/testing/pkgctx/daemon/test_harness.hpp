@@ -253,16 +253,37 @@ class DaemonProcess {
   }
 
   // Why the daemon is not ready, for a failed start's message: it exited (and how), or it sent
-  // no READY=1 in time; then its stderr.
+  // no READY=1 in time (and where each of its threads is); then its stderr.
   std::string start_failure() const {
     std::string why = exit_code_ ? "pkgctxd exited with " + std::to_string(*exit_code_) + " before READY=1"
                                  : "pkgctxd (pid " + std::to_string(pid_) + ") sent no READY=1 within " +
-                                       std::to_string(ready_timeout_.count()) + " ms";
+                                       std::to_string(ready_timeout_.count()) + " ms; threads:" + threads_text();
     const std::string err = stderr_text();
     return why + (err.empty() ? "; its stderr is empty" : "; its stderr:\n" + err);
   }
 
  private:
+  // Each thread of the running daemon: id, name, state and the kernel function it sleeps in
+  // (/proc), to tell a hang from a slow start.
+  std::string threads_text() const {
+    std::string out;
+    std::error_code ec;
+    for (const auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(pid_) + "/task", ec)) {
+      const auto first_line = [&](const char* file) {
+        std::ifstream in(t.path() / file);
+        std::string line;
+        std::getline(in, line);
+        return line;
+      };
+      const std::string stat = first_line("stat");  // "tid (comm) S …"
+      const std::size_t paren = stat.rfind(')');
+      const std::string state = paren != std::string::npos && paren + 2 < stat.size() ? stat.substr(paren + 2, 1) : "?";
+      out += (out.empty() ? " " : ", ") + t.path().filename().string() + " " + first_line("comm") + " " + state + " in " +
+             first_line("wchan");
+    }
+    return out.empty() ? " none left" : out;
+  }
+
   static int& counter() {
     static int n = 0;
     return n;
